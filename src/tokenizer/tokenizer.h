@@ -22,6 +22,9 @@ class Tokenizer {
   static std::unique_ptr<Tokenizer> from_hf_dir(const std::string& dir);
   // From a tiktoken rank file (Llama 3's tokenizer.model) with the Llama 3 special tokens.
   static std::unique_ptr<Tokenizer> from_tiktoken(const std::string& path);
+  // Any of the above, by what `path` is: a GGUF file, an HF folder (or its tokenizer.json), or
+  // else a tiktoken rank file.
+  static std::unique_ptr<Tokenizer> open(const std::string& path);
 
   // Encode text. add_special: add BOS/EOS as the vocabulary's metadata says (add_bos / add_eos);
   // parse_special: text like "<|endoftext|>" becomes the special token instead of plain text.
@@ -34,6 +37,8 @@ class Tokenizer {
   virtual std::string token_to_piece(int32_t id) const = 0;
   // The raw vocabulary entry (e.g. "Ġthe"), for --pieces.
   virtual const std::string& token_text(int32_t id) const = 0;
+  // One line for humans: kind, pre-tokenizer, size, special ids, source.
+  virtual std::string describe() const = 0;
 
   virtual int32_t n_vocab() const = 0;
   virtual int32_t bos_id() const = 0;    // -1 when none
