@@ -67,6 +67,9 @@ struct VectorSet {
   size_t expected_cases;     // guards against a silently truncated file
 };
 
+// gtest prints the parameter by this (instead of its bytes)
+void PrintTo(const VectorSet& v, std::ostream* os) { *os << v.name; }
+
 std::unique_ptr<Tokenizer> load(const std::string& rel) { return Tokenizer::open(test::data_path(rel)); }
 
 class TokenizerVectors : public ::testing::TestWithParam<VectorSet> {};

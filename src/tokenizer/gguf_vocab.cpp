@@ -71,7 +71,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
       break;
     case VocabKind::BPE: {
       v.bos = 11, v.eos = 11;  // llama.cpp's (odd) BPE default, overridden by every real file
-      const PreTokenizerSpec spec = pre_tokenizer_spec(pre);  // throws for an unknown name
+      const PreTokenizerSpec spec = pre_tokenizer_spec(pre, path);  // throws for an unknown name
       v.add_bos = spec.add_bos;
       BpeModel& bpe = tok->init_bpe(spec.patterns, path, pre.empty() ? "default" : pre);
       bpe.ignore_merges = spec.ignore_merges;

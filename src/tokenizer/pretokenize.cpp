@@ -151,7 +151,7 @@ std::vector<std::string> PreTokenizer::split(std::string_view text) const {
   return words;
 }
 
-PreTokenizerSpec pre_tokenizer_spec(const std::string& pre) {
+PreTokenizerSpec pre_tokenizer_spec(const std::string& pre, const std::string& origin) {
   auto is = [&](std::initializer_list<const char*> names) {
     for (const char* n : names) {
       if (pre == n) return true;
@@ -206,7 +206,7 @@ PreTokenizerSpec pre_tokenizer_spec(const std::string& pre) {
     s.patterns = {
         R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+)"};
   } else {
-    fail("unknown pre-tokenizer type '{}' (tokenizer.ggml.pre)", pre);
+    fail("{}: unknown pre-tokenizer type '{}' (tokenizer.ggml.pre)", origin, pre);
   }
   return s;
 }

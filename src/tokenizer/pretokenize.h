@@ -47,8 +47,9 @@ struct PreTokenizerSpec {
   bool ignore_merges = false;  // a word that is itself a token is emitted whole (Llama 3, tiktoken)
   bool add_bos = false;        // default of tokenizer.ggml.add_bos_token for this family
 };
-// Throws Error for a name llama.cpp would not know. "" and "default" give llama.cpp's fallback.
-PreTokenizerSpec pre_tokenizer_spec(const std::string& pre);
+// Throws Error (naming `origin`) for a name llama.cpp would not know. "" and "default" give
+// llama.cpp's fallback.
+PreTokenizerSpec pre_tokenizer_spec(const std::string& pre, const std::string& origin = "tokenizer");
 
 // The two patterns everyone shares.
 extern const char* const kGpt2Pattern;    // GPT-2 / ByteLevel(use_regex=true)
