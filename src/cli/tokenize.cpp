@@ -27,6 +27,7 @@ struct TokenizeOptions {
   bool decode = false;
   bool no_bos = false;
   bool parse_special = false;
+  bool no_parse_special = false;  // llama-tokenize's flag; here it is the default
   bool skip_special = false;
   bool show_count = false;
   bool info = false;
@@ -160,6 +161,8 @@ void register_tokenize(CLI::App& app) {
   cmd->add_flag("--decode", o->decode, "The input is token ids ('1 2 3', '1,2,3' or '[1, 2, 3]'); print their text");
   cmd->add_flag("--no-bos", o->no_bos, "Add no BOS/EOS even if the vocabulary asks for them");
   cmd->add_flag("--parse-special", o->parse_special, "Turn special-token text (<|endoftext|>, <s>, ...) into those tokens");
+  cmd->add_flag("--no-parse-special", o->no_parse_special, "Keep special-token text as text (the default)")
+      ->excludes(cmd->get_option("--parse-special"));
   cmd->add_flag("--skip-special", o->skip_special, "With --decode: leave special tokens (BOS, EOS, ...) out of the text");
   cmd->add_flag("--show-count", o->show_count, "Print the number of tokens on stderr");
   cmd->add_flag("--info", o->info, "Describe the tokenizer on stderr");

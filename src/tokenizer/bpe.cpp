@@ -31,6 +31,7 @@ int32_t BpeModel::intern(const std::string& t) {
 }
 
 void BpeModel::add_merge(std::string_view left, std::string_view right, int32_t rank) {
+  if (merges_.empty()) merges_.reserve(size_t(vocab_.n()) * 2);
   const int32_t l = intern(std::string(left));
   const int32_t r = intern(std::string(right));
   const int32_t m = intern(std::string(left) + std::string(right));
@@ -38,16 +39,16 @@ void BpeModel::add_merge(std::string_view left, std::string_view right, int32_t 
 }
 
 void BpeModel::add_merges_from_ranks() {
-  std::string raw, lt, rt;
+  // Splitting the bytes at k is splitting the GPT-2 text at its k-th character boundary.
+  merges_.reserve(merges_.size() + 3 * size_t(vocab_.n()));
   for (int32_t id = 0; id < vocab_.n(); ++id) {
     if (!(vocab_.attr[id] & tok_attr::kNormal)) continue;
-    raw.clear();
-    if (!unicode::gpt2_to_bytes(vocab_.text[id], raw) || raw.size() < 2) continue;
-    for (size_t k = 1; k < raw.size(); ++k) {
-      lt = unicode::bytes_to_gpt2(std::string_view(raw).substr(0, k));
-      rt = unicode::bytes_to_gpt2(std::string_view(raw).substr(k));
-      const int32_t l = vocab_.find(lt), r = vocab_.find(rt);
-      if (l >= 0 && r >= 0) merges_.emplace(key(l, r), Merge{id, id});
+    const std::string_view t = vocab_.text[id];
+    for (size_t k = unicode::utf8_len(uint8_t(t[0])); k < t.size(); k += unicode::utf8_len(uint8_t(t[k]))) {
+      const int32_t l = vocab_.find(t.substr(0, k));
+      if (l < 0) continue;
+      const int32_t r = vocab_.find(t.substr(k));
+      if (r >= 0) merges_.emplace(key(l, r), Merge{id, id});
     }
   }
 }

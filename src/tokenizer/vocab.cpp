@@ -35,17 +35,6 @@ void Vocab::add(std::string t, float s, uint32_t a, const std::string& origin) {
   attr.push_back(a);
 }
 
-namespace {
-
-bool is_one_of(const std::string& s, std::initializer_list<const char*> names) {
-  for (const char* n : names) {
-    if (s == n) return true;
-  }
-  return false;
-}
-
-}  // namespace
-
 void Vocab::finalize(const std::string& general_name, const std::string& origin) {
   for (int32_t* id : {&bos, &eos, &eot, &eom, &unk, &sep, &pad, &mask, &fim_pre, &fim_suf, &fim_mid,
                       &fim_pad, &fim_rep, &fim_sep}) {
@@ -54,10 +43,12 @@ void Vocab::finalize(const std::string& general_name, const std::string& origin)
 
   // llama.cpp finds these tokens by their text when the metadata does not name them, and makes
   // them control tokens (so that they are only parsed from text when asked to).
+  // (llama.cpp takes whichever matching token its hash map yields first; here the first name in the
+  // list that is in the vocabulary wins)
   auto detect = [&](int32_t& slot, std::initializer_list<const char*> names) {
     if (slot >= 0) return;
-    for (int32_t id = 0; id < n(); ++id) {
-      if (is_one_of(text[id], names)) {
+    for (const char* name : names) {
+      if (const int32_t id = find(name); id >= 0) {
         slot = id;
         attr[id] |= tok_attr::kControl;
         return;
@@ -81,11 +72,11 @@ void Vocab::finalize(const std::string& general_name, const std::string& origin)
   for (int32_t id : {fim_pad, fim_rep, fim_sep}) {
     if (id >= 0) eog.insert(id);
   }
-  for (int32_t id = 0; id < n(); ++id) {
-    if (is_one_of(text[id], {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-                             "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-                             "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<｜end▁of▁sentence｜>",
-                             "<|flush|>", "<|calls|>", "<turn|>", "<|tool_response>", "[e~["})) {
+  for (const char* name : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+                           "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+                           "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<｜end▁of▁sentence｜>", "<|flush|>",
+                           "<|calls|>", "<turn|>", "<|tool_response>", "[e~["}) {
+    if (const int32_t id = find(name); id >= 0) {
       eog.insert(id);
       attr[id] |= tok_attr::kControl;
     }
