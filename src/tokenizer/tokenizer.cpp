@@ -211,7 +211,11 @@ std::unique_ptr<Tokenizer> Tokenizer::open(const std::string& path) {
   } else {
     fail("{}: cannot open", path);
   }
-  return from_tiktoken(path);
+  try {
+    return from_tiktoken(path);
+  } catch (const Error& e) {
+    fail("{}: not a GGUF file, an HF folder or a tiktoken rank file (read as tiktoken: {})", path, e.what());
+  }
 }
 
 }  // namespace primal

@@ -1,6 +1,8 @@
 // Tokenizers that match the reference implementations id for id: SentencePiece-style (scores,
 // byte fallback), byte-level BPE with the pre-tokenizer of each vocabulary (gpt2, llama3, qwen2,
-// deepseek, falcon, starcoder, ...), tiktoken rank files, and HF tokenizer.json (BPE).
+// deepseek, falcon, starcoder, ...), WordPiece (BERT), tiktoken rank files, and HF tokenizer.json
+// (byte-level BPE). The one implementation is VocabTokenizer (vocab_tokenizer.h); the loaders are
+// gguf_vocab.cpp, hf_tokenizer.cpp and tiktoken.cpp. Encoding is thread-safe.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -31,7 +33,9 @@ class Tokenizer {
   // Invalid UTF-8 is handled as the reference tokenizer handles it; never throws for bad text.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special = true,
                                       bool parse_special = false) const = 0;
-  // Decode ids to text (byte-exact inverse of encode for ordinary text).
+  // Decode ids to text (byte-exact inverse of encode for ordinary text: llama.cpp's optional
+  // clean-up of " ," / " 's" spaces is not applied; SentencePiece's added leading space is removed).
+  // skip_special leaves control/unknown tokens out. Throws Error for an id outside the vocabulary.
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const = 0;
   // The text one token stands for (bytes, possibly a partial UTF-8 sequence).
   virtual std::string token_to_piece(int32_t id) const = 0;
