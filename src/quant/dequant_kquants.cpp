@@ -118,22 +118,24 @@ void dequant_q6_k(const void* src, float* dst, int64_t n) {
   const BlockQ6_K* b = static_cast<const BlockQ6_K*>(src);
   for (int64_t k = 0; k < n / QK_K; ++k, dst += QK_K) {
     const float d = f16_to_f32(b[k].d);
+    // ggml evaluates d * sc * q left to right, (d * sc) * q: the sub-block scales come first.
+    float ds[QK_K / 16];
+    for (int j = 0; j < QK_K / 16; ++j) ds[j] = d * float(b[k].scales[j]);
     for (int h = 0; h < 2; ++h) {
       const uint8_t* ql = b[k].ql + 64 * h;
       const uint8_t* qh = b[k].qh + 32 * h;
-      const int8_t* sc = b[k].scales + 8 * h;
-      float* y = dst + 128 * h;
-      for (int r = 0; r < 32; ++r) {
-        const int is = r / 16;
-        const int q1 = ((ql[r] & 0xF) | ((qh[r] >> 0) & 3) << 4) - 32;
-        const int q2 = ((ql[r + 32] & 0xF) | ((qh[r] >> 2) & 3) << 4) - 32;
-        const int q3 = ((ql[r] >> 4) | ((qh[r] >> 4) & 3) << 4) - 32;
-        const int q4 = ((ql[r + 32] >> 4) | ((qh[r] >> 6) & 3) << 4) - 32;
-        // ggml evaluates d * sc * q left to right: (d * sc) * q.
-        y[r] = d * float(sc[is]) * float(q1);
-        y[r + 32] = d * float(sc[is + 2]) * float(q2);
-        y[r + 64] = d * float(sc[is + 4]) * float(q3);
-        y[r + 96] = d * float(sc[is + 6]) * float(q4);
+      for (int g = 0; g < 4; ++g) {
+        const uint8_t* l4 = ql + 32 * (g % 2);
+        const int shift = 4 * (g / 2);
+        float* y = dst + 128 * h + 32 * g;
+        const float* dsg = ds + 8 * h + 2 * g;
+        for (int half = 0; half < 2; ++half) {
+          const float s = dsg[half];
+          for (int r = 16 * half; r < 16 * half + 16; ++r) {
+            const int q = (((l4[r] >> shift) & 0xF) | ((qh[r] >> (2 * g)) & 3) << 4) - 32;
+            y[r] = s * float(q);
+          }
+        }
       }
     }
   }

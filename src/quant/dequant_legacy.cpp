@@ -12,10 +12,9 @@ void dequant_q4_0(const void* src, float* dst, int64_t n) {
   const BlockQ4_0* b = static_cast<const BlockQ4_0*>(src);
   for (int64_t k = 0; k < n / QK4_0; ++k, dst += QK4_0) {
     const float d = f16_to_f32(b[k].d);
-    for (int j = 0; j < QK4_0 / 2; ++j) {
-      dst[j] = float((b[k].qs[j] & 0xF) - 8) * d;
-      dst[j + QK4_0 / 2] = float((b[k].qs[j] >> 4) - 8) * d;
-    }
+    // Low nibbles are elements 0..15, high nibbles 16..31 (two passes vectorize better).
+    for (int j = 0; j < QK4_0 / 2; ++j) dst[j] = float((b[k].qs[j] & 0xF) - 8) * d;
+    for (int j = 0; j < QK4_0 / 2; ++j) dst[j + QK4_0 / 2] = float((b[k].qs[j] >> 4) - 8) * d;
   }
 }
 
@@ -24,10 +23,8 @@ void dequant_q4_1(const void* src, float* dst, int64_t n) {
   for (int64_t k = 0; k < n / QK4_1; ++k, dst += QK4_1) {
     const float d = f16_to_f32(b[k].d);
     const float m = f16_to_f32(b[k].m);
-    for (int j = 0; j < QK4_1 / 2; ++j) {
-      dst[j] = float(b[k].qs[j] & 0xF) * d + m;
-      dst[j + QK4_1 / 2] = float(b[k].qs[j] >> 4) * d + m;
-    }
+    for (int j = 0; j < QK4_1 / 2; ++j) dst[j] = float(b[k].qs[j] & 0xF) * d + m;
+    for (int j = 0; j < QK4_1 / 2; ++j) dst[j + QK4_1 / 2] = float(b[k].qs[j] >> 4) * d + m;
   }
 }
 
@@ -77,10 +74,8 @@ void dequant_iq4_nl(const void* src, float* dst, int64_t n) {
   const BlockIQ4_NL* b = static_cast<const BlockIQ4_NL*>(src);
   for (int64_t k = 0; k < n / QK4_NL; ++k, dst += QK4_NL) {
     const float d = f16_to_f32(b[k].d);
-    for (int j = 0; j < QK4_NL / 2; ++j) {
-      dst[j] = d * float(kvalues_iq4nl[b[k].qs[j] & 0xF]);
-      dst[j + QK4_NL / 2] = d * float(kvalues_iq4nl[b[k].qs[j] >> 4]);
-    }
+    for (int j = 0; j < QK4_NL / 2; ++j) dst[j] = d * float(kvalues_iq4nl[b[k].qs[j] & 0xF]);
+    for (int j = 0; j < QK4_NL / 2; ++j) dst[j + QK4_NL / 2] = d * float(kvalues_iq4nl[b[k].qs[j] >> 4]);
   }
 }
 
