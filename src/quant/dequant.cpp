@@ -1,5 +1,6 @@
 // Dispatch of the CPU block formats (the kernels live in dequant_*.cpp and quantize_*.cpp), the
 // float formats, the parallel tensor helpers and vec_dot_row.
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include "quant/dequant.h"
 
 #include <algorithm>

@@ -12,6 +12,7 @@
 //   Q5_K  q = nibble s of qs[32c + r] + 16 * bit (2c + s) of qh[r]
 //   Q6_K  q = (nibble (g / 2) of ql[64h + 32(g % 2) + r]) | ((qh[32h + r] >> 2g) & 3) << 4,
 //         minus 32;                                         sub-block i / 16
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include "core/half.h"
 #include "quant/blocks.h"
 #include "quant/formats.h"

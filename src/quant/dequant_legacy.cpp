@@ -2,6 +2,7 @@
 // Each value is one fp32 product (plus one add for the _1 formats), evaluated as ggml writes it
 // (`q*d + m`, never fused), so the results equal ggml's dequantize_row_* bit for bit.
 
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include "core/half.h"
 #include "quant/blocks.h"
 #include "quant/formats.h"

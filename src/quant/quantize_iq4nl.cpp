@@ -3,6 +3,7 @@
 // weights x^2). The scale is a weighted least-squares fit, searched over 16 code assignments:
 // first with the largest-magnitude element on the top level, then with it on the bottom level
 // -127 scaled by (127 - t) / 127 for t = -7..7. The grid is asymmetric, so the sign of d matters.
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include <cmath>
 
 #include "core/half.h"

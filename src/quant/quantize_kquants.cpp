@@ -5,6 +5,7 @@
 //   3. every weight re-coded to the nearest level of the *stored* sub-block scale, so that the
 //      codes fit the scales the decoder will see;
 //   4. packing in the layouts that dequant_kquants.cpp reads.
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -3,6 +3,7 @@
 // minimum), then round-to-nearest codes. Rounding details are ggml's and matter for bit-exactness:
 // Q4_0/Q4_1/Q5_0/Q5_1 truncate `v + 0.5` toward zero (v >= -0.5 here, so this rounds halves up),
 // Q8_0 rounds halves away from zero (roundf).
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include <algorithm>
 #include <cfloat>
 #include <cmath>

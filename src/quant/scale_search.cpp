@@ -3,6 +3,7 @@
 // are grouped as written in the comments (`w*x*l` is (w*x)*l), nothing is fused or reordered
 // (primal is built without -ffast-math; C++ contraction would need FMA, which the default x86-64
 // target lacks).
+#include "quant/fp_exact.h"  // first: no fused multiply-adds (bit-exactness)
 #include "quant/scale_search.h"
 
 #include <algorithm>
