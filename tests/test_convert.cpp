@@ -290,6 +290,20 @@ TEST(Convert, RefusesBeforeWriting) {
   convert_hf_to_gguf(base + "/odd_pre", out, o);
   EXPECT_EQ(GgufFile(out).get_str("tokenizer.ggml.pre"), "gpt-2");
 
+  // A field of the wrong JSON type is an Error naming the folder, not a raw JSON exception.
+  test::TinyModel plain;
+  test::write_tiny_model(base + "/odd_type", plain);
+  std::string tj = test::read_file(base + "/odd_type/tokenizer.json");
+  tj.replace(tj.find("\"use_regex\":true"), 16, "\"use_regex\":\"yes\"");
+  test::write_file(base + "/odd_type/tokenizer.json", tj);
+  try {
+    convert_hf_to_gguf(base + "/odd_type", base + "/odd.gguf", {});
+    FAIL() << "accepted use_regex: \"yes\"";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(base + "/odd_type"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(base + "/odd.gguf"));
+
   o.type = DType::Q4_K;
   EXPECT_THROW(convert_hf_to_gguf(base + "/odd_pre", base + "/q4k.gguf", o), Error);
   EXPECT_FALSE(fs::exists(base + "/q4k.gguf"));

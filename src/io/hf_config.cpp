@@ -130,7 +130,9 @@ void parse_rope(const json& j, const std::string& src, HfConfig& c) {
 
 }  // namespace
 
-HfConfig parse_hf_config(const std::string& text, const std::string& src) {
+namespace {
+
+HfConfig parse_config(const std::string& text, const std::string& src) {
   json j;
   try {
     j = json::parse(text);
@@ -206,6 +208,16 @@ HfConfig parse_hf_config(const std::string& text, const std::string& src) {
 
   h.validate(src);
   return c;
+}
+
+}  // namespace
+
+HfConfig parse_hf_config(const std::string& text, const std::string& src) {
+  try {
+    return parse_config(text, src);
+  } catch (const json::exception& e) {
+    fail("{}: unexpected content: {}", src, e.what());
+  }
 }
 
 HfConfig read_hf_config(const std::string& path) {

@@ -119,8 +119,10 @@ std::string detect_bpe_pre(const std::string& text) {
   }
 }
 
-std::vector<std::pair<std::string, GgufValue>> hf_tokenizer_metadata(const std::string& dir_s, const HfConfig& cfg,
-                                                                     const std::string& pre_override) {
+namespace {
+
+std::vector<std::pair<std::string, GgufValue>> tokenizer_metadata(const std::string& dir_s, const HfConfig& cfg,
+                                                                  const std::string& pre_override) {
   const fs::path dir(dir_s);
   const fs::path tj_path = dir / "tokenizer.json";
   if (!fs::exists(tj_path)) fail("{}: no tokenizer.json (only HF fast tokenizers are supported)", dir_s);
@@ -336,6 +338,18 @@ std::vector<std::pair<std::string, GgufValue>> hf_tokenizer_metadata(const std::
     if (!names.empty()) kv.emplace_back("tokenizer.chat_templates", GgufValue::strings(names));
   }
   return kv;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, GgufValue>> hf_tokenizer_metadata(const std::string& dir, const HfConfig& cfg,
+                                                                     const std::string& pre) {
+  try {
+    return tokenizer_metadata(dir, cfg, pre);
+  } catch (const json::exception& e) {
+    // A field of an unexpected JSON type somewhere the checks above did not look.
+    fail("{}: unexpected content in tokenizer.json / tokenizer_config.json: {}", dir, e.what());
+  }
 }
 
 }  // namespace primal
