@@ -30,6 +30,7 @@ class Sampler {
   int32_t sample(const float* logits, int64_t V);
   void accept(int32_t token);
   void reset();  // forget the history and restart the random stream from the seed
+  void clear_history() { recent_.clear(); }
 
   const SamplerParams& params() const { return p_; }
 
