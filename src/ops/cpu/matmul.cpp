@@ -5,6 +5,8 @@
 #include <mutex>
 #include <vector>
 
+#include <omp.h>
+
 #include "core/error.h"
 #include "quant/dequant.h"
 
@@ -53,7 +55,10 @@ void single_threaded_blas() {
 // all T tokens by sgemm, writing the columns [o0, o0 + R) of out.
 void matmul_tiles(float* out, const float* inp, const TensorRef& w, int64_t T, int64_t I, int64_t O) {
   single_threaded_blas();
-  const int64_t R = std::clamp<int64_t>(kTileFloats / I, 16, O);
+  // Tiles small enough to stay in cache, and at least 4 per thread so that small matrices
+  // (a 256-row projection) still keep every core busy.
+  const int64_t per_thread = (O + 4 * omp_get_max_threads() - 1) / (4 * omp_get_max_threads());
+  const int64_t R = std::clamp<int64_t>(std::min(kTileFloats / I, (per_thread + 15) / 16 * 16), 16, O);
   const int64_t n_tiles = (O + R - 1) / R;
   // An fp32 weight aligned for floats is used in place, without a copy.
   const bool direct = w.type == DType::F32 && reinterpret_cast<uintptr_t>(w.data) % alignof(float) == 0;
