@@ -16,7 +16,7 @@ std::string trim(const std::string& s) {
 
 }  // namespace
 
-ChatFormat detect_chat_format(const std::string& tmpl, const std::string& arch, bool llama3_headers, bool spm) {
+ChatFormat detect_chat_format(const std::string& tmpl, const std::string& arch, bool llama3_headers, bool llama2) {
   if (!tmpl.empty()) {
     if (contains(tmpl, "<|im_start|>")) return ChatFormat::ChatML;
     if (contains(tmpl, "<|start_header_id|>") && contains(tmpl, "<|end_header_id|>")) return ChatFormat::Llama3;
@@ -25,7 +25,7 @@ ChatFormat detect_chat_format(const std::string& tmpl, const std::string& arch, 
   }
   if (arch == "qwen2") return ChatFormat::ChatML;
   if (llama3_headers) return ChatFormat::Llama3;
-  if (spm) return ChatFormat::Llama2;
+  if (llama2) return ChatFormat::Llama2;
   return ChatFormat::ChatML;
 }
 

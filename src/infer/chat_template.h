@@ -20,11 +20,11 @@ struct ChatMessage {
 };
 
 // From the template text when there is one; otherwise from the architecture and vocabulary
-// (qwen2 -> ChatML; a vocabulary with <|start_header_id|> -> Llama 3; SentencePiece llama ->
-// Llama 2); ChatML when nothing tells (llama.cpp's default). Throws for a template that has
-// markers of none of the known formats.
+// (qwen2 -> ChatML; a vocabulary with <|start_header_id|> -> Llama 3; a Llama 2 style
+// SentencePiece vocabulary with BOS "<s>" -> Llama 2); ChatML when nothing tells (llama.cpp's
+// default). Throws for a template that has markers of none of the known formats.
 ChatFormat detect_chat_format(const std::string& template_text, const std::string& arch,
-                              bool vocab_has_llama3_headers, bool vocab_is_spm);
+                              bool vocab_has_llama3_headers, bool vocab_is_llama2);
 const char* chat_format_name(ChatFormat f);
 
 // The prompt text for the conversation; with add_generation_prompt the assistant's turn is opened.
