@@ -225,6 +225,24 @@ TEST(Attention, MatchesFp64WithGqaAndCachedPrefix) {
   for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], want[i], 2e-5) << i;
 }
 
+// Long enough for the sgemm path (T >= kAttentionGemmMinT, two blocks of 64 queries, the second
+// partial), after a cached prefix.
+TEST(Attention, GemmPathMatchesFp64) {
+  const int64_t T = 70, pos0 = 9, NH = 4, KVH = 2, HS = 16, P = pos0 + T;
+  ASSERT_GE(T, cpu::kAttentionGemmMinT);
+  const auto q = randn(size_t(T * NH * HS), 21), k = randn(size_t(P * KVH * HS), 22), v = randn(size_t(P * KVH * HS), 23);
+  std::vector<float> out(size_t(T * NH * HS));
+  cpu::attention_forward(out.data(), q.data(), k.data(), v.data(), T, pos0, NH, KVH, HS);
+  const auto want = attention_ref(q, k, v, T, pos0, NH, KVH, HS);
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], want[i], 2e-5) << i;
+  // and the row loops, one query at a time over the same cache, agree with it
+  for (int64_t t = 0; t < T; t += 13) {
+    std::vector<float> one(size_t(NH * HS));
+    cpu::attention_forward(one.data(), q.data() + t * NH * HS, k.data(), v.data(), 1, pos0 + t, NH, KVH, HS);
+    for (int64_t i = 0; i < NH * HS; ++i) EXPECT_NEAR(one[size_t(i)], out[size_t(t * NH * HS + i)], 2e-5);
+  }
+}
+
 TEST(Attention, DecodeOneByOneEqualsPrefill) {
   const int64_t T = 7, NH = 4, KVH = 4, HS = 16;
   const auto q = randn(size_t(T * NH * HS), 13), k = randn(size_t(T * KVH * HS), 14), v = randn(size_t(T * KVH * HS), 15);
@@ -232,6 +250,7 @@ TEST(Attention, DecodeOneByOneEqualsPrefill) {
   cpu::attention_forward(batch.data(), q.data(), k.data(), v.data(), T, 0, NH, KVH, HS);
   for (int64_t t = 0; t < T; ++t)
     cpu::attention_forward(step.data() + t * NH * HS, q.data() + t * NH * HS, k.data(), v.data(), 1, t, NH, KVH, HS);
+  ASSERT_LT(T, cpu::kAttentionGemmMinT);
   EXPECT_EQ(batch, step);  // same loops, same order: bit-identical
 }
 

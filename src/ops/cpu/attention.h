@@ -7,6 +7,10 @@
 
 namespace primal::cpu {
 
+// Batches of at least this many queries go through sgemm (when built with OpenBLAS); smaller
+// ones (decode) through plain per-query loops.
+constexpr int64_t kAttentionGemmMinT = 16;
+
 // out: (T, NH, HS); q: (T, NH, HS) for positions pos0 .. pos0+T-1;
 // k, v: (P, KVH, HS) with P >= pos0 + T (positions 0 .. pos0+T-1 must be filled).
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t pos0,

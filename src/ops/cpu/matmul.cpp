@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <mutex>
 #include <vector>
 
 #include <omp.h>
@@ -10,9 +9,7 @@
 #include "core/error.h"
 #include "quant/dequant.h"
 
-#ifdef PRIMAL_HAVE_OPENBLAS
-#include <cblas.h>
-#endif
+#include "ops/cpu/blas.h"
 
 namespace primal::cpu {
 namespace {
@@ -44,13 +41,6 @@ void matmul_rows(float* out, const float* inp, const TensorRef& w, int64_t T, in
 }
 
 #ifdef PRIMAL_HAVE_OPENBLAS
-// OpenBLAS's own thread pool would fight the OpenMP one; every sgemm here runs single-threaded
-// inside an OpenMP worker, on its own tile of W.
-void single_threaded_blas() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
-
 // GEMM path: W is cut into tiles of R rows; each tile is dequantized once and multiplied with
 // all T tokens by sgemm, writing the columns [o0, o0 + R) of out.
 void matmul_tiles(float* out, const float* inp, const TensorRef& w, int64_t T, int64_t I, int64_t O) {
