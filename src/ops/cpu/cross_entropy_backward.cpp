@@ -1,0 +1,46 @@
+#include "ops/cpu/cross_entropy_backward.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace primal::cpu {
+
+template <class F>
+double cross_entropy_row(const F* logits, int64_t V, int32_t target) {
+  PRIMAL_CHECK(target < V, "cross-entropy: target {} outside the vocabulary (0..{})", target, V - 1);
+  if (target < 0) return 0.0;
+  F mx = -INFINITY;
+  for (int64_t i = 0; i < V; ++i) mx = std::fmax(mx, logits[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += double(std::exp(logits[i] - mx));
+  return std::log(sum) + double(mx) - double(logits[target]);
+}
+
+template <class F>
+double cross_entropy_backward_row(F* logits, int64_t V, int32_t target, double scale) {
+  PRIMAL_CHECK(target < V, "cross-entropy: target {} outside the vocabulary (0..{})", target, V - 1);
+  if (target < 0) {
+    for (int64_t i = 0; i < V; ++i) logits[i] = 0;
+    return 0.0;
+  }
+  F mx = -INFINITY;
+  for (int64_t i = 0; i < V; ++i) mx = std::fmax(mx, logits[i]);
+  double sum = 0;
+  const double xt = double(logits[target]);
+  for (int64_t i = 0; i < V; ++i) {
+    logits[i] = std::exp(logits[i] - mx);
+    sum += double(logits[i]);
+  }
+  const F k = F(scale / sum);
+  for (int64_t i = 0; i < V; ++i) logits[i] *= k;
+  logits[target] -= F(scale);
+  return std::log(sum) + double(mx) - xt;
+}
+
+template double cross_entropy_row<float>(const float*, int64_t, int32_t);
+template double cross_entropy_row<double>(const double*, int64_t, int32_t);
+template double cross_entropy_backward_row<float>(float*, int64_t, int32_t, double);
+template double cross_entropy_backward_row<double>(double*, int64_t, int32_t, double);
+
+}  // namespace primal::cpu

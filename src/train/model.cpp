@@ -1,0 +1,220 @@
+#include "train/model.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/convert.h"
+#include "io/model_source.h"
+#include "model/weights.h"
+#include "quant/dequant.h"
+#include "train/rng.h"
+
+namespace primal::train {
+namespace {
+
+// A matrix from a stored tensor: LUT stays LUT; anything else is dequantized, and quantized to
+// the spec when `to_lut`. permute_heads > 0: HF Q/K rows reordered to llama.cpp's (pairs) order.
+Matrix load_matrix(const TensorRef& t, const LutSpec& spec, bool to_lut, int64_t permute_heads) {
+  Matrix m;
+  m.name = t.name;
+  m.I = t.row_size();
+  m.O = t.nrows();
+  PRIMAL_CHECK(!(t.type == DType::LUT4 || t.type == DType::LUT8 || t.type == DType::LUT16),
+               "{}: LUT tensors in the source are not readable by this build yet", t.name);
+  std::vector<float> w(static_cast<size_t>(m.O * m.I));
+  for (int64_t r = 0; r < m.O; ++r) {
+    const int64_t src = permute_heads > 0 ? llama_qk_source_row(r, permute_heads, m.O) : r;
+    dequantize_tensor_row(t, src, w.data() + r * m.I);
+  }
+  if (!to_lut) {
+    m.dense = std::move(w);
+    return m;
+  }
+  const int64_t G = spec.group > 0 ? spec.group : m.I;
+  m.lut = std::make_shared<LutWeight>(quantize_to_lut(w.data(), m.O, m.I, spec.type, G,
+                                                      builtin_grid(spec.grid, int64_t(1) << lut_bits_of(spec.type)),
+                                                      t.name));
+  m.lut->grid_name = spec.grid;
+  return m;
+}
+
+}  // namespace
+
+std::vector<Matrix*> TrainModel::lut_matrices() {
+  std::vector<Matrix*> out;
+  if (tok_embd.is_lut()) out.push_back(&tok_embd);
+  for (auto& l : layers)
+    for (Matrix* m : l.matrices())
+      if (m->is_lut()) out.push_back(m);
+  if (!hp.tied_embeddings && output.is_lut()) out.push_back(&output);
+  return out;
+}
+
+int64_t TrainModel::n_params() const {
+  int64_t n = tok_embd.O * tok_embd.I + int64_t(output_norm.size());
+  if (!hp.tied_embeddings) n += output.O * output.I;
+  for (const auto& l : layers) {
+    n += int64_t(l.attn_norm.size() + l.ffn_norm.size() + l.bq.size() + l.bk.size() + l.bv.size());
+    for (const Matrix* m : l.matrices()) n += m->O * m->I;
+  }
+  return n;
+}
+
+TrainModel load_train_model(const ModelSource& src, const LutSpec& spec, int64_t share,
+                            const std::function<void(const std::string&)>& log) {
+  const LlamaWeights lw = load_weights(src);  // validates names, shapes and types
+  TrainModel m;
+  m.hp = lw.hp;
+  m.rope = lw.rope;
+  const HParams& hp = m.hp;
+  // HF llama checkpoints rotate halves with Q/K rows in HF order; the trainer (and the GGUF it
+  // writes) uses llama.cpp's order with pairs, as convert_hf_to_gguf.py does.
+  const bool permute = src.is_hf() && hp.arch == "llama";
+  if (permute) {
+    m.hp.rope_neox = false;
+    m.rope.neox = false;
+  }
+  if (const TensorRef* f = src.find("rope_freqs.weight")) {
+    m.rope_freqs.resize(size_t(f->nelements()));
+    dequantize_tensor(*f, m.rope_freqs.data());
+  }
+  PRIMAL_CHECK(share >= 0 && share <= hp.n_layer, "{}: --share {} is outside 0..{}", src.path(), share, hp.n_layer);
+  const int64_t P = share > 0 ? share : hp.n_layer;
+  m.tok_embd = load_matrix(*lw.tok_embd, spec, spec.quantize_embeddings, 0);
+  if (!hp.tied_embeddings) m.output = load_matrix(*lw.output, spec, spec.quantize_embeddings, 0);
+  m.output_norm = lw.output_norm;
+  for (int64_t p = 0; p < P; ++p) {
+    const LayerWeights& s = lw.layers[size_t(p)];
+    if (log) log(fmt::format("layer {}/{}", p + 1, P));
+    TrainLayer l;
+    l.attn_norm = s.attn_norm;
+    l.ffn_norm = s.ffn_norm;
+    l.bq = s.bq;
+    l.bk = s.bk;
+    l.bv = s.bv;
+    l.wq = load_matrix(*s.wq, spec, true, permute ? hp.n_head : 0);
+    l.wk = load_matrix(*s.wk, spec, true, permute ? hp.n_head_kv : 0);
+    l.wv = load_matrix(*s.wv, spec, true, 0);
+    l.wo = load_matrix(*s.wo, spec, true, 0);
+    l.w_gate = load_matrix(*s.w_gate, spec, true, 0);
+    l.w_up = load_matrix(*s.w_up, spec, true, 0);
+    l.w_down = load_matrix(*s.w_down, spec, true, 0);
+    // HF q/k biases follow their rows.
+    if (permute && !l.bq.empty()) {
+      const auto bq = l.bq, bk = l.bk;
+      for (int64_t r = 0; r < int64_t(bq.size()); ++r) l.bq[size_t(r)] = bq[size_t(llama_qk_source_row(r, hp.n_head, int64_t(bq.size())))];
+      for (int64_t r = 0; r < int64_t(bk.size()); ++r) l.bk[size_t(r)] = bk[size_t(llama_qk_source_row(r, hp.n_head_kv, int64_t(bk.size())))];
+    }
+    m.layers.push_back(std::move(l));
+  }
+  m.layer_of.resize(size_t(hp.n_layer));
+  for (int64_t l = 0; l < hp.n_layer; ++l) m.layer_of[size_t(l)] = l % P;
+  return m;
+}
+
+TrainModel init_random_model(const HParams& hp_in, const LutSpec& spec, int64_t share, uint64_t seed) {
+  TrainModel m;
+  m.hp = hp_in;
+  m.hp.validate("--shape");
+  const HParams& hp = m.hp;
+  m.rope.head_dim = hp.head_dim;
+  m.rope.n_rot = hp.rope_dim;
+  m.rope.neox = hp.rope_neox;
+  m.rope.inv_freq = cpu::rope_inv_freq(hp.rope_dim, hp.rope_theta, 1.0, nullptr);
+  PRIMAL_CHECK(share >= 0 && share <= hp.n_layer, "--share {} is outside 0..{}", share, hp.n_layer);
+  const int64_t P = share > 0 ? share : hp.n_layer;
+  const int64_t C = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
+  uint64_t tensor = 0;
+  auto matrix = [&](const std::string& name, int64_t O, int64_t I, double std, bool lut) {
+    Matrix mt;
+    mt.name = name;
+    mt.O = O;
+    mt.I = I;
+    std::vector<float> w(static_cast<size_t>(O * I));
+    Rng rng(seed, 0x1417ull, tensor++);
+    for (auto& x : w) x = float(rng.normal() * std);
+    if (!lut) {
+      mt.dense = std::move(w);
+      return mt;
+    }
+    const int64_t G = spec.group > 0 ? spec.group : I;
+    mt.lut = std::make_shared<LutWeight>(
+        quantize_to_lut(w.data(), O, I, spec.type, G, builtin_grid(spec.grid, int64_t(1) << lut_bits_of(spec.type)), name));
+    mt.lut->grid_name = spec.grid;
+    return mt;
+  };
+  const double proj_std = 0.02 / std::sqrt(2.0 * double(hp.n_layer));
+  m.tok_embd = matrix("token_embd.weight", V, C, 0.02, spec.quantize_embeddings);
+  for (int64_t p = 0; p < P; ++p) {
+    const std::string b = "blk." + std::to_string(p) + ".";
+    TrainLayer l;
+    l.attn_norm.assign(size_t(C), 1.0f);
+    l.ffn_norm.assign(size_t(C), 1.0f);
+    if (hp.qkv_bias) {
+      l.bq.assign(size_t(Q), 0.0f);
+      l.bk.assign(size_t(KV), 0.0f);
+      l.bv.assign(size_t(KV), 0.0f);
+    }
+    l.wq = matrix(b + "attn_q.weight", Q, C, 0.02, true);
+    l.wk = matrix(b + "attn_k.weight", KV, C, 0.02, true);
+    l.wv = matrix(b + "attn_v.weight", KV, C, 0.02, true);
+    l.wo = matrix(b + "attn_output.weight", C, Q, proj_std, true);
+    l.w_gate = matrix(b + "ffn_gate.weight", F, C, 0.02, true);
+    l.w_up = matrix(b + "ffn_up.weight", F, C, 0.02, true);
+    l.w_down = matrix(b + "ffn_down.weight", C, F, proj_std, true);
+    m.layers.push_back(std::move(l));
+  }
+  m.output_norm.assign(size_t(C), 1.0f);
+  if (!hp.tied_embeddings) m.output = matrix("output.weight", V, C, 0.02, spec.quantize_embeddings);
+  m.layer_of.resize(size_t(hp.n_layer));
+  for (int64_t l = 0; l < hp.n_layer; ++l) m.layer_of[size_t(l)] = l % P;
+  return m;
+}
+
+HParams parse_shape(const std::string& spec) {
+  HParams hp;
+  hp.arch = "llama";
+  hp.n_ctx_train = 2048;
+  std::stringstream ss(spec);
+  std::string item;
+  bool has_hd = false;
+  while (std::getline(ss, item, ',')) {
+    const auto eq = item.find('=');
+    PRIMAL_CHECK(eq != std::string::npos, "--shape: '{}' is not key=value", item);
+    const std::string k = item.substr(0, eq), v = item.substr(eq + 1);
+    double x;
+    try {
+      size_t used = 0;
+      x = std::stod(v, &used);
+      PRIMAL_CHECK(used == v.size(), "--shape: '{}' is not a number", v);
+    } catch (const std::logic_error&) {
+      fail("--shape: '{}' is not a number", v);
+    }
+    auto whole = [&] {
+      PRIMAL_CHECK(x >= 1 && x == std::floor(x) && x < 1e9, "--shape: {} must be a positive integer, got {}", k, v);
+      return int64_t(x);
+    };
+    if (k == "layers") hp.n_layer = whole();
+    else if (k == "embd") hp.n_embd = whole();
+    else if (k == "heads") hp.n_head = whole();
+    else if (k == "kv_heads") hp.n_head_kv = whole();
+    else if (k == "ff") hp.n_ff = whole();
+    else if (k == "ctx") hp.n_ctx_train = whole();
+    else if (k == "head_dim") hp.head_dim = whole(), has_hd = true;
+    else if (k == "theta") hp.rope_theta = float(x);
+    else if (k == "eps") hp.rms_eps = float(x);
+    else fail("--shape: unknown key '{}' (layers, embd, heads, kv_heads, ff, ctx, head_dim, theta, eps)", k);
+  }
+  PRIMAL_CHECK(hp.n_layer > 0 && hp.n_embd > 0 && hp.n_head > 0 && hp.n_ff > 0,
+               "--shape needs at least layers, embd, heads and ff (got '{}')", spec);
+  if (hp.n_head_kv == 0) hp.n_head_kv = hp.n_head;
+  if (!has_hd) {
+    PRIMAL_CHECK(hp.n_embd % hp.n_head == 0, "--shape: embd {} is not a multiple of heads {}", hp.n_embd, hp.n_head);
+    hp.head_dim = hp.n_embd / hp.n_head;
+  }
+  hp.rope_dim = hp.head_dim;
+  return hp;
+}
+
+}  // namespace primal::train
