@@ -88,7 +88,10 @@ void VoteEngine::tile(const Matrix& m, int64_t o0, int64_t rows, const float* dW
   PRIMAL_CHECK(s, "votes: no vote buffer for {}", m.name);
   float* part = nullptr;
   if (cfg_.rule == Rule::Momentum && cfg_.second_moment) {
+    // The column sums are kept per tile of the linear layer (matrix.h), summed in tile order.
     const int64_t R = lut_tile_rows(m.I);
+    PRIMAL_CHECK(o0 % R == 0 && (rows == R || o0 + rows == m.O), "votes: {}: rows {}..{} are not a tile of {} rows",
+                 m.name, o0, o0 + rows, R);
     part = s->col_part.data() + (o0 / R) * m.I;
     std::fill(part, part + m.I, 0.0f);
   }
