@@ -15,7 +15,7 @@ namespace {
 struct Args {
   train::TrainConfig c;
   std::string init, resume, rule = "momentum", lut_type = "lut4", group = "32", schedule = "none";
-  int64_t steps = 0, threads = 0;
+  int64_t steps = 0, threads = 0, stop_after = 0;
   bool quiet = false, freeze_embd = false, freeze_head = false, train_embd = false, train_head = false;
   bool no_shuffle = false, no_second_moment = false, freeze_scales = false;
 };
@@ -109,6 +109,8 @@ void register_train(CLI::App& app) {
   auto* g_out = "Output";
   cmd->add_option("--out", c.out, "output folder (metrics.jsonl, checkpoint.gguf, model.gguf)")->group(g_out);
   cmd->add_option("--resume", a->resume, "continue the run in this folder from its checkpoint")->group(g_out);
+  cmd->add_option("--stop-after", a->stop_after, "stop (with a checkpoint) after N steps of this invocation")
+      ->group(g_out);
   cmd->add_option("--checkpoint-every", c.checkpoint_every, "steps between checkpoints (0: only at the end)")
       ->group(g_out);
   cmd->add_option("--eval-every", c.eval_every, "steps between evaluations (0: only at the end)")->group(g_out);
@@ -124,6 +126,7 @@ void register_train(CLI::App& app) {
     train::TrainConfig& c = a->c;
     if (a->threads > 0) omp_set_num_threads(int(a->threads));
     train::TrainRunOptions o;
+    o.stop_after = a->stop_after;
     o.tty = !a->quiet && isatty(2);
     if (!a->quiet) o.log = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
     if (!a->resume.empty()) {

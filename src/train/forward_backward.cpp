@@ -138,7 +138,7 @@ LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F
   for (int64_t r0 = 0; r0 < N; r0 += kHeadChunk) {
     const int64_t n = std::min(kHeadChunk, N - r0);
     linear_forward(ws.logits.data(), ws.xnf.data() + r0 * C, n, head, nullptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * V >= (1 << 18))
     for (int64_t r = 0; r < n; ++r) {
       F* row = ws.logits.data() + r * V;
       ws.nll[size_t(r)] = grads ? cpu::cross_entropy_backward_row(row, V, targets[r0 + r], loss_scale)

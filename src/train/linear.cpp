@@ -12,6 +12,9 @@ namespace {
 
 constexpr int64_t kFwdRows = 256;  // rows of inp per forward task
 constexpr int64_t kBwdRows = 32;   // rows of inp per dinp task
+// Below this many multiply-adds a layer runs on one thread: a parallel region costs more than
+// it saves, and far more when the cores are shared (a thread waits at the barrier for a slice).
+constexpr int64_t kParallelWork = int64_t(1) << 22;
 
 // A dense fp32 matrix is read in place by fp32 code; anything else goes through a tile buffer.
 template <class F>
@@ -32,7 +35,7 @@ void linear_forward(F* out, const F* inp, int64_t N, const Matrix& W, const floa
   const int64_t O = W.O, I = W.I, R = lut_tile_rows(I);
   const int64_t n_tiles = (O + R - 1) / R, n_blocks = (N + kFwdRows - 1) / kFwdRows;
   const bool dir = direct<F>(W);
-#pragma omp parallel
+#pragma omp parallel if (N * O * I >= kParallelWork)
   {
     std::vector<F> tile(dir ? 0 : size_t(R * I));
 #pragma omp for collapse(2) schedule(dynamic, 1)
@@ -63,7 +66,7 @@ void linear_backward(F* dinp, bool accumulate, const F* dout, const F* inp, int6
   if (dinp) {
     const int64_t n_blocks = (N + kBwdRows - 1) / kBwdRows;
     const bool dir = direct<F>(W);
-#pragma omp parallel
+#pragma omp parallel if (N * O * I >= kParallelWork)
     {
       std::vector<F> tile(dir ? 0 : size_t(R * I));
 #pragma omp for schedule(dynamic, 1)
@@ -86,7 +89,7 @@ void linear_backward(F* dinp, bool accumulate, const F* dout, const F* inp, int6
   if (!g.any()) return;
 
   // dW tile by tile: dW[o0 .. o0+rows) = dout[:, o0 .. o0+rows)^T inp.
-#pragma omp parallel
+#pragma omp parallel if (N * O * I >= kParallelWork)
   {
     std::vector<F> tile(W.is_lut() ? size_t(R * I) : 0);
 #pragma omp for schedule(dynamic, 1)

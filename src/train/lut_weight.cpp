@@ -112,7 +112,7 @@ LutWeight quantize_to_lut(const float* W, int64_t O, int64_t I, DType type, int6
   const std::vector<float>& g = w.grid;
   const float gmax = g.back(), gmin = g.front();
   static const float kClip[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f};
-#pragma omp parallel
+#pragma omp parallel if (O * I >= (1 << 18))
   {
     std::vector<uint32_t> best(static_cast<size_t>(G)), cur(static_cast<size_t>(G));
 #pragma omp for schedule(static)

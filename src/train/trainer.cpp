@@ -286,7 +286,8 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   const double seconds0 = st.seconds;
   const int64_t first_step = st.step;
   const int64_t steps = cfg.sched.steps;
-  for (int64_t s = st.step; s < steps; ++s) {
+  const int64_t end = o.stop_after > 0 ? std::min(steps, st.step + o.stop_after) : steps;
+  for (int64_t s = st.step; s < end; ++s) {
     const auto t0 = Clock::now();
     const Phase ph = phase_at(cfg.sched, s);
     TrainMask mask = make_mask(ph, cfg, P);
@@ -372,9 +373,16 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
       if (o.tty) std::fprintf(stderr, "\n");
       sample(st.step);
     }
-    if ((cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0) || last) write_ckpt();
+    if ((cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0) || last || st.step == end) write_ckpt();
   }
   if (o.tty) std::fprintf(stderr, "\n");
+  sum.steps = st.step;
+  sum.tokens = st.tokens;
+  sum.seconds = st.seconds;
+  if (st.step < steps) {
+    log(fmt::format("stopped after step {} of {}; continue with --resume {}", st.step, steps, cfg.out));
+    return sum;
+  }
 
   // The final model.
   GgufWriter w;
@@ -384,9 +392,6 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   const std::string final_path = final_model_path(cfg.out);
   w.write(final_path);
   log(fmt::format("wrote {}", final_path));
-  sum.steps = st.step;
-  sum.tokens = st.tokens;
-  sum.seconds = st.seconds;
   return sum;
 }
 

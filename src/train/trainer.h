@@ -19,6 +19,8 @@ namespace primal::train {
 struct TrainRunOptions {
   bool resume = false;            // continue from cfg.out/checkpoint.gguf
   int64_t steps_override = 0;     // with resume: a new total step count (0: keep)
+  int64_t stop_after = 0;         // stop (with a checkpoint) after this many steps of this
+                                  // invocation, keeping the schedule of all steps (0: run to the end)
   bool tty = false;               // progress bar redrawn in place (else one line every log_every)
   int64_t log_every = 10;
   std::function<void(const std::string&)> log;  // human lines (stderr)

@@ -198,7 +198,7 @@ int64_t VoteEngine::apply_seed(LutVotes& s) {
   const int64_t O = L.O, I = L.I, K = L.K(), vmax = cfg_.vmax();
   // Pass 1: jitter, and the row sums of |v| and v^2 for the tensor's z-scores.
   std::vector<double> rs(static_cast<size_t>(O)), rs2(static_cast<size_t>(O));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (O * I >= (1 << 18))
   for (int64_t o = 0; o < O; ++o) {
     Rng rng(cfg_.seed, uint64_t(step_), uint64_t(s.id), kNoise, uint64_t(o));
     double a = 0, a2 = 0;
@@ -221,7 +221,7 @@ int64_t VoteEngine::apply_seed(LutVotes& s) {
   const double pscale = cfg_.flip_lr * sched_ * gov_.lr_mult;
   // Pass 2: decisions.
   int64_t flips = 0;
-#pragma omp parallel for schedule(static) reduction(+ : flips)
+#pragma omp parallel for schedule(static) reduction(+ : flips) if (O * I >= (1 << 18))
   for (int64_t o = 0; o < O; ++o) {
     Rng rng(cfg_.seed, uint64_t(step_), uint64_t(s.id), kFlip, uint64_t(o));
     for (int64_t i = 0; i < I; ++i) {
@@ -250,7 +250,7 @@ int64_t VoteEngine::apply_momentum(LutVotes& s) {
   LutWeight& L = *s.m->lut;
   const int64_t O = L.O, I = L.I, K = L.K(), U = cfg_.units(), vmax = cfg_.vmax();
   int64_t flips = 0;
-#pragma omp parallel for schedule(static) reduction(+ : flips)
+#pragma omp parallel for schedule(static) reduction(+ : flips) if (O * I >= (1 << 18))
   for (int64_t o = 0; o < O; ++o) {
     Rng rng(cfg_.seed, uint64_t(step_), uint64_t(s.id), kNoise, uint64_t(o));
     for (int64_t i = 0; i < I; ++i) {

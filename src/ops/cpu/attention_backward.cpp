@@ -14,7 +14,7 @@ void attention_forward_train(F* out, F* lse, const F* q, const F* k, const F* v,
                KVH);
   const int64_t group = NH / KVH, qs = NH * HS, ks = KVH * HS;
   const F scale = F(1.0 / std::sqrt(double(HS)));
-#pragma omp parallel
+#pragma omp parallel if (B * NH * T * T * HS >= (1 << 20))
   {
     std::vector<F> s(static_cast<size_t>(T));
 #pragma omp for collapse(3) schedule(dynamic, 8)
@@ -59,7 +59,7 @@ void attention_backward(F* dq, F* dk, F* dv, const F* dout, const F* out, const 
                KVH);
   const int64_t group = NH / KVH, qs = NH * HS, ks = KVH * HS;
   const F scale = F(1.0 / std::sqrt(double(HS)));
-#pragma omp parallel
+#pragma omp parallel if (B * NH * T * T * HS >= (1 << 19))
   {
     std::vector<F> p(static_cast<size_t>(T)), ds(static_cast<size_t>(T));
 #pragma omp for collapse(2) schedule(dynamic, 1)

@@ -6,7 +6,7 @@ namespace primal::cpu {
 
 template <class F>
 void rmsnorm_forward_train(F* out, F* rstd, const F* inp, const float* weight, int64_t T, int64_t C, float eps) {
-#pragma omp parallel for schedule(static) if (T > 1)
+#pragma omp parallel for schedule(static) if (T * C >= (1 << 16))
   for (int64_t t = 0; t < T; ++t) {
     const F* x = inp + t * C;
     F* y = out + t * C;
@@ -21,7 +21,7 @@ void rmsnorm_forward_train(F* out, F* rstd, const F* inp, const float* weight, i
 template <class F>
 void rmsnorm_backward(F* dinp, F* dweight, const F* dout, const F* inp, const float* weight, const F* rstd, int64_t T,
                       int64_t C) {
-#pragma omp parallel for schedule(static) if (T > 1)
+#pragma omp parallel for schedule(static) if (T * C >= (1 << 16))
   for (int64_t t = 0; t < T; ++t) {
     const F* x = inp + t * C;
     const F* dy = dout + t * C;

@@ -11,7 +11,7 @@ void rope_rotate(F* x, int64_t T, int64_t n_heads, int64_t pos0, const RopeParam
   const int64_t HS = p.head_dim, half = p.n_rot / 2;
   PRIMAL_CHECK(int64_t(p.inv_freq.size()) == half && p.n_rot <= HS, "rope: inconsistent parameters");
   const int64_t step = p.neox ? 1 : 2, other = p.neox ? half : 1;
-#pragma omp parallel for schedule(static) if (T > 1)
+#pragma omp parallel for schedule(static) if (T * n_heads * half >= (1 << 15))
   for (int64_t t = 0; t < T; ++t) {
     const double pos = double(pos0 + t);
     for (int64_t i = 0; i < half; ++i) {
