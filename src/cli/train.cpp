@@ -3,10 +3,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/gguf.h"
+#include "io/model_source.h"
+#include "tokenizer/tokenizer.h"
+#include "train/eval.h"
+#include "train/model_io.h"
 #include "train/trainer.h"
 
 namespace primal::cli {
@@ -15,7 +23,8 @@ namespace {
 struct Args {
   train::TrainConfig c;
   std::string init, resume, rule = "momentum", lut_type = "lut4", group = "32", schedule = "none";
-  int64_t steps = 0, threads = 0, stop_after = 0;
+  int64_t steps = 0, threads = 0, stop_after = 0, ctx = 512, chunks = -1;
+  std::string eval_ppl;
   bool quiet = false, freeze_embd = false, freeze_head = false, train_embd = false, train_head = false;
   bool no_shuffle = false, no_second_moment = false, freeze_scales = false;
 };
@@ -43,9 +52,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--shape", c.shape, "layers=L,embd=C,heads=H,kv_heads=K,ff=F[,ctx=,head_dim=,theta=,eps=]")
       ->group(g_model);
   cmd->add_option("--tokenizer", c.tokenizer, "tokenizer (GGUF or HF folder; default: the model)")->group(g_model);
-  cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut4, lut8, lut16")
+  cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut4, lut8, lut16, or none (keep them float)")
       ->group(g_model)
-      ->check(CLI::IsMember({"lut4", "lut8", "lut16"}));
+      ->check(CLI::IsMember({"lut4", "lut8", "lut16", "none"}));
   cmd->add_option("--grid", c.lut.grid, "grid for float matrices: iq4nl, uniform")->group(g_model);
   cmd->add_option("--group", a->group, "weights per scale for float matrices: a number or 'row'")->group(g_model);
   cmd->add_option("--share", c.share, "share layers: the model keeps N physical layers, used cyclically")
@@ -121,6 +130,11 @@ void register_train(CLI::App& app) {
   cmd->add_option("--seed", c.seed, "random seed")->group(g_out);
   cmd->add_option("--threads", a->threads, "OpenMP threads (default: all cores)")->group(g_out);
   cmd->add_flag("-q,--quiet", a->quiet, "no progress output");
+  auto* g_eval = "Evaluation only";
+  cmd->add_option("--eval-ppl", a->eval_ppl, "print the perplexity of --model on this text (llama.cpp definition) and exit")
+      ->group(g_eval);
+  cmd->add_option("-c,--ctx", a->ctx, "--eval-ppl window")->group(g_eval);
+  cmd->add_option("--chunks", a->chunks, "--eval-ppl windows (default all)")->group(g_eval);
 
   cmd->callback([a] {
     train::TrainConfig& c = a->c;
@@ -140,6 +154,46 @@ void register_train(CLI::App& app) {
                   (unsigned long long)s.tokens, s.last_loss, s.last_eval);
       return;
     }
+    c.lut.type = a->lut_type == "lut4"   ? DType::LUT4
+                 : a->lut_type == "lut8" ? DType::LUT8
+                 : a->lut_type == "lut16" ? DType::LUT16
+                                          : DType::F32;  // none: layers stay float
+    if (a->group == "row") {
+      c.lut.group = 0;
+    } else {
+      try {
+        c.lut.group = std::stoll(a->group);
+      } catch (const std::exception&) {
+        fail("--group: '{}' is not a number or 'row'", a->group);
+      }
+      PRIMAL_CHECK(c.lut.group > 0, "--group must be positive or 'row'");
+    }
+    if (!a->eval_ppl.empty()) {
+      PRIMAL_CHECK(!c.model.empty(), "--eval-ppl needs --model");
+      train::TrainModel m;
+      if (std::filesystem::is_directory(c.model)) {
+        const auto src = ModelSource::open(c.model);
+        m = train::load_train_model(*src, c.lut, 0);
+      } else {
+        const GgufFile f(c.model);
+        m = train::read_train_model(f, c.lut, 0);
+      }
+      const auto tok = Tokenizer::open(c.tokenizer.empty() ? c.model : c.tokenizer);
+      std::ifstream in(a->eval_ppl, std::ios::binary);
+      PRIMAL_CHECK(in, "{}: cannot open", a->eval_ppl);
+      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const auto ids = tok->encode(text, false, false);
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto r = train::perplexity(m, ids, a->ctx, tok->bos_id(), a->chunks, 4, [&](int64_t d, int64_t n, double p) {
+        if (!a->quiet) std::fprintf(stderr, "\r[%lld/%lld] ppl %.4f", (long long)d, (long long)n, p);
+      });
+      if (!a->quiet) std::fprintf(stderr, "\n");
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("%s: ppl %.4f over %lld windows of %lld (%lld scored tokens, %.0f tokens/s)\n", a->eval_ppl.c_str(),
+                  r.ppl, (long long)r.windows, (long long)a->ctx, (long long)r.scored,
+                  double(r.windows * a->ctx) / s);
+      return;
+    }
     c.init_random = a->init == "random";
     PRIMAL_CHECK(!(c.init_random && !c.model.empty()), "--init random and --model exclude each other");
     PRIMAL_CHECK(!c.init_random || !c.shape.empty(), "--init random needs --shape");
@@ -152,17 +206,6 @@ void register_train(CLI::App& app) {
     if (c.sched.warmup < 0) c.sched.warmup = std::max<int64_t>(0, a->steps / 20);
     c.votes.rule = a->rule == "seed" ? train::Rule::Seed : train::Rule::Momentum;
     c.votes.second_moment = !a->no_second_moment;
-    c.lut.type = a->lut_type == "lut4" ? DType::LUT4 : a->lut_type == "lut8" ? DType::LUT8 : DType::LUT16;
-    if (a->group == "row") {
-      c.lut.group = 0;
-    } else {
-      try {
-        c.lut.group = std::stoll(a->group);
-      } catch (const std::exception&) {
-        fail("--group: '{}' is not a number or 'row'", a->group);
-      }
-      PRIMAL_CHECK(c.lut.group > 0, "--group must be positive or 'row'");
-    }
     PRIMAL_CHECK(!(a->train_embd && a->freeze_embd) && !(a->train_head && a->freeze_head),
                  "--train-X and --freeze-X exclude each other");
     if (a->train_embd) c.train_embd = 1;

@@ -33,6 +33,7 @@ void Workspace<F>::resize(const HParams& hp, int64_t b, int64_t t) {
   dq.resize(N * Q), datt.resize(N * Q), dk.resize(N * KV), dv.resize(N * KV);
   dgate.resize(N * FF), dup.resize(N * FF), dh.resize(N * FF);
   logits.resize(size_t(kHeadChunk * hp.n_vocab));
+  xchunk.resize(size_t(kHeadChunk) * C), dxchunk.resize(size_t(kHeadChunk) * C);
   nll.resize(size_t(kHeadChunk));
 }
 
@@ -45,7 +46,9 @@ size_t Workspace<F>::bytes() const {
     for (const auto* v : {&a.xn1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.mid, &a.xn2, &a.rstd2, &a.gate,
                           &a.up, &a.h})
       add(*v);
-  for (const auto* v : {&xnf, &rstdf, &dx, &dxn, &dxnf, &dq, &datt, &dk, &dv, &dgate, &dup, &dh, &logits}) add(*v);
+  for (const auto* v : {&xnf, &rstdf, &dx, &dxn, &dxnf, &dq, &datt, &dk, &dv, &dgate, &dup, &dh, &logits, &xchunk,
+                        &dxchunk})
+    add(*v);
   return n;
 }
 
@@ -134,23 +137,39 @@ LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F
   LinearGrad<F> head_grad;
   if (grads)
     head_grad = grad_of(head, tied ? grads->tok_embd : grads->output, (F*)nullptr, mask.head, mask.scales, sink);
+  // Only scored rows (target >= 0) go through the head: evaluation windows score half of theirs.
+  std::vector<int64_t> rows;
+  rows.reserve(size_t(N));
+  for (int64_t r = 0; r < N; ++r)
+    if (targets[r] >= 0) rows.push_back(r);
+  const bool all = int64_t(rows.size()) == N;
+  if (grads && !all) std::fill(ws.dxnf.begin(), ws.dxnf.end(), F(0));
   LossSum loss;
-  for (int64_t r0 = 0; r0 < N; r0 += kHeadChunk) {
-    const int64_t n = std::min(kHeadChunk, N - r0);
-    linear_forward(ws.logits.data(), ws.xnf.data() + r0 * C, n, head, nullptr);
+  for (int64_t c0 = 0; c0 < int64_t(rows.size()); c0 += kHeadChunk) {
+    const int64_t n = std::min<int64_t>(kHeadChunk, int64_t(rows.size()) - c0);
+    const F* x = ws.xnf.data() + c0 * C;
+    F* dxr = ws.dxnf.data() + c0 * C;
+    if (!all) {
+      for (int64_t r = 0; r < n; ++r)
+        std::copy_n(ws.xnf.data() + rows[size_t(c0 + r)] * C, C, ws.xchunk.data() + r * C);
+      x = ws.xchunk.data();
+      dxr = ws.dxchunk.data();
+    }
+    linear_forward(ws.logits.data(), x, n, head, nullptr);
 #pragma omp parallel for schedule(static) if (n * V >= (1 << 18))
     for (int64_t r = 0; r < n; ++r) {
       F* row = ws.logits.data() + r * V;
-      ws.nll[size_t(r)] = grads ? cpu::cross_entropy_backward_row(row, V, targets[r0 + r], loss_scale)
-                                : cpu::cross_entropy_row(row, V, targets[r0 + r]);
+      const int32_t y = targets[rows[size_t(c0 + r)]];
+      ws.nll[size_t(r)] = grads ? cpu::cross_entropy_backward_row(row, V, y, loss_scale) : cpu::cross_entropy_row(row, V, y);
     }
-    for (int64_t r = 0; r < n; ++r) {
-      if (targets[r0 + r] < 0) continue;
-      loss.nll += ws.nll[size_t(r)];
-      ++loss.count;
+    for (int64_t r = 0; r < n; ++r) loss.nll += ws.nll[size_t(r)];
+    loss.count += n;
+    if (grads) {
+      linear_backward(dxr, false, ws.logits.data(), x, n, head, head_grad);
+      if (!all)
+        for (int64_t r = 0; r < n; ++r)
+          std::copy_n(ws.dxchunk.data() + r * C, C, ws.dxnf.data() + rows[size_t(c0 + r)] * C);
     }
-    if (grads)
-      linear_backward(ws.dxnf.data() + r0 * C, false, ws.logits.data(), ws.xnf.data() + r0 * C, n, head, head_grad);
   }
   if (!grads) return loss;
 

@@ -35,6 +35,7 @@ struct Workspace {
   std::vector<F> dk, dv;            // (N, KV)
   std::vector<F> dgate, dup, dh;    // (N, F)
   std::vector<F> logits;            // (kHeadChunk, V)
+  std::vector<F> xchunk, dxchunk;   // (kHeadChunk, C): scored rows gathered when some are not
   std::vector<double> nll;          // (kHeadChunk)
 
   void resize(const HParams& hp, int64_t B, int64_t T);

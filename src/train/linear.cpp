@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "train/gemm.h"
+#include "ops/cpu/gemm.h"
 
 namespace primal::train {
 namespace {
@@ -45,7 +45,7 @@ void linear_forward(F* out, const F* inp, int64_t N, const Matrix& W, const floa
         const int64_t n0 = b * kFwdRows, n = std::min(kFwdRows, N - n0);
         const F* w = dir ? dense_ptr<F>(W, o0) : tile.data();
         if (!dir) W.rows(o0, rows, tile.data());
-        gemm<F>(false, true, n, rows, I, F(1), inp + n0 * I, I, w, I, F(0), out + n0 * O + o0, O);
+        cpu::gemm<F>(false, true, n, rows, I, F(1), inp + n0 * I, I, w, I, F(0), out + n0 * O + o0, O);
         if (bias)
           for (int64_t t = n0; t < n0 + n; ++t)
             for (int64_t o = o0; o < o0 + rows; ++o) out[t * O + o] += F(bias[o]);
@@ -73,14 +73,14 @@ void linear_backward(F* dinp, bool accumulate, const F* dout, const F* inp, int6
       for (int64_t b = 0; b < n_blocks; ++b) {
         const int64_t n0 = b * kBwdRows, n = std::min(kBwdRows, N - n0);
         if (dir) {
-          gemm<F>(false, false, n, I, O, F(1), dout + n0 * O, O, dense_ptr<F>(W, 0), I, accumulate ? F(1) : F(0),
+          cpu::gemm<F>(false, false, n, I, O, F(1), dout + n0 * O, O, dense_ptr<F>(W, 0), I, accumulate ? F(1) : F(0),
                   dinp + n0 * I, I);
           continue;
         }
         for (int64_t k = 0; k < n_tiles; ++k) {
           const int64_t o0 = k * R, rows = std::min(R, O - o0);
           W.rows(o0, rows, tile.data());
-          gemm<F>(false, false, n, I, rows, F(1), dout + n0 * O + o0, O, tile.data(), I,
+          cpu::gemm<F>(false, false, n, I, rows, F(1), dout + n0 * O + o0, O, tile.data(), I,
                   (accumulate || k > 0) ? F(1) : F(0), dinp + n0 * I, I);
         }
       }
@@ -103,11 +103,11 @@ void linear_backward(F* dinp, bool accumulate, const F* dout, const F* inp, int6
         }
       }
       if (!W.is_lut()) {
-        if (g.dW) gemm<F>(true, false, rows, I, N, F(1), dout + o0, O, inp, I, F(1), g.dW + o0 * I, I);
+        if (g.dW) cpu::gemm<F>(true, false, rows, I, N, F(1), dout + o0, O, inp, I, F(1), g.dW + o0 * I, I);
         continue;
       }
       if (!g.dscale && !g.sink) continue;
-      gemm<F>(true, false, rows, I, N, F(1), dout + o0, O, inp, I, F(0), tile.data(), I);
+      cpu::gemm<F>(true, false, rows, I, N, F(1), dout + o0, O, inp, I, F(0), tile.data(), I);
       const LutWeight& L = *W.lut;
       if (g.dscale) {
         for (int64_t r = 0; r < rows; ++r) {

@@ -27,7 +27,7 @@ Matrix load_matrix(const TensorRef& t, const LutSpec& spec, bool to_lut, int64_t
     const int64_t src = permute_heads > 0 ? llama_qk_source_row(r, permute_heads, m.O) : r;
     dequantize_tensor_row(t, src, w.data() + r * m.I);
   }
-  if (!to_lut) {
+  if (!to_lut || !spec.enabled()) {
     m.dense = std::move(w);
     return m;
   }
@@ -134,7 +134,7 @@ TrainModel init_random_model(const HParams& hp_in, const LutSpec& spec, int64_t 
     std::vector<float> w(static_cast<size_t>(O * I));
     Rng rng(seed, 0x1417ull, tensor++);
     for (auto& x : w) x = float(rng.normal() * std);
-    if (!lut) {
+    if (!lut || !spec.enabled()) {
       mt.dense = std::move(w);
       return mt;
     }

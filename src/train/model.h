@@ -63,6 +63,8 @@ struct LutSpec {
   int64_t group = 32;              // 0: one scale per row
   std::string grid = "iq4nl";      // builtin_grid name
   bool quantize_embeddings = false;  // token_embd / output too (else they stay dense fp32)
+  // F32 (`--lut none`): layer matrices stay dense fp32 and train by AdamW (a float baseline).
+  bool enabled() const { return type == DType::LUT4 || type == DType::LUT8 || type == DType::LUT16; }
 };
 
 // Load from a ModelSource (GGUF or HF folder). LUT tensors are taken as they are; float or

@@ -231,7 +231,7 @@ TrainModel read_train_model(const GgufFile& f, const LutSpec& spec, int64_t shar
                  name, t.nbytes, row_bytes(t.type, I) * size_t(O));
     std::vector<float> w(size_t(O * I));
     dequantize_tensor(r, w.data());
-    if (!to_lut) {
+    if (!to_lut || !spec.enabled()) {
       mt.dense = std::move(w);
       return mt;
     }

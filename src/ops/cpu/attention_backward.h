@@ -1,4 +1,5 @@
-// Causal GQA attention for training, over B independent sequences of T tokens (positions 0..T-1):
+// Causal GQA attention for training, over B independent sequences of T tokens (positions 0..T-1),
+// as GEMMs per (sequence, head) on its (T, T) score matrix:
 //   s_j = q . k_j / sqrt(HS) for j <= t,  p = softmax(s),  out = sum_j p_j v_j
 // The forward keeps only the log-sum-exp of every row (lse = log sum_j exp(s_j)); the backward
 // recomputes p_j = exp(s_j - lse) instead of storing the (T, T) probabilities per head:

@@ -1,8 +1,8 @@
-#include "train/gemm.h"
+#include "ops/cpu/gemm.h"
 
 #include "ops/cpu/blas.h"
 
-namespace primal::train {
+namespace primal::cpu {
 namespace {
 
 #ifndef PRIMAL_HAVE_OPENBLAS
@@ -46,4 +46,4 @@ void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alph
 #endif
 }
 
-}  // namespace primal::train
+}  // namespace primal::cpu
