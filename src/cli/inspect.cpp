@@ -1,10 +1,16 @@
-// primal inspect FILE: metadata and tensor table of a GGUF file, like gguf-dump.
+// primal inspect PATH: metadata and tensor table of a GGUF file (like gguf-dump), of a
+// .safetensors file, or of an HF checkpoint folder (config summary + tensors of every shard).
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <memory>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "io/gguf.h"
+#include "io/hf_config.h"
+#include "io/hf_names.h"
+#include "io/safetensors.h"
 
 namespace primal::cli {
 namespace {
@@ -45,15 +51,81 @@ void inspect_gguf(const InspectOptions& o) {
   fmt::print("\n  {} tensors, {:.2f} MiB of tensor data\n", f.tensors().size(), double(total) / (1 << 20));
 }
 
+std::string st_shape(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t k = 0; k < shape.size(); ++k) s += (k ? ", " : "") + std::to_string(shape[k]);
+  return s + "]";
+}
+
+const char* rope_name(RopeScaling r) {
+  switch (r) {
+    case RopeScaling::None: return "none";
+    case RopeScaling::Linear: return "linear";
+    case RopeScaling::Llama3: return "llama3";
+    case RopeScaling::Yarn: return "yarn";
+  }
+  return "?";
+}
+
+void inspect_safetensors(const InspectOptions& o) {
+  SafetensorsFile f(o.path);
+  fmt::print("{}: safetensors, header {} bytes, {} tensors, data at offset {}\n", o.path, f.header_size(),
+             f.tensors().size(), f.data_offset());
+  for (const auto& [k, v] : f.metadata()) fmt::print("  __metadata__ {} = \"{}\"\n", k, v);
+  if (o.no_tensors) return;
+  fmt::print("\n  {:>4}  {:<52} {:<6} {:<18} {:>12} {:>12}\n", "#", "name", "dtype", "shape", "offset", "bytes");
+  size_t k = 0, total = 0;
+  for (const auto& t : f.tensors()) {
+    fmt::print("  {:>4}  {:<52} {:<6} {:<18} {:>12} {:>12}\n", ++k, t.name, t.dtype, st_shape(t.shape), t.begin,
+               t.nbytes);
+    total += t.nbytes;
+  }
+  fmt::print("\n  {} tensors, {:.2f} MiB of tensor data (offsets from the start of the data)\n", f.tensors().size(),
+             double(total) / (1 << 20));
+}
+
+void inspect_hf(const InspectOptions& o) {
+  const HfConfig c = read_hf_config(o.path);
+  const HParams& h = c.hp;
+  SafetensorsModel m(o.path);
+  fmt::print("{}: Hugging Face checkpoint, model_type {} ({}), {} safetensors file(s), {} tensors\n", o.path,
+             c.model_type, c.architecture.empty() ? "?" : c.architecture, m.files().size(), m.tensors().size());
+  fmt::print("  arch {}: vocab {}, context {}, embd {}, layers {}, heads {} (kv {}), head_dim {}, ffn {}\n", h.arch,
+             h.n_vocab, h.n_ctx_train, h.n_embd, h.n_layer, h.n_head, h.n_head_kv, h.head_dim, h.n_ff);
+  fmt::print("  rms_eps {}, rope theta {}, rope scaling {}", h.rms_eps, h.rope_theta, rope_name(h.rope_scaling));
+  if (h.rope_scaling != RopeScaling::None) fmt::print(" (factor {}, original context {})", h.rope_factor, h.rope_orig_ctx);
+  fmt::print("\n  tied head {}, qkv bias {}, bos {}, eos {}\n", h.tied_embeddings ? "yes" : "no",
+             h.qkv_bias ? "yes" : "no", h.bos_id, h.eos_id);
+  if (o.no_tensors) return;
+  fmt::print("\n  {:>4}  {:<48} {:<24} {:<6} {:<14} {:<34} {:>10}\n", "#", "name", "llama.cpp name", "dtype", "shape",
+             "file", "offset");
+  size_t k = 0, total = 0;
+  for (const SafetensorsTensor* t : m.tensors()) {
+    const auto g = gguf_name_for_hf(t->name);
+    fmt::print("  {:>4}  {:<48} {:<24} {:<6} {:<14} {:<34} {:>10}\n", ++k, t->name, g ? g->name : "-", t->dtype,
+               st_shape(t->shape), std::filesystem::path(t->file).filename().string(), t->begin);
+    total += t->nbytes;
+  }
+  fmt::print("\n  {} tensors, {:.2f} MiB of tensor data (offsets from the start of each file's data)\n",
+             m.tensors().size(), double(total) / (1 << 20));
+}
+
+void inspect(const InspectOptions& o) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(o.path)) return inspect_hf(o);
+  if (fs::path(o.path).extension() == ".safetensors") return inspect_safetensors(o);
+  inspect_gguf(o);
+}
+
 }  // namespace
 
 void register_inspect(CLI::App& app) {
   auto o = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show a model file's metadata and tensor table (like gguf-dump)");
-  cmd->add_option("file", o->path, "GGUF file")->required()->check(CLI::ExistingFile);
+  auto* cmd = app.add_subcommand("inspect", "Show a model's metadata and tensor table (GGUF like gguf-dump, .safetensors, HF folder)");
+  cmd->add_option("path", o->path, "GGUF file, .safetensors file or HF checkpoint folder")->required()->check(CLI::ExistingPath);
   cmd->add_option("--max-items", o->max_items, "Array elements shown per metadata value")->capture_default_str();
   cmd->add_flag("--no-tensors", o->no_tensors, "Show metadata only");
-  cmd->callback([o] { inspect_gguf(*o); });
+  cmd->callback([o] { inspect(*o); });
 }
 
 }  // namespace primal::cli

@@ -319,8 +319,8 @@ void GgufFile::parse(const uint8_t* data, size_t size) {
   }
 
   // The data section starts at the next multiple of the alignment.
-  const uint64_t header_end = c.pos();
-  data_offset_ = (header_end + alignment_ - 1) / alignment_ * alignment_;
+  header_end_ = c.pos();
+  data_offset_ = (header_end_ + alignment_ - 1) / alignment_ * alignment_;
   if (data_offset_ > size && !tensors_.empty())
     fail("{}: truncated file: data section would start at {} but the file has {} bytes", name_, data_offset_, size);
   const uint64_t data_size = data_offset_ <= size ? size - data_offset_ : 0;

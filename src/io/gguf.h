@@ -74,6 +74,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }
+  uint64_t header_end() const { return header_end_; }  // end of the tensor table, before padding
   size_t file_size() const { return size_; }
 
   // Metadata, in file order.
@@ -107,6 +108,7 @@ class GgufFile {
   uint32_t version_ = 0;
   uint32_t alignment_ = 32;
   uint64_t data_offset_ = 0;
+  uint64_t header_end_ = 0;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::map<std::string, size_t> kv_index_;
   std::vector<GgufTensorInfo> tensors_;
