@@ -1,6 +1,7 @@
 // The `run`, `chat` and `ppl` subcommands, run as a user runs them, on the real reference model.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -56,6 +57,23 @@ TEST(CliRun, SeededSamplingIsReproducible) {
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
   EXPECT_EQ(a.out.rfind("def main():", 0), 0u);
+}
+
+// --dump-dir writes every named intermediate of the prompt pass as .npy; the last layer's output
+// holds the prompt's 9 tokens x 256 features after a 128-byte header.
+TEST(CliRun, DumpWritesEveryIntermediate) {
+  const std::string m = test::data_path(kDir + "/ref-llama-code-Q8_0.gguf");
+  const std::string dir = test::temp_dir() + "/dump";
+  const std::string pf = write_temp("dump_prompt.txt", "import os\nimport sys\n\n\nclass ");
+  const auto res = test::run_primal("run -m " + m + " -f " + pf + " -n 1 --temp 0 --dump-summary --dump-dir " + dir);
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  size_t n_files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) n_files += e.path().extension() == ".npy";
+  EXPECT_EQ(n_files, 1u + 13u * 8u + 2u);
+  EXPECT_EQ(std::filesystem::file_size(dir + "/l_out-7.npy"), 128u + 9u * 256u * 4u);
+  EXPECT_EQ(std::filesystem::file_size(dir + "/result_output.npy"), 128u + 50257u * 4u);
+  EXPECT_NE(res.err.find("l_out-7"), std::string::npos);
+  EXPECT_NE(res.err.find("[9 x 256]"), std::string::npos) << res.err;
 }
 
 TEST(CliRun, ClearErrors) {
