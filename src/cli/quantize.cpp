@@ -17,7 +17,7 @@ struct QuantizeCli {
   std::string in, out, format = "lut4", grid = "iq4nl", group = "32", calib;
   std::vector<std::string> tensor_types;
   double mixed = 0;
-  bool act_aware = false, allow_requantize = false, quiet = false;
+  bool act_aware = false, gptq = false, allow_requantize = false, quiet = false;
   int64_t calib_tokens = 4096, calib_ctx = 512;
   int kmeans_iters = 10;
 };
@@ -52,6 +52,7 @@ void run_quantize(const QuantizeCli& c) {
   o.mixed_bits = c.mixed;
   o.calib = c.calib;
   o.act_aware = c.act_aware;
+  o.gptq = c.gptq;
   o.calib_tokens = c.calib_tokens;
   o.calib_ctx = c.calib_ctx;
   o.kmeans_iters = c.kmeans_iters;
@@ -77,9 +78,11 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--mixed", c->mixed,
                   "Mixed precision: choose each matrix's width (lut2/3/4/8) by measured sensitivity so that the "
                   "whole file averages at most BITS bits per weight (needs --calib)");
-  cmd->add_option("--calib", c->calib, "Calibration text (for --act-aware and --mixed)");
+  cmd->add_option("--calib", c->calib, "Calibration text (for --act-aware, --gptq and --mixed)");
   cmd->add_flag("--act-aware", c->act_aware,
                 "Weight the scale search by the mean squared input activations on the calibration text");
+  cmd->add_flag("--gptq", c->gptq,
+                "Error-compensating quantization (GPTQ with the LUT grid) on the calibration activations");
   cmd->add_option("--calib-tokens", c->calib_tokens, "Calibration tokens used")->capture_default_str();
   cmd->add_option("--calib-ctx", c->calib_ctx, "Window length of the calibration forward")->capture_default_str();
   cmd->add_option("--kmeans-iters", c->kmeans_iters, "Lloyd iterations for --grid learned")->capture_default_str();

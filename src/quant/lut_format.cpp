@@ -105,6 +105,22 @@ void add_lut_tensors(GgufWriter& w, const std::string& name, DType t, int64_t ne
     });
 }
 
+std::unique_ptr<PackedLut> pack_lut_matrix(const std::string& name, const LutMatrix& m) {
+  auto p = std::make_unique<PackedLut>();
+  const size_t rb = row_bytes(m.type, m.ne0);
+  p->bytes.resize(rb * size_t(m.ne1));
+  for (int64_t r = 0; r < m.ne1; ++r) pack_lut_row(m.type, m.idx.data() + r * m.ne0, p->bytes.data() + size_t(r) * rb, m.ne0);
+  p->scale = m.scale;
+  p->grid = m.grid;
+  p->ref.name = name;
+  p->ref.type = m.type;
+  p->ref.ne = {m.ne0, m.ne1};
+  p->ref.data = p->bytes.data();
+  p->ref.nbytes = p->bytes.size();
+  p->ref.lut = LutParams{p->scale.data(), m.group, p->grid.data(), int64_t(p->grid.size())};
+  return p;
+}
+
 LutSizeReport model_size_report(const GgufFile& f) {
   LutSizeReport r;
   // Parameters of each LUT type, all and linear, to share out the shared grids.

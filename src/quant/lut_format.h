@@ -19,6 +19,7 @@
 // Other tensors (norms F32, anything not quantized) are stored as in the source.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,19 @@ void attach_lut_params(std::vector<TensorRef>& tensors, const std::string& sourc
 using LutMaker = std::function<LutMatrix()>;
 void add_lut_tensors(GgufWriter& w, const std::string& name, DType t, int64_t ne0, int64_t ne1, int64_t group,
                      bool own_grid, LutMaker make);
+
+// A quantized matrix packed as it is stored, in memory, and a TensorRef viewing it (for the
+// forward pass: mixed precision runs the model with one matrix swapped for its LUT version).
+struct PackedLut {
+  std::vector<uint8_t> bytes;    // (ne1, row_bytes(type, ne0))
+  std::vector<uint16_t> scale;   // (ne1, ne0 / group) fp16
+  std::vector<float> grid;       // (K)
+  TensorRef ref;                 // points into the vectors above: do not copy a PackedLut
+  PackedLut() = default;
+  PackedLut(const PackedLut&) = delete;
+  PackedLut& operator=(const PackedLut&) = delete;
+};
+std::unique_ptr<PackedLut> pack_lut_matrix(const std::string& name, const LutMatrix& m);
 
 // Size of a model file: bits of all tensor data over all parameters (what llama.cpp reports as
 // BPW), and the same over the linear layers of the blocks only (blk.*.weight matrices with their

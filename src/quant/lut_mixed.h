@@ -24,6 +24,7 @@ struct MixedOptions {
   double budget_bits = 4.0;  // average bits per weight of the whole file
   LutQuantOptions base;      // grid, group, activation-aware
   std::vector<DType> widths = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8};
+  int64_t kl_tokens = 512;  // calibration tokens the KL is measured on
 };
 
 struct MixedCandidate {

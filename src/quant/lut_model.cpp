@@ -18,6 +18,7 @@
 #include "quant/dequant.h"
 #include "quant/lut_calib.h"
 #include "quant/lut_format.h"
+#include "quant/lut_gptq.h"
 #include "quant/lut_kmeans.h"
 #include "quant/lut_mixed.h"
 #include "quant/lut_pack.h"
@@ -107,15 +108,31 @@ double lut_tensor_bits(const LutTensorPlan& p, bool own_grid) {
          (own_grid ? 32.0 * double(lut_entries(p.type)) : 0.0);
 }
 
+LutMatrix quantize_planned(const TensorRef& t, const LutTensorPlan& p, const LutQuantOptions& o,
+                           const CalibStats* stats) {
+  PRIMAL_CHECK(t.ne.size() == 2 && t.ne[0] == p.ne0 && t.ne[1] == p.ne1, "quantize: tensor '{}' does not match its plan",
+               t.name);
+  const std::vector<float>* imp = stats && (o.act_aware || o.gptq) ? stats->importance_of(t.name) : nullptr;
+  const std::vector<double>* H = stats && o.gptq ? stats->hessian_of(t.name) : nullptr;
+  const float* w = imp ? imp->data() : nullptr;
+  std::vector<float> W(static_cast<size_t>(p.ne0 * p.ne1));
+  dequantize_tensor(t, W.data());
+  std::vector<float> grid = o.grid == GridKind::Learned
+                                ? learn_grid(W.data(), p.ne0, p.ne1, p.type, p.group, w, o.kmeans_iters).grid
+                                : make_grid(o.grid, lut_entries(p.type));
+  if (H) return lut_quantize_matrix_gptq(W.data(), p.ne0, p.ne1, p.type, p.group, std::move(grid), *H);
+  return lut_quantize_matrix(W.data(), p.ne0, p.ne1, p.type, p.group, std::move(grid), w);
+}
+
 void quantize_model(const std::string& in, const std::string& out, const LutQuantOptions& o) {
   auto log = [&](const std::string& s) {
     if (o.log) o.log(s);
   };
   const bool learned = o.grid == GridKind::Learned;
   PRIMAL_CHECK(o.calib.empty() || o.calib_tokens > 0, "quantize: --calib-tokens must be positive");
-  PRIMAL_CHECK(!(o.act_aware || o.mixed_bits > 0) || !o.calib.empty(),
+  PRIMAL_CHECK(!(o.act_aware || o.gptq || o.mixed_bits > 0) || !o.calib.empty(),
                "quantize: {} needs a calibration text (--calib FILE)",
-               o.mixed_bits > 0 ? "--mixed" : "--act-aware");
+               o.mixed_bits > 0 ? "--mixed" : o.gptq ? "--gptq" : "--act-aware");
 
   // 1. Every check on the input, before anything is written.
   std::unique_ptr<ModelSource> src = ModelSource::open(in);
@@ -140,7 +157,7 @@ void quantize_model(const std::string& in, const std::string& out, const LutQuan
   CalibStats stats;
   if (!o.calib.empty()) {
     log(fmt::format("calibration: {} tokens of {} in windows of {}", o.calib_tokens, o.calib, o.calib_ctx));
-    stats = collect_calib_stats(*src, o.calib, o.calib_tokens, o.calib_ctx);
+    stats = collect_calib_stats(*src, o.calib, o.calib_tokens, o.calib_ctx, o.gptq);
   }
   if (o.mixed_bits > 0) {
     MixedOptions mo;
@@ -170,6 +187,7 @@ void quantize_model(const std::string& in, const std::string& out, const LutQuan
   if (o.mixed_bits > 0) w.add_kv("primal.lut.mixed_bits", GgufValue::f32(float(o.mixed_bits)));
   if (!o.calib.empty()) {
     w.add_kv("primal.lut.activation_aware", GgufValue::boolean(o.act_aware));
+    w.add_kv("primal.lut.gptq", GgufValue::boolean(o.gptq));
     w.add_kv("primal.lut.calibration", GgufValue::string(std::filesystem::path(o.calib).filename().string()));
   }
   if (!learned)
@@ -189,24 +207,14 @@ void quantize_model(const std::string& in, const std::string& out, const LutQuan
     }
     const LutTensorPlan p = *it->second;
     const TensorRef* tr = &t;
-    const std::vector<float>* imp = o.act_aware ? stats.importance_of(t.name) : nullptr;
-    add_lut_tensors(w, t.name, p.type, p.ne0, p.ne1, p.group, learned, [tr, p, imp, &o, &log, learned]() {
+    const CalibStats* st = o.calib.empty() ? nullptr : &stats;
+    add_lut_tensors(w, t.name, p.type, p.ne0, p.ne1, p.group, learned, [tr, p, st, &o, &log]() {
       const auto t0 = std::chrono::steady_clock::now();
-      std::vector<float> W(static_cast<size_t>(p.ne0 * p.ne1));
-      dequantize_tensor(*tr, W.data());
-      const float* w = imp ? imp->data() : nullptr;
-      std::vector<float> grid = learned ? learn_grid(W.data(), p.ne0, p.ne1, p.type, p.group, w, o.kmeans_iters).grid
-                                        : make_grid(o.grid, lut_entries(p.type));
-      LutMatrix m = lut_quantize_matrix(W.data(), p.ne0, p.ne1, p.type, p.group, std::move(grid), w);
-      double norm = 0;
-      for (int64_t r = 0; r < p.ne1; ++r)
-        for (int64_t i = 0; i < p.ne0; ++i) {
-          const double x = W[size_t(r * p.ne0 + i)];
-          norm += (w ? double(w[i]) : 1.0) * x * x;
-        }
+      LutMatrix m = quantize_planned(*tr, p, o, st);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log(fmt::format("  {:<28} {:<5} G{:<4} relative error {:.3e} ({:.1f} s)", p.name, dtype_name(p.type), p.group,
-                      norm > 0 ? m.error / norm : 0.0, secs));
+      log(fmt::format("  {:<28} {:<5} G{:<4} relative {} error {:.3e} ({:.1f} s)", p.name, dtype_name(p.type), p.group,
+                      o.gptq && st && st->hessian_of(p.name) ? "output" : "weight",
+                      m.energy > 0 ? m.error / m.energy : 0.0, secs));
       return m;
     });
   }

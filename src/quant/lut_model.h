@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor_ref.h"
 #include "quant/lut_grid.h"
 
 namespace primal {
@@ -29,6 +30,7 @@ struct LutQuantOptions {
   double mixed_bits = 0;            // > 0: mixed precision under this average (bits per weight)
   std::string calib;                // calibration text (activation-aware scales, mixed precision)
   bool act_aware = false;           // weight the scale search by the calibration activations
+  bool gptq = false;                // error-compensating quantization on the calibration H
   int64_t calib_tokens = 4096;      // tokens of the calibration text used
   int64_t calib_ctx = 512;          // window length of the calibration forward
   int kmeans_iters = 10;            // Lloyd iterations of learned grids
@@ -50,6 +52,14 @@ std::vector<LutTensorPlan> plan_lut_model(const ModelSource& src, const LutQuant
 
 // Bits of a matrix stored as plan p: indices, fp16 scales, and its own grid when learned.
 double lut_tensor_bits(const LutTensorPlan& p, bool own_grid);
+
+// Matrix t quantized as p with o's grid (learned: Lloyd's algorithm, o.kmeans_iters); with
+// o.act_aware the scale search is weighted by the calibration importance of t's inputs, with
+// o.gptq the matrix is quantized by lut_gptq on its input's H (stats may be null without them).
+struct LutMatrix;
+struct CalibStats;
+LutMatrix quantize_planned(const TensorRef& t, const LutTensorPlan& p, const LutQuantOptions& o,
+                           const CalibStats* stats);
 
 void quantize_model(const std::string& in, const std::string& out, const LutQuantOptions& o);
 

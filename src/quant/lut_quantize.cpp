@@ -141,13 +141,17 @@ LutMatrix lut_quantize_matrix(const float* W, int64_t ne0, int64_t ne1, DType t,
   m.scale.resize(size_t(ne1 * (ne0 / group)));
   const LutGrid g(m.grid);
   const int64_t ng = ne0 / group;
-  double err = 0;
-#pragma omp parallel for schedule(dynamic, 4) reduction(+ : err)
+  double err = 0, energy = 0;
+#pragma omp parallel for schedule(dynamic, 4) reduction(+ : err, energy)
   for (int64_t r = 0; r < ne1; ++r)
-    for (int64_t k = 0; k < ng; ++k)
+    for (int64_t k = 0; k < ng; ++k) {
+      for (int64_t i = k * group; i < (k + 1) * group; ++i)
+        energy += (importance ? double(importance[i]) : 1.0) * double(W[r * ne0 + i]) * W[r * ne0 + i];
       err += lut_quantize_group(g, W + r * ne0 + k * group, importance ? importance + k * group : nullptr, group,
                                 m.idx.data() + r * ne0 + k * group, m.scale.data() + r * ng + k);
+    }
   m.error = err;
+  m.energy = energy;
   return m;
 }
 

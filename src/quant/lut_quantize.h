@@ -61,6 +61,7 @@ struct LutMatrix {
   std::vector<uint16_t> scale;    // (ne1, ne0 / G) fp16 bits
   std::vector<float> grid;        // (K) ascending
   double error = 0;               // E summed over the matrix
+  double energy = 0;              // E of an all-zero answer (the weights' own weighted energy)
 
   int64_t groups_per_row() const { return ne0 / group; }
   void dequantize_row(int64_t r, float* dst) const;  // dst: ne0 floats
