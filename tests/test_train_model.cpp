@@ -12,7 +12,17 @@
 #include "core/half.h"
 #include "io/gguf.h"
 #include "io/gguf_writer.h"
+#include "hf_fixture.h"
+#include "infer/perplexity.h"
+#include "io/model_source.h"
+#include "model/weights.h"
+#include "quant/dequant.h"
+#include "quant/lut_export.h"
+#include "quant/lut_model.h"
+#include "quant/lut_grid.h"
+#include "quant/lut_pack.h"
 #include "testing.h"
+#include "train/eval.h"
 #include "train/model_io.h"
 #include "train/trainer.h"
 #include "train_fixture.h"
@@ -21,29 +31,50 @@ using namespace primal;
 using namespace primal::train;
 
 TEST(LutWeight, PackingMatchesTheFileLayout) {
-  LutWeight a = LutWeight::make(DType::LUT4, 2, 4, 4, builtin_grid("uniform", 16), "a");
+  LutWeight a = LutWeight::make(DType::LUT4, 2, 4, 4, uniform_grid(16), "a");
   a.set(0, 0, 0x3);
   a.set(0, 1, 0xA);
   a.set(1, 3, 0xF);
   EXPECT_EQ(a.idx, (std::vector<uint8_t>{0xA3, 0x00, 0x00, 0xF0}));
   EXPECT_EQ(a.get(0, 1), 0xAu);
-  LutWeight b = LutWeight::make(DType::LUT16, 1, 2, 2, builtin_grid("uniform", 65536), "b");
+  LutWeight b = LutWeight::make(DType::LUT16, 1, 2, 2, uniform_grid(65536), "b");
   b.set(0, 1, 0x1234);
   EXPECT_EQ(b.idx, (std::vector<uint8_t>{0, 0, 0x12, 0x34}));
   EXPECT_EQ(b.get(0, 1), 0x1234u);
-  LutWeight c = LutWeight::make(DType::LUT8, 1, 2, 1, builtin_grid("uniform", 256), "c");
+  LutWeight c = LutWeight::make(DType::LUT8, 1, 2, 1, uniform_grid(256), "c");
   c.set(0, 0, 200);
   EXPECT_EQ(c.idx, (std::vector<uint8_t>{200, 0}));
-  EXPECT_THROW(LutWeight::make(DType::LUT4, 1, 6, 4, builtin_grid("uniform", 16), "g"), Error);  // 4 does not divide 6
-  EXPECT_THROW(LutWeight::make(DType::LUT8, 1, 4, 4, builtin_grid("uniform", 16), "k"), Error);  // 16 entries for LUT8
-  std::vector<float> unsorted = builtin_grid("iq4nl", 16);
+  EXPECT_THROW(LutWeight::make(DType::LUT4, 1, 6, 4, uniform_grid(16), "g"), Error);  // 4 does not divide 6
+  EXPECT_THROW(LutWeight::make(DType::LUT8, 1, 4, 4, uniform_grid(16), "k"), Error);  // 16 entries for LUT8
+  std::vector<float> unsorted = iq4nl_grid();
   std::swap(unsorted[3], unsorted[4]);
   EXPECT_THROW(LutWeight::make(DType::LUT4, 1, 4, 4, unsorted, "s"), Error);
-  EXPECT_THROW(LutWeight::make(DType::Q4_0, 1, 32, 32, builtin_grid("uniform", 16), "t"), Error);
+  EXPECT_THROW(LutWeight::make(DType::Q4_0, 1, 32, 32, uniform_grid(16), "t"), Error);
+}
+
+// get/set of single indices agree with quant/lut_pack's row packing for every LUT type, both ways.
+TEST(LutWeight, SingleIndicesAgreeWithTheRowPackingOfEveryType) {
+  std::mt19937 rng(5);
+  for (DType t : {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8, DType::LUT16}) {
+    const int64_t K = lut_entries(t), I = 64, O = 3;
+    LutWeight w = LutWeight::make(t, O, I, 32, uniform_grid(K), "w");
+    std::vector<uint16_t> want(static_cast<size_t>(O * I)), got(static_cast<size_t>(I));
+    for (auto& v : want) v = uint16_t(rng() % uint32_t(K));
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i) w.set(o, i, want[size_t(o * I + i)]);
+    std::vector<uint8_t> packed(size_t(w.row_bytes()));
+    for (int64_t o = 0; o < O; ++o) {
+      unpack_lut_row(t, w.idx.data() + o * w.row_bytes(), got.data(), I);
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin() + o * I)) << dtype_name(t) << " row " << o;
+      pack_lut_row(t, want.data() + o * I, packed.data(), I);
+      EXPECT_TRUE(std::equal(packed.begin(), packed.end(), w.idx.begin() + o * w.row_bytes())) << dtype_name(t);
+      for (int64_t i = 0; i < I; ++i) ASSERT_EQ(w.get(o, i), want[size_t(o * I + i)]) << dtype_name(t);
+    }
+  }
 }
 
 TEST(LutWeight, QuantizerIsExactOnTheGridAndWithinHalfABucketElsewhere) {
-  const auto grid = builtin_grid("iq4nl", 16);
+  const auto grid = iq4nl_grid();
   // A row that is exactly 0.25 * grid values, with the extreme at the top of the grid: exact.
   std::vector<float> w(32);
   for (int i = 0; i < 32; ++i) w[size_t(i)] = 0.25f * grid[size_t((i * 7) % 16)];
@@ -87,9 +118,8 @@ TrainModel roundtrip(const TrainModel& m, const std::string& path, int64_t share
   KvList kv = {{"tokenizer.ggml.model", GgufValue::string("gpt2")}};
   add_model(w, m, kv, SaveOptions{});
   w.write(path);
-  const GgufFile f(path);
   LutSpec spec;
-  return read_train_model(f, spec, share);
+  return load_train_model(*ModelSource::open(path), spec, share);
 }
 
 }  // namespace
@@ -151,7 +181,7 @@ TEST(ModelIo, ReaderRefusesMissingAndMisshapenTensors) {
   const std::string p2 = test::temp_dir() + "/bad2.gguf";
   w2.write(p2);
   try {
-    read_train_model(GgufFile(p2), spec, 0);
+    load_train_model(*ModelSource::open(p2), spec, 0);
     FAIL() << "a LUT matrix without scales must be refused";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("blk.1.ffn_up.weight.scale"), std::string::npos) << e.what();
@@ -207,4 +237,64 @@ TEST(Shape, ParsesKeysAndRefusesTheRest) {
   EXPECT_THROW(parse_shape("layers=x,embd=64,heads=4,ff=8"), Error);
   EXPECT_THROW(parse_shape("layers=2.5,embd=64,heads=4,ff=8"), Error);
   EXPECT_THROW(parse_shape("layers"), Error);
+}
+
+// The trainer and `primal quantize` / `run` / `ppl` / `export` share one LUT file layout: a model
+// quantized by quant/lut_model (LUT embeddings and head included) loads into the trainer with
+// exactly the values the inference loader dequantizes; after flips and scale changes the trainer's
+// file is read by the inference forward (same perplexity as the trainer's own forward) and exports
+// to IQ4_NL with every matrix carried over exactly.
+TEST(ModelIo, SharesTheLayoutOfPrimalQuantizeRunPplAndExport) {
+  const std::string dir = test::temp_dir() + "/interop";
+  test::write_tiny_model(dir + "/hf", test::TinyModel{});
+  const std::string q = dir + "/q.gguf";
+  LutQuantOptions qo;  // LUT4, iq4nl, group 32
+  quantize_model(dir + "/hf", q, qo);
+  const auto src = ModelSource::open(q);
+  TrainModel m = load_train_model(*src, LutSpec{}, 0);
+  std::vector<Matrix*> mats = m.lut_matrices();
+  ASSERT_EQ(mats.size(), 2u + 7 * 2);  // embedding and head are LUT too
+  std::vector<float> want, got;
+  for (const Matrix* mt : mats) {
+    const TensorRef& t = src->tensor(mt->name);
+    EXPECT_EQ(mt->lut->type, DType::LUT4);
+    EXPECT_EQ(mt->lut->G, 32);
+    EXPECT_EQ(mt->lut->grid_name, "iq4nl");
+    want.resize(size_t(mt->I));
+    got.resize(size_t(mt->I));
+    for (int64_t o = 0; o < mt->O; ++o) {
+      dequantize_tensor_row(t, o, want.data());
+      mt->lut->dequantize_rows(o, 1, got.data());
+      ASSERT_EQ(got, want) << mt->name << " row " << o;
+    }
+  }
+  // Training-like changes: flips and scales (fp16-exact, so the file holds them unchanged).
+  for (Matrix* mt : mats) {
+    LutWeight& L = *mt->lut;
+    for (int64_t k = 0; k < mt->O; ++k) L.set(k, (k * 7) % mt->I, (L.get(k, (k * 7) % mt->I) + 1) % 16);
+    L.scale[0] = f16_to_f32(f32_to_f16(L.scale[0] * 1.25f));
+  }
+  const std::string out = dir + "/trained.gguf";
+  {
+    GgufWriter w;
+    add_model(w, m, tokenizer_metadata(q), SaveOptions{});
+    w.write(out);
+  }
+  std::vector<int32_t> ids(400);
+  std::mt19937 rng(9);
+  for (auto& x : ids) x = int32_t(rng() % 14);  // not BOS/EOS
+  const PplResult mine = perplexity(m, ids, 64, 14);
+  const auto model = Model::open(out);
+  PerplexityOptions po;
+  po.n_ctx = 64;
+  po.bos_id = 14;
+  const PerplexityResult theirs = primal::perplexity(model->w, ids, po);
+  EXPECT_EQ(theirs.n_scored, mine.scored);
+  EXPECT_NEAR(theirs.nll_mean, mine.nll, 1e-5);
+  EXPECT_GT(std::fabs(mine.ppl - primal::perplexity(Model::open(q)->w, ids, po).ppl), 1e-4);  // the changes count
+  ExportOptions eo;  // IQ4_NL
+  const ExportReport rep = export_model(out, dir + "/iq4nl.gguf", eo);
+  EXPECT_EQ(rep.exact, int64_t(mats.size()));
+  EXPECT_EQ(rep.requantized, 0);
+  EXPECT_NEAR(primal::perplexity(Model::open(dir + "/iq4nl.gguf")->w, ids, po).nll_mean, mine.nll, 1e-5);
 }

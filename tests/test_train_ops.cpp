@@ -26,6 +26,7 @@
 #include "ops/cpu/rmsnorm_backward.h"
 #include "ops/cpu/rope_backward.h"
 #include "ops/cpu/swiglu_backward.h"
+#include "quant/lut_grid.h"
 #include "train/forward_backward.h"
 #include "train/linear.h"
 #include "train/model.h"
@@ -260,7 +261,7 @@ Matrix lut_matrix(int64_t O, int64_t I, int64_t G, uint32_t seed) {
   m.name = "test.weight";
   m.O = O;
   m.I = I;
-  m.lut = std::make_shared<LutWeight>(quantize_to_lut(w.data(), O, I, DType::LUT4, G, builtin_grid("iq4nl", 16), "t"));
+  m.lut = std::make_shared<LutWeight>(quantize_to_lut(w.data(), O, I, DType::LUT4, G, iq4nl_grid(), "t"));
   return m;
 }
 
@@ -384,8 +385,13 @@ TrainModel tiny_model(bool bias, bool tied, int64_t share) {
     perturb(l.ffn_norm, 0.2, 1.0);
     for (auto* b : {&l.bq, &l.bk, &l.bv})
       if (!b->empty()) perturb(*b, 0.3, 0);
-    for (Matrix* mt : l.matrices())
-      for (auto& s : mt->lut->scale) s *= 20.0f;
+    // Grids of quant/lut_grid are integers (iq4nl: -127 .. 113): rescaled to [-1, 1] (scales
+    // taking the factor) so that the scales are O(1) and a finite-difference step of 1e-3 small.
+    for (Matrix* mt : l.matrices()) {
+      const float gmax = std::max(-mt->lut->grid.front(), mt->lut->grid.back());
+      for (auto& g : mt->lut->grid) g /= gmax;
+      for (auto& s : mt->lut->scale) s *= 20.0f * gmax;
+    }
   }
   return m;
 }

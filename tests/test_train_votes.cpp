@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "quant/lut_grid.h"
 #include "train/votes.h"
 
 using namespace primal;
@@ -24,7 +25,9 @@ Matrix make_matrix(int64_t O, int64_t I, uint32_t idx = 8, float scale = 1.0f) {
   m.name = "blk.0.attn_q.weight";
   m.O = O;
   m.I = I;
-  m.lut = std::make_shared<LutWeight>(LutWeight::make(DType::LUT4, O, I, I, builtin_grid("uniform", 16), "test"));
+  std::vector<float> grid = uniform_grid(16);  // -8 .. 7
+  for (auto& g : grid) g /= 8;
+  m.lut = std::make_shared<LutWeight>(LutWeight::make(DType::LUT4, O, I, I, grid, "test"));
   for (int64_t o = 0; o < O; ++o) {
     m.lut->scale[size_t(o)] = scale;
     for (int64_t i = 0; i < I; ++i) m.lut->set(o, i, idx);

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "io/model_source.h"
+#include "quant/lut_pack.h"
 #include "tokenizer/tokenizer.h"
 #include "train/eval.h"
 #include "train/model_io.h"
@@ -52,10 +53,10 @@ void register_train(CLI::App& app) {
   cmd->add_option("--shape", c.shape, "layers=L,embd=C,heads=H,kv_heads=K,ff=F[,ctx=,head_dim=,theta=,eps=]")
       ->group(g_model);
   cmd->add_option("--tokenizer", c.tokenizer, "tokenizer (GGUF or HF folder; default: the model)")->group(g_model);
-  cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut4, lut8, lut16, or none (keep them float)")
+  cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut2, lut3, lut4, lut8, lut16, or none (keep them float)")
       ->group(g_model)
-      ->check(CLI::IsMember({"lut4", "lut8", "lut16", "none"}));
-  cmd->add_option("--grid", c.lut.grid, "grid for float matrices: iq4nl, uniform")->group(g_model);
+      ->check(CLI::IsMember({"lut2", "lut3", "lut4", "lut8", "lut16", "none"}));
+  cmd->add_option("--grid", c.lut.grid, "grid for float matrices: prime, iq4nl, nf4, uniform, learned (quant/lut_grid.h)")->group(g_model);
   cmd->add_option("--group", a->group, "weights per scale for float matrices: a number or 'row'")->group(g_model);
   cmd->add_option("--share", c.share, "share layers: the model keeps N physical layers, used cyclically")
       ->group(g_model);
@@ -154,10 +155,8 @@ void register_train(CLI::App& app) {
                   (unsigned long long)s.tokens, s.last_loss, s.last_eval);
       return;
     }
-    c.lut.type = a->lut_type == "lut4"   ? DType::LUT4
-                 : a->lut_type == "lut8" ? DType::LUT8
-                 : a->lut_type == "lut16" ? DType::LUT16
-                                          : DType::F32;  // none: layers stay float
+    c.lut.type = a->lut_type == "none" ? DType::F32  // layers stay float
+                                       : lut_type_for_bits(std::stoi(a->lut_type.substr(3)));
     if (a->group == "row") {
       c.lut.group = 0;
     } else {
@@ -170,14 +169,8 @@ void register_train(CLI::App& app) {
     }
     if (!a->eval_ppl.empty()) {
       PRIMAL_CHECK(!c.model.empty(), "--eval-ppl needs --model");
-      train::TrainModel m;
-      if (std::filesystem::is_directory(c.model)) {
-        const auto src = ModelSource::open(c.model);
-        m = train::load_train_model(*src, c.lut, 0);
-      } else {
-        const GgufFile f(c.model);
-        m = train::read_train_model(f, c.lut, 0);
-      }
+      const auto src = ModelSource::open(c.model);
+      const train::TrainModel m = train::load_train_model(*src, c.lut, 0);
       const auto tok = Tokenizer::open(c.tokenizer.empty() ? c.model : c.tokenizer);
       std::ifstream in(a->eval_ppl, std::ios::binary);
       PRIMAL_CHECK(in, "{}: cannot open", a->eval_ppl);

@@ -1,32 +1,31 @@
 #include "train/lut_weight.h"
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
+#include <cstring>
 
 #include "core/error.h"
+#include "core/half.h"
+#include "core/tensor_ref.h"
+#include "quant/lut_grid.h"
+#include "quant/lut_kmeans.h"
+#include "quant/lut_pack.h"
+#include "quant/lut_quantize.h"
 
 namespace primal::train {
 
-int lut_bits_of(DType t) {
-  switch (t) {
-    case DType::LUT4: return 4;
-    case DType::LUT8: return 8;
-    case DType::LUT16: return 16;
-    default: fail("type {} is not a LUT type the trainer supports (LUT4, LUT8, LUT16)", dtype_name(t));
-  }
-}
+int LutWeight::bits() const { return lut_bits(type); }
 
-int LutWeight::bits() const { return lut_bits_of(type); }
+int64_t LutWeight::row_bytes() const { return int64_t(primal::row_bytes(type, I)); }
 
-int64_t LutWeight::row_bytes() const {
-  const int b = bits();
-  return b == 4 ? I / 2 : b == 8 ? I : 2 * I;
-}
-
+// Single indices in the packing of quant/lut_pack.h.
 uint32_t LutWeight::get(int64_t o, int64_t i) const {
   const uint8_t* r = idx.data() + o * row_bytes();
   switch (type) {
+    case DType::LUT2: return (r[i / 4] >> ((i & 3) * 2)) & 3u;
+    case DType::LUT3: {
+      const uint8_t* b = r + (i / 8) * 3;
+      const uint32_t word = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16;
+      return (word >> ((i & 7) * 3)) & 7u;
+    }
     case DType::LUT4: return (r[i / 2] >> ((i & 1) * 4)) & 15u;
     case DType::LUT8: return r[i];
     default: return uint32_t(r[2 * i]) << 8 | r[2 * i + 1];
@@ -36,6 +35,19 @@ uint32_t LutWeight::get(int64_t o, int64_t i) const {
 void LutWeight::set(int64_t o, int64_t i, uint32_t v) {
   uint8_t* r = idx.data() + o * row_bytes();
   switch (type) {
+    case DType::LUT2: {
+      const int sh = int(i & 3) * 2;
+      r[i / 4] = uint8_t((r[i / 4] & ~(3u << sh)) | ((v & 3u) << sh));
+      break;
+    }
+    case DType::LUT3: {
+      uint8_t* b = r + (i / 8) * 3;
+      const int sh = int(i & 7) * 3;
+      uint32_t word = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16;
+      word = (word & ~(7u << sh)) | ((v & 7u) << sh);
+      b[0] = uint8_t(word), b[1] = uint8_t(word >> 8), b[2] = uint8_t(word >> 16);
+      break;
+    }
     case DType::LUT4: {
       const int sh = int(i & 1) * 4;
       r[i / 2] = uint8_t((r[i / 2] & ~(15u << sh)) | ((v & 15u) << sh));
@@ -54,7 +66,7 @@ void LutWeight::dequantize_rows(int64_t o0, int64_t n, F* dst) const {
     const int64_t o = o0 + r;
     const float* s = scale.data() + o * groups();
     F* d = dst + r * I;
-    if (type == DType::LUT4) {
+    if (type == DType::LUT4) {  // the common case, without a call per index
       const uint8_t* p = idx.data() + o * row_bytes();
       for (int64_t i = 0; i < I; i += 2) {
         const uint8_t b = p[i / 2];
@@ -72,18 +84,12 @@ template void LutWeight::dequantize_rows<double>(int64_t, int64_t, double*) cons
 
 LutWeight LutWeight::make(DType type, int64_t O, int64_t I, int64_t G, std::vector<float> grid,
                           const std::string& what) {
+  PRIMAL_CHECK(is_lut(type), "{}: type {} is not a LUT type (LUT2, LUT3, LUT4, LUT8, LUT16)", what, dtype_name(type));
+  PRIMAL_CHECK(O > 0 && I > 0, "{}: empty LUT matrix ({} x {})", what, O, I);
+  check_lut_shape(type, I, G, what);
+  validate_grid(grid.data(), int64_t(grid.size()), lut_entries(type), what);
   LutWeight w;
   w.type = type;
-  const int b = lut_bits_of(type);
-  PRIMAL_CHECK(O > 0 && I > 0, "{}: empty LUT matrix ({} x {})", what, O, I);
-  PRIMAL_CHECK(G > 0 && I % G == 0, "{}: group size {} does not divide the row length {}", what, G, I);
-  PRIMAL_CHECK(b != 4 || I % 2 == 0, "{}: LUT4 rows need an even length (got {})", what, I);
-  PRIMAL_CHECK(int64_t(grid.size()) == (int64_t(1) << b), "{}: a {} grid needs {} entries, got {}", what,
-               dtype_name(type), int64_t(1) << b, grid.size());
-  for (size_t k = 0; k < grid.size(); ++k) {
-    PRIMAL_CHECK(std::isfinite(grid[k]), "{}: grid entry {} is not finite", what, k);
-    PRIMAL_CHECK(k == 0 || grid[k] > grid[k - 1], "{}: grid is not strictly ascending at entry {}", what, k);
-  }
   w.O = O;
   w.I = I;
   w.G = G;
@@ -93,84 +99,48 @@ LutWeight LutWeight::make(DType type, int64_t O, int64_t I, int64_t G, std::vect
   return w;
 }
 
-namespace {
-
-// Nearest grid entry to v (grid ascending): binary search on the midpoints.
-uint32_t nearest(const std::vector<float>& g, float v) {
-  const auto it = std::lower_bound(g.begin(), g.end(), v);
-  if (it == g.begin()) return 0;
-  if (it == g.end()) return uint32_t(g.size() - 1);
-  const size_t k = size_t(it - g.begin());
-  return (v - g[k - 1] <= g[k] - v) ? uint32_t(k - 1) : uint32_t(k);
-}
-
-}  // namespace
-
-LutWeight quantize_to_lut(const float* W, int64_t O, int64_t I, DType type, int64_t G, std::vector<float> grid,
-                          const std::string& what) {
-  LutWeight w = LutWeight::make(type, O, I, G, std::move(grid), what);
-  const std::vector<float>& g = w.grid;
-  const float gmax = g.back(), gmin = g.front();
-  static const float kClip[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f};
-#pragma omp parallel if (O * I >= (1 << 18))
-  {
-    std::vector<uint32_t> best(static_cast<size_t>(G)), cur(static_cast<size_t>(G));
-#pragma omp for schedule(static)
-    for (int64_t o = 0; o < O; ++o) {
-      for (int64_t gi = 0; gi < I / G; ++gi) {
-        const float* x = W + o * I + gi * G;
-        float amax = 0, xmax = 0;
-        for (int64_t i = 0; i < G; ++i)
-          if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), xmax = x[i];
-        double best_err = std::numeric_limits<double>::infinity();
-        float best_s = 0;
-        std::fill(best.begin(), best.end(), nearest(g, 0.0f));
-        if (amax > 0) {
-          for (float end : {gmax, gmin}) {
-            for (float clip : kClip) {
-              float s = xmax * clip / end;
-              if (!(std::isfinite(s)) || s == 0) continue;
-              for (int pass = 0; pass < 2; ++pass) {
-                for (int64_t i = 0; i < G; ++i) cur[size_t(i)] = nearest(g, x[i] / s);
-                double num = 0, den = 0;  // least-squares refit of s for these indices
-                for (int64_t i = 0; i < G; ++i) {
-                  num += double(x[i]) * g[cur[size_t(i)]];
-                  den += double(g[cur[size_t(i)]]) * g[cur[size_t(i)]];
-                }
-                if (den > 0 && num != 0) s = float(num / den);
-              }
-              double err = 0;
-              for (int64_t i = 0; i < G; ++i) {
-                const double d = double(x[i]) - double(s) * g[cur[size_t(i)]];
-                err += d * d;
-              }
-              if (err < best_err) best_err = err, best_s = s, best = cur;
-            }
-          }
-        }
-        w.scale[size_t(o * (I / G) + gi)] = best_s;
-        for (int64_t i = 0; i < G; ++i) w.set(o, gi * G + i, best[size_t(i)]);
-      }
-    }
-  }
+LutWeight LutWeight::from_matrix(const LutMatrix& m, const std::string& grid_name, const std::string& what) {
+  LutWeight w = make(m.type, m.ne1, m.ne0, m.group, m.grid, what);
+  w.grid_name = grid_name;
+  for (int64_t o = 0; o < w.O; ++o)
+    pack_lut_row(w.type, m.idx.data() + o * w.I, w.idx.data() + o * w.row_bytes(), w.I);
+  for (size_t k = 0; k < w.scale.size(); ++k) w.scale[k] = f16_to_f32(m.scale[k]);
   return w;
 }
 
-std::vector<float> builtin_grid(const std::string& name, int64_t K) {
-  if (name == "iq4nl") {
-    PRIMAL_CHECK(K == 16, "grid iq4nl has 16 entries, not {}", K);
-    static const int kV[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-    std::vector<float> g(16);
-    for (int k = 0; k < 16; ++k) g[size_t(k)] = float(kV[k]) / 127.0f;
-    return g;
-  }
-  if (name == "uniform") {
-    PRIMAL_CHECK(K >= 4 && K <= 65536, "grid uniform: {} entries is out of range", K);
-    std::vector<float> g(static_cast<size_t>(K));
-    for (int64_t k = 0; k < K; ++k) g[size_t(k)] = float(double(2 * k - K) / double(K));
-    return g;
-  }
-  fail("unknown grid '{}' (the trainer builds iq4nl and uniform; other grids come with a LUT model)", name);
+LutWeight LutWeight::from_tensor(const TensorRef& t, const std::string& grid_name) {
+  PRIMAL_CHECK(is_lut(t.type) && t.ne.size() == 2, "tensor '{}': not a LUT matrix", t.name);
+  PRIMAL_CHECK(t.lut.grid && t.lut.scale, "tensor '{}': {} without its scales and grid", t.name, dtype_name(t.type));
+  const int64_t I = t.ne[0], O = t.ne[1];
+  LutWeight w = make(t.type, O, I, t.lut.group, std::vector<float>(t.lut.grid, t.lut.grid + t.lut.n_grid), t.name);
+  w.grid_name = grid_name;
+  PRIMAL_CHECK(t.nbytes == w.idx.size(), "tensor '{}': {} bytes of indices, expected {}", t.name, t.nbytes,
+               w.idx.size());
+  std::memcpy(w.idx.data(), t.data, t.nbytes);
+  for (size_t k = 0; k < w.scale.size(); ++k) w.scale[k] = f16_to_f32(t.lut.scale[k]);
+  return w;
+}
+
+LutWeight quantize_to_lut(const float* W, int64_t O, int64_t I, DType type, int64_t G, std::vector<float> grid,
+                          const std::string& what) {
+  PRIMAL_CHECK(is_lut(type), "{}: type {} is not a LUT type", what, dtype_name(type));
+  check_lut_shape(type, I, G, what);
+  validate_grid(grid.data(), int64_t(grid.size()), lut_entries(type), what);
+  const LutMatrix m = lut_quantize_matrix(W, I, O, type, G, std::move(grid), nullptr);
+  return LutWeight::from_matrix(m, "", what);
+}
+
+LutWeight quantize_to_lut(const float* W, int64_t O, int64_t I, DType type, int64_t G, const std::string& grid_name,
+                          const std::string& what) {
+  const auto kind = grid_kind_from_name(grid_name);
+  PRIMAL_CHECK(kind, "{}: unknown grid '{}' (one of {})", what, grid_name, grid_names());
+  PRIMAL_CHECK(is_lut(type), "{}: type {} is not a LUT type", what, dtype_name(type));
+  std::vector<float> grid = *kind == GridKind::Learned
+                                ? learn_grid(W, I, O, type, G, nullptr, 10).grid
+                                : make_grid(*kind, lut_entries(type));
+  LutWeight w = quantize_to_lut(W, O, I, type, G, std::move(grid), what);
+  w.grid_name = grid_name;
+  return w;
 }
 
 }  // namespace primal::train

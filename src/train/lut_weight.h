@@ -1,11 +1,13 @@
 // A LUT weight matrix as the trainer holds it:  W[o, i] = scale[o, i / G] * grid[idx[o, i]]
 // with the grid sorted ascending, so that "one bucket up/down" is idx + 1 / idx - 1.
 //
-// Persistent state per weight is only the packed index (LUT4: half a byte); the scales are fp32
-// float parameters (O * I / G of them, trained by AdamW) and the grid is fixed. The indices are
-// packed exactly as the GGUF tensor stores them (LUT4: index 2j in the low nibble of byte j, 2j+1
-// in the high nibble; LUT8: one byte; LUT16: base byte idx >> 8 then fine byte idx & 255), so
-// loading and saving are copies.
+// The layout is the one of `primal quantize` (quant/lut_format.h, quant/lut_pack.h): the indices
+// are packed exactly as the GGUF tensor stores them (LUT2 four a byte, LUT3 eight in three bytes,
+// LUT4 two a byte low nibble first, LUT8 one byte, LUT16 base byte then fine byte), so loading
+// and saving are copies; the trainer only adds single-index get/set for the vote rules. Persistent
+// state per weight is the packed index; the scales are fp32 float parameters here (O * I / G of
+// them, trained by AdamW; the model file stores them as fp16, checkpoints keep the fp32 values)
+// and the grid is fixed.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -13,10 +15,15 @@
 
 #include "core/dtype.h"
 
+namespace primal {
+struct TensorRef;
+struct LutMatrix;
+}  // namespace primal
+
 namespace primal::train {
 
 struct LutWeight {
-  DType type = DType::LUT4;    // LUT4, LUT8 or LUT16
+  DType type = DType::LUT4;    // LUT2, LUT3, LUT4, LUT8 or LUT16
   int64_t O = 0, I = 0;        // rows, row length
   int64_t G = 0;               // weights per scale; divides I (G = I: one scale per row)
   std::vector<float> grid;     // (K) strictly ascending, K = 2^bits
@@ -36,22 +43,23 @@ struct LutWeight {
   template <class F>
   void dequantize_rows(int64_t o0, int64_t n, F* dst) const;
 
-  // An empty weight of the given shape and type (indices 0, scales 0); checks G divides I and
-  // the grid has K ascending entries. `what` names the tensor in errors.
+  // An empty weight of the given shape and type (indices 0, scales 0); checks the shape against
+  // the type's packing, G against I and the grid (quant/lut_grid.h validate_grid). `what` names
+  // the tensor in errors.
   static LutWeight make(DType type, int64_t O, int64_t I, int64_t G, std::vector<float> grid, const std::string& what);
+  // A quantized matrix of quant/lut_quantize (unpacked indices, fp16 scales), packed.
+  static LutWeight from_matrix(const LutMatrix& m, const std::string& grid_name, const std::string& what);
+  // A LUT tensor of a loaded model (its scale and grid attached: TensorRef::lut), copied.
+  static LutWeight from_tensor(const TensorRef& t, const std::string& grid_name);
 };
 
-int lut_bits_of(DType t);  // 4, 8, 16; throws for other types
-
-// Quantize float rows W (O, I) onto `grid` with a scale per G weights: per group, the scale is
-// chosen among a few clipping ratios of max|w| (mapped onto either end of the grid) and refitted
-// by least squares; indices are the nearest grid values. A plain weight-error quantizer for
-// training from float models and random init; `primal quantize` (quant/) has the better ones.
+// Quantize float rows W (O, I) onto `grid` with a scale per G weights, with the quantizer of
+// `primal quantize` (quant/lut_quantize.h: scale search judged with the fp16 scale it stores).
 LutWeight quantize_to_lut(const float* W, int64_t O, int64_t I, DType type, int64_t G, std::vector<float> grid,
                           const std::string& what);
-
-// Grids the trainer can build by itself (for --init random and float models): "iq4nl" (16
-// entries: llama.cpp's IQ4_NL levels / 127), "uniform" (K evenly spaced values in [-1, 1 - 2/K]).
-std::vector<float> builtin_grid(const std::string& name, int64_t K);
+// The same with a grid by name (quant/lut_grid.h: prime, iq4nl, nf4, uniform, or learned, which
+// runs Lloyd's algorithm on W as `primal quantize --grid learned` does).
+LutWeight quantize_to_lut(const float* W, int64_t O, int64_t I, DType type, int64_t G, const std::string& grid_name,
+                          const std::string& what);
 
 }  // namespace primal::train

@@ -6,22 +6,34 @@
 #include "core/error.h"
 #include "io/convert.h"
 #include "io/model_source.h"
+#include "io/gguf.h"
 #include "model/weights.h"
+#include "quant/lut_pack.h"
 #include "quant/dequant.h"
 #include "train/rng.h"
 
 namespace primal::train {
+
+LutWeight quantize_to_spec(const float* W, int64_t O, int64_t I, const LutSpec& spec, const std::string& what) {
+  return quantize_to_lut(W, O, I, spec.type, spec.group > 0 ? spec.group : I, spec.grid, what);
+}
+
 namespace {
 
-// A matrix from a stored tensor: LUT stays LUT; anything else is dequantized, and quantized to
-// the spec when `to_lut`. permute_heads > 0: HF Q/K rows reordered to llama.cpp's (pairs) order.
-Matrix load_matrix(const TensorRef& t, const LutSpec& spec, bool to_lut, int64_t permute_heads) {
+// A matrix from a stored tensor: LUT stays LUT (indices, scales and grid copied as stored);
+// anything else is dequantized, and quantized to the spec when `to_lut`. permute_heads > 0: HF
+// Q/K rows reordered to llama.cpp's (pairs) order.
+Matrix load_matrix(const TensorRef& t, const LutSpec& spec, bool to_lut, int64_t permute_heads,
+                   const std::string& grid_name) {
   Matrix m;
   m.name = t.name;
   m.I = t.row_size();
   m.O = t.nrows();
-  PRIMAL_CHECK(!(t.type == DType::LUT4 || t.type == DType::LUT8 || t.type == DType::LUT16),
-               "{}: LUT tensors in the source are not readable by this build yet", t.name);
+  if (is_lut(t.type)) {
+    PRIMAL_CHECK(permute_heads == 0, "{}: LUT tensors in an HF checkpoint are not expected", t.name);
+    m.lut = std::make_shared<LutWeight>(LutWeight::from_tensor(t, grid_name));
+    return m;
+  }
   std::vector<float> w(static_cast<size_t>(m.O * m.I));
   for (int64_t r = 0; r < m.O; ++r) {
     const int64_t src = permute_heads > 0 ? llama_qk_source_row(r, permute_heads, m.O) : r;
@@ -31,11 +43,7 @@ Matrix load_matrix(const TensorRef& t, const LutSpec& spec, bool to_lut, int64_t
     m.dense = std::move(w);
     return m;
   }
-  const int64_t G = spec.group > 0 ? spec.group : m.I;
-  m.lut = std::make_shared<LutWeight>(quantize_to_lut(w.data(), m.O, m.I, spec.type, G,
-                                                      builtin_grid(spec.grid, int64_t(1) << lut_bits_of(spec.type)),
-                                                      t.name));
-  m.lut->grid_name = spec.grid;
+  m.lut = std::make_shared<LutWeight>(quantize_to_spec(w.data(), m.O, m.I, spec, t.name));
   return m;
 }
 
@@ -78,11 +86,16 @@ TrainModel load_train_model(const ModelSource& src, const LutSpec& spec, int64_t
   if (const TensorRef* f = src.find("rope_freqs.weight")) {
     m.rope_freqs.resize(size_t(f->nelements()));
     dequantize_tensor(*f, m.rope_freqs.data());
+  } else if (hp.rope_scaling == RopeScaling::Llama3) {
+    // Saved models carry llama3 scaling as the divisors tensor (as llama.cpp's GGUFs do).
+    m.rope_freqs = cpu::llama3_freq_factors(hp.rope_dim, hp.rope_theta, hp.rope_factor, hp.rope_low_freq_factor,
+                                            hp.rope_high_freq_factor, double(hp.rope_orig_ctx));
   }
+  const std::string grid_name = src.gguf() ? src.gguf()->get_str("primal.lut.grid", "") : "";
   PRIMAL_CHECK(share >= 0 && share <= hp.n_layer, "{}: --share {} is outside 0..{}", src.path(), share, hp.n_layer);
   const int64_t P = share > 0 ? share : hp.n_layer;
-  m.tok_embd = load_matrix(*lw.tok_embd, spec, spec.quantize_embeddings, 0);
-  if (!hp.tied_embeddings) m.output = load_matrix(*lw.output, spec, spec.quantize_embeddings, 0);
+  m.tok_embd = load_matrix(*lw.tok_embd, spec, spec.quantize_embeddings, 0, grid_name);
+  if (!hp.tied_embeddings) m.output = load_matrix(*lw.output, spec, spec.quantize_embeddings, 0, grid_name);
   m.output_norm = lw.output_norm;
   for (int64_t p = 0; p < P; ++p) {
     const LayerWeights& s = lw.layers[size_t(p)];
@@ -93,13 +106,13 @@ TrainModel load_train_model(const ModelSource& src, const LutSpec& spec, int64_t
     l.bq = s.bq;
     l.bk = s.bk;
     l.bv = s.bv;
-    l.wq = load_matrix(*s.wq, spec, true, permute ? hp.n_head : 0);
-    l.wk = load_matrix(*s.wk, spec, true, permute ? hp.n_head_kv : 0);
-    l.wv = load_matrix(*s.wv, spec, true, 0);
-    l.wo = load_matrix(*s.wo, spec, true, 0);
-    l.w_gate = load_matrix(*s.w_gate, spec, true, 0);
-    l.w_up = load_matrix(*s.w_up, spec, true, 0);
-    l.w_down = load_matrix(*s.w_down, spec, true, 0);
+    l.wq = load_matrix(*s.wq, spec, true, permute ? hp.n_head : 0, grid_name);
+    l.wk = load_matrix(*s.wk, spec, true, permute ? hp.n_head_kv : 0, grid_name);
+    l.wv = load_matrix(*s.wv, spec, true, 0, grid_name);
+    l.wo = load_matrix(*s.wo, spec, true, 0, grid_name);
+    l.w_gate = load_matrix(*s.w_gate, spec, true, 0, grid_name);
+    l.w_up = load_matrix(*s.w_up, spec, true, 0, grid_name);
+    l.w_down = load_matrix(*s.w_down, spec, true, 0, grid_name);
     // HF q/k biases follow their rows.
     if (permute && !l.bq.empty()) {
       const auto bq = l.bq, bk = l.bk;
@@ -138,10 +151,7 @@ TrainModel init_random_model(const HParams& hp_in, const LutSpec& spec, int64_t 
       mt.dense = std::move(w);
       return mt;
     }
-    const int64_t G = spec.group > 0 ? spec.group : I;
-    mt.lut = std::make_shared<LutWeight>(
-        quantize_to_lut(w.data(), O, I, spec.type, G, builtin_grid(spec.grid, int64_t(1) << lut_bits_of(spec.type)), name));
-    mt.lut->grid_name = spec.grid;
+    mt.lut = std::make_shared<LutWeight>(quantize_to_spec(w.data(), O, I, spec, name));
     return mt;
   };
   const double proj_std = 0.02 / std::sqrt(2.0 * double(hp.n_layer));

@@ -61,11 +61,15 @@ struct TrainModel {
 struct LutSpec {
   DType type = DType::LUT4;
   int64_t group = 32;              // 0: one scale per row
-  std::string grid = "iq4nl";      // builtin_grid name
+  std::string grid = "iq4nl";      // quant/lut_grid.h name: prime, iq4nl, nf4, uniform, learned
   bool quantize_embeddings = false;  // token_embd / output too (else they stay dense fp32)
   // F32 (`--lut none`): layer matrices stay dense fp32 and train by AdamW (a float baseline).
-  bool enabled() const { return type == DType::LUT4 || type == DType::LUT8 || type == DType::LUT16; }
+  bool enabled() const { return type != DType::F32; }
 };
+
+// Float rows W (O, I) quantized as `spec` says (quant/lut_quantize.h, the quantizer of
+// `primal quantize`).
+LutWeight quantize_to_spec(const float* W, int64_t O, int64_t I, const LutSpec& spec, const std::string& what);
 
 // Load from a ModelSource (GGUF or HF folder). LUT tensors are taken as they are; float or
 // block-quantized layer matrices are dequantized and quantized to `spec`; embeddings and head are

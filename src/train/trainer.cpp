@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "infer/sampler.h"
 #include "io/model_source.h"
+#include "quant/lut_pack.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/corpus.h"
@@ -137,7 +138,7 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   // The model.
   TrainModel m;
   if (resume_file) {
-    m = read_train_model(*resume_file, cfg.lut, cfg.share);
+    m = load_train_model(*ModelSource::open(resume_file->path()), cfg.lut, cfg.share);
     restore_scales(*resume_file, m);
   } else if (cfg.init_random) {
     HParams hp = parse_shape(cfg.shape);
@@ -145,15 +146,14 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
     hp.bos_id = tok->bos_id();
     hp.eos_id = eos;
     m = init_random_model(hp, cfg.lut, cfg.share, cfg.seed);
-  } else if (fs::is_directory(cfg.model)) {
-    log(fmt::format("loading {} and quantizing its layers to {} (grid {}, group {})", cfg.model,
-                    dtype_name(cfg.lut.type), cfg.lut.grid, cfg.lut.group));
-    const auto src = ModelSource::open(cfg.model);
-    m = load_train_model(*src, cfg.lut, cfg.share);
   } else {
-    const GgufFile f(cfg.model);
-    log(fmt::format("loading {}{}", cfg.model, has_lut_tensors(f) ? "" : " and quantizing its layers to LUT"));
-    m = read_train_model(f, cfg.lut, cfg.share);
+    const auto src = ModelSource::open(cfg.model);
+    const bool lut = std::any_of(src->tensors().begin(), src->tensors().end(),
+                                 [](const TensorRef& t) { return is_lut(t.type); });
+    log(lut ? fmt::format("loading {}", cfg.model)
+            : fmt::format("loading {} and quantizing its layers to {} (grid {}, group {})", cfg.model,
+                          dtype_name(cfg.lut.type), cfg.lut.grid, cfg.lut.group));
+    m = load_train_model(*src, cfg.lut, cfg.share);
   }
   PRIMAL_CHECK(m.hp.n_vocab >= tok->n_vocab(), "the model's vocabulary ({}) is smaller than the tokenizer's ({})",
                m.hp.n_vocab, tok->n_vocab());
