@@ -35,7 +35,7 @@ struct TrainState {
 void write_checkpoint(const std::string& path, const TrainModel& m, const VoteEngine& votes, const AdamW& adam,
                       const TrainState& st, const KvList& tokenizer_kv);
 
-// Reading back, in this order: the model (read_train_model), then these.
+// Reading back, in this order: the model (load_train_model on a ModelSource of the file), then these.
 TrainState read_checkpoint_state(const GgufFile& f);
 void restore_scales(const GgufFile& f, TrainModel& m);
 void restore_votes(const GgufFile& f, VoteEngine& votes);
