@@ -14,8 +14,9 @@
 #
 # Measures `primal ppl -c 512` of TEXT (default python-stdlib-valid.txt; CHUNKS windows, default
 # all) before and after each run. Environment overrides: SEQ (256), BATCH (4), RULES ("seed
-# momentum"), SEED_FLAGS / MOMENTUM_FLAGS (extra `primal train` flags per rule; the defaults of
-# `primal train` are the calibrated ones), TEXT, CHUNKS, EXTRA_FLAGS (all runs).
+# momentum"), SEED_FLAGS (default "--cooldown 10 --flip-cap 0.001": cooldown and the governor
+# apply to both rules, so they are set here, not as defaults of `primal train`) / MOMENTUM_FLAGS
+# (extra `primal train` flags per rule; the rule knobs' defaults are the calibrated ones), TEXT, CHUNKS, EXTRA_FLAGS (all runs).
 set -euo pipefail
 
 PRIMAL=$(readlink -f "${1:?usage: recover_experiment.sh PRIMAL LUT4_MODEL DATA OUTDIR STEPS THREADS}")
@@ -29,7 +30,7 @@ BATCH=${BATCH:-4}
 RULES=${RULES:-seed momentum}
 TEXT=${TEXT:-${PRIMAL_DATA:-/work/shared/data}/text/python-stdlib-valid.txt}
 CHUNKS=${CHUNKS:--1}
-SEED_FLAGS=${SEED_FLAGS:-}
+SEED_FLAGS=${SEED_FLAGS:---cooldown 10 --flip-cap 0.001}
 MOMENTUM_FLAGS=${MOMENTUM_FLAGS:-}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
 mkdir -p "$OUT"

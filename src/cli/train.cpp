@@ -38,6 +38,14 @@ void register_train(CLI::App& app) {
   c.sched.seq = 256;
   c.sched.batch = 4;
   c.sched.warmup = -1;
+  // Rule defaults from recovering a LUT4 ref-llama-code (bench/RESULTS.md). A LUT4 bucket is a
+  // few thousandths in weight units, so a momentum step of 5e-4 (Adam-normalized) needs several
+  // agreeing steps per flip (~0.003% of the weights a step); at 3e-3 ~2% flipped every step and
+  // the loss rose. The seed rule is gated harder than the seeds' k = 1, consensus 4, p = sigmoid(z).
+  c.votes.lr = 5e-4;
+  c.votes.sensitivity = 1.5;
+  c.votes.consensus = 6;
+  c.votes.flip_lr = 0.05;
   auto* cmd = app.add_subcommand("train", "Discrete training of a LUT model (indices learn by integer votes)");
   cmd->footer(
       "Examples:\n"
