@@ -11,11 +11,12 @@
 //   W[o, i] = f16_to_f32(W.scale[o, i / G]) * grid[W[o, i]]   (one fp32 product)
 // Metadata (informational; the tensors alone define the weights):
 //   primal.lut.version u32 = 1
-//   primal.lut.format  str   "lut4", "lut8", "lut16" or "mixed"
+//   primal.lut.format  str   "lut2", "lut3", "lut4", "lut8", "lut16" or "mixed"
 //   primal.lut.grid    str   grid name (quant/lut_grid.h)
 //   primal.lut.group   u32   G, 0 for one scale per row
 //   primal.lut.mixed_bits f32   the average-bits budget of a mixed-precision model
-//   primal.lut.activation_aware bool, primal.lut.calibration str (file name), when used
+//   primal.lut.activation_aware bool, primal.lut.gptq bool, primal.lut.calibration str (file
+//                      name), when a calibration text was used
 // Other tensors (norms F32, anything not quantized) are stored as in the source.
 #pragma once
 #include <cstdint>
