@@ -7,13 +7,16 @@
 // (inputs rounded to 2^-11 relative), where the CPU is fp32 throughout; each matrix product's
 // output thus moves by ~2^-12 relative, and over the 8 layers x 7 products of the reference
 // model the logits by ~sqrt(56) 2^-12 = 2e-3: we allow 5e-3 of the logit vector's norm. Decode
-// runs fp32 GEMVs (only the cache is fp16): 2e-3.
+// GEMVs of Q4_0/Q8_0/Q4_K/Q6_K weights round their input to int8 per 32 elements (1/254 of the
+// block's largest value): ~2.3e-3 relative per product, ~sqrt(32) 2.3e-3 = 1.3e-2 after the
+// 8 layers x 4 such products: kDecodeTol = 2e-2.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "gpu_testing.h"
@@ -53,6 +56,8 @@ const Model& q8_model() {
 
 std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
+constexpr double kDecodeTol = 2e-2;
+
 int32_t argmax(const std::vector<float>& v) { return int32_t(std::max_element(v.begin(), v.end()) - v.begin()); }
 
 // Prompt logits on both backends, then `steps` greedy decode steps; every logit vector compared.
@@ -65,14 +70,18 @@ void compare_backends(const LlamaWeights& w, const std::vector<int32_t>& prompt,
   std::vector<float> lc(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
   cpu->forward(prompt.data(), T, 1, lc.data());
   gpu->forward(prompt.data(), T, 1, lg.data());
-  EXPECT_LE(rel_err(lg, as_double(lc)), 5e-3) << "prompt logits";
+  const double e0 = rel_err(lg, as_double(lc));
+  EXPECT_LE(e0, 5e-3) << "prompt logits";
+  double worst = 0;
   for (int s = 0; s < steps; ++s) {
     const int32_t next = argmax(lc);
     ASSERT_EQ(argmax(lg), next) << "step " << s;
     cpu->forward(&next, 1, 1, lc.data());
     gpu->forward(&next, 1, 1, lg.data());
-    EXPECT_LE(rel_err(lg, as_double(lc)), 5e-3) << "decode step " << s;
+    worst = std::max(worst, rel_err(lg, as_double(lc)));
+    EXPECT_LE(rel_err(lg, as_double(lc)), kDecodeTol) << "decode step " << s;
   }
+  fmt::print("logits vs CPU: prefill {:.2e}, decode worst {:.2e}\n", e0, worst);
 }
 
 // A small synthetic model written by `primal synth`'s library code (awkward widths included).
@@ -119,13 +128,32 @@ TEST(GpuForward, SyntheticLayoutsMatchCpu) {
     auto cpu = make_cpu_backend(m->w, 64);
     auto gpu = cuda::make_cuda_backend(m->w, 64);
     std::vector<float> lc(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
-    cpu->forward(prompt.data(), 37, 1, lc.data());
-    gpu->forward(prompt.data(), 37, 1, lg.data());
+    // Every named intermediate of the prompt pass on both sides; the first that drifts names
+    // the faulty op.
+    std::map<std::string, std::vector<float>> cpu_dump;
+    std::vector<std::string> order;
+    cpu->forward(prompt.data(), 37, 1, lc.data(), [&](const std::string& n, const float* d, const std::vector<int64_t>& sh) {
+      int64_t k = 1;
+      for (int64_t v : sh) k *= v;
+      cpu_dump[n].assign(d, d + k);
+      order.push_back(n);
+    });
+    std::string first_bad;
+    gpu->forward(prompt.data(), 37, 1, lg.data(), [&](const std::string& n, const float* d, const std::vector<int64_t>& sh) {
+      auto it = cpu_dump.find(n);
+      if (it == cpu_dump.end() || !first_bad.empty()) return;
+      int64_t k = 1;
+      for (int64_t v : sh) k *= v;
+      if (size_t(k) != it->second.size()) return;
+      const double e = rel_err(std::vector<float>(d, d + k), as_double(it->second));
+      if (e > 1e-2) first_bad = n + " (" + std::to_string(e) + ")";
+    });
+    EXPECT_EQ(first_bad, "") << "first intermediate off by more than 1e-2";
     EXPECT_LE(rel_err(lg, as_double(lc)), 5e-3);
     for (int32_t t : {5, 999, 0}) {
       cpu->forward(&t, 1, 1, lc.data());
       gpu->forward(&t, 1, 1, lg.data());
-      EXPECT_LE(rel_err(lg, as_double(lc)), 5e-3) << "token " << t;
+      EXPECT_LE(rel_err(lg, as_double(lc)), kDecodeTol) << "token " << t;
     }
   }
 }

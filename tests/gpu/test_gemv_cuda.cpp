@@ -10,6 +10,10 @@
 // about u sqrt(sum_k s_k^2) <= u sqrt(n) sum|w x| (s_k the partial sums), so
 // ||err|| <= 4 u sqrt(n) ||sum|w x|||; one wrong weight of a row moves it by ~sum|w x| / n, far
 // more for the n here.
+// Formats whose GEMV rounds the input to int8 (gemv_quantizes_input: Q4_0, Q8_0, Q4_K, Q6_K)
+// are compared with the exact product of the rounded input, formed here by the same fp32 steps
+// (so the bounds above hold as they are), and with the fp32 input within the rounding's effect,
+// sum_i |w_i| dx / 2 per row (dx = the unit's max|x| / 127).
 // Formats with a block offset (Q4_1, Q5_1, Q4_K, Q5_K: w = q d + m) are summed factored,
 // d sum(q x) + m sum(x); the two sums add magnitudes |q d| + |m| <= |w| + 2 |m|, and the quantizer
 // puts m at the block minimum, within ~3 rms of the weights: both tolerances are 4x there.
@@ -57,18 +61,37 @@ void run_case(const Case& c, uint32_t seed) {
   const auto x = randn(size_t(I), seed + 1, 2.0f), nw = randn(size_t(I), seed + 2);
   std::vector<float> xn = x;
   if (c.norm) cpu::rmsnorm_forward(xn.data(), x.data(), nw.data(), 1, I, 1e-5f);
+  // The input the kernel multiplies with: xn, or its int8 rounding; half[i] = dx / 2 of i's unit.
+  const bool q8 = cuda::gemv_quantizes_input(c.type);
+  std::vector<double> xq(xn.begin(), xn.end()), half(static_cast<size_t>(I), 0.0);
+  if (q8) {
+    for (int64_t u = 0; u < I / 32; ++u) {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(xn[size_t(32 * u + i)]));
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f, dx = amax / 127.0f;
+      for (int i = 0; i < 32; ++i) {
+        const size_t k = size_t(32 * u + i);
+        xq[k] = double(std::nearbyint(xn[k] * inv)) * double(dx);
+        half[k] = 0.5 * double(dx);
+      }
+    }
+  }
 
   const bool offset = c.type == DType::Q4_1 || c.type == DType::Q5_1 || c.type == DType::Q4_K || c.type == DType::Q5_K;
   const double kappa = offset ? 4.0 : 1.0;
   // y[k][o] exactly (fp64) and the bound of an fp32 evaluation.
   std::vector<std::vector<double>> y(static_cast<size_t>(n_seg)), bound(static_cast<size_t>(n_seg));
+  std::vector<std::vector<double>> y32(static_cast<size_t>(n_seg)), qerr(static_cast<size_t>(n_seg));
   for (int k = 0; k < n_seg; ++k) {
     for (int64_t o = 0; o < c.O[size_t(k)]; ++o) {
-      double s = 0, a = 0;
+      double s = 0, a = 0, s32 = 0, r = 0;
       for (int64_t i = 0; i < I; ++i) {
-        const double p = double(w[size_t(k)].deq[size_t(o * I + i)]) * xn[size_t(i)];
+        const double wi = w[size_t(k)].deq[size_t(o * I + i)];
+        const double p = wi * xq[size_t(i)];
         s += p, a += std::fabs(p);
+        s32 += wi * xn[size_t(i)], r += std::fabs(wi) * half[size_t(i)];
       }
+      y32[size_t(k)].push_back(s32), qerr[size_t(k)].push_back(r);
       y[size_t(k)].push_back(s);
       bound[size_t(k)].push_back(kappa * double(I + 4) * kU * a + 1e-37);
     }
@@ -111,6 +134,9 @@ void run_case(const Case& c, uint32_t seed) {
       }
       want[size_t(o)] = v;
       ASSERT_NEAR(got[size_t(o)], v, tol) << "row " << o << " of segment " << k;
+      if (c.mode != GemvMode::SwiGLU)  // against the fp32 input: the input rounding's effect at most
+        ASSERT_NEAR(got[size_t(o)], v - y[size_t(k)][size_t(o)] + y32[size_t(k)][size_t(o)], tol + qerr[size_t(k)][size_t(o)])
+            << "row " << o << " of segment " << k << " (fp32 input)";
       const double a = tol / (kappa * double(I + 4) * kU);  // the magnitudes summed, in units of the bound
       err2 += (got[size_t(o)] - v) * (got[size_t(o)] - v), mag2 += a * a;
     }

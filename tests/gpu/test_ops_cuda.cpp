@@ -74,8 +74,9 @@ TEST(GpuSwiGLU, Fp16AndFp32) {
 }
 
 // Bias, RoPE (both layouts, partial rotation) and the fp16 cache writes. The angle and its
-// cos/sin are fp64 on both sides and the rotation the same four fp32 products, so values agree
-// to an ulp (the fp64 cos/sin of the two libraries may round differently, very rarely).
+// cos/sin are fp64 on both sides (the GPU's in a table per position) and the rotation the same
+// four fp32 products, so values agree to an ulp (the fp64 cos/sin of the two libraries may
+// round differently, very rarely).
 TEST(GpuRope, QkvBiasRotationAndCache) {
   require_gpu();
   for (bool neox : {false, true}) {
@@ -101,10 +102,11 @@ TEST(GpuRope, QkvBiasRotationAndCache) {
 
       auto qkvd = to_device(qkv);
       const auto bd = to_device(bias), fd = to_device(rp.inv_freq), posd = to_device(std::vector<int32_t>{int32_t(pos0)});
-      cuda::DeviceBuffer kc(size_t(n_ctx * KV) * 2), vc(size_t(n_ctx * KV) * 2);
+      cuda::DeviceBuffer kc(size_t(n_ctx * KV) * 2), vc(size_t(n_ctx * KV) * 2), cs(size_t(n_ctx * n_rot / 2) * 8);
+      cuda::rope_table(fd.as<double>(), n_rot / 2, n_ctx, cs.data(), nullptr);
       cuda::RopeQkvParams p;
       p.qkv = qkvd.as<float>(), p.bias = bd.as<float>(), p.T = T, p.NH = NH, p.KVH = KVH, p.HS = HS, p.n_rot = n_rot;
-      p.neox = neox, p.inv_freq = fd.as<double>(), p.pos0 = posd.as<int32_t>(), p.k_cache = kc.data(), p.v_cache = vc.data();
+      p.neox = neox, p.cos_sin = cs.data(), p.pos0 = posd.as<int32_t>(), p.k_cache = kc.data(), p.v_cache = vc.data();
       cuda::rope_qkv(p, nullptr);
       const auto got = to_host<float>(qkvd, qkv.size());
       const auto kg = from_f16(to_host<uint16_t>(kc, size_t(n_ctx * KV)));
@@ -151,6 +153,7 @@ TEST(GpuAttention, DecodeAndPrefillMatchCpu) {
       if (T == 1) {
         const int splits = cuda::attention_decode_splits(KVH);
         cuda::DeviceBuffer part(cuda::attention_decode_scratch(NH, HS, splits));
+        cuda::fill_bytes_async(part.data(), 0, part.size(), nullptr);
         auto out = poisoned(size_t(NH * HS));
         cuda::attention_decode(p, splits, part.data(), out.as<float>(), nullptr);
         EXPECT_LE(rel_err(to_host<float>(out, ref.size()), want), tol);

@@ -14,6 +14,7 @@ namespace primal::cuda {
 struct CudaOptions {
   int64_t max_batch = 512;  // most tokens per prefill pass (longer inputs go in several)
   bool use_graph = true;    // false: decode launches kernel by kernel (for comparisons)
+  bool use_pdl = true;      // decode kernels start during their predecessors (programmatic launch)
 };
 
 // `w` must outlive the backend (its host copy is read for shapes and id checks only). Throws

@@ -12,6 +12,7 @@
 #include "ops/cuda/attention.h"
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/device.h"
+#include "ops/cuda/elementwise.h"
 #include "ops/cuda/sampling.h"
 
 namespace primal::cuda {
@@ -26,6 +27,8 @@ CudaForward::CudaForward(const LlamaWeights& w, int64_t n_ctx, const CudaOptions
                hp_.head_dim);
   kv_ = DeviceBuffer(size_t(L) * 2 * size_t(n_ctx) * size_t(KV) * 2);
   state_ = DeviceBuffer(sizeof(State));
+  rope_cs_ = DeviceBuffer(size_t(n_ctx) * size_t(hp_.rope_dim / 2) * 2 * sizeof(float));
+  rope_table(w_.inv_freq, hp_.rope_dim / 2, n_ctx, rope_cs_.data(), stream_.get());
   tokens_ = DeviceBuffer(size_t(Tm) * sizeof(int32_t));
   x_ = DeviceBuffer(size_t(Tm * C) * 4);
   xn16_ = DeviceBuffer(size_t(Tm * C) * 2);
@@ -52,6 +55,7 @@ CudaForward::CudaForward(const LlamaWeights& w, int64_t n_ctx, const CudaOptions
   up1_ = DeviceBuffer(size_t(F) * 4);
   splits_ = attention_decode_splits(hp_.n_head_kv);
   part_ = DeviceBuffer(attention_decode_scratch(hp_.n_head, hp_.head_dim, splits_));
+  fill_bytes_async(part_.data(), 0, part_.size(), stream_.get());  // the completion counters start at 0
   logits1_ = DeviceBuffer(size_t(V) * 4);
   key_ = DeviceBuffer(sizeof(uint64_t));
   work_ = DeviceBuffer(size_t(V) * 4);

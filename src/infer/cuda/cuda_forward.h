@@ -67,6 +67,7 @@ class CudaForward final : public Backend {
   CudaWeights w_;
   DeviceBuffer kv_;     // (L, 2, n_ctx, KVH, HS) fp16
   DeviceBuffer state_;  // State
+  DeviceBuffer rope_cs_;  // (n_ctx, n_rot/2) (cos, sin) of every position
   // prefill (T <= Tm tokens)
   DeviceBuffer tokens_;     // (Tm) int32
   DeviceBuffer x_;          // (Tm, C) fp32 residual stream

@@ -10,6 +10,7 @@
 #include "ops/cuda/dequant.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/launch.h"
 #include "ops/cuda/sampling.h"
 
 namespace primal::cuda {
@@ -83,7 +84,7 @@ void CudaForward::prefill(const int32_t* tokens, int64_t T, int64_t r0, const Du
     mark("pp:qkv");
     RopeQkvParams rp;
     rp.qkv = qkv, rp.bias = lw.bqkv, rp.T = T, rp.NH = NH, rp.KVH = KVH, rp.HS = HS, rp.n_rot = hp.rope_dim;
-    rp.neox = hp.rope_neox, rp.inv_freq = w_.inv_freq, rp.pos0 = pos0;
+    rp.neox = hp.rope_neox, rp.cos_sin = rope_cs_.data(), rp.pos0 = pos0;
     rp.k_cache = k_cache(l), rp.v_cache = v_cache(l);
     rope_qkv(rp, s);
     mark("pp:rope");
@@ -183,9 +184,10 @@ void CudaForward::ffn_gemv(const CudaLayer& l) {
 void CudaForward::decode_layers() {
   const HParams& hp = hp_;
   const cudaStream_t s = stream_.get();
+  const PdlScope pdl(opt_.use_pdl && !profile_);  // kernels overlap their predecessors' tails
   State* st = state_.as<State>();
   float* x = x1_.as<float>();
-  embed_rows(w_.tok_embd.view, &st->token, 1, x, s);
+  embed_rows(w_.tok_embd.view, &st->token, 1, x, s, key_.as<uint64_t>());
   mark("embed");
   for (int64_t l = 0; l < hp.n_layer; ++l) {
     const CudaLayer& lw = w_.layers[size_t(l)];
@@ -193,7 +195,7 @@ void CudaForward::decode_layers() {
     mark("qkv");
     RopeQkvParams rp;
     rp.qkv = qkv1_.as<float>(), rp.T = 1, rp.NH = hp.n_head, rp.KVH = hp.n_head_kv, rp.HS = hp.head_dim;
-    rp.n_rot = hp.rope_dim, rp.neox = hp.rope_neox, rp.inv_freq = w_.inv_freq, rp.pos0 = &st->pos;
+    rp.n_rot = hp.rope_dim, rp.neox = hp.rope_neox, rp.cos_sin = rope_cs_.data(), rp.pos0 = &st->pos;
     rp.k_cache = k_cache(l), rp.v_cache = v_cache(l);
     rope_qkv(rp, s);
     mark("rope");
@@ -218,7 +220,7 @@ void CudaForward::decode_layers() {
   h.x = x, h.norm_w = w_.output_norm, h.eps = hp.rms_eps;
   gemv(h, s);
   mark("head");
-  argmax_key(logits1_.as<float>(), hp.n_vocab, key_.as<uint64_t>(), s);
+  argmax_key(logits1_.as<float>(), hp.n_vocab, key_.as<uint64_t>(), s, false);
   mark("argmax");
 }
 

@@ -1,8 +1,8 @@
 // Causal GQA attention over the fp16 KV cache, the GPU twin of ops/cpu/attention:
 //   query head h reads K/V head h / (NH / KVH); s_j = q . k_j / sqrt(HS) for cached positions
 //   j <= p (p the query's position); out = sum_j softmax(s)_j v_j.
-// Decode (one token) splits the positions across blocks (split-K, "flash decoding") and combines
-// the partial softmax sums; prefill streams tiles of keys past each query with an online
+// Decode (one token) splits the positions across blocks (split-K, "flash decoding"); the last
+// block to finish combines the partial softmax sums; prefill streams tiles of keys past each query with an online
 // softmax (flash attention). HS must be a multiple of 32, at most 256.
 #pragma once
 #include <cstdint>
@@ -22,7 +22,9 @@ struct AttentionParams {
 
 // Splits of the decode kernel for a model with KVH heads: enough blocks to fill the GPU.
 int attention_decode_splits(int64_t KVH);
-// Bytes of the decode kernel's partial results (NH, splits, HS + 2) fp32.
+// Bytes of the decode kernel's scratch: completion counters, then the partial results
+// (NH, splits, HS + 2) fp32. It must be zero-filled before the first call; every call leaves
+// the counters at zero again.
 size_t attention_decode_scratch(int64_t NH, int64_t HS, int splits);
 
 // T = 1: out (NH, HS) fp32. scratch: attention_decode_scratch bytes. Reads the position from

@@ -101,3 +101,14 @@ std::pair<size_t, size_t> memory_info() {
 }
 
 }  // namespace primal::cuda
+
+#include "ops/cuda/launch.cuh"
+
+namespace primal::cuda {
+
+bool& pdl_enabled() {
+  thread_local bool on = false;
+  return on;
+}
+
+}  // namespace primal::cuda

@@ -5,6 +5,7 @@
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/dequant.h"
 #include "ops/cuda/formats.cuh"
+#include "ops/cuda/launch.cuh"
 
 namespace primal::cuda {
 namespace {
@@ -37,7 +38,10 @@ __global__ void dequant_f16_kernel(const MatrixView w, int64_t r0, int64_t n, __
 }
 
 template <DType T>
-__global__ void embed_kernel(const MatrixView w, const int32_t* tokens, int64_t T_, float* out) {
+__global__ void embed_kernel(const MatrixView w, const int32_t* tokens, int64_t T_, float* out, uint64_t* reset_key) {
+  pdl_trigger();
+  pdl_wait();
+  if (reset_key && blockIdx.x == 0 && threadIdx.x == 0) *reset_key = ~uint64_t(0);
   const int64_t units = w.cols / 32, total = T_ * units;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = k / units, u = k % units;
@@ -67,11 +71,12 @@ void dequant_rows_f16(const MatrixView& w, int64_t r0, int64_t n, void* out, cud
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-void embed_rows(const MatrixView& w, const int32_t* tokens, int64_t T, float* out, cudaStream_t s) {
+void embed_rows(const MatrixView& w, const int32_t* tokens, int64_t T, float* out, cudaStream_t s,
+                uint64_t* reset_key) {
   PRIMAL_CHECK(T >= 0 && w.cols % 32 == 0, "embed: {} tokens, width {}", T, w.cols);
   if (T == 0) return;
   const int grid = grid_for(T * (w.cols / 32));
-#define PRIMAL_LAUNCH(F) embed_kernel<F><<<grid, kThreads, 0, s>>>(w, tokens, T, out)
+#define PRIMAL_LAUNCH(F) launch_kernel(embed_kernel<F>, dim3(grid), dim3(kThreads), 0, s, w, tokens, T, out, reset_key)
   PRIMAL_FORMAT_SWITCH(w.type, PRIMAL_LAUNCH);
 #undef PRIMAL_LAUNCH
   PRIMAL_CUDA_CHECK_LAUNCH();

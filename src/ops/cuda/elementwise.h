@@ -23,13 +23,17 @@ struct RopeQkvParams {
   const float* bias = nullptr;  // (NH*HS + 2*KVH*HS) or null
   int64_t T = 0, NH = 0, KVH = 0, HS = 0, n_rot = 0;
   bool neox = false;
-  const double* inv_freq = nullptr;  // (n_rot/2) device
+  const void* cos_sin = nullptr;     // (n_ctx, n_rot/2) float pairs (cos, sin): rope_table's
   const int32_t* pos0 = nullptr;     // device: position of token 0 (the cache's fill level)
   void* k_cache = nullptr;           // (n_ctx, KVH, HS) fp16 of this layer
   void* v_cache = nullptr;           // (n_ctx, KVH, HS) fp16
 };
 // Adds the bias; rotates q (in place, fp32) and k; writes k and v as fp16 to cache rows
-// pos0 .. pos0+T-1. Angles in fp64 (pos * inv_freq), cos/sin rounded to fp32 as on the CPU.
+// pos0 .. pos0+T-1.
 void rope_qkv(const RopeQkvParams& p, cudaStream_t s);
+
+// out: (n_pos, half) float pairs: (cos, sin) of p * inv_freq[i], the angle in fp64 and cos/sin
+// rounded to fp32, as the CPU's rope forms them. inv_freq: (half) fp64 on the device.
+void rope_table(const double* inv_freq, int64_t half, int64_t n_pos, void* out, cudaStream_t s);
 
 }  // namespace primal::cuda

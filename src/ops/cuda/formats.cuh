@@ -7,7 +7,14 @@
 //                       the sum (the same value up to fp32 rounding);
 //   decode(raw, y)      y[0..32) = the dequantized weights, bit-identical to the CPU's
 //                       dequantize_row (the same fp32 products and sums, never fused).
-// kPrefetch: how many units ahead the GEMV loads (small raw formats: 2).
+// kPrefetch: units per GEMV step (small raw formats: 2).
+// kInt8: the GEMV quantizes its input to int8 per 32-element unit (x ~ dx * qx, dx = max|x| / 127,
+// qx rounded to nearest, as llama.cpp's q8_1) and the format provides
+//   dot8(raw, X, dx, sx0, sx1)  sum_j W[r, 32u + j] * dx * qx[j] with integer dot products (dp4a)
+//                               of the codes: X the 8 words of 4 qx bytes, sx0 / sx1 the sums of
+//                               qx over elements 0..15 / 16..31.
+// That is 4-6x fewer instructions per weight than converting every weight to fp32, which is what
+// keeps the small-code formats memory-bound; the price is the rounding of x to 8 bits.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -62,6 +69,7 @@ struct Unit;
 template <>
 struct Unit<DType::F32> {
   static constexpr int kPrefetch = 1;
+  static constexpr bool kInt8 = false;
   struct Raw { float4 v[8]; };
   __device__ static Raw load(const RowPtr& p, int64_t u) {
     Raw r;
@@ -88,6 +96,7 @@ struct Unit<DType::F32> {
 template <DType T>
 struct Unit16 {  // F16 and BF16: 64 bytes per unit
   static constexpr int kPrefetch = 1;
+  static constexpr bool kInt8 = false;
   struct Raw { uint4 v[4]; };
   __device__ static Raw load(const RowPtr& p, int64_t u) {
     Raw r;
@@ -125,6 +134,7 @@ template <> struct Unit<DType::BF16> : Unit16<DType::BF16> {};
 template <>
 struct Unit<DType::Q8_0> {
   static constexpr int kPrefetch = 1;
+  static constexpr bool kInt8 = true;
   struct Raw { uint4 a, b; uint16_t d; };
   __device__ static Raw load(const RowPtr& p, int64_t u) { return {ld16(p.q + u * 32), ld16(p.q + u * 32 + 16), ldh(p.s + u)}; }
   __device__ static void decode(const Raw& r, float* y) {
@@ -146,11 +156,18 @@ struct Unit<DType::Q8_0> {
     }
     return (a0 + a1) * h2f(r.d);
   }
+  __device__ static float dot8(const Raw& r, const uint32_t* X, float dx, int, int) {
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum = __dp4a(int(word(i < 4 ? r.a : r.b, i & 3)), int(X[i]), sum);
+    return float(sum) * (dx * h2f(r.d));
+  }
 };
 
 template <>
 struct Unit<DType::Q4_0> {
   static constexpr int kPrefetch = 2;
+  static constexpr bool kInt8 = true;
   struct Raw { uint4 q; uint16_t d; };
   __device__ static Raw load(const RowPtr& p, int64_t u) { return {ld16(p.q + u * 16), ldh(p.s + u)}; }
   __device__ static void decode(const Raw& r, float* y) {
@@ -167,11 +184,22 @@ struct Unit<DType::Q4_0> {
     }
     return (a0 + a1) * h2f(r.d);
   }
+  // codes 0..15 stand for q - 8: sum (q - 8) qx = sum q qx - 8 sum qx.
+  __device__ static float dot8(const Raw& r, const uint32_t* X, float dx, int sx0, int sx1) {
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      sum = __dp4a(int(word(r.q, i) & 0x0F0F0F0Fu), int(X[i]), sum);
+      sum = __dp4a(int((word(r.q, i) >> 4) & 0x0F0F0F0Fu), int(X[4 + i]), sum);
+    }
+    return float(sum - 8 * (sx0 + sx1)) * (dx * h2f(r.d));
+  }
 };
 
 template <>
 struct Unit<DType::IQ4_NL> {
   static constexpr int kPrefetch = 2;
+  static constexpr bool kInt8 = false;
   struct Raw { uint4 q; uint16_t d; };
   // The level of code n: two byte permutes over the table held in four registers (a per-lane
   // index into constant memory would serialize the warp).
@@ -199,6 +227,7 @@ struct Unit<DType::IQ4_NL> {
 template <bool kHigh, bool kMin>
 struct UnitQ45 {
   static constexpr int kPrefetch = 2;
+  static constexpr bool kInt8 = false;
   struct Raw { uint4 q; uint32_t dm; uint32_t qh; };
   __device__ static Raw load(const RowPtr& p, int64_t u) {
     Raw r;
@@ -241,6 +270,7 @@ template <> struct Unit<DType::Q5_1> : UnitQ45<true, true> {};
 template <bool kHigh>
 struct UnitQK45 {
   static constexpr int kPrefetch = 2;
+  static constexpr bool kInt8 = !kHigh;  // Q4_K (Q5_K's fifth bit would need spreading)
   struct Raw { uint4 q; uint32_t dm; uint16_t scm; uint32_t qh; };
   __device__ static Raw load(const RowPtr& p, int64_t u) {
     Raw r;
@@ -272,6 +302,17 @@ struct UnitQK45 {
     scales(r, &dl, &ml);
     return fmaf(aq, dl, -ax * ml);
   }
+  __device__ static float dot8(const Raw& r, const uint32_t* X, float dx, int sx0, int sx1) {
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      sum = __dp4a(int(word(r.q, i) & 0x0F0F0F0Fu), int(X[i]), sum);
+      sum = __dp4a(int((word(r.q, i) >> 4) & 0x0F0F0F0Fu), int(X[4 + i]), sum);
+    }
+    float dl, ml;
+    scales(r, &dl, &ml);
+    return dx * fmaf(float(sum), dl, -float(sx0 + sx1) * ml);
+  }
 };
 template <> struct Unit<DType::Q4_K> : UnitQK45<false> {};
 template <> struct Unit<DType::Q5_K> : UnitQK45<true> {};
@@ -280,6 +321,7 @@ template <> struct Unit<DType::Q5_K> : UnitQK45<true> {};
 template <>
 struct Unit<DType::Q6_K> {
   static constexpr int kPrefetch = 2;
+  static constexpr bool kInt8 = true;
   struct Raw { uint4 q; uint2 qh; uint16_t sc; uint16_t d; };
   __device__ static Raw load(const RowPtr& p, int64_t u) {
     Raw r;
@@ -289,10 +331,13 @@ struct Unit<DType::Q6_K> {
     r.d = ldh(p.s + u / 8);
     return r;
   }
+  // The top 2 bits of element 16 h + 4 i + k sit at bits 8 k + 2 i of word h (matrix.h), so that
+  // one shift and one mask put those of 4 elements at bits 4..5 of their bytes (dot8).
   __device__ static uint32_t code(const Raw& r, int e) {
-    const uint32_t lo = (word(r.q, (e % 16) / 4) >> (8 * (e % 4) + 4 * (e / 16))) & 0xFu;
-    const uint32_t hw = e < 16 ? r.qh.x : r.qh.y;
-    return lo | ((hw >> (2 * (e % 16))) & 3u) << 4;
+    const int h = e / 16, i = (e % 16) / 4, k = e % 4;
+    const uint32_t lo = (word(r.q, i) >> (8 * k + 4 * h)) & 0xFu;
+    const uint32_t hw = h ? r.qh.y : r.qh.x;
+    return lo | ((hw >> (8 * k + 2 * i)) & 3u) << 4;
   }
   __device__ static void decode(const Raw& r, float* y) {
     const float d = h2f(r.d);
@@ -310,6 +355,20 @@ struct Unit<DType::Q6_K> {
     const float d = h2f(r.d);
     return fmaf(a0, __fmul_rn(d, float(int8_t(r.sc & 0xFFu))), a1 * __fmul_rn(d, float(int8_t(r.sc >> 8))));
   }
+  __device__ static float dot8(const Raw& r, const uint32_t* X, float dx, int sx0, int sx1) {
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int sh = 4 - 2 * i;  // the top bits of word i's elements to bits 4..5
+      const uint32_t h0 = (sh >= 0 ? r.qh.x << sh : r.qh.x >> -sh) & 0x30303030u;
+      const uint32_t h1 = (sh >= 0 ? r.qh.y << sh : r.qh.y >> -sh) & 0x30303030u;
+      s0 = __dp4a(int((word(r.q, i) & 0x0F0F0F0Fu) | h0), int(X[i]), s0);
+      s1 = __dp4a(int(((word(r.q, i) >> 4) & 0x0F0F0F0Fu) | h1), int(X[4 + i]), s1);
+    }
+    // codes 0..63 stand for q - 32; the sub-block scales are int8
+    const int t = int(int8_t(r.sc & 0xFFu)) * (s0 - 32 * sx0) + int(int8_t(r.sc >> 8)) * (s1 - 32 * sx1);
+    return float(t) * (dx * h2f(r.d));
+  }
 };
 
 // Q2_K / Q3_K stay in ggml's super-blocks; the raw form is the decoded unit (rare formats).
@@ -318,6 +377,7 @@ __device__ __forceinline__ float h2f_bytes(const uint8_t* p) { return h2f(uint16
 template <DType T>
 struct UnitDecoded {
   static constexpr int kPrefetch = 1;
+  static constexpr bool kInt8 = false;
   struct Raw { float y[32]; };
   __device__ static void decode(const Raw& r, float* y) {
 #pragma unroll

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -47,13 +48,25 @@ void gemv(const GemvParams& p, cudaStream_t s) {
     a.n_rows = w0.rows;
   }
   a.lpr = lanes_per_row(I / 32);
+  // Blocks of 128..512 threads, about one block's worth of rows per multiprocessor: every block
+  // stages (and normalizes) the whole input once, so fewer, larger blocks repeat that less.
+  const int64_t sms = sm_count();
+  a.threads = int(128 * std::clamp<int64_t>((a.n_rows * a.lpr + 64 * sms) / (128 * sms), 1, 4));
   // Two rows per group halve the shared-memory reads per weight byte; only when the matrix has
   // rows enough to keep every multiprocessor busy with it.
-  const int64_t groups = a.n_rows / (detail::kGemvThreads / a.lpr);
-  a.rps = p.mode != GemvMode::SwiGLU && groups >= 8 * int64_t(sm_count()) ? 2 : 1;
+  const int64_t groups = a.n_rows / (a.threads / a.lpr);
+  a.rps = p.mode != GemvMode::SwiGLU && groups >= 8 * sms ? 2 : 1;
   if (detail::gemv_float(w0.type, a, s) || detail::gemv_legacy(w0.type, a, s) || detail::gemv_kquants(w0.type, a, s))
     return;
   fail("gemv: no GPU kernel for {}", dtype_name(w0.type));
+}
+
+bool gemv_quantizes_input(DType t) {
+  bool q = false;
+#define PRIMAL_FLAG(T) q = fmt::Unit<T>::kInt8
+  PRIMAL_FORMAT_SWITCH(t, PRIMAL_FLAG);
+#undef PRIMAL_FLAG
+  return q;
 }
 
 }  // namespace primal::cuda

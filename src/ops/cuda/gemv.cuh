@@ -6,10 +6,11 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/formats.cuh"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/launch.cuh"
 
 namespace primal::cuda::detail {
 
-constexpr int kGemvThreads = 128;
+constexpr int kGemvMaxThreads = 512;  // a block: 128..512 threads (see gemv.cu)
 constexpr int kGemvMaxJobs = 2;  // rows one lane group accumulates at once
 
 struct GemvLaunch {
@@ -18,6 +19,7 @@ struct GemvLaunch {
   int64_t n_rows = 0;              // logical rows: all segments' rows, or the gate's for SwiGLU
   int lpr = 32;                    // lanes per row group: 8, 16 or 32
   int rps = 1;                     // rows per group: 1 or 2 (SwiGLU: 1, its gate row and its up row)
+  int threads = 128;               // per block
 };
 
 // The rows a lane group works on for one row group: segment, row and validity of each job.
@@ -48,7 +50,7 @@ __device__ __forceinline__ Jobs make_jobs(const GemvLaunch& a, int64_t r0, bool 
 }
 
 template <DType T, int NJ>  // NJ jobs: rows per group, or gate + up
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constant__ GemvLaunch a) {
+__global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_constant__ GemvLaunch a) {
   using U = fmt::Unit<T>;
   constexpr int P = U::kPrefetch;  // units per step
   // The input, swizzled in 16-byte pieces: float4 j (0..7) of unit u (32 floats) lives at
@@ -58,7 +60,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constan
   __shared__ double scratch[32];
   const int64_t I = a.p.seg[0].w.cols, n_units = I / 32;
   const int tid = threadIdx.x;
-  const int lane = tid % a.lpr, group = tid / a.lpr, n_groups = kGemvThreads / a.lpr;
+  const int lane = tid % a.lpr, group = tid / a.lpr, n_groups = int(blockDim.x) / a.lpr;
   const bool paired = a.p.mode == GemvMode::SwiGLU;
   constexpr int n_jobs = NJ;
   const int64_t rows_per_block = int64_t(n_groups) * a.rps, stride = int64_t(gridDim.x) * rows_per_block;
@@ -80,6 +82,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constan
 #pragma unroll
     for (int j = 0; j < NJ; ++j) next[p][j] = U::load(rp[j], unit(0, p));
 
+  // The weights above need nothing from the previous kernel; the input does.
+  pdl_trigger();
+  pdl_wait();
   float scale = 1.0f;
   if (a.p.norm_w) {
     double ss = 0;
@@ -91,9 +96,20 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constan
   }
   const float4* x4 = reinterpret_cast<const float4*>(a.p.x);
   const float4* n4 = reinterpret_cast<const float4*>(a.p.norm_w);
-  for (int64_t i4 = tid; i4 < I / 4; i4 += blockDim.x) {
-    float4 v = x4[i4];
-    if (n4) {  // (x * scale) * w, two roundings as on the CPU
+  // int8 input: codes (n_units, 32) in 16-byte halves, half h of unit u at 2u + (h ^ (u >> 2 & 1))
+  // (eight lanes reading one half of eight consecutive units hit eight bank groups), then the
+  // code sums over each half (n_units int2, 8-byte aligned as I is a multiple of 32) and the
+  // scales dx (n_units).
+  uint4* xq = reinterpret_cast<uint4*>(xs);
+  int2* xsum = reinterpret_cast<int2*>(reinterpret_cast<uint8_t*>(xs) + I);
+  float* xd = reinterpret_cast<float*>(xsum + n_units);
+  // Eight consecutive threads hold the eight float4 of a unit (blockDim is a multiple of 8): the
+  // whole block steps together so that every lane takes part in the shuffles.
+  for (int64_t b4 = 0; b4 < I / 4; b4 += blockDim.x) {
+    const int64_t i4 = b4 + tid;
+    const bool in = i4 < I / 4;
+    float4 v = in ? x4[i4] : make_float4(0, 0, 0, 0);
+    if (n4 && in) {  // (x * scale) * w, two roundings as on the CPU
       const float4 g = n4[i4];
       v.x = __fmul_rn(__fmul_rn(v.x, scale), g.x);
       v.y = __fmul_rn(__fmul_rn(v.y, scale), g.y);
@@ -102,7 +118,27 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constan
     }
     const int64_t u = i4 / 8;
     const int j = int(i4 % 8);
-    xs[u * 8 + (j ^ int(u & 7))] = v;
+    if constexpr (U::kInt8) {
+      float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+      for (int o = 1; o < 8; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      const int q0 = __float2int_rn(v.x * inv), q1 = __float2int_rn(v.y * inv);
+      const int q2 = __float2int_rn(v.z * inv), q3 = __float2int_rn(v.w * inv);
+      int sum = q0 + q1 + q2 + q3;
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);  // over the 4 threads of a 16-element half
+      if (in) {
+        const uint32_t packed = uint32_t(q0 & 0xFF) | uint32_t(q1 & 0xFF) << 8 | uint32_t(q2 & 0xFF) << 16 |
+                                uint32_t(q3 & 0xFF) << 24;
+        const int64_t chunk = 2 * u + ((j / 4) ^ int((u >> 2) & 1));
+        reinterpret_cast<uint32_t*>(xq + chunk)[j % 4] = packed;
+        if (j == 0) xd[u] = amax / 127.0f, xsum[u].x = sum;
+        if (j == 4) xsum[u].y = sum;
+      }
+    } else if (in) {
+      xs[u * 8 + (j ^ int(u & 7))] = v;
+    }
   }
   __syncthreads();
 
@@ -136,14 +172,24 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constan
       for (int p = 0; p < P; ++p) {
         const int64_t u = lane + int64_t(k * P + p) * a.lpr;
         if (u >= n_units) break;
-        float xr[32];
+        if constexpr (U::kInt8) {
+          const int sw = int((u >> 2) & 1);
+          const uint4 lo = xq[2 * u + sw], hi = xq[2 * u + (1 ^ sw)];
+          const uint32_t X[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+          const float dx = xd[u];
+          const int2 sx = xsum[u];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float4 v = xs[u * 8 + (i ^ int(u & 7))];
-          xr[4 * i] = v.x, xr[4 * i + 1] = v.y, xr[4 * i + 2] = v.z, xr[4 * i + 3] = v.w;
+          for (int j = 0; j < NJ; ++j) acc[j] += U::dot8(cur[p][j], X, dx, sx.x, sx.y);
+        } else {
+          float xr[32];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float4 v = xs[u * 8 + (i ^ int(u & 7))];
+            xr[4 * i] = v.x, xr[4 * i + 1] = v.y, xr[4 * i + 2] = v.z, xr[4 * i + 3] = v.w;
+          }
+#pragma unroll
+          for (int j = 0; j < NJ; ++j) acc[j] += U::dot(cur[p][j], xr);
         }
-#pragma unroll
-        for (int j = 0; j < NJ; ++j) acc[j] += U::dot(cur[p][j], xr);
       }
     }
 #pragma unroll
@@ -169,12 +215,16 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const __grid_constan
   }
 }
 
-// Shared memory the kernel needs for an input of I floats.
-inline size_t gemv_smem(int64_t I) { return size_t(I) * sizeof(float); }
+// Shared memory the kernel needs for an input of I floats: fp32, or int8 codes + per-unit scale
+// and code sums.
+template <DType T>
+size_t gemv_smem(int64_t I) {
+  return fmt::Unit<T>::kInt8 ? size_t(I) + size_t(I / 32) * (sizeof(float) + sizeof(int2)) : size_t(I) * sizeof(float);
+}
 
 template <DType T, int NJ>
 void launch_gemv_nj(const GemvLaunch& a, cudaStream_t s) {
-  const size_t smem = gemv_smem(a.p.seg[0].w.cols);
+  const size_t smem = gemv_smem<T>(a.p.seg[0].w.cols);
   static const int max_smem = [] {
     int dev = 0, v = 0;
     PRIMAL_CUDA_CHECK(cudaGetDevice(&dev));
@@ -186,12 +236,11 @@ void launch_gemv_nj(const GemvLaunch& a, cudaStream_t s) {
   PRIMAL_CHECK(smem <= size_t(max_smem), "gemv: an input of {} floats does not fit in shared memory ({} bytes)",
                a.p.seg[0].w.cols, max_smem);
   int per_sm = 0;
-  PRIMAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<T, NJ>, kGemvThreads, smem));
-  const int64_t rows_per_block = int64_t(kGemvThreads / a.lpr) * a.rps;
+  PRIMAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<T, NJ>, a.threads, smem));
+  const int64_t rows_per_block = int64_t(a.threads / a.lpr) * a.rps;
   const int64_t blocks = (a.n_rows + rows_per_block - 1) / rows_per_block;
   const int grid = int(std::min<int64_t>(blocks, int64_t(std::max(per_sm, 1)) * sm_count()));
-  gemv_kernel<T, NJ><<<grid, kGemvThreads, smem, s>>>(a);
-  PRIMAL_CUDA_CHECK_LAUNCH();
+  launch_kernel(gemv_kernel<T, NJ>, dim3(grid), dim3(a.threads), smem, s, a);
 }
 
 template <DType T>

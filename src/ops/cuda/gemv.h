@@ -38,4 +38,10 @@ struct GemvParams {
 // Throws Error for inconsistent shapes or formats; launches on `s` (capturable in a graph).
 void gemv(const GemvParams& p, cudaStream_t s);
 
+// Whether the GEMV of this format rounds its input to int8 per 32 elements (llama.cpp's q8_1:
+// dx = max|x| / 127 in fp32, codes = x * (127 / max|x|) rounded to nearest even) and forms the
+// products with integer dot products: Q4_0, Q8_0, Q4_K, Q6_K. The result then is that of the
+// rounded input, within sum_i |W[o, i]| dx / 2 of the fp32 one. The other formats use fp32 input.
+bool gemv_quantizes_input(DType t);
+
 }  // namespace primal::cuda

@@ -105,7 +105,8 @@ void pack_row(DType t, const uint8_t* src, int64_t I, uint8_t* q, uint16_t* s, u
         for (int r = 0; r < 32; ++r) {
           code[r] = (b[64 * h + 32 * (g % 2) + r] >> (4 * (g / 2))) & 0xF;
           const uint32_t top = (b[128 + 32 * h + r] >> (2 * g)) & 3;
-          words[r / 16] |= top << (2 * (r % 16));
+          const int e = r % 16;  // element 4 i + k of half r / 16: bits 8 k + 2 i
+          words[r / 16] |= top << (8 * (e % 4) + 2 * (e / 4));
         }
         put_nibbles(code, q + 16 * u);
         qh[2 * u] = words[0], qh[2 * u + 1] = words[1];

@@ -12,8 +12,9 @@
 //   Q4_K         q as Q4_0 per unit (= sub-block); sc: (O, I/16) bytes, per unit (scale, min) of
 //                6 bits; s: (O, I/256) fp16 pairs (d, dmin)
 //   Q5_K         as Q4_K, plus qh as Q5_0
-//   Q6_K         q as Q4_0 (low 4 bits); qh: (O, I/16) u32, per unit two words, bits 2j..2j+1 of
-//                word h = the top 2 bits of element 16h + j; sc: (O, I/16) int8, per unit the
+//   Q6_K         q as Q4_0 (low 4 bits); qh: (O, I/16) u32, per unit two words, bits 8k+2i..+1
+//                of word h = the top 2 bits of element 16h + 4i + k (so that a shift and a mask
+//                line up those of 4 elements with their bytes); sc: (O, I/16) int8, per unit the
 //                scales of its two 16-element sub-blocks; s: (O, I/256) fp16 d
 //   Q2_K, Q3_K   q: (O, I/256) ggml super-blocks as stored (rare: decoded element by element)
 //   F32/F16/BF16 q: (O, I) elements

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "ops/cuda/check.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/sampling.h"
 
 namespace primal::cuda {
@@ -31,6 +32,8 @@ __global__ void penalty_kernel(float* logits, const int32_t* ids, int n, float p
 }
 
 __global__ void argmax_kernel(const float* logits, int64_t V, unsigned long long* key) {
+  pdl_trigger();
+  pdl_wait();
   uint64_t best = kNoKey;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < V; i += int64_t(gridDim.x) * blockDim.x)
     best = min(best, make_key(logits[i], uint32_t(i)));
@@ -94,12 +97,11 @@ void apply_penalty(float* logits, const int32_t* ids, int n, float penalty, cuda
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-void argmax_key(const float* logits, int64_t V, uint64_t* key, cudaStream_t s) {
+void argmax_key(const float* logits, int64_t V, uint64_t* key, cudaStream_t s, bool reset) {
   PRIMAL_CHECK(V > 0, "argmax: empty vocabulary");
-  fill_bytes_async(key, 0xff, sizeof(uint64_t), s);
+  if (reset) fill_bytes_async(key, 0xff, sizeof(uint64_t), s);
   const int grid = int(std::min<int64_t>((V + 255) / 256, 2 * int64_t(sm_count())));
-  argmax_kernel<<<grid, 256, 0, s>>>(logits, V, reinterpret_cast<unsigned long long*>(key));
-  PRIMAL_CUDA_CHECK_LAUNCH();
+  launch_kernel(argmax_kernel, dim3(grid), dim3(256), 0, s, logits, V, reinterpret_cast<unsigned long long*>(key));
 }
 
 size_t top_k_scratch_bytes(int64_t V, int k) {

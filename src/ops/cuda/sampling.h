@@ -21,8 +21,9 @@ inline int32_t key_id(uint64_t key) { return int32_t(key & 0xffffffffu); }
 // logits[ids[i]] divided by `penalty` when positive, multiplied when negative; ids distinct.
 void apply_penalty(float* logits, const int32_t* ids, int n, float penalty, cudaStream_t s);
 
-// *key = the smallest key of logits (V): the argmax, ties to the lowest id.
-void argmax_key(const float* logits, int64_t V, uint64_t* key, cudaStream_t s);
+// *key = the smallest key of logits (V): the argmax, ties to the lowest id. With reset false the
+// caller has set *key to ~0 already (see embed_rows).
+void argmax_key(const float* logits, int64_t V, uint64_t* key, cudaStream_t s, bool reset = true);
 
 // out: (k) keys of the k best logits, best first; 1 <= k <= kMaxTopK, k <= V.
 size_t top_k_scratch_bytes(int64_t V, int k);
