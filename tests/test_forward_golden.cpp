@@ -75,6 +75,29 @@ TEST(ForwardQ8_0, LastLogitsAndGreedyMatchTheHfReference) {
   }
 }
 
+// Q4_K_M (Q4_K / Q5_0 / Q6_K tensors, llama-quantize's mix) through the same path: 4-bit weights
+// move the logits by up to ~11% here (measured on the reference top-20), so only the leading
+// ranks are asserted: the reference's first token, and its top 3 inside our top 10.
+TEST(ForwardQ4_K_M, LeadingLogitsMatchTheHfReference) {
+  auto m = Model::open(test::data_path("models/ref-llama-code/ref-llama-code-Q4_K_M.gguf"));
+  EXPECT_EQ(m->w.layers[0].w_gate->type, DType::Q4_K);
+  const int64_t V = m->hparams().n_vocab;
+  for (const RefCase& rc : reference_cases()) {
+    KVCache cache = make_kv_cache(m->w, 64);
+    std::vector<float> logits(static_cast<size_t>(V));
+    llama_forward(m->w, cache, rc.prompt_ids.data(), int64_t(rc.prompt_ids.size()), 1, logits.data());
+    EXPECT_EQ(argmax(logits), rc.top20_ids[0]);
+    std::vector<int32_t> order(static_cast<size_t>(V));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + 10, order.end(),
+                      [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    const std::set<int32_t> top10(order.begin(), order.begin() + 10);
+    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(top10.count(rc.top20_ids[i])) << "reference rank " << i;
+    for (size_t i = 0; i < 20; ++i)
+      EXPECT_NEAR(logits[size_t(rc.top20_ids[i])], rc.top20[i], 0.15 * std::fabs(rc.top20[i])) << i;
+  }
+}
+
 // Prefill in one call, in two calls, and token by token all describe the same computation; they
 // differ only by summation order (sgemm tiles vs row dots), i.e. by fp32 rounding.
 TEST(ForwardQ8_0, BatchedAndIncrementalPrefillAgree) {

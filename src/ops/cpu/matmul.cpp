@@ -21,8 +21,14 @@ constexpr int64_t kTileFloats = 64 * 1024;
 // dequantized row are as fast and need no tile.
 constexpr int64_t kGemmMinT = 4;
 
-// Dot path: each thread dequantizes one row of W at a time and dots it with every token.
+// Dot path: each thread dequantizes one row of W at a time and dots it with every token; a single
+// token (decode) uses the fused decode-and-dot of quant/ (no row buffer, fp64 across blocks).
 void matmul_rows(float* out, const float* inp, const TensorRef& w, int64_t T, int64_t I, int64_t O) {
+  if (T == 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < O; ++o) out[o] = vec_dot_row(w.type, w.row(o), inp, I);
+    return;
+  }
 #pragma omp parallel
   {
     std::vector<float> row(static_cast<size_t>(I));
