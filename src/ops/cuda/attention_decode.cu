@@ -33,7 +33,7 @@ template <int HS>
 struct DecodeSmem {
   static constexpr int LD = HS + 8;  // padded rows: lane j reading row j hits its own bank group
   static constexpr size_t per_warp = size_t(2 * kChunk * LD) * 2;  // keys and values, fp16
-  static constexpr size_t bytes = kWarps * per_warp + size_t(kMaxHeads * HS) * 4;
+  static constexpr size_t bytes = kWarps * per_warp + size_t(kMaxHeads * HS) * 4 + size_t(kWarps * kMaxHeads * kChunk) * 4;
 };
 
 template <int D>
@@ -47,6 +47,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const Attentio
   __half* ks = reinterpret_cast<__half*>(smem + warp * S::per_warp);
   __half* vs = ks + kChunk * S::LD;
   float* qf = reinterpret_cast<float*>(smem + kWarps * S::per_warp);  // (hpb, HS)
+  float* ew = qf + kMaxHeads * HS + warp * kMaxHeads * kChunk;          // this warp's (heads, 32) weights
   const float4* q4 = reinterpret_cast<const float4*>(qf);
   const int64_t G = p.NH / p.KVH, kvh = blockIdx.x, b = blockIdx.y;
   const int64_t h0 = kvh * G + int64_t(blockIdx.z) * hpb;
@@ -119,7 +120,14 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const Attentio
       for (int d = 0; d < D; ++d) acc[g][d] *= alpha;
       m[g] = mn;
     }
+    // The weights go through shared memory (broadcast reads, independent of each other) rather
+    // than one shuffle per position and head on the critical path.
+#pragma unroll
+    for (int g = 0; g < H; ++g)
+      if (g < nh) ew[g * kChunk + lane] = e[g];
+    __syncwarp();
     const int n_here = int(min(int64_t(kChunk), n - c * kChunk));
+#pragma unroll 4
     for (int jj = 0; jj < n_here; ++jj) {
       float v[D];
 #pragma unroll
@@ -127,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const Attentio
 #pragma unroll
       for (int g = 0; g < H; ++g) {
         if (g >= nh) break;
-        const float w = __shfl_sync(0xffffffffu, e[g], jj);
+        const float w = ew[g * kChunk + jj];
 #pragma unroll
         for (int d = 0; d < D; ++d) acc[g][d] = fmaf(w, v[d], acc[g][d]);
       }

@@ -88,6 +88,7 @@ __global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_cons
   float scale = 1.0f;
   if (a.p.norm_w) {
     double ss = 0;
+#pragma unroll 4
     for (int64_t i = tid; i < I; i += blockDim.x) {
       const double v = a.p.x[i];
       ss += v * v;
@@ -105,6 +106,7 @@ __global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_cons
   float* xd = reinterpret_cast<float*>(xsum + n_units);
   // Eight consecutive threads hold the eight float4 of a unit (blockDim is a multiple of 8): the
   // whole block steps together so that every lane takes part in the shuffles.
+#pragma unroll 4
   for (int64_t b4 = 0; b4 < I / 4; b4 += blockDim.x) {
     const int64_t i4 = b4 + tid;
     const bool in = i4 < I / 4;
