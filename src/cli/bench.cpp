@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -28,6 +29,7 @@ struct BenchCli {
   int reps = 3;
   double bandwidth = 3.0e12;
   bool json = false;
+  std::string json_out;  // also write the JSON here (the table still goes to stdout)
 };
 
 struct Stat {
@@ -131,6 +133,11 @@ void run_bench(const BenchCli& c) {
     for (int r = 0; r < c.reps; ++r) v.push_back(double(c.n_gen) / tg(c.n_gen));
     row(fmt::format("tg{}", c.n_gen), 0, c.n_gen, stats(v), true);
   }
+  if (!c.json_out.empty()) {
+    std::ofstream f(c.json_out);
+    f << out.dump(2) << "\n";
+    if (!f) fail("{}: cannot write the JSON results", c.json_out);
+  }
   if (c.json) {
     fmt::print("{}\n", out.dump(2));
   } else {
@@ -150,6 +157,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-r,--repetitions", c->reps, "Repetitions of each test")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--bandwidth", c->bandwidth, "Memory bandwidth in bytes/s for the floor")->capture_default_str();
   cmd->add_flag("--json", c->json, "Print the results as JSON");
+  cmd->add_option("--json-out", c->json_out, "Also write the results as JSON to this file");
   add_device_option(cmd, c->device);
   cmd->callback([c] { run_bench(*c); });
 }
