@@ -35,33 +35,47 @@ __global__ void swiglu_f32_kernel(const float* gate, const float* up, int64_t n,
   }
 }
 
-// One block per token; threads sweep the rotation pairs of every q and k head, then v.
+// One thread per pair of elements of a head (q, k or v head h of token t, pair i of HS/2): a
+// rotation pair (i < n_rot/2: elements i and i + n_rot/2 under NeoX, 2i and 2i + 1 otherwise),
+// or two elements past n_rot, which only get the bias. Each thread adds the bias to its two
+// elements, rotates them (q and k heads), writes them back (q) and k and v to the fp16 cache.
+// Spread over the grid: a decode step's few thousand pairs take one short wave rather than one
+// block's long sweep.
 __global__ void rope_qkv_kernel(const RopeQkvParams p) {
   pdl_trigger();
   pdl_wait();
-  const int64_t t = blockIdx.x, Q = p.NH * p.HS, KV = p.KVH * p.HS, W = Q + 2 * KV, half = p.n_rot / 2;
-  const int64_t pos = int64_t(*p.pos0) + t;
-  float* row = p.qkv + t * W;
-  if (p.bias) {
-    for (int64_t i = threadIdx.x; i < W; i += blockDim.x) row[i] += p.bias[i];
-    __syncthreads();
-  }
-  const int64_t step = p.neox ? 1 : 2, other = p.neox ? half : 1;
-  const float2* cs = static_cast<const float2*>(p.cos_sin) + pos * half;
-  for (int64_t k = threadIdx.x; k < (p.NH + p.KVH) * half; k += blockDim.x) {
-    const int64_t h = k / half, i = k % half;
-    const float2 r = cs[i];
-    float* v = row + h * p.HS + i * step;  // k heads follow the q heads in the row
-    const float a = v[0], b = v[other];
-    v[0] = __fsub_rn(__fmul_rn(a, r.x), __fmul_rn(b, r.y));
-    v[other] = __fadd_rn(__fmul_rn(a, r.y), __fmul_rn(b, r.x));
-  }
-  __syncthreads();
-  __half* kc = static_cast<__half*>(p.k_cache) + pos * KV;
-  __half* vc = static_cast<__half*>(p.v_cache) + pos * KV;
-  for (int64_t i = threadIdx.x; i < KV; i += blockDim.x) {
-    kc[i] = __float2half_rn(row[Q + i]);
-    vc[i] = __float2half_rn(row[Q + KV + i]);
+  const int64_t Q = p.NH * p.HS, KV = p.KVH * p.HS, W = Q + 2 * KV, half = p.n_rot / 2, pairs = p.HS / 2;
+  const int64_t heads = p.NH + 2 * p.KVH, n = p.T * heads * pairs;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = k / (heads * pairs), h = k / pairs % heads, i = k % pairs;
+    const int64_t pos = int64_t(*p.pos0) + t;
+    int64_t e0, e1;  // the two elements within the head
+    if (i < half) {
+      e0 = p.neox ? i : 2 * i;
+      e1 = p.neox ? i + half : 2 * i + 1;
+    } else {
+      e0 = p.n_rot + 2 * (i - half), e1 = e0 + 1;
+    }
+    const int64_t c0 = h * p.HS + e0, c1 = h * p.HS + e1;  // columns of the row: q | k | v heads
+    float* row = p.qkv + t * W;
+    float a = row[c0], b = row[c1];
+    if (p.bias) a += p.bias[c0], b += p.bias[c1];
+    if (h < p.NH + p.KVH && i < half) {
+      const float2 r = static_cast<const float2*>(p.cos_sin)[pos * half + i];
+      const float ra = __fsub_rn(__fmul_rn(a, r.x), __fmul_rn(b, r.y));
+      const float rb = __fadd_rn(__fmul_rn(a, r.y), __fmul_rn(b, r.x));
+      a = ra, b = rb;
+    }
+    if (h < p.NH) {
+      row[c0] = a, row[c1] = b;
+    } else {
+      const bool is_k = h < p.NH + p.KVH;
+      const int64_t off = (is_k ? c0 - Q : c0 - Q - KV) - e0;  // the kv head's first column
+      __half* cache = static_cast<__half*>(is_k ? p.k_cache : p.v_cache) + pos * KV + off;
+      cache[e0] = __float2half_rn(a);
+      cache[e1] = __float2half_rn(b);
+      row[c0] = a, row[c1] = b;  // k and v as fp32 too, as the CPU leaves them
+    }
   }
 }
 
@@ -98,7 +112,10 @@ void rope_qkv(const RopeQkvParams& p, cudaStream_t s) {
   PRIMAL_CHECK(p.T > 0 && p.HS > 0 && p.n_rot > 0 && p.n_rot <= p.HS && p.n_rot % 2 == 0,
                "rope: invalid shape T {} HS {} n_rot {}", p.T, p.HS, p.n_rot);
   PRIMAL_CHECK(p.cos_sin && p.pos0, "rope: no cos/sin table or position");
-  launch_kernel(rope_qkv_kernel, dim3(unsigned(p.T)), dim3(256), 0, s, p);
+  PRIMAL_CHECK(p.HS % 2 == 0, "rope: odd head size {}", p.HS);
+  const int64_t n = p.T * (p.NH + 2 * p.KVH) * (p.HS / 2);
+  const int grid = int(std::min<int64_t>((n + 127) / 128, 16 * int64_t(sm_count())));
+  launch_kernel(rope_qkv_kernel, dim3(unsigned(grid)), dim3(128), 0, s, p);
 }
 
 void rope_table(const double* inv_freq, int64_t half, int64_t n_pos, void* out, cudaStream_t s) {
