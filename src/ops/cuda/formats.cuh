@@ -7,7 +7,8 @@
 //                       the sum (the same value up to fp32 rounding);
 //   decode(raw, y)      y[0..32) = the dequantized weights, bit-identical to the CPU's
 //                       dequantize_row (the same fp32 products and sums, never fused).
-// kPrefetch: units per GEMV step (small raw formats: 2).
+// kPrefetch: units per GEMV step (small raw formats: 2); kPrefetchDeep (optional): the same for
+// matrices of few rows (gemv.cuh).
 // kInt8: the GEMV quantizes its input to int8 per 32-element unit (x ~ dx * qx, dx = max|x| / 127,
 // qx rounded to nearest, as llama.cpp's q8_1) and the format provides
 //   dot8(raw, X, dx, sx0, sx1)  sum_j W[r, 32u + j] * dx * qx[j] with integer dot products (dp4a)
@@ -95,7 +96,7 @@ struct Unit<DType::F32> {
 
 template <DType T>
 struct Unit16 {  // F16 and BF16: 64 bytes per unit
-  static constexpr int kPrefetch = 1;
+  static constexpr int kPrefetch = 1, kPrefetchDeep = 2;
   static constexpr bool kInt8 = false;
   struct Raw { uint4 v[4]; };
   __device__ static Raw load(const RowPtr& p, int64_t u) {
@@ -133,7 +134,7 @@ template <> struct Unit<DType::BF16> : Unit16<DType::BF16> {};
 // ---- legacy 32-element blocks ------------------------------------------------------------------
 template <>
 struct Unit<DType::Q8_0> {
-  static constexpr int kPrefetch = 1;
+  static constexpr int kPrefetch = 1, kPrefetchDeep = 2;
   static constexpr bool kInt8 = true;
   struct Raw { uint4 a, b; uint16_t d; };
   __device__ static Raw load(const RowPtr& p, int64_t u) { return {ld16(p.q + u * 32), ld16(p.q + u * 32 + 16), ldh(p.s + u)}; }
@@ -166,7 +167,7 @@ struct Unit<DType::Q8_0> {
 
 template <>
 struct Unit<DType::Q4_0> {
-  static constexpr int kPrefetch = 2;
+  static constexpr int kPrefetch = 2, kPrefetchDeep = 4;
   static constexpr bool kInt8 = true;
   struct Raw { uint4 q; uint16_t d; };
   __device__ static Raw load(const RowPtr& p, int64_t u) { return {ld16(p.q + u * 16), ldh(p.s + u)}; }

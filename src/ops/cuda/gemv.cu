@@ -56,6 +56,8 @@ void gemv(const GemvParams& p, cudaStream_t s) {
   // rows enough to keep every multiprocessor busy with it.
   const int64_t groups = a.n_rows / (a.threads / a.lpr);
   a.rps = p.mode != GemvMode::SwiGLU && groups >= 8 * sms ? 2 : 1;
+  // Few rows: fewer lanes with work than half the lanes of 16 warps per multiprocessor.
+  a.deep = a.n_rows * a.lpr <= 16 * 32 * sms;
   if (detail::gemv_float(w0.type, a, s) || detail::gemv_legacy(w0.type, a, s) || detail::gemv_kquants(w0.type, a, s))
     return;
   fail("gemv: no GPU kernel for {}", dtype_name(w0.type));
