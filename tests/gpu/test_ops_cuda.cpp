@@ -173,6 +173,58 @@ TEST(GpuAttention, DecodeAndPrefillMatchCpu) {
   }
 }
 
+// Decode attention with RoPE fused in (bias, rotation of q and the new k, the cache store) gives
+// exactly what rope_qkv followed by the plain decode kernel gives: the same output bits and the
+// same cache. Positions at chunk edges (0, 31, 32) and past one block's chunks (300).
+TEST(GpuAttention, DecodeWithFusedRopeEqualsRopeThenDecode) {
+  require_gpu();
+  for (auto [NH, KVH, HS, n_rot, neox] :
+       {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{12, 2, 128, 128, true}, {8, 4, 32, 32, false},
+        {6, 3, 96, 32, false}, {4, 4, 256, 64, true}}) {
+    for (int64_t pos : {0, 31, 32, 300}) {
+      SCOPED_TRACE(std::to_string(NH) + "/" + std::to_string(KVH) + "/" + std::to_string(HS) + " pos " +
+                   std::to_string(pos));
+      const int64_t Q = NH * HS, KV = KVH * HS, W = Q + 2 * KV, n_ctx = pos + 4;
+      const auto row = randn(size_t(W), 11, 2.0f), bias = randn(size_t(W), 12);
+      const auto cache0 = randn(size_t(n_ctx * KV), 13, 1.5f);
+      std::vector<uint16_t> c16(cache0.size());
+      for (size_t i = 0; i < c16.size(); ++i) c16[i] = f32_to_f16(cache0[i]);
+      const auto inv = cpu::rope_inv_freq(n_rot, 1e4, 1.0, nullptr);
+      const auto fd = to_device(inv), posd = to_device(std::vector<int32_t>{int32_t(pos)});
+      cuda::DeviceBuffer cs(size_t(n_ctx * n_rot / 2) * 8);
+      cuda::rope_table(fd.as<double>(), n_rot / 2, n_ctx, cs.data(), nullptr);
+      const auto bd = to_device(bias);
+      const int splits = cuda::attention_decode_splits(KVH);
+      std::vector<float> out[2];
+      std::vector<uint16_t> kc[2], vc[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        auto qkv = to_device(row);
+        auto k = to_device(c16), v = to_device(c16);
+        cuda::RopeQkvParams r;
+        r.qkv = qkv.as<float>(), r.bias = bd.as<float>(), r.T = 1, r.NH = NH, r.KVH = KVH, r.HS = HS;
+        r.n_rot = n_rot, r.neox = neox, r.cos_sin = cs.data(), r.pos0 = posd.as<int32_t>();
+        r.k_cache = k.data(), r.v_cache = v.data();
+        cuda::AttentionParams p;
+        p.q = qkv.as<float>(), p.k_cache = k.data(), p.v_cache = v.data(), p.pos0 = posd.as<int32_t>();
+        p.T = 1, p.NH = NH, p.KVH = KVH, p.HS = HS;
+        if (fused) p.fuse_rope = true, p.rope = r;
+        else cuda::rope_qkv(r, nullptr);
+        cuda::DeviceBuffer part(cuda::attention_decode_scratch(NH, HS, splits));
+        cuda::fill_bytes_async(part.data(), 0, part.size(), nullptr);
+        auto o = poisoned(size_t(Q));
+        cuda::attention_decode(p, splits, part.data(), o.as<float>(), nullptr);
+        out[fused] = to_host<float>(o, size_t(Q));
+        kc[fused] = to_host<uint16_t>(k, c16.size());
+        vc[fused] = to_host<uint16_t>(v, c16.size());
+      }
+      EXPECT_EQ(out[1], out[0]);
+      EXPECT_EQ(kc[1], kc[0]);
+      EXPECT_EQ(vc[1], vc[0]);
+      EXPECT_NE(kc[0], c16);  // the new key was stored
+    }
+  }
+}
+
 // Penalty, argmax and top-k on the device select exactly what the host selects: same ids in the
 // same order, same (penalized) logits, ties broken by the lower id.
 TEST(GpuSampling, TopKAndArgmaxEqualHost) {

@@ -196,12 +196,11 @@ void CudaForward::decode_layers() {
     RopeQkvParams rp;
     rp.qkv = qkv1_.as<float>(), rp.T = 1, rp.NH = hp.n_head, rp.KVH = hp.n_head_kv, rp.HS = hp.head_dim;
     rp.n_rot = hp.rope_dim, rp.neox = hp.rope_neox, rp.cos_sin = rope_cs_.data(), rp.pos0 = &st->pos;
-    rp.k_cache = k_cache(l), rp.v_cache = v_cache(l);
-    rope_qkv(rp, s);
-    mark("rope");
+    rp.k_cache = k_cache(l), rp.v_cache = v_cache(l);  // the QKV GEMV added the bias
     AttentionParams ap;
     ap.q = qkv1_.as<float>(), ap.k_cache = k_cache(l), ap.v_cache = v_cache(l), ap.pos0 = &st->pos;
     ap.T = 1, ap.NH = hp.n_head, ap.KVH = hp.n_head_kv, ap.HS = hp.head_dim;
+    ap.fuse_rope = true, ap.rope = rp;  // RoPE and the cache store inside the attention kernel
     attention_decode(ap, splits_, part_.data(), att1_.as<float>(), s);
     mark("attention");
     GemvParams o;

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "ops/cuda/buffer.h"
+#include "ops/cuda/elementwise.h"
 
 namespace primal::cuda {
 
@@ -18,6 +19,13 @@ struct AttentionParams {
   const void* v_cache = nullptr;    // (n_ctx, KVH, HS) fp16
   const int32_t* pos0 = nullptr;    // device: position of token 0
   int64_t T = 1, NH = 0, KVH = 0, HS = 0;
+  // Decode only: with fuse_rope, q points at the token's raw q | k | v row (rope.qkv, the QKV
+  // GEMV's output) and the decode kernel does rope_qkv's work itself: it adds the bias, rotates
+  // its query head and the new key, and stores the new key and value in the cache at the
+  // position (blocks that read that position take the values they formed, not the cache). The
+  // results are bit-identical to rope_qkv followed by the plain kernel, with one launch fewer.
+  bool fuse_rope = false;
+  RopeQkvParams rope;
 };
 
 // Splits of the decode kernel for a model with KVH heads: enough blocks to fill the GPU.

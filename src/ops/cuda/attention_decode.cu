@@ -38,8 +38,31 @@ template <int HS>
 struct DecodeSmem {
   static constexpr int LD = HS + 8;  // padded rows: lane j reading row j hits its own bank group
   static constexpr size_t per_warp = size_t(2 * kChunk * LD) * 2;  // keys and values, fp16
-  static constexpr size_t bytes = kWarps * per_warp + size_t(kMaxHeads * HS) * 4 + size_t(kWarps * kMaxHeads * kChunk) * 4;
+  static constexpr size_t bytes = kWarps * per_warp + size_t(kMaxHeads * HS) * 4 +
+                                 size_t(kWarps * kMaxHeads * kChunk) * 4 + size_t(2 * HS) * 2;  // + new k, v
 };
+
+// rope_qkv's arithmetic for one pair of elements of a head (see elementwise.cu): pair i is a
+// rotation pair (i < n_rot / 2) or two elements past n_rot; x is the head's raw values and
+// bias (or null) its bias. Writes the two results and their indices within the head.
+__device__ __forceinline__ void rope_pair(const RopeQkvParams& r, const float* x, const float* bias, int64_t pos,
+                                          int i, bool rotate, int& e0, int& e1, float& a, float& b) {
+  const int half = int(r.n_rot / 2);
+  if (i < half) {
+    e0 = r.neox ? i : 2 * i;
+    e1 = r.neox ? i + half : 2 * i + 1;
+  } else {
+    e0 = int(r.n_rot) + 2 * (i - half), e1 = e0 + 1;
+  }
+  a = x[e0], b = x[e1];
+  if (bias) a += bias[e0], b += bias[e1];
+  if (rotate && i < half) {
+    const float2 cs = static_cast<const float2*>(r.cos_sin)[pos * half + i];
+    const float ra = __fsub_rn(__fmul_rn(a, cs.x), __fmul_rn(b, cs.y));
+    const float rb = __fadd_rn(__fmul_rn(a, cs.y), __fmul_rn(b, cs.x));
+    a = ra, b = rb;
+  }
+}
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const AttentionParams p, int blocks, int hpb,
@@ -54,6 +77,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const Attentio
   float* qf = reinterpret_cast<float*>(smem + kWarps * S::per_warp);  // (hpb, HS)
   float* ew = qf + kMaxHeads * HS + warp * kMaxHeads * kChunk;          // this warp's (heads, 32) weights
   const float4* q4 = reinterpret_cast<const float4*>(qf);
+  __half* kn = reinterpret_cast<__half*>(qf + kMaxHeads * HS + kWarps * kMaxHeads * kChunk);  // (HS) new key
+  __half* vn = kn + HS;                                                                        // (HS) new value
   const int64_t G = p.NH / p.KVH, kvh = blockIdx.x, b = blockIdx.y;
   const int64_t h0 = kvh * G + int64_t(blockIdx.z) * hpb;
   const int nh = int(min(int64_t(hpb), kvh * G + G - h0));
@@ -62,7 +87,38 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const Attentio
   const int64_t n = int64_t(*p.pos0) + 1, n_chunks = (n + kChunk - 1) / kChunk;
   const int n_active = int(min(int64_t(blocks), (n_chunks + kWarps - 1) / kWarps));  // blocks with chunks
   if (b >= n_active) return;
-  for (int k = threadIdx.x; k < nh * HS; k += blockDim.x) qf[k] = p.q[h0 * HS + k];
+  const int64_t last_chunk = (n - 1) / kChunk;
+  if (p.fuse_rope) {
+    const RopeQkvParams& r = p.rope;
+    const int64_t Q = p.NH * HS, KV = p.KVH * HS, pos = n - 1;
+    const float* bias = r.bias;
+    for (int k = threadIdx.x; k < nh * HS / 2; k += blockDim.x) {
+      const int g = k / (HS / 2), i = k % (HS / 2);
+      const int64_t c = (h0 + g) * HS;
+      int e0, e1;
+      float a, bb;
+      rope_pair(r, p.q + c, bias ? bias + c : nullptr, pos, i, true, e0, e1, a, bb);
+      qf[g * HS + e0] = a, qf[g * HS + e1] = bb;
+    }
+    const bool writer = b == 0 && blockIdx.z == 0;  // one block per KV head stores the new row
+    for (int k = threadIdx.x; k < HS; k += blockDim.x) {
+      const bool is_v = k >= HS / 2;
+      const int i = is_v ? k - HS / 2 : k;
+      const int64_t c = (is_v ? Q + KV : Q) + kvh * HS;
+      int e0, e1;
+      float a, bb;
+      rope_pair(r, p.q + c, bias ? bias + c : nullptr, pos, i, !is_v, e0, e1, a, bb);
+      const __half ha = __float2half_rn(a), hb = __float2half_rn(bb);
+      __half* dst = is_v ? vn : kn;
+      dst[e0] = ha, dst[e1] = hb;
+      if (writer) {
+        __half* cache = static_cast<__half*>(is_v ? r.v_cache : r.k_cache) + pos * KV + kvh * HS;
+        cache[e0] = ha, cache[e1] = hb;
+      }
+    }
+  } else {
+    for (int k = threadIdx.x; k < nh * HS; k += blockDim.x) qf[k] = p.q[h0 * HS + k];
+  }
   __syncthreads();
 
   const float scale = float(1.0 / sqrt(double(HS)));
@@ -87,6 +143,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const Attentio
     }
     cp_async_wait_all();
     __syncwarp();
+    if (p.fuse_rope && c == last_chunk) {  // the new position, which the cache may not hold yet
+      const int jj = int((n - 1) % kChunk);
+      for (int d = lane; d < HS; d += 32) ks[jj * S::LD + d] = kn[d], vs[jj * S::LD + d] = vn[d];
+      __syncwarp();
+    }
     const bool valid = c * kChunk + lane < n;
     float sc[H];
 #pragma unroll
@@ -225,6 +286,13 @@ void attention_decode(const AttentionParams& p, int splits, void* scratch, float
   PRIMAL_CHECK(p.HS % 32 == 0 && p.HS >= 32 && p.HS <= 256, "attention: head size {} (GPU: a multiple of 32, <= 256)",
                p.HS);
   PRIMAL_CHECK(p.T == 1 && splits >= 1, "attention_decode: T = {}, splits = {}", p.T, splits);
+  if (p.fuse_rope) {
+    const RopeQkvParams& r = p.rope;
+    PRIMAL_CHECK(r.qkv == p.q && r.T == 1 && r.NH == p.NH && r.KVH == p.KVH && r.HS == p.HS && r.n_rot > 0 &&
+                     r.n_rot <= p.HS && r.n_rot % 2 == 0 && r.cos_sin && r.pos0 == p.pos0 && r.k_cache == p.k_cache &&
+                     r.v_cache == p.v_cache,
+                 "attention_decode: RoPE parameters inconsistent with the attention's");
+  }
   const int64_t G = p.NH / p.KVH, D = p.HS / 32;
   const int hpb = int(std::max<int64_t>(1, std::min<int64_t>({G, kMaxHeads, 32 / D})));
   const dim3 grid(unsigned(p.KVH), unsigned(splits), unsigned((G + hpb - 1) / hpb));
