@@ -51,7 +51,10 @@ RunResult run_primal(const std::string& args) {
   static int counter = 0;
   const std::string out = d + "/run" + std::to_string(getpid()) + "_" + std::to_string(counter) + ".out";
   const std::string err = d + "/run" + std::to_string(getpid()) + "_" + std::to_string(counter++) + ".err";
-  const std::string cmd = std::string(PRIMAL_BINARY) + " " + args + " >" + out + " 2>" + err + " </dev/null";
+  // PRIMAL_BIN overrides the build-time path (the GPU machine runs binaries copied elsewhere).
+  const char* bin = std::getenv("PRIMAL_BIN");
+  const std::string exe = bin && *bin ? bin : PRIMAL_BINARY;
+  const std::string cmd = exe + " " + args + " >" + out + " 2>" + err + " </dev/null";
   const int status = std::system(cmd.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);

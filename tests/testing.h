@@ -12,7 +12,8 @@ struct RunResult {
   std::string out;  // stdout
   std::string err;  // stderr
 };
-// Run the built `primal` binary with the given argument string (shell-quoted by the caller).
+// Run the built `primal` binary (or $PRIMAL_BIN) with the given argument string (shell-quoted by
+// the caller).
 RunResult run_primal(const std::string& args);
 
 // A fresh temporary directory, removed at exit of the test program.

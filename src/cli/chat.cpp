@@ -67,7 +67,7 @@ void chat(ChatOptions& o) {
              lm.chat_template.empty() ? " (the model has no chat template)" : "");
   const int64_t n_ctx = prepare_gen(o.gen, lm.model->hparams().n_ctx_train);
   const Tokenizer& tok = *lm.tokenizer;
-  Generator gen(lm.model->w, n_ctx, o.gen.sampling, o.gen.n_batch);
+  Generator gen = make_generator(lm.model->w, n_ctx, o.gen);
 
   std::vector<ChatMessage> msgs;
   if (!o.system.empty()) msgs.push_back({"system", o.system});

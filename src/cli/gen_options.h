@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 
+#include "cli/device.h"
 #include "infer/generate.h"
 #include "infer/sampler.h"
 
@@ -22,6 +23,7 @@ struct GenOptions {
   int64_t n_ctx = 0;     // 0: the model's training context
   int64_t n_batch = 512;
   int threads = 0;       // 0: OpenMP's default (all cores)
+  std::string device;    // "cpu", "cuda", "" (cuda when a GPU is present)
 };
 
 inline void add_gen_options(CLI::App* cmd, GenOptions& o) {
@@ -41,6 +43,14 @@ inline void add_gen_options(CLI::App* cmd, GenOptions& o) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("-t,--threads", o.threads, "CPU threads; 0 = all cores")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  add_device_option(cmd, o.device);
+}
+
+// The generator for the options' device, with its backend named on stderr.
+inline Generator make_generator(const LlamaWeights& w, int64_t n_ctx, const GenOptions& o) {
+  auto be = make_backend(w, n_ctx, o.device, o.n_batch);
+  fmt::print(stderr, "primal: running on {}\n", be->name());
+  return Generator(std::move(be), o.sampling, o.n_batch);
 }
 
 // Applies threads and seed; returns the context size to use.

@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/loaded_model.h"
+#include "cli/device.h"
 #include "infer/perplexity.h"
 
 namespace primal::cli {
@@ -20,6 +21,7 @@ namespace {
 struct PplOptions {
   std::string model, file, bos = "auto";
   int64_t n_ctx = 512, n_chunks = -1, n_batch = 512;
+  std::string device;
   int threads = 0;
 };
 
@@ -76,7 +78,9 @@ void ppl(const PplOptions& o) {
       last_pct = pct;
     }
   };
-  const PerplexityResult r = perplexity(lm.model->w, tokens, po, progress);
+  auto be = make_backend(lm.model->w, o.n_ctx, o.device, o.n_batch);
+  fmt::print(stderr, "primal: running on {}\n", be->name());
+  const PerplexityResult r = perplexity(*be, tokens, po, progress);
   fmt::print(stderr, "primal: scored {} tokens in {} windows, {:.1f} s ({:.1f} tokens/s through the model)\n",
              r.n_scored, r.n_chunks, r.seconds, double(r.n_chunks * o.n_ctx) / r.seconds);
   fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", r.ppl, r.ppl_err);
@@ -96,6 +100,7 @@ void register_ppl(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--bos", o->bos, "BOS at each window start: auto (as the vocabulary adds it), yes, no")
       ->capture_default_str()->check(CLI::IsMember({"auto", "yes", "no"}));
+  add_device_option(cmd, o->device);
   cmd->add_option("-t,--threads", o->threads, "CPU threads; 0 = all cores")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->callback([o] { ppl(*o); });

@@ -44,7 +44,7 @@ void run(RunOptions& o) {
     fail("the prompt ({} tokens) and {} tokens to generate exceed the context of {} tokens (raise it with -c)",
          ids.size(), n_predict, n_ctx);
 
-  Generator gen(lm.model->w, n_ctx, o.gen.sampling, o.gen.n_batch);
+  Generator gen = make_generator(lm.model->w, n_ctx, o.gen);
   DumpFn dump;
   if (!o.dump_dir.empty()) dump = npy_dumper(o.dump_dir);
   if (o.dump_summary) dump = both(dump, summary_dumper(stderr));

@@ -14,28 +14,41 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Generator::Generator(const LlamaWeights& w, int64_t n_ctx, const SamplerParams& sp, int64_t n_batch)
-    : w_(w), cache_(make_kv_cache(w, n_ctx)), sampler_(sp), n_batch_(n_batch), logits_(size_t(w.hp.n_vocab)) {
+    : Generator(make_cpu_backend(w, n_ctx), sp, n_batch) {}
+
+Generator::Generator(std::unique_ptr<Backend> backend, const SamplerParams& sp, int64_t n_batch)
+    : backend_(std::move(backend)), sampler_(sp), n_batch_(n_batch), logits_(size_t(backend_->hparams().n_vocab)) {
   PRIMAL_CHECK(n_batch > 0, "batch size must be positive (got {})", n_batch);
 }
 
 void Generator::feed(const int32_t* tokens, int64_t n, const DumpFn& dump) {
   for (int64_t i = 0; i < n; i += n_batch_) {
     const int64_t b = std::min(n_batch_, n - i);
-    llama_forward(w_, cache_, tokens + i, b, 1, logits_.data(), dump);
+    backend_->forward(tokens + i, b, 1, nullptr, dump);
     ctx_.insert(ctx_.end(), tokens + i, tokens + i + b);
   }
   have_logits_ = n > 0;
+  logits_fresh_ = false;
+}
+
+const std::vector<float>& Generator::logits() const {
+  PRIMAL_CHECK(have_logits_, "logits() before any token was fed");
+  if (!logits_fresh_) {
+    backend_->last_logits(logits_.data());
+    logits_fresh_ = true;
+  }
+  return logits_;
 }
 
 void Generator::set_context(const std::vector<int32_t>& tokens, const DumpFn& dump) {
   PRIMAL_CHECK(!tokens.empty(), "the prompt is empty (no tokens)");
-  if (int64_t(tokens.size()) > cache_.n_ctx())
-    fail("the prompt has {} tokens but the context holds {} (raise it with -c)", tokens.size(), cache_.n_ctx());
+  if (int64_t(tokens.size()) > n_ctx())
+    fail("the prompt has {} tokens but the context holds {} (raise it with -c)", tokens.size(), n_ctx());
   // Reuse the cached prefix; at least the last token is run again so that its logits exist.
   size_t keep = 0;
   while (keep < ctx_.size() && keep < tokens.size() && ctx_[keep] == tokens[keep]) ++keep;
   keep = std::min(keep, tokens.size() - 1);
-  cache_.truncate(int64_t(keep));
+  backend_->truncate(int64_t(keep));
   ctx_.resize(keep);
   const auto t0 = std::chrono::steady_clock::now();
   feed(tokens.data() + keep, int64_t(tokens.size() - keep), dump);
@@ -57,7 +70,11 @@ void Generator::push(int32_t token) {
 
 int32_t Generator::sample() {
   PRIMAL_CHECK(have_logits_, "sample() before any token was fed");
-  return sampler_.sample(logits_.data(), int64_t(logits_.size()));
+  const int64_t V = int64_t(logits_.size());
+  const int64_t k = sampler_.candidates_needed(V);
+  if (k == 0) return sampler_.sample(logits().data(), V);
+  const auto best = backend_->top_k(k, sampler_.params().repeat_penalty, sampler_.recent());
+  return sampler_.sample_top(best.data(), best.size());
 }
 
 std::string Utf8Stream::push(const std::string& piece) {

@@ -18,7 +18,15 @@ double NllStats::err() const {
 
 PerplexityResult perplexity(const LlamaWeights& w, const std::vector<int32_t>& tokens, const PerplexityOptions& o,
                             const PerplexityProgress& progress) {
-  const int64_t n_ctx = o.n_ctx, V = w.hp.n_vocab;
+  PRIMAL_CHECK(o.n_ctx >= 4 && o.n_ctx % 2 == 0, "perplexity: the context must be an even number >= 4 (got {})",
+               o.n_ctx);
+  auto b = make_cpu_backend(w, o.n_ctx);
+  return perplexity(*b, tokens, o, progress);
+}
+
+PerplexityResult perplexity(Backend& be, const std::vector<int32_t>& tokens, const PerplexityOptions& o,
+                            const PerplexityProgress& progress) {
+  const int64_t n_ctx = o.n_ctx, V = be.hparams().n_vocab;
   PRIMAL_CHECK(n_ctx >= 4 && n_ctx % 2 == 0, "perplexity: the context must be an even number >= 4 (got {})", n_ctx);
   PRIMAL_CHECK(o.n_batch > 0, "perplexity: invalid batch size {}", o.n_batch);
   // llama.cpp refuses fewer than two windows' worth of tokens.
@@ -31,7 +39,8 @@ PerplexityResult perplexity(const LlamaWeights& w, const std::vector<int32_t>& t
   const int64_t first = n_ctx / 2, n_score = n_ctx - 1 - first;
   const int64_t n_out = n_ctx - first;  // logit rows: positions first .. n_ctx-1 (the last is unused)
 
-  KVCache cache = make_kv_cache(w, n_ctx);
+  PRIMAL_CHECK(be.n_ctx() >= n_ctx, "perplexity: the backend's context ({}) is smaller than the window ({})",
+               be.n_ctx(), n_ctx);
   std::vector<float> logits(size_t(n_out * V));
   std::vector<int32_t> window(static_cast<size_t>(n_ctx));
   std::vector<double> nll(static_cast<size_t>(n_score));
@@ -41,19 +50,18 @@ PerplexityResult perplexity(const LlamaWeights& w, const std::vector<int32_t>& t
     const int32_t* src = tokens.data() + c * n_ctx;
     window.assign(src, src + n_ctx);
     if (o.bos_id >= 0) window[0] = o.bos_id;
-    cache.clear();
+    be.truncate(0);
     // Batches before the scored half need no logits; the last batch's rows are all scored rows
     // when n_batch divides first (the usual case), otherwise the window goes in one call.
     const int64_t batch = (first % o.n_batch == 0) ? o.n_batch : n_ctx;
     for (int64_t b = 0; b < n_ctx; b += batch) {
       const int64_t T = std::min(batch, n_ctx - b);
       if (b + T <= first) {
-        std::vector<float> dummy(static_cast<size_t>(V));
-        llama_forward(w, cache, window.data() + b, T, 1, dummy.data());
+        be.forward(window.data() + b, T, 1, nullptr);
       } else {
         // rows for positions max(b, first) .. b+T-1 land at their offset from `first`
         const int64_t from = std::max(b, first);
-        llama_forward(w, cache, window.data() + b, T, b + T - from, logits.data() + (from - first) * V);
+        be.forward(window.data() + b, T, b + T - from, logits.data() + (from - first) * V);
       }
     }
 #pragma omp parallel for schedule(static)

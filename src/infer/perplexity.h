@@ -12,6 +12,7 @@
 #include <functional>
 #include <vector>
 
+#include "infer/backend.h"
 #include "model/weights.h"
 
 namespace primal {
@@ -49,7 +50,11 @@ struct NllStats {
 // progress(chunk_done, n_chunks, running ppl, seconds so far) after every window.
 using PerplexityProgress = std::function<void(int64_t, int64_t, double, double)>;
 
+// On the CPU.
 PerplexityResult perplexity(const LlamaWeights& w, const std::vector<int32_t>& tokens, const PerplexityOptions& o,
+                            const PerplexityProgress& progress = nullptr);
+// On any backend whose context holds at least o.n_ctx tokens (its cache is cleared per window).
+PerplexityResult perplexity(Backend& b, const std::vector<int32_t>& tokens, const PerplexityOptions& o,
                             const PerplexityProgress& progress = nullptr);
 
 }  // namespace primal

@@ -56,7 +56,22 @@ int32_t Sampler::sample(const float* logits, int64_t V) {
   } else {
     std::sort(cand_.begin(), cand_.end(), better);
   }
+  return draw(n);
+}
 
+int64_t Sampler::candidates_needed(int64_t V) const {
+  if (p_.temperature <= 0) return 1;
+  return p_.top_k > 0 ? std::min<int64_t>(p_.top_k, V) : 0;
+}
+
+int32_t Sampler::sample_top(const TokenLogit* best, size_t n) {
+  PRIMAL_CHECK(n > 0, "sampler: no candidates");
+  if (p_.temperature <= 0) return best[0].id;
+  cand_.assign(best, best + n);
+  return draw(n);
+}
+
+int32_t Sampler::draw(size_t n) {
   // Probabilities at temperature 1 for the top-p and min-p cuts (llama.cpp applies them before
   // the temperature).
   std::vector<double> prob(n);

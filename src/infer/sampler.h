@@ -11,6 +11,12 @@
 
 namespace primal {
 
+// A token and its logit: a sampling candidate.
+struct TokenLogit {
+  int32_t id;
+  float logit;
+};
+
 struct SamplerParams {
   float temperature = 0.8f;     // <= 0: greedy
   int32_t top_k = 40;           // keep the k most likely tokens; <= 0: off
@@ -28,18 +34,24 @@ class Sampler {
   // Picks the next token from logits: (V). Does not record it: call accept() with the token that
   // is actually fed back (the prompt's tokens too, so that the penalty sees them).
   int32_t sample(const float* logits, int64_t V);
+  // The same draw from the candidates that survive the penalty and top-k: `best` holds the
+  // min(top_k, V) best tokens after the penalty (1 when greedy), best first, equal logits by
+  // ascending id (what a GPU backend selects on the device). Returns what sample() returns.
+  int32_t sample_top(const TokenLogit* best, size_t n);
+  // How many best candidates sample_top needs for a vocabulary of V: 1 when greedy, min(top_k, V)
+  // with top-k on, 0 when sampling needs the whole row (top-k off).
+  int64_t candidates_needed(int64_t V) const;
   void accept(int32_t token);
   void reset();  // forget the history and restart the random stream from the seed
   void clear_history() { recent_.clear(); }
 
   const SamplerParams& params() const { return p_; }
+  std::vector<int32_t> recent() const { return {recent_.begin(), recent_.end()}; }  // penalty window
 
  private:
-  struct Cand {
-    int32_t id;
-    float logit;
-  };
-  double uniform();  // [0, 1) with 53 random bits
+  using Cand = TokenLogit;
+  double uniform();
+  int32_t draw(size_t n);  // top-p, min-p, temperature and the draw over cand_[0..n), sorted  // [0, 1) with 53 random bits
 
   SamplerParams p_;
   std::mt19937_64 rng_;

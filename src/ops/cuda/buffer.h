@@ -1,0 +1,99 @@
+// Device and pinned host memory with RAII, streams and events, behind a header that host code
+// compiled without nvcc can include (cudaStream_t is declared exactly as cuda_runtime.h does).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+typedef struct CUstream_st* cudaStream_t;
+typedef struct CUevent_st* cudaEvent_t;
+
+namespace primal::cuda {
+
+// cudaMalloc'd bytes, freed on destruction. Moves, never copies.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);  // throws Error when the device has not that much free
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return p_; }
+  template <class T>
+  T* as() const { return static_cast<T*>(p_); }
+  size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Page-locked host memory (fast, truly asynchronous copies).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t bytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  void* data() const { return p_; }
+  template <class T>
+  T* as() const { return static_cast<T*>(p_); }
+  size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+class Stream {
+ public:
+  Stream();  // non-blocking with respect to the legacy default stream
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  void sync() const;
+  static void sync_stream(cudaStream_t s);  // throws on failure
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(cudaStream_t s);
+  void sync() const;
+  cudaEvent_t get() const { return e_; }
+  // Milliseconds from `start` to this event (both recorded and complete).
+  float ms_since(const Event& start) const;
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
+// Copies (throw Error on failure). Async ones are ordered on `s`.
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_to_device_async(void* dst, const void* src, size_t bytes, cudaStream_t s);
+void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaStream_t s);
+void copy_device_async(void* dst, const void* src, size_t bytes, cudaStream_t s);
+void fill_bytes_async(void* dst, int value, size_t bytes, cudaStream_t s);
+// Throws the pending asynchronous error, if any (after a synchronization point).
+void check_last_error();
+// Multiprocessors of the current device.
+int sm_count();
+// Free and total device memory in bytes.
+std::pair<size_t, size_t> memory_info();
+
+}  // namespace primal::cuda

@@ -1,0 +1,46 @@
+// Small device helpers shared by the kernels.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace primal::cuda {
+
+// Sum over the `width` lanes of a group (width a power of two <= 32, groups aligned to it).
+__device__ __forceinline__ float group_sum(float v, int width) {
+  for (int o = width / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum of a double over the whole block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the result. `scratch` holds 32 doubles of shared memory.
+__device__ __forceinline__ double block_sum(double v, double* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read from a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double t = lane < n_warps ? scratch[lane] : 0.0;
+  return warp_sum(t);
+}
+
+// 1 / sqrt(mean of squares + eps) as the CPU's rmsnorm forms it: squares summed in fp64, the
+// reciprocal root in fp64, rounded once to fp32.
+__device__ __forceinline__ float rms_scale(double sum_sq, int64_t n, float eps) {
+  return float(1.0 / sqrt(sum_sq / double(n) + double(eps)));
+}
+
+}  // namespace primal::cuda
