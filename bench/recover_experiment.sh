@@ -14,7 +14,7 @@
 #
 # Measures `primal ppl -c 512` of TEXT (default python-stdlib-valid.txt; CHUNKS windows, default
 # all) before and after each run. Environment overrides: SEQ (256), BATCH (4), RULES ("seed
-# momentum"), SEED_FLAGS (default "--cooldown 10 --flip-cap 0.001": cooldown and the governor
+# momentum"), SEED_FLAGS (default "--cooldown 10 --flip-cap 0.0005": cooldown and the governor
 # apply to both rules, so they are set here, not as defaults of `primal train`) / MOMENTUM_FLAGS
 # (extra `primal train` flags per rule; the rule knobs' defaults are the calibrated ones), TEXT, CHUNKS, EXTRA_FLAGS (all runs).
 set -euo pipefail
@@ -30,7 +30,7 @@ BATCH=${BATCH:-4}
 RULES=${RULES:-seed momentum}
 TEXT=${TEXT:-${PRIMAL_DATA:-/work/shared/data}/text/python-stdlib-valid.txt}
 CHUNKS=${CHUNKS:--1}
-SEED_FLAGS=${SEED_FLAGS:---cooldown 10 --flip-cap 0.001}
+SEED_FLAGS=${SEED_FLAGS:---cooldown 10 --flip-cap 0.0005}
 MOMENTUM_FLAGS=${MOMENTUM_FLAGS:-}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
 mkdir -p "$OUT"
