@@ -37,10 +37,11 @@ default_configs() {
   echo "ref Q8_0 $(dirname "$MODEL")/ref-llama-code/ref-llama-code-Q8_0.gguf"
   echo "ref Q4_K_M $(dirname "$MODEL")/ref-llama-code/ref-llama-code-Q4_K_M.gguf"
   echo "lut8 uniform 32"
-  for g in iq4nl nf4 prime; do echo "lut4 $g 32"; done
-  for g in nf4 prime; do echo "lut8 $g 32"; done
-  echo "lut4+act-aware iq4nl 32 --act-aware"
+  echo "lut4 iq4nl 32"
   echo "lut4+gptq iq4nl 32 --gptq"
+  echo "lut4+act-aware iq4nl 32 --act-aware"
+  for g in prime nf4; do echo "lut4 $g 32"; done
+  for g in nf4 prime; do echo "lut8 $g 32"; done
   for g in learned uniform; do echo "lut4 $g 32"; done
   echo "lut8 learned 32"
   for g in iq4nl nf4 prime uniform learned; do echo "lut4 $g 64"; done
