@@ -207,7 +207,7 @@ TEST(GgufWriter, RefusesInvalidInput) {
   EXPECT_THROW(w.add_tensor(std::string(64, 'n'), DType::F32, {1}, x, 4), Error);  // name too long
   EXPECT_THROW(w.add_tensor("z", DType::F32, {0}, x, 0), Error);
   EXPECT_THROW(w.add_tensor("five", DType::F32, {1, 1, 1, 1, 1}, x, 4), Error);
-  EXPECT_THROW(w.add_tensor("lut", DType::LUT4, {32}, x, 4), Error);  // no fixed layout
+  EXPECT_THROW(w.add_tensor("lut", DType::LUT4, {31}, x, 16), Error);  // LUT4 packs indices in pairs
 
   // A tensor whose bytes do not match its shape is caught at write time, naming it.
   GgufWriter w2;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 
 #include "cli/commands.h"
@@ -11,6 +12,7 @@
 #include "io/hf_config.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
+#include "quant/lut_format.h"
 
 namespace primal::cli {
 namespace {
@@ -49,6 +51,16 @@ void inspect_gguf(const InspectOptions& o) {
     total += t.nbytes;
   }
   fmt::print("\n  {} tensors, {:.2f} MiB of tensor data\n", f.tensors().size(), double(total) / (1 << 20));
+  // Parameters and bits per weight as llama.cpp reports them (LUT scales and grids are storage,
+  // not parameters), and the same over the blocks' linear layers.
+  std::map<std::string, int> types;
+  for (const auto& t : f.tensors())
+    if (!is_lut_companion(t.name)) ++types[dtype_name(t.type)];
+  std::string list;
+  for (const auto& [name, n] : types) list += fmt::format("{}{} x{}", list.empty() ? "" : ", ", name, n);
+  const LutSizeReport r = model_size_report(f);
+  fmt::print("  {} parameters ({}), {:.4f} bits per weight; linear layers {:.4f}\n", r.params, list, r.bpw(),
+             r.linear_bpw());
 }
 
 std::string st_shape(const std::vector<int64_t>& shape) {

@@ -15,14 +15,15 @@ enum class DType : uint32_t {
   IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22,
   IQ4_XS = 23, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
   TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
-  // primal LUT types (issue 4): indices into a per-tensor grid stored in the file's metadata.
-  LUT4 = 1000, LUT8 = 1001, LUT16 = 1002,
+  // primal LUT types: packed indices into a sorted grid, with a scale per group of weights held
+  // in companion tensors (layout in quant/lut_format.h). Ids far from ggml's range.
+  LUT4 = 1000, LUT8 = 1001, LUT16 = 1002, LUT2 = 1003, LUT3 = 1004,
 };
 
 struct DTypeTraits {
   const char* name;    // ggml's spelling, e.g. "Q4_K"
   int64_t block;       // elements per block
-  size_t block_bytes;  // bytes per block (0 for LUT types, whose layout depends on the group)
+  size_t block_bytes;  // bytes per block
 };
 
 // Traits of a known type, or nullopt for an id primal does not know.

@@ -26,7 +26,7 @@ std::unique_ptr<ModelSource> open_hf_model(const std::string& dir) {
     if (g->layer >= cfg.hp.n_layer)
       fail("{}: tensor '{}' belongs to layer {} but config.json has {} layers", t->file, t->name, g->layer,
            cfg.hp.n_layer);
-    m->add_tensor(TensorRef{g->name, t->weight_type(), t->ne(), t->data, t->nbytes});
+    m->add_tensor(TensorRef{g->name, t->weight_type(), t->ne(), t->data, t->nbytes, {}});
   }
   if (!cfg.hp.tied_embeddings && !m->find("output.weight"))
     fail("{}: config.json says tie_word_embeddings = false but the checkpoint has no lm_head.weight", dir);

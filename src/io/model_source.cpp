@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "quant/lut_format.h"
 
 namespace primal {
 
@@ -14,7 +15,8 @@ class GgufModelSource : public ModelSource {
     path_ = path;
     gguf_ = std::make_shared<GgufFile>(path);
     hp_ = hparams_from_gguf(*gguf_);
-    for (const auto& t : gguf_->tensors()) add_tensor(TensorRef{t.name, t.type, t.ne, t.data, t.nbytes});
+    for (const auto& t : gguf_->tensors()) add_tensor(TensorRef{t.name, t.type, t.ne, t.data, t.nbytes, {}});
+    attach_lut_params(tensors_, path_);  // LUT weights: their scales and grids
     finish();
   }
 };

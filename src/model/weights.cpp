@@ -20,11 +20,12 @@ std::vector<float> load_vector(const ModelSource& src, const std::string& name, 
   return v;
 }
 
-// A matrix the matmul will read: its type must be dequantizable and its size consistent.
+// A matrix the matmul will read: its type must be dequantizable (LUT types with their scales and
+// grid attached) and its size consistent.
 const TensorRef* matrix(const ModelSource& src, const std::string& name) {
   const TensorRef& t = src.tensor(name);
   PRIMAL_CHECK(t.ne.size() == 2, "{}: tensor '{}' is not a matrix", src.path(), name);
-  PRIMAL_CHECK(can_dequantize(t.type), "{}: tensor '{}' has unsupported type {} (no CPU dequantizer)", src.path(),
+  PRIMAL_CHECK(can_dequantize(t), "{}: tensor '{}' has unsupported type {} (no CPU dequantizer)", src.path(),
                name, dtype_name(t.type));
   PRIMAL_CHECK(t.nbytes == row_bytes(t.type, t.ne[0]) * size_t(t.ne[1]),
                "{}: tensor '{}' holds {} bytes, expected {} for its shape", src.path(), name, t.nbytes,

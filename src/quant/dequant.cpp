@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "quant/formats.h"
+#include "quant/lut_pack.h"
 
 namespace primal {
 namespace {
@@ -78,6 +79,7 @@ QFn q_fn(DType t) {
 
 DeqFn checked_deq_fn(DType t) {
   DeqFn f = deq_fn(t);
+  if (!f && is_lut(t)) fail("unsupported tensor type {} without its scales and grid (a LUT tensor of a model)", dtype_name(t));
   if (!f) fail("unsupported tensor type {} (no CPU dequantizer)", dtype_name(t));
   return f;
 }
@@ -92,6 +94,15 @@ void check_len(DType t, int64_t n) {
 
 bool can_dequantize(DType t) { return deq_fn(t) != nullptr; }
 bool can_quantize(DType t) { return q_fn(t) != nullptr; }
+bool can_dequantize(const TensorRef& t) { return is_lut(t.type) ? t.lut.grid != nullptr : can_dequantize(t.type); }
+
+namespace {
+void dequantize_lut_tensor_row(const TensorRef& t, int64_t r, float* dst) {
+  PRIMAL_CHECK(t.lut.grid && t.lut.scale, "tensor '{}': {} without its scales and grid", t.name, dtype_name(t.type));
+  const int64_t ne0 = t.row_size();
+  dequantize_lut_row(t.type, t.row(r), t.lut.scale + r * (ne0 / t.lut.group), t.lut.group, t.lut.grid, dst, ne0);
+}
+}  // namespace
 
 void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
   DeqFn f = checked_deq_fn(t);
@@ -101,12 +112,20 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
 
 void dequantize_tensor_row(const TensorRef& t, int64_t r, float* dst) {
   PRIMAL_CHECK(r >= 0 && r < t.nrows(), "tensor '{}': row {} out of range ({} rows)", t.name, r, t.nrows());
+  if (is_lut(t.type)) return dequantize_lut_tensor_row(t, r, dst);
   dequantize_row(t.type, t.row(r), dst, t.row_size());
 }
 
 void dequantize_tensor(const TensorRef& t, float* dst) {
-  DeqFn f = checked_deq_fn(t.type);
   const int64_t ne0 = t.row_size(), nrows = t.nrows();
+  if (is_lut(t.type)) {
+    PRIMAL_CHECK(t.nbytes == row_bytes(t.type, ne0) * size_t(nrows), "tensor '{}': {} bytes for {} rows of {} {}",
+                 t.name, t.nbytes, nrows, ne0, dtype_name(t.type));
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nrows; ++r) dequantize_lut_tensor_row(t, r, dst + r * ne0);
+    return;
+  }
+  DeqFn f = checked_deq_fn(t.type);
   const size_t rb = row_bytes(t.type, ne0);  // validates ne0 against the block size
   PRIMAL_CHECK(t.nbytes == rb * size_t(nrows), "tensor '{}': {} bytes, expected {} for {} rows of {} {}", t.name,
                t.nbytes, rb * size_t(nrows), nrows, ne0, dtype_name(t.type));

@@ -17,10 +17,13 @@
 namespace primal {
 
 bool can_dequantize(DType t);
+// As can_dequantize(t.type), and true for a LUT tensor whose scale and grid are attached
+// (TensorRef::lut; LUT rows cannot be decoded from their bytes alone).
+bool can_dequantize(const TensorRef& t);
 // dst[0..n) = dequantized src; n a multiple of the type's block size. Throws
 // "unsupported tensor type X" for types without a CPU dequantizer.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
-// Row r of a 2-D (or higher) tensor into dst (ne[0] floats).
+// Row r of a 2-D (or higher) tensor into dst (ne[0] floats); LUT tensors through their lut params.
 void dequantize_tensor_row(const TensorRef& t, int64_t r, float* dst);
 // All rows of a tensor, dst (nrows, ne[0]) row-major; rows in parallel (OpenMP).
 void dequantize_tensor(const TensorRef& t, float* dst);

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "quant/dequant.h"
+#include "quant/lut_pack.h"
 
 #include "ops/cpu/blas.h"
 
@@ -22,9 +23,10 @@ constexpr int64_t kTileFloats = 64 * 1024;
 constexpr int64_t kGemmMinT = 4;
 
 // Dot path: each thread dequantizes one row of W at a time and dots it with every token; a single
-// token (decode) uses the fused decode-and-dot of quant/ (no row buffer, fp64 across blocks).
+// token (decode) uses the fused decode-and-dot of quant/ (no row buffer, fp64 across blocks);
+// LUT rows need their scale and grid, so they always take the row buffer.
 void matmul_rows(float* out, const float* inp, const TensorRef& w, int64_t T, int64_t I, int64_t O) {
-  if (T == 1) {
+  if (T == 1 && !is_lut(w.type)) {
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < O; ++o) out[o] = vec_dot_row(w.type, w.row(o), inp, I);
     return;
@@ -34,7 +36,7 @@ void matmul_rows(float* out, const float* inp, const TensorRef& w, int64_t T, in
     std::vector<float> row(static_cast<size_t>(I));
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < O; ++o) {
-      dequantize_row(w.type, w.row(o), row.data(), I);
+      dequantize_tensor_row(w, o, row.data());
       for (int64_t t = 0; t < T; ++t) {
         const float* x = inp + t * I;
         float acc = 0;
@@ -68,7 +70,7 @@ void matmul_tiles(float* out, const float* inp, const TensorRef& w, int64_t T, i
       if (direct) {
         wt = reinterpret_cast<const float*>(w.row(o0));
       } else {
-        for (int64_t r = 0; r < rows; ++r) dequantize_row(w.type, w.row(o0 + r), tile.data() + r * I, I);
+        for (int64_t r = 0; r < rows; ++r) dequantize_tensor_row(w, o0 + r, tile.data() + r * I);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(I), 1.0f, inp, int(I), wt,
                   int(I), 0.0f, out + o0, int(O));
@@ -82,7 +84,7 @@ void matmul_tiles(float* out, const float* inp, const TensorRef& w, int64_t T, i
 void matmul_forward(float* out, const float* inp, const TensorRef& w, const float* bias, int64_t T) {
   PRIMAL_CHECK(w.ne.size() == 2, "matmul: weight '{}' is not a matrix ({} dimensions)", w.name, w.ne.size());
   const int64_t I = w.ne[0], O = w.ne[1];
-  PRIMAL_CHECK(can_dequantize(w.type), "weight '{}': unsupported tensor type {} (no CPU dequantizer)", w.name,
+  PRIMAL_CHECK(can_dequantize(w), "weight '{}': unsupported tensor type {} (no CPU dequantizer)", w.name,
                dtype_name(w.type));
   PRIMAL_CHECK(w.nbytes == row_bytes(w.type, I) * size_t(O), "weight '{}': {} bytes for {} rows of {} {}",
                w.name, w.nbytes, O, I, dtype_name(w.type));
