@@ -107,7 +107,7 @@ TEST(GpuLutForward, SyntheticModelsEveryFormatMatchCpu) {
   require_gpu();
   SynthShape s;
   s.name = "test-qwen2", s.arch = "qwen2", s.pre = "qwen2";
-  s.n_vocab = 1000, s.n_embd = 256, s.n_layer = 2, s.n_head = 4, s.n_head_kv = 2, s.head_dim = 64, s.n_ff = 544;
+  s.n_vocab = 1000, s.n_embd = 256, s.n_layer = 2, s.n_head = 4, s.n_head_kv = 2, s.head_dim = 64, s.n_ff = 640;
   s.n_ctx = 256, s.rope_theta = 1e6f, s.rms_eps = 1e-6f, s.tied = true, s.qkv_bias = true;
   SynthOptions so;
   so.type = DType::F16, so.seed = 7;
