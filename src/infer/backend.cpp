@@ -81,7 +81,11 @@ std::vector<TokenLogit> top_k_host(const float* logits, int64_t V, int64_t k, fl
 
 size_t decode_weight_bytes(const LlamaWeights& w) {
   size_t n = w.tok_embd->row_stride();
-  auto add = [&](const TensorRef* t) { n += t->nbytes; };
+  // A LUT matrix is read with its fp16 scales (the grid is a few KB, read once).
+  auto add = [&](const TensorRef* t) {
+    n += t->nbytes;
+    if (t->lut.scale && t->lut.group > 0) n += size_t(t->nelements() / t->lut.group) * sizeof(uint16_t);
+  };
   for (const LayerWeights& l : w.layers) {
     for (const TensorRef* t : {l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down}) add(t);
     n += sizeof(float) * (l.attn_norm.size() + l.ffn_norm.size() + l.bq.size() + l.bk.size() + l.bv.size());

@@ -33,9 +33,10 @@ struct RowPtr {
   const uint16_t* s;
   const uint32_t* qh;
   const uint8_t* sc;
+  const float* grid;  // LUT types: the matrix's grid (global memory)
 };
 __device__ __forceinline__ RowPtr row_ptr(const MatrixView& w, int64_t r) {
-  return {w.q + r * w.q_row, w.s + r * w.s_row, w.qh + r * w.qh_row, w.sc + r * w.sc_row};
+  return {w.q + r * w.q_row, w.s + r * w.s_row, w.qh + r * w.qh_row, w.sc + r * w.sc_row, w.grid};
 }
 
 __device__ __forceinline__ uint4 ld16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
@@ -438,6 +439,105 @@ struct Unit<DType::Q3_K> : UnitDecoded<DType::Q3_K> {
   }
 };
 
+// ---- LUT formats (quant/lut_pack.h) ------------------------------------------------------------
+// W = s * grid[idx]: the unit's fp16 scale (one per unit, matrix.h) times the grid value, one fp32
+// product as on the CPU. LutCodes<T> holds a unit's packed indices (Q) and extracts index e.
+// kGrid: grid values the GEMV stages in shared memory, per segment, and passes to dot (the
+// lookups of a warp then cost one shared load each: 16 values sit in 16 banks, no conflicts);
+// LUT16's 65536 values do not fit and are read through the cache from global memory.
+template <DType T>
+struct LutCodes;
+
+template <>
+struct LutCodes<DType::LUT4> {  // 16 bytes: index e in nibble e % 2 of byte e / 2
+  static constexpr int kPrefetch = 2;
+  struct Q { uint4 q; };
+  __device__ static Q load(const uint8_t* row, int64_t u) { return {ld16(row + 16 * u)}; }
+  __device__ static uint32_t idx(const Q& c, int e) { return (word(c.q, e / 8) >> (4 * (e % 8))) & 0xFu; }
+};
+
+template <>
+struct LutCodes<DType::LUT8> {  // 32 bytes: index e = byte e
+  static constexpr int kPrefetch = 1;
+  struct Q { uint4 a, b; };
+  __device__ static Q load(const uint8_t* row, int64_t u) { return {ld16(row + 32 * u), ld16(row + 32 * u + 16)}; }
+  __device__ static uint32_t idx(const Q& c, int e) {
+    return (word(e < 16 ? c.a : c.b, (e % 16) / 4) >> (8 * (e % 4))) & 0xFFu;
+  }
+};
+
+template <>
+struct LutCodes<DType::LUT2> {  // 8 bytes: index e in bits 2e..2e+1 of the 64-bit unit
+  static constexpr int kPrefetch = 2;
+  struct Q { uint2 q; };
+  __device__ static Q load(const uint8_t* row, int64_t u) {
+    return {__ldg(reinterpret_cast<const uint2*>(row + 8 * u))};
+  }
+  __device__ static uint32_t idx(const Q& c, int e) { return ((e < 16 ? c.q.x : c.q.y) >> (2 * (e % 16))) & 3u; }
+};
+
+template <>
+struct LutCodes<DType::LUT3> {  // 12 bytes (4-aligned: rows of 12 bytes a unit): bits 3e..3e+2
+  static constexpr int kPrefetch = 2;
+  struct Q { uint32_t w[3]; };
+  __device__ static Q load(const uint8_t* row, int64_t u) {
+    const uint8_t* p = row + 12 * u;
+    return {{ldw(p), ldw(p + 4), ldw(p + 8)}};
+  }
+  __device__ static uint32_t idx(const Q& c, int e) {
+    const int k = 3 * e / 32, sh = 3 * e % 32;
+    return (sh <= 29 ? c.w[k] >> sh : __funnelshift_r(c.w[k], c.w[k + 1], sh)) & 7u;
+  }
+};
+
+template <>
+struct LutCodes<DType::LUT16> {  // 64 bytes: index e = byte 2e << 8 | byte 2e+1
+  static constexpr int kPrefetch = 1;
+  struct Q { uint4 v[4]; };
+  __device__ static Q load(const uint8_t* row, int64_t u) {
+    Q c;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) c.v[k] = ld16(row + 64 * u + 16 * k);
+    return c;
+  }
+  __device__ static uint32_t idx(const Q& c, int e) {
+    return __byte_perm(word(c.v[e / 8], (e % 8) / 2), 0u, e % 2 ? 0x4423u : 0x4401u);
+  }
+};
+
+template <DType T>
+struct UnitLut {
+  using C = LutCodes<T>;
+  static constexpr int kPrefetch = C::kPrefetch;
+  static constexpr bool kInt8 = false;
+  static constexpr int kGrid = T == DType::LUT16 ? 0 : 1 << (T == DType::LUT2 ? 2 : T == DType::LUT3 ? 3 : T == DType::LUT4 ? 4 : 8);
+  struct Raw { typename C::Q c; uint16_t d; const float* grid; };
+  __device__ static Raw load(const RowPtr& p, int64_t u) { return {C::load(p.q, u), ldh(p.s + u), p.grid}; }
+  __device__ static void decode(const Raw& r, float* y) {
+    const float d = h2f(r.d);
+#pragma unroll
+    for (int e = 0; e < 32; ++e) y[e] = __fmul_rn(d, __ldg(r.grid + C::idx(r.c, e)));
+  }
+  // g: the grid (shared memory when kGrid > 0, else the global one).
+  __device__ static float dot(const Raw& r, const float* x, const float* g) {
+    float a0 = 0, a1 = 0;
+#pragma unroll
+    for (int e = 0; e < 32; e += 2) {
+      a0 = fmaf(g[C::idx(r.c, e)], x[e], a0);
+      a1 = fmaf(g[C::idx(r.c, e + 1)], x[e + 1], a1);
+    }
+    return (a0 + a1) * h2f(r.d);
+  }
+  __device__ static float dot(const Raw& r, const float* x) { return dot(r, x, r.grid); }
+};
+template <> struct Unit<DType::LUT2> : UnitLut<DType::LUT2> {};
+template <> struct Unit<DType::LUT3> : UnitLut<DType::LUT3> {};
+template <> struct Unit<DType::LUT4> : UnitLut<DType::LUT4> {};
+template <> struct Unit<DType::LUT8> : UnitLut<DType::LUT8> {
+  static constexpr int kPrefetchDeep = 2;
+};
+template <> struct Unit<DType::LUT16> : UnitLut<DType::LUT16> {};
+
 #undef PRIMAL_NIB
 
 }  // namespace primal::cuda::fmt
@@ -460,5 +560,10 @@ struct Unit<DType::Q3_K> : UnitDecoded<DType::Q3_K> {
     case ::primal::DType::Q4_K: LAUNCH(::primal::DType::Q4_K); break;               \
     case ::primal::DType::Q5_K: LAUNCH(::primal::DType::Q5_K); break;               \
     case ::primal::DType::Q6_K: LAUNCH(::primal::DType::Q6_K); break;               \
+    case ::primal::DType::LUT2: LAUNCH(::primal::DType::LUT2); break;               \
+    case ::primal::DType::LUT3: LAUNCH(::primal::DType::LUT3); break;               \
+    case ::primal::DType::LUT4: LAUNCH(::primal::DType::LUT4); break;               \
+    case ::primal::DType::LUT8: LAUNCH(::primal::DType::LUT8); break;               \
+    case ::primal::DType::LUT16: LAUNCH(::primal::DType::LUT16); break;             \
     default: ::primal::fail("no GPU kernel for {}", ::primal::dtype_name(type));    \
   }

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "ops/cuda/gemv.cuh"
+#include "quant/lut_pack.h"
 
 namespace primal::cuda {
 namespace {
@@ -38,6 +39,8 @@ void gemv(const GemvParams& p, cudaStream_t s) {
     PRIMAL_CHECK(g.w.type == w0.type && g.w.cols == I, "gemv: segment {} is {} x {} {}, segment 0 is {} wide {}", k,
                  g.w.rows, g.w.cols, dtype_name(g.w.type), I, dtype_name(w0.type));
     PRIMAL_CHECK(g.w.q && g.w.rows > 0 && g.out, "gemv: segment {} has no data, rows or output", k);
+    PRIMAL_CHECK(!is_lut(g.w.type) || (g.w.grid && g.w.s), "gemv: segment {} ({}) has no grid or scales", k,
+                 dtype_name(g.w.type));
     PRIMAL_CHECK(p.mode == GemvMode::Store || !g.bias, "gemv: a bias needs the Store mode");
     total += g.w.rows;
     a.seg_end[k] = total;
@@ -58,7 +61,8 @@ void gemv(const GemvParams& p, cudaStream_t s) {
   a.rps = p.mode != GemvMode::SwiGLU && groups >= 8 * sms ? 2 : 1;
   // Few rows: fewer lanes with work than half the lanes of 16 warps per multiprocessor.
   a.deep = a.n_rows * a.lpr <= 16 * 32 * sms;
-  if (detail::gemv_float(w0.type, a, s) || detail::gemv_legacy(w0.type, a, s) || detail::gemv_kquants(w0.type, a, s))
+  if (detail::gemv_float(w0.type, a, s) || detail::gemv_legacy(w0.type, a, s) || detail::gemv_kquants(w0.type, a, s) ||
+      detail::gemv_lut(w0.type, a, s))
     return;
   fail("gemv: no GPU kernel for {}", dtype_name(w0.type));
 }

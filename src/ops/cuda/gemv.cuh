@@ -51,6 +51,17 @@ __device__ __forceinline__ Jobs make_jobs(const GemvLaunch& a, int64_t r0, bool 
   return J;
 }
 
+// Grid values per segment that the GEMV stages in shared memory: Unit::kGrid of the LUT formats,
+// 0 for the others.
+template <class U, class = void>
+struct GridSmem {
+  static constexpr int value = 0;
+};
+template <class U>
+struct GridSmem<U, std::void_t<decltype(U::kGrid)>> {
+  static constexpr int value = U::kGrid;
+};
+
 template <DType T, int NJ, int P>  // NJ jobs: rows per group, or gate + up; P units per step
 __global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_constant__ GemvLaunch a) {
   using U = fmt::Unit<T>;
@@ -82,6 +93,12 @@ __global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_cons
   for (int p = 0; p < P; ++p)
 #pragma unroll
     for (int j = 0; j < NJ; ++j) next[p][j] = U::load(rp[j], unit(0, p));
+
+  // LUT grids: segment k's at gs + k KG, after the input (I floats, a multiple of 32).
+  constexpr int KG = GridSmem<U>::value;
+  float* gs = reinterpret_cast<float*>(xs) + I;
+  if constexpr (KG > 0)
+    for (int i = tid; i < a.p.n_seg * KG; i += blockDim.x) gs[i] = __ldg(a.p.seg[i / KG].w.grid + i % KG);
 
   // The weights above need nothing from the previous kernel; the input does.
   pdl_trigger();
@@ -191,7 +208,10 @@ __global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_cons
             xr[4 * i] = v.x, xr[4 * i + 1] = v.y, xr[4 * i + 2] = v.z, xr[4 * i + 3] = v.w;
           }
 #pragma unroll
-          for (int j = 0; j < NJ; ++j) acc[j] += U::dot(cur[p][j], xr);
+          for (int j = 0; j < NJ; ++j) {
+            if constexpr (KG > 0) acc[j] += U::dot(cur[p][j], xr, gs + J.seg[j] * KG);
+            else acc[j] += U::dot(cur[p][j], xr);
+          }
         }
       }
     }
@@ -219,10 +239,11 @@ __global__ void __launch_bounds__(kGemvMaxThreads) gemv_kernel(const __grid_cons
 }
 
 // Shared memory the kernel needs for an input of I floats: fp32, or int8 codes + per-unit scale
-// and code sums.
+// and code sums; LUT formats add the grids of up to 3 segments.
 template <DType T>
 size_t gemv_smem(int64_t I) {
-  return fmt::Unit<T>::kInt8 ? size_t(I) + size_t(I / 32) * (sizeof(float) + sizeof(int2)) : size_t(I) * sizeof(float);
+  return fmt::Unit<T>::kInt8 ? size_t(I) + size_t(I / 32) * (sizeof(float) + sizeof(int2))
+                             : size_t(I) * sizeof(float) + 3 * GridSmem<fmt::Unit<T>>::value * sizeof(float);
 }
 
 template <DType T, int NJ, int P = fmt::Unit<T>::kPrefetch>
@@ -274,9 +295,10 @@ void launch_gemv(const GemvLaunch& a, cudaStream_t s) {
   }
 }
 
-// Per format group (gemv_float.cu, gemv_legacy.cu, gemv_kquants.cu); false when `t` is not theirs.
+// Per format group (gemv_float.cu, gemv_legacy.cu, gemv_kquants.cu, gemv_lut.cu); false when `t` is not theirs.
 bool gemv_float(DType t, const GemvLaunch& a, cudaStream_t s);
 bool gemv_legacy(DType t, const GemvLaunch& a, cudaStream_t s);
 bool gemv_kquants(DType t, const GemvLaunch& a, cudaStream_t s);
+bool gemv_lut(DType t, const GemvLaunch& a, cudaStream_t s);
 
 }  // namespace primal::cuda::detail

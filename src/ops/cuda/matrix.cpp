@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "quant/blocks.h"
+#include "quant/lut_pack.h"
 
 namespace primal::cuda {
 namespace {
@@ -30,6 +31,8 @@ Parts parts_of(DType t, int64_t I) {
     case DType::Q4_K: return {16 * units, 2 * supers, 0, 2 * units};
     case DType::Q5_K: return {16 * units, 2 * supers, units, 2 * units};
     case DType::Q6_K: return {16 * units, supers, 2 * units, 2 * units};
+    case DType::LUT2: case DType::LUT3: case DType::LUT4: case DType::LUT8: case DType::LUT16:
+      return {int64_t(row_bytes(t, I)), units, 0, 0};
     default: return {int64_t(row_bytes(t, I)), 0, 0, 0};
   }
 }
@@ -122,6 +125,31 @@ void check_matrix(const TensorRef& t) {
   PRIMAL_CHECK(t.ne[0] % 32 == 0, "tensor '{}': rows of {} elements (the GPU needs multiples of 32)", t.name, t.ne[0]);
   PRIMAL_CHECK(t.nbytes == row_bytes(t.type, t.ne[0]) * size_t(t.ne[1]), "tensor '{}': {} bytes for {} rows of {} {}",
                t.name, t.nbytes, t.ne[1], t.ne[0], dtype_name(t.type));
+  if (is_lut(t.type)) {
+    const LutParams& l = t.lut;
+    PRIMAL_CHECK(l.scale && l.grid, "tensor '{}': {} without its scale and grid attached", t.name, dtype_name(t.type));
+    PRIMAL_CHECK(l.n_grid == lut_entries(t.type), "tensor '{}': a grid of {} values for {}", t.name, l.n_grid,
+                 dtype_name(t.type));
+    // The GPU kernels read one scale per 32-element unit (matrix.h).
+    PRIMAL_CHECK(l.group > 0 && l.group % 32 == 0 && t.ne[0] % l.group == 0,
+                 "tensor '{}': groups of {} weights (the GPU needs a multiple of 32 dividing the row of {})", t.name,
+                 l.group, t.ne[0]);
+  }
+}
+
+// A LUT matrix: indices as stored, the scales expanded to one per unit, the grid.
+void pack_lut(const TensorRef& t, PackedMatrix& p) {
+  const int64_t I = t.ne[0], O = t.ne[1], units = I / 32, per_row = I / t.lut.group;
+  size_t end = align256(size_t(O * p.q_row));
+  p.s_off = end, end = align256(end + size_t(O * units) * 2);
+  p.has_grid = true, p.grid_off = end, end += size_t(t.lut.n_grid) * sizeof(float);
+  p.bytes.assign(end, 0);
+  uint8_t* base = p.bytes.data();
+  std::memcpy(base, t.data, t.nbytes);  // rows of q_row = row_bytes bytes: the stored layout
+  uint16_t* s = reinterpret_cast<uint16_t*>(base + p.s_off);
+  for (int64_t r = 0; r < O; ++r)
+    for (int64_t u = 0; u < units; ++u) s[r * units + u] = t.lut.scale[r * per_row + u * 32 / t.lut.group];
+  std::memcpy(base + p.grid_off, t.lut.grid, size_t(t.lut.n_grid) * sizeof(float));
 }
 
 MatrixView view_of(DType t, int64_t O, int64_t I, const uint8_t* base, const PackedMatrix& p) {
@@ -131,6 +159,7 @@ MatrixView view_of(DType t, int64_t O, int64_t I, const uint8_t* base, const Pac
   if (p.has_s) v.s = reinterpret_cast<const uint16_t*>(base + p.s_off), v.s_row = p.s_row;
   if (p.has_qh) v.qh = reinterpret_cast<const uint32_t*>(base + p.qh_off), v.qh_row = p.qh_row;
   if (p.has_sc) v.sc = base + p.sc_off, v.sc_row = p.sc_row;
+  if (p.has_grid) v.grid = reinterpret_cast<const float*>(base + p.grid_off);
   return v;
 }
 
@@ -141,6 +170,7 @@ bool gpu_supports(DType t) {
     case DType::F32: case DType::F16: case DType::BF16:
     case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0: case DType::IQ4_NL:
     case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+    case DType::LUT2: case DType::LUT3: case DType::LUT4: case DType::LUT8: case DType::LUT16:
       return true;
     default: return false;
   }
@@ -155,6 +185,10 @@ PackedMatrix pack_matrix(const TensorRef& t) {
   p.has_s = n.s > 0, p.has_qh = n.qh > 0, p.has_sc = n.sc > 0;
   if (stored_as_is(t.type)) {
     p.bytes.assign(t.data, t.data + t.nbytes);
+    return p;
+  }
+  if (is_lut(t.type)) {
+    pack_lut(t, p);
     return p;
   }
   size_t end = align256(size_t(O * n.q));
@@ -191,24 +225,37 @@ DeviceMatrix upload_matrix(const TensorRef& t) {
 
 bool can_stack(const std::vector<const TensorRef*>& parts) {
   if (parts.empty()) return false;
-  for (const TensorRef* t : parts)
-    if (t->type != parts[0]->type || t->ne.size() != 2 || t->ne[0] != parts[0]->ne[0]) return false;
+  const TensorRef& a = *parts[0];
+  for (const TensorRef* t : parts) {
+    if (t->type != a.type || t->ne.size() != 2 || t->ne[0] != a.ne[0]) return false;
+    if (is_lut(a.type) && (t->lut.group != a.lut.group || t->lut.n_grid != a.lut.n_grid || !t->lut.grid ||
+                           !a.lut.grid ||
+                           std::memcmp(t->lut.grid, a.lut.grid, size_t(a.lut.n_grid) * sizeof(float)) != 0))
+      return false;
+  }
   return true;
 }
 
 DeviceMatrix upload_stacked(const std::vector<const TensorRef*>& parts) {
-  PRIMAL_CHECK(can_stack(parts), "upload_stacked: matrices of different types or widths");
+  PRIMAL_CHECK(can_stack(parts), "upload_stacked: matrices of different types, widths or LUT groups and grids");
   if (parts.size() == 1) return upload_matrix(*parts[0]);
   // ggml matrices are row-major: their bytes one after the other are the stacked matrix.
   std::vector<uint8_t> bytes;
+  std::vector<uint16_t> scales;  // LUT: the parts' scales, stacked as their rows
   int64_t rows = 0;
   std::string name;
   for (const TensorRef* t : parts) {
+    check_matrix(*t);
     bytes.insert(bytes.end(), t->data, t->data + t->nbytes);
+    if (is_lut(t->type)) {
+      const size_t n = size_t(t->ne[1] * (t->ne[0] / t->lut.group));
+      scales.insert(scales.end(), t->lut.scale, t->lut.scale + n);
+    }
     rows += t->ne[1];
     name += (name.empty() ? "" : "+") + t->name;
   }
-  const TensorRef all{name, parts[0]->type, {parts[0]->ne[0], rows}, bytes.data(), bytes.size()};
+  TensorRef all{name, parts[0]->type, {parts[0]->ne[0], rows}, bytes.data(), bytes.size()};
+  if (is_lut(all.type)) all.lut = parts[0]->lut, all.lut.scale = scales.data();
   return upload_matrix(all);
 }
 

@@ -18,6 +18,11 @@
 //                scales of its two 16-element sub-blocks; s: (O, I/256) fp16 d
 //   Q2_K, Q3_K   q: (O, I/256) ggml super-blocks as stored (rare: decoded element by element)
 //   F32/F16/BF16 q: (O, I) elements
+//   LUT2..LUT16  q: (O, row_bytes) the packed indices as stored (quant/lut_pack.h); s: (O, I/32)
+//                fp16, the scale of each unit (a group of G = 32, 64, 128 or I weights is G/32
+//                units with equal scales: one load per unit whatever G); grid: (K) fp32, the
+//                matrix's grid (its own, or a copy of the shared one). Groups that are no
+//                multiple of 32 are refused.
 // Every value is kept bit for bit, so dequantization on the GPU equals the CPU's exactly.
 #pragma once
 #include <cstdint>
@@ -37,6 +42,7 @@ struct MatrixView {
   const uint16_t* s = nullptr;    // fp16 scales: row r at s + r * s_row
   const uint32_t* qh = nullptr;   // high bits: row r at qh + r * qh_row
   const uint8_t* sc = nullptr;    // small per-unit scales: row r at sc + r * sc_row
+  const float* grid = nullptr;    // LUT types: (K) grid values, shared by all rows
   int64_t q_row = 0, s_row = 0, qh_row = 0, sc_row = 0;
 };
 
@@ -54,8 +60,8 @@ bool gpu_supports(DType t);
 // 256-byte aligned, at the offsets given; per-row strides as in MatrixView.
 struct PackedMatrix {
   std::vector<uint8_t> bytes;
-  size_t s_off = 0, qh_off = 0, sc_off = 0;  // q is at 0; 0 for an absent part
-  bool has_s = false, has_qh = false, has_sc = false;
+  size_t s_off = 0, qh_off = 0, sc_off = 0, grid_off = 0;  // q is at 0; 0 for an absent part
+  bool has_s = false, has_qh = false, has_sc = false, has_grid = false;
   int64_t q_row = 0, s_row = 0, qh_row = 0, sc_row = 0;
 };
 // Throws naming the tensor for an unsupported type or inconsistent sizes.
@@ -65,7 +71,8 @@ PackedMatrix pack_matrix(const TensorRef& t);
 DeviceMatrix upload_matrix(const TensorRef& t);
 
 // Several matrices of one type and width stacked into one (their rows one after the other), so
-// that one GEMM or GEMV reads them all (Q, K, V; gate and up). Throws when they differ.
+// that one GEMM or GEMV reads them all (Q, K, V; gate and up). Throws when they differ. LUT
+// matrices stack when they share the group and the grid values.
 DeviceMatrix upload_stacked(const std::vector<const TensorRef*>& parts);
 bool can_stack(const std::vector<const TensorRef*>& parts);
 
