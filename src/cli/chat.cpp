@@ -102,7 +102,7 @@ void chat(ChatOptions& o) {
 
 void register_chat(CLI::App& app) {
   auto o = std::make_shared<ChatOptions>();
-  auto* cmd = app.add_subcommand("chat", "Interactive chat in the model's chat format (CPU reference path)");
+  auto* cmd = app.add_subcommand("chat", "Interactive chat in the model's chat format (GPU when present, else CPU)");
   add_gen_options(cmd, o->gen);
   cmd->add_option("--system", o->system, "System message");
   cmd->add_option("-p,--prompt", o->prompt, "First user message (then the conversation goes on from stdin)");

@@ -72,7 +72,7 @@ void run(RunOptions& o) {
 
 void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
-  auto* cmd = app.add_subcommand("run", "Generate text from a prompt (CPU reference path)");
+  auto* cmd = app.add_subcommand("run", "Generate text from a prompt (GPU when present, else the CPU reference path)");
   add_gen_options(cmd, o->gen);
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text");
   cmd->add_option("-f,--file", o->prompt_file, "Read the prompt from a file")->check(CLI::ExistingFile);
