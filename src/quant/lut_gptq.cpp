@@ -74,19 +74,10 @@ std::vector<double> gptq_inverse_factor(const std::vector<double>& H, int64_t n,
 
 LutMatrix lut_quantize_matrix_gptq(const float* W, int64_t ne0, int64_t ne1, DType t, int64_t group,
                                    std::vector<float> grid, const std::vector<double>& H) {
-  check_lut_shape(t, ne0, group, "quantize");
-  validate_grid(grid.data(), int64_t(grid.size()), lut_entries(t), dtype_name(t));
+  LutMatrix m = lut_matrix_shell(ne0, ne1, t, group, std::move(grid));
   const std::vector<double> U = gptq_inverse_factor(H, ne0);
   std::vector<float> imp(static_cast<size_t>(ne0));
   for (int64_t i = 0; i < ne0; ++i) imp[size_t(i)] = float(H[size_t(i * ne0 + i)]);
-  LutMatrix m;
-  m.type = t;
-  m.ne0 = ne0;
-  m.ne1 = ne1;
-  m.group = group;
-  m.grid = std::move(grid);
-  m.idx.resize(size_t(ne0 * ne1));
-  m.scale.resize(size_t(ne1 * (ne0 / group)));
   const LutGrid g(m.grid);
   const int64_t ng = ne0 / group;
 #pragma omp parallel

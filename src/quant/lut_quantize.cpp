@@ -127,8 +127,7 @@ void LutMatrix::dequantize_row(int64_t r, float* dst) const {
   }
 }
 
-LutMatrix lut_quantize_matrix(const float* W, int64_t ne0, int64_t ne1, DType t, int64_t group,
-                              std::vector<float> grid, const float* importance) {
+LutMatrix lut_matrix_shell(int64_t ne0, int64_t ne1, DType t, int64_t group, std::vector<float> grid) {
   check_lut_shape(t, ne0, group, "quantize");
   validate_grid(grid.data(), int64_t(grid.size()), lut_entries(t), dtype_name(t));
   LutMatrix m;
@@ -139,6 +138,12 @@ LutMatrix lut_quantize_matrix(const float* W, int64_t ne0, int64_t ne1, DType t,
   m.grid = std::move(grid);
   m.idx.resize(size_t(ne0 * ne1));
   m.scale.resize(size_t(ne1 * (ne0 / group)));
+  return m;
+}
+
+LutMatrix lut_quantize_matrix(const float* W, int64_t ne0, int64_t ne1, DType t, int64_t group,
+                              std::vector<float> grid, const float* importance) {
+  LutMatrix m = lut_matrix_shell(ne0, ne1, t, group, std::move(grid));
   const LutGrid g(m.grid);
   const int64_t ng = ne0 / group;
   double err = 0, energy = 0;

@@ -70,6 +70,10 @@ struct LutMatrix {
 // Quantize W: ne1 rows of ne0 floats (row-major), onto `grid` (lut_entries(t) values) with a scale
 // per `group` weights (a divisor of ne0); importance: ne0 column weights or null. Rows in
 // parallel (OpenMP). Throws for a group that does not divide the row or a grid of the wrong size.
+// A matrix of the given shape, type and grid with zeroed indices and scales, after checking that the
+// group divides the row and the grid has the type's entry count (refused before any work).
+LutMatrix lut_matrix_shell(int64_t ne0, int64_t ne1, DType t, int64_t group, std::vector<float> grid);
+
 LutMatrix lut_quantize_matrix(const float* W, int64_t ne0, int64_t ne1, DType t, int64_t group,
                               std::vector<float> grid, const float* importance);
 
