@@ -21,20 +21,8 @@ using namespace primal;
 
 namespace {
 
-struct RefCase {
-  std::vector<int32_t> prompt_ids, top20_ids, greedy32;
-  std::vector<double> top20;
-};
-
-std::vector<RefCase> reference_cases() {
-  std::ifstream f(test::data_path("models/ref-llama-code/reference.json"));
-  const auto j = nlohmann::json::parse(f);
-  std::vector<RefCase> out;
-  for (const auto& r : j.at("reference_outputs"))
-    out.push_back({r.at("prompt_ids").get<std::vector<int32_t>>(), r.at("last_logits_top20_ids").get<std::vector<int32_t>>(),
-                   r.at("greedy32_ids").get<std::vector<int32_t>>(), r.at("last_logits_top20").get<std::vector<double>>()});
-  return out;
-}
+using test::RefCase;
+using test::reference_cases;
 
 const Model& q8_model() {
   static std::unique_ptr<Model> m = Model::open(test::data_path("models/ref-llama-code/ref-llama-code-Q8_0.gguf"));

@@ -1,3 +1,5 @@
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include "testing.h"
 
 #include <gtest/gtest.h>
@@ -61,6 +63,16 @@ RunResult run_primal(const std::string& args) {
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+std::vector<RefCase> reference_cases() {
+  std::ifstream f(data_path("models/ref-llama-code/reference.json"));
+  const auto j = nlohmann::json::parse(f);
+  std::vector<RefCase> out;
+  for (const auto& r : j.at("reference_outputs"))
+    out.push_back({r.at("prompt_ids").get<std::vector<int32_t>>(), r.at("last_logits_top20_ids").get<std::vector<int32_t>>(),
+                   r.at("greedy32_ids").get<std::vector<int32_t>>(), r.at("last_logits_top20").get<std::vector<double>>()});
+  return out;
 }
 
 }  // namespace primal::test

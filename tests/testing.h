@@ -1,6 +1,8 @@
 // Shared test helpers: where the real data lives, and running the primal binary.
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace primal::test {
 
@@ -18,5 +20,13 @@ RunResult run_primal(const std::string& args);
 
 // A fresh temporary directory, removed at exit of the test program.
 std::string temp_dir();
+
+// One prompt of models/ref-llama-code/reference.json (HF transformers outputs): the prompt's ids,
+// the last position's 20 largest logits (ids and values) and 32 greedy tokens.
+struct RefCase {
+  std::vector<int32_t> prompt_ids, top20_ids, greedy32;
+  std::vector<double> top20;
+};
+std::vector<RefCase> reference_cases();
 
 }  // namespace primal::test
