@@ -2,6 +2,7 @@
 #include "quant/lut_gptq.h"
 
 #include <cmath>
+#include <numeric>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -117,8 +118,8 @@ namespace {
 template <class Diff>
 double quad_form_rows(int64_t ne0, int64_t ne1, const std::vector<double>& H, Diff diff) {
   PRIMAL_CHECK(int64_t(H.size()) == ne0 * ne0, "output error: H holds {} values, expected {} x {}", H.size(), ne0, ne0);
-  double total = 0;
-#pragma omp parallel reduction(+ : total)
+  std::vector<double> row_e(size_t(ne1), 0.0);  // summed in row order below: reproducible totals
+#pragma omp parallel
   {
     std::vector<double> d(static_cast<size_t>(ne0));
     std::vector<float> tmp(static_cast<size_t>(ne0));
@@ -132,10 +133,10 @@ double quad_form_rows(int64_t ne0, int64_t ne1, const std::vector<double>& H, Di
         for (int64_t k = 0; k < ne0; ++k) hi += h[k] * d[size_t(k)];
         e += d[size_t(i)] * hi;
       }
-      total += e;
+      row_e[size_t(r)] = e;
     }
   }
-  return total;
+  return std::accumulate(row_e.begin(), row_e.end(), 0.0);
 }
 
 }  // namespace

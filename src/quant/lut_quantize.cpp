@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <string>
 
 #include "core/error.h"
@@ -146,28 +147,30 @@ LutMatrix lut_quantize_matrix(const float* W, int64_t ne0, int64_t ne1, DType t,
   LutMatrix m = lut_matrix_shell(ne0, ne1, t, group, std::move(grid));
   const LutGrid g(m.grid);
   const int64_t ng = ne0 / group;
-  double err = 0, energy = 0;
-#pragma omp parallel for schedule(dynamic, 4) reduction(+ : err, energy)
+  // Per-row sums added in row order afterwards: an OpenMP reduction would add in a schedule-dependent
+  // order, and the totals must be reproducible (callers compare them across calls).
+  std::vector<double> row_err(size_t(ne1), 0.0), row_energy(size_t(ne1), 0.0);
+#pragma omp parallel for schedule(dynamic, 4)
   for (int64_t r = 0; r < ne1; ++r)
     for (int64_t k = 0; k < ng; ++k) {
       for (int64_t i = k * group; i < (k + 1) * group; ++i)
-        energy += (importance ? double(importance[i]) : 1.0) * double(W[r * ne0 + i]) * W[r * ne0 + i];
-      err += lut_quantize_group(g, W + r * ne0 + k * group, importance ? importance + k * group : nullptr, group,
-                                m.idx.data() + r * ne0 + k * group, m.scale.data() + r * ng + k);
+        row_energy[size_t(r)] += (importance ? double(importance[i]) : 1.0) * double(W[r * ne0 + i]) * W[r * ne0 + i];
+      row_err[size_t(r)] += lut_quantize_group(g, W + r * ne0 + k * group, importance ? importance + k * group : nullptr,
+                                               group, m.idx.data() + r * ne0 + k * group, m.scale.data() + r * ng + k);
     }
-  m.error = err;
-  m.energy = energy;
+  m.error = std::accumulate(row_err.begin(), row_err.end(), 0.0);
+  m.energy = std::accumulate(row_energy.begin(), row_energy.end(), 0.0);
   return m;
 }
 
 double lut_requantize(LutMatrix& m, const float* W, const float* importance) {
   const LutGrid g(m.grid);
   const int64_t ng = m.groups_per_row(), G = m.group;
-  double err = 0;
+  std::vector<double> row_err(size_t(m.ne1), 0.0);  // summed in row order below, for reproducible totals
 #pragma omp parallel
   {
     std::vector<uint16_t> idx(static_cast<size_t>(G));
-#pragma omp for schedule(dynamic, 4) reduction(+ : err)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t r = 0; r < m.ne1; ++r)
       for (int64_t k = 0; k < ng; ++k) {
         const float* x = W + r * m.ne0 + k * G;
@@ -189,11 +192,11 @@ double lut_requantize(LutMatrix& m, const float* W, const float* importance) {
           s = s2;
           std::copy(idx.begin(), idx.end(), cur);
         }
-        err += e;
+        row_err[size_t(r)] += e;
       }
   }
-  m.error = err;
-  return err;
+  m.error = std::accumulate(row_err.begin(), row_err.end(), 0.0);
+  return m.error;
 }
 
 }  // namespace primal
