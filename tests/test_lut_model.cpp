@@ -2,12 +2,15 @@
 // dequantize against the float weights, export to IQ4_NL / Q8_0 bit for bit, refusals before any
 // file exists, damaged LUT files, and the size report.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <set>
 #include <vector>
 
 #include "core/error.h"
@@ -374,4 +377,77 @@ TEST(LutCli, QuantizeInspectExport) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(has(r.err, "--type q4_k: expected iq4_nl, q8_0 or f16")) << r.err;
   EXPECT_FALSE(fs::exists(test::temp_dir() + "/bad.gguf"));
+}
+
+// Mixed precision end to end on the tiny model: widths and scale groups chosen per matrix from the
+// measured sensitivities, the whole file within the budget, groups that do not divide a matrix's
+// rows skipped for that matrix only (ffn_down rows hold 96 weights: G64 impossible there).
+TEST(LutMixed, ChoosesWidthAndGroupPerMatrixWithinTheBudget) {
+  Tiny tiny;
+  const std::string calib = test::temp_dir() + "/tiny-calib.txt";
+  {
+    std::string text;
+    for (int i = 0; i < 400; ++i) text += (i % 3 ? "abcd ab cd " : "dcba a b ");
+    std::FILE* f = std::fopen(calib.c_str(), "wb");
+    ASSERT_TRUE(f);
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
+  LutQuantOptions o;
+  o.grid = GridKind::NF4;
+  o.group = 32;
+  o.calib = calib;
+  o.calib_tokens = 256;
+  o.calib_ctx = 64;
+  o.mixed_bits = 4.5;
+  o.mixed_groups = {32, 64};
+  const std::string out = quantize("mixed-groups", o);
+  auto m = ModelSource::open(out);
+  int64_t params = 0;
+  double bits = 0;
+  std::set<std::pair<DType, int64_t>> seen;
+  for (const TensorRef& t : m->tensors()) {
+    bits += 8.0 * double(t.nbytes);  // indices, scales, grids, vectors: the whole file's tensors
+    const bool companion = t.name.rfind("lut_grid.", 0) == 0 || t.name.ends_with(".scale") || t.name.ends_with(".grid");
+    if (companion) continue;
+    params += t.nelements();
+    if (!is_lut(t.type)) continue;
+    ASSERT_TRUE(t.lut.group == 32 || t.lut.group == 64) << t.name << " G" << t.lut.group;
+    if (t.name.find("ffn_down") != std::string::npos) EXPECT_EQ(t.lut.group, 32) << t.name;
+    seen.insert({t.type, t.lut.group});
+  }
+  EXPECT_LE(bits / double(params), 4.5);
+  EXPECT_GE(seen.size(), 2u) << "one choice for every matrix: the sensitivities were not used";
+  expect_close_to_float(out, 0.3);
+
+  // The sensitivity file: written on the first run, read on the next. Proof that it is read: a
+  // huge KL planted for every candidate wider than LUT2 leaves no upgrade worth making, so the
+  // second plan is LUT2 everywhere (the first, measured, is not).
+  o.sensitivity_file = test::temp_dir() + "/mixed-sens.json";
+  std::filesystem::remove(o.sensitivity_file);
+  quantize("mixed-sens-1", o);
+  nlohmann::json j;
+  {
+    std::ifstream f(o.sensitivity_file);
+    ASSERT_TRUE(f.good());
+    j = nlohmann::json::parse(f);
+  }
+  ASSERT_EQ(j["kl"].size(), size_t((16 * 2 - 2) * 6)) << "16 matrices x 2 groups (ffn_down: G32 only) x 6 widths";
+  for (auto& [k, v] : j["kl"].items())
+    if (k.find("|LUT2|") == std::string::npos) v = 1e9;
+  std::ofstream(o.sensitivity_file) << j.dump();
+  auto m2 = ModelSource::open(quantize("mixed-sens-2", o));
+  int lut2 = 0;
+  for (const TensorRef& t : m2->tensors()) lut2 += t.type == DType::LUT2;
+  EXPECT_EQ(lut2, 16);
+  int lut2_measured = 0;
+  for (const TensorRef& t : m->tensors()) lut2_measured += t.type == DType::LUT2;
+  EXPECT_LT(lut2_measured, 16);
+
+  // A list none of whose groups divides some matrix is refused before any file exists.
+  o.mixed_groups = {128};
+  const std::string bad = test::temp_dir() + "/mixed-g128.gguf";
+  const std::string msg = error_of([&] { quantize_model(tiny.dir, bad, o); });
+  EXPECT_TRUE(has(msg, "no scale group of the list divides the rows of")) << msg;
+  EXPECT_FALSE(fs::exists(bad));
 }

@@ -15,7 +15,7 @@
 using namespace primal;
 
 namespace {
-const DType kLut[] = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8, DType::LUT16};
+const DType kLut[] = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT5, DType::LUT6, DType::LUT8, DType::LUT16};
 
 std::vector<uint8_t> pack(DType t, const std::vector<uint16_t>& idx) {
   std::vector<uint8_t> out(row_bytes(t, int64_t(idx.size())), 0xEE);
@@ -28,6 +28,8 @@ TEST(LutPack, TraitsAndWidths) {
   EXPECT_EQ(row_bytes(DType::LUT2, 256), 64u);
   EXPECT_EQ(row_bytes(DType::LUT3, 256), 96u);
   EXPECT_EQ(row_bytes(DType::LUT4, 256), 128u);
+  EXPECT_EQ(row_bytes(DType::LUT5, 256), 160u);
+  EXPECT_EQ(row_bytes(DType::LUT6, 256), 192u);
   EXPECT_EQ(row_bytes(DType::LUT8, 256), 256u);
   EXPECT_EQ(row_bytes(DType::LUT16, 256), 512u);
   for (DType t : kLut) {
@@ -37,7 +39,7 @@ TEST(LutPack, TraitsAndWidths) {
     EXPECT_EQ(dtype_from_name(dtype_name(t)), t);
   }
   EXPECT_FALSE(is_lut(DType::IQ4_NL));
-  EXPECT_THROW(lut_type_for_bits(5), Error);
+  EXPECT_THROW(lut_type_for_bits(7), Error);
   EXPECT_THROW(lut_bits(DType::Q4_0), Error);
 }
 
@@ -51,6 +53,12 @@ TEST(LutPack, HandBuiltBytes) {
   // LUT3: 8 indices in a little-endian 24-bit word, index k in bits 3k..3k+2:
   // 1 | 2<<3 | 3<<6 | 4<<9 | 5<<12 | 6<<15 | 7<<18 = 0x1F58D1.
   EXPECT_EQ(pack(DType::LUT3, {1, 2, 3, 4, 5, 6, 7, 0}), (std::vector<uint8_t>{0xD1, 0x58, 0x1F}));
+  // LUT5: 8 indices in a little-endian 40-bit word, index k in bits 5k..5k+4:
+  // 1 | 2<<5 | 3<<10 | 4<<15 | 5<<20 | 6<<25 | 7<<30 | 31<<35 = 0xF9CC520C41.
+  EXPECT_EQ(pack(DType::LUT5, {1, 2, 3, 4, 5, 6, 7, 31}), (std::vector<uint8_t>{0x41, 0x0C, 0x52, 0xCC, 0xF9}));
+  // LUT6: 4 indices in a little-endian 24-bit word, index k in bits 6k..6k+5:
+  // 1 | 2<<6 | 63<<12 | 0<<18 = 0x03F081.
+  EXPECT_EQ(pack(DType::LUT6, {1, 2, 63, 0}), (std::vector<uint8_t>{0x81, 0xF0, 0x03}));
   EXPECT_EQ(pack(DType::LUT8, {0, 255, 7}), (std::vector<uint8_t>{0, 255, 7}));
 }
 

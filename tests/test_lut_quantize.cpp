@@ -20,7 +20,7 @@ using namespace primal;
 
 namespace {
 
-const DType kLut[] = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8, DType::LUT16};
+const DType kLut[] = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT5, DType::LUT6, DType::LUT8, DType::LUT16};
 
 std::vector<float> gaussian(size_t n, uint32_t seed, float sigma = 0.02f) {
   std::mt19937 rng(seed);

@@ -55,7 +55,7 @@ TEST(LutWeight, PackingMatchesTheFileLayout) {
 // get/set of single indices agree with quant/lut_pack's row packing for every LUT type, both ways.
 TEST(LutWeight, SingleIndicesAgreeWithTheRowPackingOfEveryType) {
   std::mt19937 rng(5);
-  for (DType t : {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8, DType::LUT16}) {
+  for (DType t : {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT5, DType::LUT6, DType::LUT8, DType::LUT16}) {
     const int64_t K = lut_entries(t), I = 64, O = 3;
     LutWeight w = LutWeight::make(t, O, I, 32, uniform_grid(K), "w");
     std::vector<uint16_t> want(static_cast<size_t>(O * I)), got(static_cast<size_t>(I));

@@ -62,9 +62,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--shape", c.shape, "layers=L,embd=C,heads=H,kv_heads=K,ff=F[,ctx=,head_dim=,theta=,eps=]")
       ->group(g_model);
   cmd->add_option("--tokenizer", c.tokenizer, "tokenizer (GGUF or HF folder; default: the model)")->group(g_model);
-  cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut2, lut3, lut4, lut8, lut16, or none (keep them float)")
+  cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut2, lut3, lut4, lut5, lut6, lut8, lut16, or none (keep them float)")
       ->group(g_model)
-      ->check(CLI::IsMember({"lut2", "lut3", "lut4", "lut8", "lut16", "none"}));
+      ->check(CLI::IsMember({"lut2", "lut3", "lut4", "lut5", "lut6", "lut8", "lut16", "none"}));
   cmd->add_option("--grid", c.lut.grid, "grid for float matrices: prime, iq4nl, nf4, uniform, learned (quant/lut_grid.h)")->group(g_model);
   cmd->add_option("--group", a->group, "weights per scale for float matrices: a number or 'row'")->group(g_model);
   cmd->add_option("--share", c.share, "share layers: the model keeps N physical layers, used cyclically")

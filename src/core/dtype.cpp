@@ -27,9 +27,11 @@ constexpr Entry kTypes[] = {
     {29, {"IQ1_M", 256, 56}},   {30, {"BF16", 1, 2}},       {34, {"TQ1_0", 256, 54}},
     {35, {"TQ2_0", 256, 66}},   {39, {"MXFP4", 32, 17}},
     // primal's LUT index types (quant/lut_format.h): LUT2 4 indices a byte, LUT3 8 in 3 bytes,
-    // LUT4 2 a byte, LUT8 1 byte, LUT16 2 bytes (base byte, fine byte).
+    // LUT4 2 a byte, LUT5 8 in 5 bytes, LUT6 4 in 3 bytes, LUT8 1 byte, LUT16 2 bytes (base byte,
+    // fine byte).
     {1003, {"LUT2", 4, 1}},     {1004, {"LUT3", 8, 3}},     {1000, {"LUT4", 2, 1}},
-    {1001, {"LUT8", 1, 1}},     {1002, {"LUT16", 1, 2}},
+    {1005, {"LUT5", 8, 5}},     {1006, {"LUT6", 4, 3}},     {1001, {"LUT8", 1, 1}},
+    {1002, {"LUT16", 1, 2}},
 };
 
 }  // namespace

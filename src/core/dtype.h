@@ -17,7 +17,7 @@ enum class DType : uint32_t {
   TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
   // primal LUT types: packed indices into a sorted grid, with a scale per group of weights held
   // in companion tensors (layout in quant/lut_format.h). Ids far from ggml's range.
-  LUT4 = 1000, LUT8 = 1001, LUT16 = 1002, LUT2 = 1003, LUT3 = 1004,
+  LUT4 = 1000, LUT8 = 1001, LUT16 = 1002, LUT2 = 1003, LUT3 = 1004, LUT5 = 1005, LUT6 = 1006,
 };
 
 struct DTypeTraits {

@@ -9,7 +9,7 @@
 
 namespace primal {
 
-// The companions of a LUT index tensor (types LUT2..LUT16), found by the loader
+// The companions of a LUT index tensor (types LUT2..LUT6, LUT8, LUT16), found by the loader
 // (quant/lut_format.h): W[o, i] = f16(scale[o * ne0 / group + i / group]) * grid[idx[o, i]].
 struct LutParams {
   const uint16_t* scale = nullptr;  // (ne1, ne0 / group) fp16

@@ -1,7 +1,7 @@
 // primal's LUT models in GGUF (format version 1).
 //
 // A LUT weight W of ne0 x ne1 (ggml order: ne1 rows of ne0) is three tensors:
-//   W          type LUT2/LUT3/LUT4/LUT8/LUT16, shape [ne0, ne1]: the packed indices
+//   W          type LUT2..LUT6/LUT8/LUT16, shape [ne0, ne1]: the packed indices
 //              (quant/lut_pack.h), so GGUF's fixed per-type block sizes hold;
 //   W.scale    F16 [ne0 / G, ne1]: the scale of each group of G consecutive weights of a row
 //              (G = ne0 for one scale per row); G is read from this shape;

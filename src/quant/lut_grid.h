@@ -1,5 +1,5 @@
-// Grids of LUT weights: the K values an index can select (K = 4, 8, 16, 256, 65536 for
-// LUT2/3/4/8/16), sorted strictly ascending so that "the adjacent bucket" is idx ± 1.
+// Grids of LUT weights: the K values an index can select (K = 4, 8, 16, 32, 64, 256, 65536 for
+// LUT2/3/4/5/6/8/16), sorted strictly ascending so that "the adjacent bucket" is idx ± 1.
 // A weight is scale * grid[idx]; the grid's own scale does not matter (the per-group scale
 // absorbs it), only its shape.
 //

@@ -4,6 +4,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "infer/kv_cache.h"
@@ -89,6 +92,52 @@ double mean_kl(const std::vector<float>& ref, const std::vector<float>& q, int64
   return total / double(n);
 }
 
+// "LUT4" or, when several groups are tried, "LUT4/G64" (the log rows).
+std::string candidate_label(const MixedCandidate& c, bool with_group) {
+  return with_group ? fmt::format("{}/G{}", dtype_name(c.type), c.group) : dtype_name(c.type);
+}
+
+// What the measured KLs depend on; a cache file with another key is not used. The weights are
+// identified by a checksum of their bytes (an HF folder is read through a temporary GGUF whose
+// name changes every run).
+std::string cache_key(const ModelSource& src, const CalibStats& stats, const MixedOptions& o) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over every tensor's name and bytes
+  for (const auto& t : src.tensors()) {
+    for (char ch : t.name) h = (h ^ uint8_t(ch)) * 1099511628211ull;
+    for (size_t i = 0; i < t.nbytes; ++i) h = (h ^ t.data[i]) * 1099511628211ull;
+  }
+  return fmt::format("weights {:016x} grid {} act-aware {} gptq {} calib {} tokens {} ctx {} windows {} kl-tokens {}",
+                     h, grid_name(o.base.grid), o.base.act_aware, o.base.gptq,
+                     std::filesystem::path(o.base.calib).filename().string(), o.base.calib_tokens, o.base.calib_ctx,
+                     stats.windows.size(), o.kl_tokens);
+}
+
+std::string cache_entry(const std::string& name, DType t, int64_t group) {
+  return fmt::format("{}|{}|{}", name, dtype_name(t), group);
+}
+
+nlohmann::json read_cache(const std::string& path, const std::string& key) {
+  std::ifstream f(path);
+  if (!f) return nlohmann::json::object();
+  try {
+    auto j = nlohmann::json::parse(f);
+    if (j.value("key", "") == key && j.contains("kl") && j["kl"].is_object()) return j["kl"];
+  } catch (const nlohmann::json::exception&) {
+  }
+  return nlohmann::json::object();  // unreadable or measured under other options: measured anew
+}
+
+void write_cache(const std::string& path, const std::string& key, const nlohmann::json& kl) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    PRIMAL_CHECK(f.good(), "{}: cannot write the sensitivity file", tmp);
+    f << nlohmann::json{{"key", key}, {"kl", kl}}.dump(1) << '\n';
+    PRIMAL_CHECK(f.good(), "{}: write failed", tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
 }  // namespace
 
 std::vector<std::vector<MixedCandidate>> measure_sensitivity(const ModelSource& src,
@@ -107,7 +156,10 @@ std::vector<std::vector<MixedCandidate>> measure_sensitivity(const ModelSource& 
     windows.push_back(std::vector<int32_t>(win.begin(), win.begin() + ptrdiff_t(std::min<int64_t>(int64_t(win.size()), o.kl_tokens - n))));
     n += int64_t(windows.back().size());
   }
-  const std::vector<float> ref = run_logprobs(w, windows);
+  const std::string key = cache_key(src, stats, o);
+  nlohmann::json cached = o.cache.empty() ? nlohmann::json::object() : read_cache(o.cache, key);
+  if (!o.cache.empty() && !cached.empty()) log(fmt::format("  sensitivity: {} measured values from {}", cached.size(), o.cache));
+  std::vector<float> ref;  // the float model's log-probabilities, computed when first needed
   const bool learned = o.base.grid == GridKind::Learned;
   std::vector<std::vector<MixedCandidate>> out;
   const auto t0 = std::chrono::steady_clock::now();
@@ -116,18 +168,32 @@ std::vector<std::vector<MixedCandidate>> measure_sensitivity(const ModelSource& 
     const auto slots = weight_slots(w, p.name);
     const TensorRef* orig = *slots[0];
     std::vector<MixedCandidate> c;
-    for (DType b : o.widths) {
-      LutTensorPlan q = p;
-      q.type = b;
-      const auto packed = pack_lut_matrix(p.name, quantize_planned(*orig, q, o.base, &stats));
-      LlamaWeights wq = w;
-      for (auto* s : weight_slots(wq, p.name)) *s = &packed->ref;
-      c.push_back({b, lut_tensor_bits(q, learned), mean_kl(ref, run_logprobs(wq, windows), w.hp.n_vocab)});
+    for (int64_t g : o.groups.empty() ? std::vector<int64_t>{p.group} : o.groups) {
+      if (g <= 0 || p.ne0 % g != 0) continue;
+      for (DType b : o.widths) {
+        LutTensorPlan q = p;
+        q.type = b;
+        q.group = g;
+        const std::string e = cache_entry(p.name, b, g);
+        if (cached.contains(e) && cached[e].is_number()) {
+          c.push_back({b, lut_tensor_bits(q, learned), cached[e].get<double>(), g});
+          continue;
+        }
+        if (ref.empty()) ref = run_logprobs(w, windows);
+        const auto packed = pack_lut_matrix(p.name, quantize_planned(*orig, q, o.base, &stats));
+        LlamaWeights wq = w;
+        for (auto* s : weight_slots(wq, p.name)) *s = &packed->ref;
+        c.push_back({b, lut_tensor_bits(q, learned), mean_kl(ref, run_logprobs(wq, windows), w.hp.n_vocab), g});
+        cached[e] = c.back().kl;
+      }
     }
+    PRIMAL_CHECK(!c.empty(), "mixed precision: no scale group of the list divides the rows of {} ({} weights)", p.name,
+                 p.ne0);
     std::string row;
-    for (const auto& x : c) row += fmt::format(" {}:{:.2e}", dtype_name(x.type), x.kl);
+    for (const auto& x : c) row += " " + candidate_label(x, o.groups.size() > 1) + fmt::format(":{:.2e}", x.kl);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log(fmt::format("  sensitivity [{}/{}] {:<28} KL{} ({:.0f} s)", k + 1, plan.size(), p.name, row, secs));
+    if (!o.cache.empty()) write_cache(o.cache, key, cached);
     out.push_back(std::move(c));
   }
   return out;
@@ -172,9 +238,11 @@ std::vector<LutTensorPlan> plan_mixed_precision(const ModelSource& src, const st
   auto log = [&](const std::string& s) {
     if (o.base.log) o.base.log(s);
   };
-  for (DType t : o.widths) check_lut_shape(t, plan.front().ne0, plan.front().group, "mixed precision");
-  for (const auto& p : plan)
-    for (DType t : o.widths) check_lut_shape(t, p.ne0, p.group, src.path() + ": tensor '" + p.name + "'");
+  if (o.groups.empty()) {
+    for (DType t : o.widths) check_lut_shape(t, plan.front().ne0, plan.front().group, "mixed precision");
+    for (const auto& p : plan)
+      for (DType t : o.widths) check_lut_shape(t, p.ne0, p.group, src.path() + ": tensor '" + p.name + "'");
+  }
   // Bits outside the matrices: every other tensor as stored, plus the shared grids.
   int64_t params = 0;
   double fixed = 0;
@@ -195,11 +263,12 @@ std::vector<LutTensorPlan> plan_mixed_precision(const ModelSource& src, const st
   for (size_t t = 0; t < plan.size(); ++t) {
     const MixedCandidate& c = cands[t][pick[t]];
     out[t].type = c.type;
+    if (c.group > 0) out[t].group = c.group;
     total += c.bits;
     kl += c.kl;
     std::string row;
-    for (const auto& k : cands[t]) row += fmt::format(" {}:{:.2e}", dtype_name(k.type), k.kl);
-    log(fmt::format("  {:<28} -> {:<5} KL by width{}", plan[t].name, dtype_name(c.type), row));
+    for (const auto& k : cands[t]) row += " " + candidate_label(k, o.groups.size() > 1) + fmt::format(":{:.2e}", k.kl);
+    log(fmt::format("  {:<28} -> {:<9} KL by width{}", plan[t].name, candidate_label(c, o.groups.size() > 1), row));
   }
   log(fmt::format("mixed precision: {:.4f} bits per weight planned, sum of measured KL {:.4f}", total / double(params),
                   kl));

@@ -23,14 +23,22 @@ namespace primal {
 struct MixedOptions {
   double budget_bits = 4.0;  // average bits per weight of the whole file
   LutQuantOptions base;      // grid, group, activation-aware
-  std::vector<DType> widths = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8};
+  std::vector<DType> widths = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT5, DType::LUT6, DType::LUT8};
+  // Scale groups tried for every width (each matrix gets its own); empty: base.group only. A group
+  // that does not divide a matrix's rows is skipped for that matrix.
+  std::vector<int64_t> groups;
   int64_t kl_tokens = 512;  // calibration tokens the KL is measured on
+  // A JSON file of measured KLs reused across runs (e.g. several budgets): entries are read when
+  // the file's key (source, grid, calibration, options) equals this run's, missing ones measured
+  // and the file rewritten (atomically, after every matrix). Empty: no file.
+  std::string cache;
 };
 
 struct MixedCandidate {
   DType type;
   double bits;  // of the matrix, stored
   double kl;    // measured KL(float || only this matrix quantized), nats per token
+  int64_t group = 0;  // weights per scale (0: the plan's own)
 };
 
 // Candidates per matrix (same order as `plan`), measured on stats.windows.

@@ -163,6 +163,8 @@ void quantize_model(const std::string& in, const std::string& out, const LutQuan
     MixedOptions mo;
     mo.budget_bits = o.mixed_bits;
     mo.base = o;
+    mo.groups = o.mixed_groups;
+    mo.cache = o.sensitivity_file;
     plan = plan_mixed_precision(*src, plan, stats, mo);
   }
 

@@ -23,11 +23,13 @@ namespace primal {
 class ModelSource;
 
 struct LutQuantOptions {
-  DType type = DType::LUT4;         // LUT2/3/4/8/16 for every matrix (the base width when mixed)
+  DType type = DType::LUT4;         // LUT2..6/8/16 for every matrix (the base width when mixed)
   GridKind grid = GridKind::IQ4NL;
   int64_t group = 32;               // weights per scale; 0 = one scale per row
   std::map<std::string, DType> tensor_types;  // per-matrix overrides (name -> LUT type)
   double mixed_bits = 0;            // > 0: mixed precision under this average (bits per weight)
+  std::vector<int64_t> mixed_groups;  // mixed precision: scale groups tried per matrix (empty: group)
+  std::string sensitivity_file;     // mixed precision: measured KLs kept here and reused (lut_mixed.h)
   std::string calib;                // calibration text (activation-aware scales, mixed precision)
   bool act_aware = false;           // weight the scale search by the calibration activations
   bool gptq = false;                // error-compensating quantization on the calibration H

@@ -16,15 +16,36 @@ int LutWeight::bits() const { return lut_bits(type); }
 
 int64_t LutWeight::row_bytes() const { return int64_t(primal::row_bytes(type, I)); }
 
+namespace {
+
+// The little-endian word (at most 40 bits) holding index i of a LUT3/LUT5/LUT6 row r, and where in
+// it the index sits (quant/lut_pack.h).
+struct Word {
+  uint8_t* p;
+  int nb, shift;
+  uint32_t mask;
+  uint64_t load() const {
+    uint64_t x = 0;
+    for (int q = 0; q < nb; ++q) x |= uint64_t(p[q]) << (8 * q);
+    return x;
+  }
+};
+
+Word word_of(DType t, const uint8_t* r, int64_t i) {
+  const int b = lut_bits(t), per = int(traits(t).block), nb = int(traits(t).block_bytes);
+  return {const_cast<uint8_t*>(r) + (i / per) * nb, nb, int(i % per) * b, (1u << b) - 1};
+}
+
+}  // namespace
+
 // Single indices in the packing of quant/lut_pack.h.
 uint32_t LutWeight::get(int64_t o, int64_t i) const {
   const uint8_t* r = idx.data() + o * row_bytes();
   switch (type) {
     case DType::LUT2: return (r[i / 4] >> ((i & 3) * 2)) & 3u;
-    case DType::LUT3: {
-      const uint8_t* b = r + (i / 8) * 3;
-      const uint32_t word = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16;
-      return (word >> ((i & 7) * 3)) & 7u;
+    case DType::LUT3: case DType::LUT5: case DType::LUT6: {
+      const Word w = word_of(type, r, i);
+      return uint32_t(w.load() >> w.shift) & w.mask;
     }
     case DType::LUT4: return (r[i / 2] >> ((i & 1) * 4)) & 15u;
     case DType::LUT8: return r[i];
@@ -40,12 +61,10 @@ void LutWeight::set(int64_t o, int64_t i, uint32_t v) {
       r[i / 4] = uint8_t((r[i / 4] & ~(3u << sh)) | ((v & 3u) << sh));
       break;
     }
-    case DType::LUT3: {
-      uint8_t* b = r + (i / 8) * 3;
-      const int sh = int(i & 7) * 3;
-      uint32_t word = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16;
-      word = (word & ~(7u << sh)) | ((v & 7u) << sh);
-      b[0] = uint8_t(word), b[1] = uint8_t(word >> 8), b[2] = uint8_t(word >> 16);
+    case DType::LUT3: case DType::LUT5: case DType::LUT6: {
+      const Word w = word_of(type, r, i);
+      const uint64_t x = (w.load() & ~(uint64_t(w.mask) << w.shift)) | uint64_t(v & w.mask) << w.shift;
+      for (int q = 0; q < w.nb; ++q) w.p[q] = uint8_t(x >> (8 * q));
       break;
     }
     case DType::LUT4: {
@@ -84,7 +103,7 @@ template void LutWeight::dequantize_rows<double>(int64_t, int64_t, double*) cons
 
 LutWeight LutWeight::make(DType type, int64_t O, int64_t I, int64_t G, std::vector<float> grid,
                           const std::string& what) {
-  PRIMAL_CHECK(is_lut(type), "{}: type {} is not a LUT type (LUT2, LUT3, LUT4, LUT8, LUT16)", what, dtype_name(type));
+  PRIMAL_CHECK(is_lut(type), "{}: type {} is not a LUT type (LUT2..LUT6, LUT8, LUT16)", what, dtype_name(type));
   PRIMAL_CHECK(O > 0 && I > 0, "{}: empty LUT matrix ({} x {})", what, O, I);
   check_lut_shape(type, I, G, what);
   validate_grid(grid.data(), int64_t(grid.size()), lut_entries(type), what);

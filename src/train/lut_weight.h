@@ -2,7 +2,7 @@
 // with the grid sorted ascending, so that "one bucket up/down" is idx + 1 / idx - 1.
 //
 // The layout is the one of `primal quantize` (quant/lut_format.h, quant/lut_pack.h): the indices
-// are packed exactly as the GGUF tensor stores them (LUT2 four a byte, LUT3 eight in three bytes,
+// are packed exactly as the GGUF tensor stores them (LUT2 four a byte, LUT3 eight in three bytes, LUT5 eight in five, LUT6 four in three,
 // LUT4 two a byte low nibble first, LUT8 one byte, LUT16 base byte then fine byte), so loading
 // and saving are copies; the trainer only adds single-index get/set for the vote rules. Persistent
 // state per weight is the packed index; the scales are fp32 float parameters here (O * I / G of
@@ -23,7 +23,7 @@ struct LutMatrix;
 namespace primal::train {
 
 struct LutWeight {
-  DType type = DType::LUT4;    // LUT2, LUT3, LUT4, LUT8 or LUT16
+  DType type = DType::LUT4;    // LUT2..LUT6, LUT8 or LUT16
   int64_t O = 0, I = 0;        // rows, row length
   int64_t G = 0;               // weights per scale; divides I (G = I: one scale per row)
   std::vector<float> grid;     // (K) strictly ascending, K = 2^bits

@@ -119,7 +119,8 @@ TEST(GpuLutForward, SyntheticModelsEveryFormatMatchCpu) {
     GridKind grid;
   };
   for (const Case& c : {Case{DType::LUT2, 32, GridKind::NF4}, Case{DType::LUT3, 64, GridKind::Uniform},
-                        Case{DType::LUT4, 0, GridKind::Prime}, Case{DType::LUT8, 32, GridKind::NF4},
+                        Case{DType::LUT4, 0, GridKind::Prime}, Case{DType::LUT5, 32, GridKind::NF4},
+                        Case{DType::LUT6, 64, GridKind::Uniform}, Case{DType::LUT8, 32, GridKind::NF4},
                         Case{DType::LUT16, 128, GridKind::Prime}}) {
     SCOPED_TRACE(dtype_name(c.t) + " G=" + std::to_string(c.group));
     auto m = Model::open(quantized(f16, "lut-synth-" + dtype_name(c.t) + ".gguf", c.t, c.group, c.grid));

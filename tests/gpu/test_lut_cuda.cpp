@@ -1,4 +1,4 @@
-// The GPU kernels of the LUT formats (LUT2, LUT3, LUT4, LUT8, LUT16) against their CPU twins:
+// The GPU kernels of the LUT formats (LUT2..LUT6, LUT8, LUT16) against their CPU twins:
 // the upload (indices as stored, scales expanded to one per 32-element unit, the grid), the
 // GEMV of decode (every output mode, several segments with their own grids, the RMSNorm
 // prologue), the fp16 dequantization of prefill and the embedding rows (both bit-exact), the
@@ -30,7 +30,7 @@ using primal::cuda::GemvParams;
 
 namespace {
 
-const DType kLut[] = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT8, DType::LUT16};
+const DType kLut[] = {DType::LUT2, DType::LUT3, DType::LUT4, DType::LUT5, DType::LUT6, DType::LUT8, DType::LUT16};
 
 // A LUT matrix of O rows of I: random indices, random fp16 scales (one per `group`; 0 = per row),
 // the NF grid of the type's size stretched by `stretch` (so that segments have their own grids),

@@ -476,19 +476,27 @@ struct LutCodes<DType::LUT2> {  // 8 bytes: index e in bits 2e..2e+1 of the 64-b
   __device__ static uint32_t idx(const Q& c, int e) { return ((e < 16 ? c.q.x : c.q.y) >> (2 * (e % 16))) & 3u; }
 };
 
-template <>
-struct LutCodes<DType::LUT3> {  // 12 bytes (4-aligned: rows of 12 bytes a unit): bits 3e..3e+2
+// LUT3/LUT5/LUT6: a unit of 32 B-bit indices is B 32-bit words (12/20/24 bytes, so rows stay
+// 4-aligned), index e in bits B*e..B*e+B-1 of the little-endian bit string.
+template <int B>
+struct LutWordCodes {
   static constexpr int kPrefetch = 2;
-  struct Q { uint32_t w[3]; };
+  struct Q { uint32_t w[B]; };
   __device__ static Q load(const uint8_t* row, int64_t u) {
-    const uint8_t* p = row + 12 * u;
-    return {{ldw(p), ldw(p + 4), ldw(p + 8)}};
+    const uint8_t* p = row + 4 * B * u;
+    Q c;
+#pragma unroll
+    for (int k = 0; k < B; ++k) c.w[k] = ldw(p + 4 * k);
+    return c;
   }
   __device__ static uint32_t idx(const Q& c, int e) {
-    const int k = 3 * e / 32, sh = 3 * e % 32;
-    return (sh <= 29 ? c.w[k] >> sh : __funnelshift_r(c.w[k], c.w[k + 1], sh)) & 7u;
+    const int k = B * e / 32, sh = B * e % 32;
+    return (sh <= 32 - B ? c.w[k] >> sh : __funnelshift_r(c.w[k], c.w[k + 1], sh)) & ((1u << B) - 1);
   }
 };
+template <> struct LutCodes<DType::LUT3> : LutWordCodes<3> {};
+template <> struct LutCodes<DType::LUT5> : LutWordCodes<5> {};
+template <> struct LutCodes<DType::LUT6> : LutWordCodes<6> {};
 
 template <>
 struct LutCodes<DType::LUT16> {  // 64 bytes: index e = byte 2e << 8 | byte 2e+1
@@ -510,7 +518,13 @@ struct UnitLut {
   using C = LutCodes<T>;
   static constexpr int kPrefetch = C::kPrefetch;
   static constexpr bool kInt8 = false;
-  static constexpr int kGrid = T == DType::LUT16 ? 0 : 1 << (T == DType::LUT2 ? 2 : T == DType::LUT3 ? 3 : T == DType::LUT4 ? 4 : 8);
+  static constexpr int kGrid = T == DType::LUT16 ? 0
+                               : 1 << (T == DType::LUT2   ? 2
+                                       : T == DType::LUT3 ? 3
+                                       : T == DType::LUT4 ? 4
+                                       : T == DType::LUT5 ? 5
+                                       : T == DType::LUT6 ? 6
+                                                          : 8);
   struct Raw { typename C::Q c; uint16_t d; const float* grid; };
   __device__ static Raw load(const RowPtr& p, int64_t u) { return {C::load(p.q, u), ldh(p.s + u), p.grid}; }
   __device__ static void decode(const Raw& r, float* y) {
@@ -533,6 +547,8 @@ struct UnitLut {
 template <> struct Unit<DType::LUT2> : UnitLut<DType::LUT2> {};
 template <> struct Unit<DType::LUT3> : UnitLut<DType::LUT3> {};
 template <> struct Unit<DType::LUT4> : UnitLut<DType::LUT4> {};
+template <> struct Unit<DType::LUT5> : UnitLut<DType::LUT5> {};
+template <> struct Unit<DType::LUT6> : UnitLut<DType::LUT6> {};
 template <> struct Unit<DType::LUT8> : UnitLut<DType::LUT8> {
   static constexpr int kPrefetchDeep = 2;
 };
@@ -563,6 +579,8 @@ template <> struct Unit<DType::LUT16> : UnitLut<DType::LUT16> {};
     case ::primal::DType::LUT2: LAUNCH(::primal::DType::LUT2); break;               \
     case ::primal::DType::LUT3: LAUNCH(::primal::DType::LUT3); break;               \
     case ::primal::DType::LUT4: LAUNCH(::primal::DType::LUT4); break;               \
+    case ::primal::DType::LUT5: LAUNCH(::primal::DType::LUT5); break;               \
+    case ::primal::DType::LUT6: LAUNCH(::primal::DType::LUT6); break;               \
     case ::primal::DType::LUT8: LAUNCH(::primal::DType::LUT8); break;               \
     case ::primal::DType::LUT16: LAUNCH(::primal::DType::LUT16); break;             \
     default: ::primal::fail("no GPU kernel for {}", ::primal::dtype_name(type));    \

@@ -31,7 +31,8 @@ Parts parts_of(DType t, int64_t I) {
     case DType::Q4_K: return {16 * units, 2 * supers, 0, 2 * units};
     case DType::Q5_K: return {16 * units, 2 * supers, units, 2 * units};
     case DType::Q6_K: return {16 * units, supers, 2 * units, 2 * units};
-    case DType::LUT2: case DType::LUT3: case DType::LUT4: case DType::LUT8: case DType::LUT16:
+    case DType::LUT2: case DType::LUT3: case DType::LUT4: case DType::LUT5: case DType::LUT6:
+    case DType::LUT8: case DType::LUT16:
       return {int64_t(row_bytes(t, I)), units, 0, 0};
     default: return {int64_t(row_bytes(t, I)), 0, 0, 0};
   }
@@ -170,7 +171,8 @@ bool gpu_supports(DType t) {
     case DType::F32: case DType::F16: case DType::BF16:
     case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0: case DType::IQ4_NL:
     case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
-    case DType::LUT2: case DType::LUT3: case DType::LUT4: case DType::LUT8: case DType::LUT16:
+    case DType::LUT2: case DType::LUT3: case DType::LUT4: case DType::LUT5: case DType::LUT6:
+    case DType::LUT8: case DType::LUT16:
       return true;
     default: return false;
   }
