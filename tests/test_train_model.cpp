@@ -70,6 +70,14 @@ TEST(LutWeight, SingleIndicesAgreeWithTheRowPackingOfEveryType) {
       EXPECT_TRUE(std::equal(packed.begin(), packed.end(), w.idx.begin() + o * w.row_bytes())) << dtype_name(t);
       for (int64_t i = 0; i < I; ++i) ASSERT_EQ(w.get(o, i), want[size_t(o * I + i)]) << dtype_name(t);
     }
+    // Whole rows (each width has its own fast path) equal scale x grid[index], exactly.
+    for (size_t k = 0; k < w.scale.size(); ++k) w.scale[k] = 0.5f + float(k);
+    std::vector<float> rows(size_t(O * I));
+    w.dequantize_rows(0, O, rows.data());
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i)
+        ASSERT_EQ(rows[size_t(o * I + i)], w.scale[size_t(o * (I / 32) + i / 32)] * w.grid[w.get(o, i)])
+            << dtype_name(t) << " " << o << "," << i;
   }
 }
 
