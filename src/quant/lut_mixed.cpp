@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "infer/kv_cache.h"
 #include "io/model_source.h"
@@ -97,6 +98,13 @@ std::string candidate_label(const MixedCandidate& c, bool with_group) {
   return with_group ? fmt::format("{}/G{}", dtype_name(c.type), c.group) : dtype_name(c.type);
 }
 
+// " LUT2:3.98e-01 LUT3:6.84e-02 ...": a matrix's measured KL per candidate.
+std::string kl_row(const std::vector<MixedCandidate>& cands, bool with_group) {
+  std::string row;
+  for (const auto& c : cands) row += fmt::format(" {}:{:.2e}", candidate_label(c, with_group), c.kl);
+  return row;
+}
+
 // What the measured KLs depend on; a cache file with another key is not used. The weights are
 // identified by a checksum of their bytes (an HF folder is read through a temporary GGUF whose
 // name changes every run).
@@ -128,14 +136,7 @@ nlohmann::json read_cache(const std::string& path, const std::string& key) {
 }
 
 void write_cache(const std::string& path, const std::string& key, const nlohmann::json& kl) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    PRIMAL_CHECK(f.good(), "{}: cannot write the sensitivity file", tmp);
-    f << nlohmann::json{{"key", key}, {"kl", kl}}.dump(1) << '\n';
-    PRIMAL_CHECK(f.good(), "{}: write failed", tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  write_file_atomic(path, nlohmann::json{{"key", key}, {"kl", kl}}.dump(1) + "\n");
 }
 
 }  // namespace
@@ -156,7 +157,7 @@ std::vector<std::vector<MixedCandidate>> measure_sensitivity(const ModelSource& 
     windows.push_back(std::vector<int32_t>(win.begin(), win.begin() + ptrdiff_t(std::min<int64_t>(int64_t(win.size()), o.kl_tokens - n))));
     n += int64_t(windows.back().size());
   }
-  const std::string key = cache_key(src, stats, o);
+  const std::string key = o.cache.empty() ? std::string() : cache_key(src, stats, o);  // hashes every weight byte
   nlohmann::json cached = o.cache.empty() ? nlohmann::json::object() : read_cache(o.cache, key);
   if (!o.cache.empty() && !cached.empty()) log(fmt::format("  sensitivity: {} measured values from {}", cached.size(), o.cache));
   std::vector<float> ref;  // the float model's log-probabilities, computed when first needed
@@ -189,8 +190,7 @@ std::vector<std::vector<MixedCandidate>> measure_sensitivity(const ModelSource& 
     }
     PRIMAL_CHECK(!c.empty(), "mixed precision: no scale group of the list divides the rows of {} ({} weights)", p.name,
                  p.ne0);
-    std::string row;
-    for (const auto& x : c) row += " " + candidate_label(x, o.groups.size() > 1) + fmt::format(":{:.2e}", x.kl);
+    const std::string row = kl_row(c, o.groups.size() > 1);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log(fmt::format("  sensitivity [{}/{}] {:<28} KL{} ({:.0f} s)", k + 1, plan.size(), p.name, row, secs));
     if (!o.cache.empty()) write_cache(o.cache, key, cached);
@@ -266,8 +266,7 @@ std::vector<LutTensorPlan> plan_mixed_precision(const ModelSource& src, const st
     if (c.group > 0) out[t].group = c.group;
     total += c.bits;
     kl += c.kl;
-    std::string row;
-    for (const auto& k : cands[t]) row += " " + candidate_label(k, o.groups.size() > 1) + fmt::format(":{:.2e}", k.kl);
+    const std::string row = kl_row(cands[t], o.groups.size() > 1);
     log(fmt::format("  {:<28} -> {:<9} KL by width{}", plan[t].name, candidate_label(c, o.groups.size() > 1), row));
   }
   log(fmt::format("mixed precision: {:.4f} bits per weight planned, sum of measured KL {:.4f}", total / double(params),

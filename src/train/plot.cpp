@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace primal::train {
@@ -337,15 +338,7 @@ void write_plot(const MetricsSeries& m, const std::string& title, const std::str
   } else {
     fail("{}: the output must end in .svg or .png", out);
   }
-  const std::string tmp = out + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    PRIMAL_CHECK(f, "{}: cannot create: {}", tmp, std::strerror(errno));
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-    PRIMAL_CHECK(f.good(), "{}: write failed", tmp);
-  }
-  PRIMAL_CHECK(std::rename(tmp.c_str(), out.c_str()) == 0, "{}: cannot rename into place: {}", out,
-               std::strerror(errno));
+  write_file_atomic(out, bytes);
 }
 
 }  // namespace primal::train

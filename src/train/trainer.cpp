@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "infer/sampler.h"
 #include "io/model_source.h"
@@ -56,13 +57,7 @@ void trim_metrics(const std::string& path, int64_t last_step) {
     }
   }
   in.close();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << kept;
-    PRIMAL_CHECK(out.good(), "{}: cannot write", tmp);
-  }
-  PRIMAL_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "{}: cannot replace", path);
+  write_file_atomic(path, kept);
 }
 
 // Which part of the model a LUT matrix or float parameter belongs to.
