@@ -237,6 +237,27 @@ TEST(TrainOps, CrossEntropyBackwardMatchesFiniteDifferences) {
   for (double v : h) EXPECT_EQ(v, 0.0);
 }
 
+TEST(TrainOps, KlBackwardMatchesFiniteDifferencesAndIsCrossEntropyForOneHot) {
+  const int64_t V = 9;
+  auto x = randn(size_t(V), 21, 3.0);
+  const auto t = randn(size_t(V), 22, 2.0);
+  auto loss = [&] { return cpu::kl_row(x.data(), t.data(), V); };
+  auto g = x;
+  const double kl = cpu::kl_backward_row(g.data(), t.data(), V, 1.0);
+  EXPECT_NEAR(kl, loss(), 1e-14);
+  EXPECT_GT(kl, 0.0);
+  check_all("dlogits", x, g, loss);
+  EXPECT_NEAR(cpu::kl_row(x.data(), x.data(), V), 0.0, 1e-15);  // a model is its own teacher
+  // A teacher with (nearly) all its mass on one token: the gradient of the cross-entropy.
+  std::vector<double> hard(size_t(V), -1000.0);
+  hard[3] = 0;
+  auto gk = x, gc = x;
+  cpu::kl_backward_row(gk.data(), hard.data(), V, 1.0);
+  const double nll = cpu::cross_entropy_backward_row(gc.data(), V, 3, 1.0);
+  EXPECT_NEAR(cpu::kl_row(x.data(), hard.data(), V), nll, 1e-12);
+  for (int64_t i = 0; i < V; ++i) EXPECT_NEAR(gk[size_t(i)], gc[size_t(i)], 1e-15) << i;
+}
+
 namespace {
 
 // Records the LUT gradient tiles as a dense (O, I) array.
@@ -509,6 +530,52 @@ INSTANTIATE_TEST_SUITE_P(Variants, WholeModel,
                            return std::string(c.bias ? "Qwen2Bias" : "Llama") + (c.tied ? "Tied" : "") +
                                   (c.share ? "Shared" : "");
                          });
+
+TEST(TrainModelPass, DistillationGradientsMatchFiniteDifferencesOfTheKl) {
+  // Student: the LUT tiny model; teacher: another model of the same vocabulary (other weights,
+  // tied head). The loss is the KL summed over the scored positions.
+  TrainModel m = tiny_model(false, false, 0);
+  const TrainModel tm = tiny_model(true, true, 0);
+  const TrainMask mask = all_trainable(m);
+  const int64_t B = 2, T = 4;
+  const std::vector<int32_t> in = {1, 4, 2, 9, 0, 3, 3, 7}, tg = {4, 2, 9, -1, 3, 3, 7, 10};
+  Workspace<double> ws, tws;
+  const Teacher<double> teacher{&tm, &tws};
+  auto loss = [&] {
+    return forward_backward<double>(m, mask, ws, in.data(), tg.data(), B, T, 1.0, nullptr, nullptr, &teacher).nll;
+  };
+  Grads<double> g;
+  g.allocate(m, true, true);
+  CaptureSink sink;
+  const LossSum ls = forward_backward<double>(m, mask, ws, in.data(), tg.data(), B, T, 1.0, &g, &sink, &teacher);
+  EXPECT_EQ(ls.count, 7);
+  EXPECT_NEAR(ls.nll, loss(), 1e-12);
+  EXPECT_GT(ls.nll, 0.0);
+  auto sample = [&](const char* what, std::vector<float>& p, const std::vector<double>& grad) {
+    const double scale = std::max(1.0, max_abs(grad));
+    for (size_t k = 0; k < p.size(); k += std::max<size_t>(1, p.size() / 5))
+      EXPECT_NEAR(grad[k], fd(p, k, loss), 1e-4 * scale) << what << " [" << k << "]";
+  };
+  sample("output", m.output.dense, g.output.dW);
+  sample("output_norm", m.output_norm, g.output_norm);
+  sample("attn_norm", m.layers[0].attn_norm, g.layers[0].attn_norm);
+  sample("wq scales", m.layers[0].wq.lut->scale, g.layers[0].wq.dscale);
+  sample("w_down scales", m.layers[1].w_down.lut->scale, g.layers[1].w_down.dscale);
+  // A model distilled from itself has nothing to learn.
+  Workspace<double> sws;
+  const Teacher<double> self{&m, &sws};
+  Grads<double> g0;
+  g0.allocate(m, true, true);
+  const LossSum l0 = forward_backward<double>(m, mask, ws, in.data(), tg.data(), B, T, 1.0, &g0, nullptr, &self);
+  EXPECT_NEAR(l0.nll, 0.0, 1e-12);
+  EXPECT_LT(max_abs(g0.output_norm), 1e-12);
+  EXPECT_LT(max_abs(g0.layers[0].wq.dscale), 1e-12);
+  // A teacher of another vocabulary is refused.
+  TrainModel other = tiny_model(false, false, 0);
+  other.hp.n_vocab += 1;
+  const Teacher<double> bad{&other, &sws};
+  EXPECT_THROW(forward_backward<double>(m, mask, ws, in.data(), tg.data(), B, T, 1.0, nullptr, nullptr, &bad), Error);
+}
 
 TEST(TrainModelPass, FrozenLayersGetNoGradientAndTheLossIsUnchanged) {
   TrainModel m = tiny_model(false, false, 0);

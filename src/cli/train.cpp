@@ -75,6 +75,11 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--train-head", a->train_head, "train the output head (default: on for --init random)")->group(g_model);
   cmd->add_flag("--freeze-head", a->freeze_head, "keep the output head fixed")->group(g_model);
   cmd->add_flag("--freeze-scales", a->freeze_scales, "keep LUT scales fixed (indices only)")->group(g_model);
+  cmd->add_option("--teacher", c.teacher,
+                  "distil: the loss is the KL to this model's next-token distribution (GGUF or HF folder of the same "
+                  "vocabulary, e.g. the float model a LUT model was quantized from) instead of the cross-entropy; "
+                  "evaluation stays cross-entropy")
+      ->group(g_model);
 
   auto* g_data = "Data";
   cmd->add_option("--data", c.data, "text files, folders, .jsonl, or token files from tokenize-data")

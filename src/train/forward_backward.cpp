@@ -122,13 +122,18 @@ void forward_layers(const TrainModel& m, Workspace<F>& ws, const int32_t* inputs
 template <class F>
 LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F>& ws, const int32_t* inputs,
                          const int32_t* targets, int64_t B, int64_t T, double loss_scale, Grads<F>* grads,
-                         LutTileSink<F>* sink) {
+                         LutTileSink<F>* sink, const Teacher<F>* teacher) {
   const HParams& hp = m.hp;
   const int64_t C = hp.n_embd, NH = hp.n_head, KVH = hp.n_head_kv, HS = hp.head_dim;
   const int64_t Q = NH * HS, KV = KVH * HS, FF = hp.n_ff, V = hp.n_vocab, N = B * T, L = hp.n_layer;
   PRIMAL_CHECK(B > 0 && T > 0, "forward: empty batch ({} x {})", B, T);
   PRIMAL_CHECK(!grads || int64_t(mask.layer.size()) == m.n_physical(), "forward: mask of {} layers for {}",
                mask.layer.size(), m.n_physical());
+  if (teacher) {
+    PRIMAL_CHECK(teacher->model->hp.n_vocab == V, "the teacher's vocabulary ({}) differs from the model's ({})",
+                 teacher->model->hp.n_vocab, V);
+    forward_layers(*teacher->model, *teacher->ws, inputs, B, T);
+  }
   forward_layers(m, ws, inputs, B, T);
 
   // Head + cross-entropy, a chunk of rows at a time; with grads, the head's backward at once.
@@ -156,9 +161,25 @@ LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F
       dxr = ws.dxchunk.data();
     }
     linear_forward(ws.logits.data(), x, n, head, nullptr);
+    if (teacher) {
+      Workspace<F>& tw = *teacher->ws;
+      const int64_t TC = teacher->model->hp.n_embd;
+      const F* xt = tw.xnf.data() + c0 * TC;
+      if (!all) {
+        for (int64_t r = 0; r < n; ++r)
+          std::copy_n(tw.xnf.data() + rows[size_t(c0 + r)] * TC, TC, tw.xchunk.data() + r * TC);
+        xt = tw.xchunk.data();
+      }
+      linear_forward(tw.logits.data(), xt, n, teacher->model->head(), nullptr);
+    }
 #pragma omp parallel for schedule(static) if (n * V >= (1 << 18))
     for (int64_t r = 0; r < n; ++r) {
       F* row = ws.logits.data() + r * V;
+      if (teacher) {
+        const F* trow = teacher->ws->logits.data() + r * V;
+        ws.nll[size_t(r)] = grads ? cpu::kl_backward_row(row, trow, V, loss_scale) : cpu::kl_row(row, trow, V);
+        continue;
+      }
       const int32_t y = targets[rows[size_t(c0 + r)]];
       ws.nll[size_t(r)] = grads ? cpu::cross_entropy_backward_row(row, V, y, loss_scale) : cpu::cross_entropy_row(row, V, y);
     }
@@ -234,10 +255,10 @@ template struct Workspace<float>;
 template struct Workspace<double>;
 template LossSum forward_backward<float>(const TrainModel&, const TrainMask&, Workspace<float>&, const int32_t*,
                                          const int32_t*, int64_t, int64_t, double, Grads<float>*,
-                                         LutTileSink<float>*);
+                                         LutTileSink<float>*, const Teacher<float>*);
 template LossSum forward_backward<double>(const TrainModel&, const TrainMask&, Workspace<double>&, const int32_t*,
                                           const int32_t*, int64_t, int64_t, double, Grads<double>*,
-                                          LutTileSink<double>*);
+                                          LutTileSink<double>*, const Teacher<double>*);
 template void forward_last_logits<float>(const TrainModel&, Workspace<float>&, const int32_t*, int64_t, float*);
 template void forward_last_logits<double>(const TrainModel&, Workspace<double>&, const int32_t*, int64_t, double*);
 

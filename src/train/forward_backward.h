@@ -47,13 +47,24 @@ struct LossSum {
   int64_t count = 0;    // scored tokens (targets >= 0)
 };
 
+// Distillation (`primal train --teacher`): the loss of a scored position is
+// KL(softmax(teacher logits) || softmax(model logits)) instead of the cross-entropy of its target.
+// The teacher is any model of the same vocabulary (its own width and depth, e.g. the float model
+// a LUT model was quantized from); it runs forward on the same inputs in its own workspace.
+template <class F>
+struct Teacher {
+  const TrainModel* model = nullptr;
+  Workspace<F>* ws = nullptr;
+};
+
 // inputs, targets: (B, T); a target < 0 is not scored. With grads == null: the forward and the
 // loss only. Otherwise the gradient of loss_scale * (sum of nll) is added into grads (float
-// parameters marked in mask) and LUT index tiles go to sink (may be null).
+// parameters marked in mask) and LUT index tiles go to sink (may be null). With a teacher the
+// per-position loss (LossSum::nll) is the KL to the teacher's distribution.
 template <class F>
 LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F>& ws, const int32_t* inputs,
                          const int32_t* targets, int64_t B, int64_t T, double loss_scale, Grads<F>* grads,
-                         LutTileSink<F>* sink);
+                         LutTileSink<F>* sink, const Teacher<F>* teacher = nullptr);
 
 // Logits (V) of the last position of one sequence (T tokens), for sampling.
 template <class F>

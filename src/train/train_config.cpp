@@ -18,6 +18,7 @@ std::string TrainConfig::to_json() const {
   j["train_embd"] = train_embd;
   j["train_head"] = train_head;
   j["freeze_scales"] = freeze_scales;
+  j["teacher"] = teacher;
   j["data"] = data;
   j["extensions"] = extensions;
   j["eval_data"] = eval_data;
@@ -68,6 +69,7 @@ TrainConfig TrainConfig::from_json(const std::string& text, const std::string& w
     c.train_embd = j.at("train_embd");
     c.train_head = j.at("train_head");
     c.freeze_scales = j.at("freeze_scales");
+    c.teacher = j.value("teacher", std::string());  // absent in checkpoints before distillation
     c.data = j.at("data").get<std::vector<std::string>>();
     c.extensions = j.at("extensions").get<std::vector<std::string>>();
     c.eval_data = j.at("eval_data").get<std::vector<std::string>>();

@@ -22,6 +22,7 @@ struct TrainConfig {
   int64_t share = 0;              // physical layers when sharing (0: none)
   int train_embd = -1, train_head = -1;  // -1: auto (on for init_random, off for a model)
   bool freeze_scales = false;     // LUT scales fixed: only indices train
+  std::string teacher;            // distillation: KL to this model's outputs (empty: cross-entropy)
 
   // Data.
   std::vector<std::string> data;

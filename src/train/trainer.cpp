@@ -152,6 +152,20 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   }
   PRIMAL_CHECK(m.hp.n_vocab >= tok->n_vocab(), "the model's vocabulary ({}) is smaller than the tokenizer's ({})",
                m.hp.n_vocab, tok->n_vocab());
+  // The teacher (distillation): its matrices as the source stores them, float ones kept float.
+  TrainModel teacher_model;
+  Workspace<float> teacher_ws;
+  Teacher<float> teacher;
+  if (!cfg.teacher.empty()) {
+    log(fmt::format("teacher {}: the loss is the KL to its next-token distribution", cfg.teacher));
+    LutSpec keep;
+    keep.type = DType::F32;
+    teacher_model = load_train_model(*ModelSource::open(cfg.teacher), keep, 0);
+    PRIMAL_CHECK(teacher_model.hp.n_vocab == m.hp.n_vocab, "--teacher {}: vocabulary {} differs from the model's {}",
+                 cfg.teacher, teacher_model.hp.n_vocab, m.hp.n_vocab);
+    teacher.model = &teacher_model;
+    teacher.ws = &teacher_ws;
+  }
   const int64_t P = m.n_physical();
   if (!o.resume) cfg.sched.apply_preset(cfg.preset, P);
   cfg.sched.validate();
@@ -294,7 +308,7 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
     for (int64_t a = 0; a < ph.accum; ++a) {
       loader.next(ph.batch, ph.seq, in, tg);
       nll += forward_backward<float>(m, mask, ws, in.data(), tg.data(), ph.batch, ph.seq, 1.0 / double(tokens_step),
-                                     &grads, &votes)
+                                     &grads, &votes, teacher.model ? &teacher : nullptr)
                  .nll;
     }
     const double loss = nll / double(tokens_step);
@@ -322,6 +336,7 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
     nlohmann::json row;
     row["step"] = st.step;
     row["loss"] = loss;
+    if (teacher.model) row["objective"] = "kl";
     row["lr"] = cfg.adam.lr * lr_mult;
     row["lut_lr"] = cfg.votes.rule == Rule::Momentum ? cfg.votes.lr * lr_mult * votes.governor().lr_mult
                                                      : cfg.votes.flip_lr * lr_mult * votes.governor().lr_mult;
