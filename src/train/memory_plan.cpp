@@ -1,0 +1,327 @@
+#include "train/memory_plan.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "train/model.h"
+
+namespace primal::train {
+
+namespace {
+
+constexpr int64_t kCublasWorkspace = int64_t(32) << 20;
+constexpr int64_t kHeadRows = 16384;  // vocabulary rows of the head dequantized at once
+
+struct Shape {
+  int64_t O, I;
+};
+
+// Bytes of the packed indices of an (O, I) matrix of `bits` bits per index.
+int64_t index_bytes(Shape s, int bits) { return s.O * ((s.I * bits + 7) / 8); }
+int64_t n_scales(Shape s, int64_t group) { return s.O * (group > 0 ? s.I / group : 1); }
+
+class Counter {
+ public:
+  explicit Counter(MemoryPlan& p) : p_(p) {}
+  void add(const std::string& group, const std::string& name, int64_t bytes) {
+    if (bytes == 0) return;
+    for (MemoryItem& it : p_.items)
+      if (it.name == name && it.group == group) {
+        it.bytes += bytes;
+        return;
+      }
+    p_.items.push_back({name, group, bytes});
+  }
+
+ private:
+  MemoryPlan& p_;
+};
+
+void count_lut(Counter& c, const PlanRequest& r, Shape s, bool trainable) {
+  c.add("persistent", "LUT indices", index_bytes(s, r.lut_bits));
+  const int64_t ns = n_scales(s, r.group);
+  c.add("persistent", "LUT scales (fp32)", ns * 4);
+  if (!trainable) return;
+  const int64_t n = s.O * s.I;
+  c.add("persistent", "votes", n * (r.vote_bits / 8));
+  if (r.cooldown) c.add("persistent", "cooldown counters", n);
+  c.add("persistent", "scale gradients + AdamW m, v", ns * 12);
+  if (r.momentum) c.add("persistent", "momentum row/column state", (s.O + 2 * s.I) * 4);
+}
+
+void count_dense(Counter& c, const std::string& name, int64_t n, bool trainable) {
+  c.add("persistent", name + " (fp32)", n * 4);
+  if (trainable) c.add("persistent", name + " gradients + AdamW m, v", n * 12);
+}
+
+}  // namespace
+
+int64_t MemoryPlan::total() const {
+  int64_t t = 0;
+  for (const MemoryItem& it : items) t += it.bytes;
+  return t;
+}
+
+int64_t MemoryPlan::group_bytes(const std::string& group) const {
+  int64_t t = 0;
+  for (const MemoryItem& it : items)
+    if (it.group == group) t += it.bytes;
+  return t;
+}
+
+double MemoryPlan::index_vote_bytes_per_weight() const {
+  int64_t b = 0;
+  for (const MemoryItem& it : items)
+    if (it.name == "LUT indices" || it.name == "votes" || it.name == "cooldown counters") b += it.bytes;
+  return lut_weights ? double(b) / double(lut_weights) : 0.0;
+}
+
+double MemoryPlan::persistent_bytes_per_weight() const {
+  return lut_weights ? double(group_bytes("persistent")) / double(lut_weights) : 0.0;
+}
+
+MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers) {
+  const HParams& hp = r.hp;
+  const int64_t C = hp.n_embd, NH = hp.n_head, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff,
+                V = hp.n_vocab, L = hp.n_layer;
+  PRIMAL_CHECK(L > 0 && C > 0 && V > 0 && F > 0 && NH > 0, "memory plan: incomplete model shape");
+  PRIMAL_CHECK(r.batch > 0 && r.seq > 0, "memory plan: batch and seq must be positive");
+  PRIMAL_CHECK(micro_batch > 0 && r.batch % micro_batch == 0, "memory plan: micro-batch {} does not divide batch {}",
+               micro_batch, r.batch);
+  PRIMAL_CHECK(trainable_layers >= 1 && trainable_layers <= L, "memory plan: trainable layers {} outside 1..{}",
+               trainable_layers, L);
+  PRIMAL_CHECK(r.act_bytes == 2 || r.act_bytes == 4, "memory plan: activations are 2 (bf16) or 4 (fp32) bytes");
+  PRIMAL_CHECK(r.vote_bits == 8 || r.vote_bits == 16, "memory plan: votes are 8 or 16 bits");
+  const std::vector<Shape> mats = {{Q, C}, {KV, C}, {KV, C}, {C, Q}, {F, C}, {F, C}, {C, F}};
+  for (const Shape& s : mats)
+    PRIMAL_CHECK(r.group <= 0 || s.I % r.group == 0, "memory plan: group {} does not divide a row of {}", r.group, s.I);
+
+  MemoryPlan p;
+  p.micro_batch = micro_batch;
+  p.accum = r.batch / micro_batch;
+  p.recompute = recompute;
+  p.trainable_layers = trainable_layers;
+  Counter c(p);
+  const int64_t lowest = L - trainable_layers;  // first trainable layer
+  const bool all_layers = lowest == 0;
+
+  // Persistent state.
+  for (int64_t l = 0; l < L; ++l) {
+    const bool tr = l >= lowest;
+    for (const Shape& s : mats) {
+      count_lut(c, r, s, tr);
+      p.lut_weights += s.O * s.I;
+      p.params += s.O * s.I;
+    }
+    const int64_t floats = 2 * C + (hp.qkv_bias ? Q + 2 * KV : 0);
+    count_dense(c, "norms and biases", floats, tr);
+    p.params += floats;
+  }
+  count_dense(c, "norms and biases", C, true);  // output_norm
+  p.params += C;
+  const Shape emb{V, C};
+  // The head's gradient exists whenever the head trains; the input embedding's only when the
+  // backward reaches layer 0 (or it is the head, tied).
+  const bool head_tr = r.train_embeddings;
+  const bool embd_tr = r.train_embeddings && (all_layers || hp.tied_embeddings);
+  for (int k = 0; k < (hp.tied_embeddings ? 1 : 2); ++k) {
+    const bool tr = k == 0 ? (hp.tied_embeddings ? head_tr || embd_tr : embd_tr) : head_tr;
+    if (r.lut_embeddings) {
+      count_lut(c, r, emb, tr);
+      p.lut_weights += V * C;
+    } else {
+      count_dense(c, "embeddings/head", V * C, tr);
+    }
+    p.params += V * C;
+  }
+
+  // Activations, per token of a micro-batch.
+  const int64_t N = micro_batch * r.seq;
+  const int64_t A = r.act_bytes;
+  const int64_t layer_set = A * (2 * C + 2 * Q + 2 * KV + 3 * F) + 4 * (C + 2 + NH);  // xn1,q,k,v,att,xn2,gate,up,h; mid, rstd, lse
+  const int64_t kept_layers = recompute ? 1 : trainable_layers;
+  c.add("activations", "residual stream (fp32)", N * C * 4 * (trainable_layers + 1 + (all_layers ? 0 : 1)));
+  c.add("activations", recompute ? "one layer's activations (recomputed)" : "layer activations",
+        N * layer_set * kept_layers);
+  c.add("activations", "final norm", N * (A * C + 4));
+
+  // Workspace.
+  c.add("workspace", "backward scratch", N * (4 * 3 * C + A * (2 * Q + 2 * KV + 3 * F)));
+  c.add("workspace", "logits chunk (fp32)", std::min(r.head_chunk, N) * V * 4);
+  int64_t largest = 0;
+  for (const Shape& s : mats) largest = std::max(largest, s.O * s.I);
+  largest = std::max(largest, std::min(V, kHeadRows) * C);  // the head runs in blocks of vocabulary rows
+  c.add("workspace", "dequantized weight operand", largest * A);
+  c.add("workspace", "token buffers (double-buffered)", 2 * 2 * N * 4);
+  c.add("workspace", "cuBLAS workspace", kCublasWorkspace);
+
+  // Cost model: recomputation re-runs the layers' forward (a third of fwd + bwd); small
+  // micro-batches lose GEMM efficiency (a fixed cost per GEMM, amortized over ~512 tokens).
+  const double eff = (1.0 + 512.0 / double(N)) / (1.0 + 512.0 / double(r.batch * r.seq));
+  p.relative_time = (recompute ? 4.0 / 3.0 : 1.0) * eff;
+  return p;
+}
+
+MemoryPlan choose_plan(const PlanRequest& r) {
+  const int64_t L = r.hp.n_layer;
+  PRIMAL_CHECK(r.batch > 0, "memory plan: batch must be positive");
+  PRIMAL_CHECK(r.micro_batch == 0 || r.batch % r.micro_batch == 0, "--micro-batch {} does not divide --batch {}",
+               r.micro_batch, r.batch);
+  PRIMAL_CHECK(r.trainable_layers >= 0 && r.trainable_layers <= L, "--trainable-layers {} outside 1..{}",
+               r.trainable_layers, L);
+  std::vector<int64_t> mbs;
+  for (int64_t b = r.batch; b >= 1; --b)
+    if (r.batch % b == 0 && (r.micro_batch == 0 || b == r.micro_batch)) mbs.push_back(b);
+  std::vector<bool> rcs;
+  if (r.recompute != 1) rcs.push_back(false);
+  if (r.recompute != 0) rcs.push_back(true);
+  const int64_t k_hi = r.trainable_layers ? r.trainable_layers : L, k_lo = r.trainable_layers ? r.trainable_layers : 1;
+
+  int64_t smallest = std::numeric_limits<int64_t>::max();
+  for (int64_t k = k_hi; k >= k_lo; --k) {
+    bool found = false;
+    MemoryPlan best;
+    for (bool rc : rcs)
+      for (int64_t b : mbs) {
+        MemoryPlan p = measure_plan(r, b, rc, k);
+        smallest = std::min(smallest, p.total());
+        if (r.budget > 0 && p.total() > r.budget) continue;
+        if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
+      }
+    if (found) return best;
+  }
+  fail("the training state does not fit in {}: the smallest plan{} needs {} (micro-batch 1, recomputation on, "
+       "the fewest trainable layers allowed); give --memory at least that, or a smaller --seq",
+       format_bytes(r.budget), r.trainable_layers || r.micro_batch || r.recompute >= 0 ? " with your fixed choices" : "",
+       format_bytes(smallest));
+}
+
+std::string MemoryPlan::describe(const PlanRequest& r) const {
+  std::string s;
+  s += fmt::format("memory plan: {:.3f}B parameters ({:.3f}B LUT{} weights), {} x {} tokens per step, activations {}\n",
+                   double(params) * 1e-9, double(lut_weights) * 1e-9, r.lut_bits, r.batch, r.seq,
+                   r.act_bytes == 2 ? "bf16" : "fp32");
+  s += fmt::format("  micro-batch {} x {}, accumulation {}, per-layer recomputation {}, trainable layers {}/{}\n",
+                   micro_batch, r.seq, accum, recompute ? "on" : "off", trainable_layers, r.hp.n_layer);
+  for (const char* g : {"persistent", "activations", "workspace"}) {
+    s += fmt::format("  {:<12} {:>10}\n", g, format_bytes(group_bytes(g)));
+    for (const MemoryItem& it : items)
+      if (it.group == g) s += fmt::format("    {:<40} {:>10}\n", it.name, format_bytes(it.bytes));
+  }
+  s += fmt::format("  total        {:>10}{}\n", format_bytes(total()),
+                   r.budget > 0 ? fmt::format(" of a {} budget", format_bytes(r.budget)) : std::string());
+  s += fmt::format("  persistent state: {:.3f} bytes per LUT weight for indices + votes, {:.3f} with scales, AdamW "
+                   "and norms",
+                   index_vote_bytes_per_weight(), persistent_bytes_per_weight());
+  return s;
+}
+
+std::string MemoryPlan::to_json(const PlanRequest& r) const {
+  nlohmann::json j;
+  j["micro_batch"] = micro_batch;
+  j["accum"] = accum;
+  j["recompute"] = recompute;
+  j["trainable_layers"] = trainable_layers;
+  j["batch"] = r.batch;
+  j["seq"] = r.seq;
+  j["params"] = params;
+  j["lut_weights"] = lut_weights;
+  j["total_bytes"] = total();
+  j["budget_bytes"] = r.budget;
+  j["index_vote_bytes_per_weight"] = index_vote_bytes_per_weight();
+  j["persistent_bytes_per_weight"] = persistent_bytes_per_weight();
+  for (const MemoryItem& it : items) j["items"].push_back({{"name", it.name}, {"group", it.group}, {"bytes", it.bytes}});
+  return j.dump();
+}
+
+int64_t parse_bytes(const std::string& s) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(s, &used);
+  } catch (const std::logic_error&) {
+    fail("'{}' is not a memory size (e.g. 8GiB, 512MiB, 1.5G)", s);
+  }
+  std::string unit = s.substr(used);
+  for (char& ch : unit) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  double mul = 0;
+  if (unit.empty() || unit == "b") mul = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib") mul = 1024.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib") mul = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gb" || unit == "gib") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "t" || unit == "tb" || unit == "tib") mul = 1024.0 * 1024 * 1024 * 1024;
+  PRIMAL_CHECK(mul > 0, "'{}': unknown unit '{}' (B, KiB, MiB, GiB, TiB; K/M/G/T mean the same)", s, unit);
+  PRIMAL_CHECK(std::isfinite(x) && x > 0 && x * mul < 9.0e18, "'{}' is not a positive memory size", s);
+  return int64_t(x * mul);
+}
+
+std::string format_bytes(int64_t b) {
+  const double x = double(b);
+  if (x >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", x / (1024.0 * 1024 * 1024));
+  if (x >= 1024.0 * 1024) return fmt::format("{:.1f} MiB", x / (1024.0 * 1024));
+  if (x >= 1024.0) return fmt::format("{:.1f} KiB", x / 1024.0);
+  return fmt::format("{} B", b);
+}
+
+HParams training_shape(const std::string& name) {
+  HParams hp;
+  if (name == "qwen2.5-1.5b") {
+    // transformers' Qwen2.5-1.5B config: tied embeddings, q/k/v biases, NeoX RoPE, theta 1e6.
+    hp.arch = "qwen2";
+    hp.n_vocab = 151936;
+    hp.n_ctx_train = 32768;
+    hp.n_embd = 1536;
+    hp.n_layer = 28;
+    hp.n_head = 12;
+    hp.n_head_kv = 2;
+    hp.head_dim = 128;
+    hp.n_ff = 8960;
+    hp.rms_eps = 1e-6f;
+    hp.rope_theta = 1e6f;
+    hp.rope_neox = true;
+    hp.tied_embeddings = true;
+    hp.qkv_bias = true;
+  } else if (name == "seed-500m") {
+    // The seeds' 500M config (dim 1280, 24 layers, 20 heads, GPT-2 vocabulary); the seeds give
+    // no FFN width: SwiGLU 8/3 x 1280 rounded up to 128, as bench/train_pytorch.py.
+    hp.n_vocab = 50257;
+    hp.n_ctx_train = 2048;
+    hp.n_embd = 1280;
+    hp.n_layer = 24;
+    hp.n_head = 20;
+    hp.n_head_kv = 20;
+    hp.head_dim = 64;
+    hp.n_ff = 3456;
+  } else {
+    // A parse_shape spec with vocab=V.
+    std::string rest, vocab;
+    size_t start = 0;
+    while (start <= name.size()) {
+      const size_t end = std::min(name.find(',', start), name.size());
+      const std::string item = name.substr(start, end - start);
+      if (item.rfind("vocab=", 0) == 0) vocab = item.substr(6);
+      else if (!item.empty()) rest += (rest.empty() ? "" : ",") + item;
+      start = end + 1;
+    }
+    PRIMAL_CHECK(!vocab.empty(), "--shape '{}': not qwen2.5-1.5b or seed-500m, and a spec needs vocab=V", name);
+    hp = parse_shape(rest);
+    try {
+      size_t used = 0;
+      hp.n_vocab = std::stoll(vocab, &used);
+      PRIMAL_CHECK(used == vocab.size(), "--shape: vocab '{}' is not a number", vocab);
+    } catch (const std::logic_error&) {
+      fail("--shape: vocab '{}' is not a number", vocab);
+    }
+    PRIMAL_CHECK(hp.n_vocab >= 2, "--shape: vocab must be at least 2");
+    return hp;
+  }
+  hp.rope_dim = hp.head_dim;
+  return hp;
+}
+
+}  // namespace primal::train

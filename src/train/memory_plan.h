@@ -1,0 +1,98 @@
+// The memory planner of the trainer (ARCHITECTURE.md §6, the seeds' "VRAM contingency"): before
+// the first step it chooses the micro-batch, the gradient accumulation, per-layer activation
+// recomputation and the set of trainable layers so that the whole run fits a device-memory
+// budget, and states what every byte is for. Nothing is allocated on a guess: each buffer of the
+// GPU trainer is counted here by the same formula its allocation uses, so a plan that fits never
+// runs out of memory; a budget no plan fits is refused with the smallest budget that would work.
+//
+// What the trainer keeps (letters of train/model.h; N = micro-batch tokens b*T):
+//   persistent   per LUT weight: its packed index (bits/8 bytes) and, when trainable, its vote
+//                (1 byte int8 or 2 bytes int16) and cooldown counter (1 byte, when used);
+//                per LUT scale: fp32 value, and when trainable fp32 gradient + AdamW m and v;
+//                momentum rule: per matrix fp32 row (O) and column (2 I) second-moment state;
+//                dense float parameters (norms, biases, dense embeddings/head): fp32 value, and
+//                when trainable gradient + m + v.
+//   activations  without recomputation every layer keeps what its backward reads (per token:
+//                xn1 C, q Q, k KV, v KV, att Q, mid C, xn2 C, gate F, up F, h F in the activation
+//                type, rstd1, rstd2, lse per head in fp32); with recomputation a layer keeps only
+//                its input (the fp32 residual stream) and one layer's set is rebuilt at a time.
+//                The fp32 residual stream (L + 1) x C per token is kept in both cases.
+//   workspace    backward scratch (per token dx, dxn fp32 C each; dq/datt 2Q, dk/dv 2KV,
+//                dgate/dup/dh 3F in the activation type), one chunk of logits (head_chunk, V)
+//                fp32, the dequantized weights of the largest layer matrix in the activation
+//                type (the GEMM operand; the head is dequantized 16384 vocabulary rows at a time), the token buffers (double-buffered inputs and targets) and
+//                the cuBLAS workspace.
+// Layers below the lowest trainable one run forward only: they keep no activations.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/hparams.h"
+
+namespace primal::train {
+
+struct PlanRequest {
+  HParams hp;
+  int lut_bits = 4;              // index bits of every LUT matrix (2..8, 16)
+  int64_t group = 32;            // weights per scale (0: one per row)
+  bool lut_embeddings = true;    // token_embd / output are LUT too (else dense fp32)
+  bool train_embeddings = true;  // embeddings/head trainable (votes for LUT, AdamW for dense)
+  int vote_bits = 8;             // 8 or 16
+  bool cooldown = false;         // a cooldown counter per weight
+  bool momentum = true;          // the momentum rule's per-row/column state
+  int64_t batch = 8;             // sequences per optimizer step (B)
+  int64_t seq = 1024;            // T
+  int64_t act_bytes = 2;         // activation type: 2 (bf16, the fast path) or 4 (fp32, deterministic)
+  int64_t head_chunk = 512;      // rows of logits alive at once
+  int64_t budget = 0;            // bytes; <= 0: no limit (the fastest plan is taken)
+  // Choices the user fixed (0 / -1: the planner chooses).
+  int64_t micro_batch = 0;       // sequences per micro-batch; must divide batch
+  int recompute = -1;            // 0 off, 1 on
+  int64_t trainable_layers = 0;  // the top k layers trainable
+};
+
+struct MemoryItem {
+  std::string name;              // e.g. "votes"
+  std::string group;             // "persistent", "activations", "workspace"
+  int64_t bytes = 0;
+};
+
+struct MemoryPlan {
+  int64_t micro_batch = 0;       // sequences per micro-batch
+  int64_t accum = 0;             // micro-batches per optimizer step
+  bool recompute = false;
+  int64_t trainable_layers = 0;  // the top ones
+  int64_t lut_weights = 0;       // LUT weights of the model
+  int64_t params = 0;            // all parameters
+  std::vector<MemoryItem> items;
+  double relative_time = 0;      // the planner's cost model (1 = no recomputation, full micro-batch)
+
+  int64_t total() const;
+  int64_t group_bytes(const std::string& group) const;
+  // Bytes per LUT weight of the indices and votes (and cooldown), the persistent state the
+  // discrete trainer adds to a model; and of all persistent state (scales, AdamW, norms too).
+  double index_vote_bytes_per_weight() const;
+  double persistent_bytes_per_weight() const;
+  std::string describe(const PlanRequest& r) const;  // human table
+  std::string to_json(const PlanRequest& r) const;
+};
+
+// The memory of one configuration (no choice made).
+MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers);
+
+// The fastest plan within r.budget (all layers trainable when any plan allows it, then the
+// largest trainable set). Throws primal::Error naming the smallest budget that would work when
+// none fits, or when a fixed choice is invalid (micro_batch not dividing batch, ...).
+MemoryPlan choose_plan(const PlanRequest& r);
+
+// "8GiB", "512MiB", "1.5G", "2000000000" -> bytes. Throws on anything else.
+int64_t parse_bytes(const std::string& s);
+std::string format_bytes(int64_t bytes);  // "7.43 GiB"
+
+// Named training shapes of the benchmarks: "qwen2.5-1.5b", "seed-500m" (the seeds' config: dim
+// 1280, 24 layers, 20 heads, GPT-2 vocabulary, SwiGLU 3456 as bench/train_pytorch.py), or a
+// parse_shape spec with an extra key vocab=V.
+HParams training_shape(const std::string& name_or_spec);
+
+}  // namespace primal::train
