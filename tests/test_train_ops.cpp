@@ -577,6 +577,39 @@ TEST(TrainModelPass, DistillationGradientsMatchFiniteDifferencesOfTheKl) {
   EXPECT_THROW(forward_backward<double>(m, mask, ws, in.data(), tg.data(), B, T, 1.0, nullptr, nullptr, &bad), Error);
 }
 
+TEST(TrainModelPass, LutEmbeddingScaleGradientsMatchFiniteDifferences) {
+  // Token embeddings (and the untied head) stored as LUT: their scales get gradients; the
+  // embedding's through the rows the batch looks up (token 2 appears twice, 8 never).
+  LutSpec spec;
+  spec.group = 8;
+  spec.quantize_embeddings = true;
+  TrainModel m = init_random_model(tiny_hparams(false, false), spec, 0, 43);
+  for (Matrix* mt : {&m.tok_embd, &m.output}) {
+    const float gmax = std::max(-mt->lut->grid.front(), mt->lut->grid.back());
+    for (auto& g : mt->lut->grid) g /= gmax;
+    auto r = randnf(mt->lut->scale.size(), 7, 0.3, 1.0);
+    for (size_t k = 0; k < r.size(); ++k) mt->lut->scale[k] = r[k];
+  }
+  const TrainMask mask = all_trainable(m);
+  const std::vector<int32_t> in = {1, 2, 5, 2, 0, 3}, tg = {2, 5, 2, 0, 3, 9};
+  Workspace<double> ws;
+  auto loss = [&] { return forward_backward<double>(m, mask, ws, in.data(), tg.data(), 1, 6, 1.0, nullptr, nullptr).nll; };
+  Grads<double> g;
+  g.allocate(m, true, true);
+  forward_backward<double>(m, mask, ws, in.data(), tg.data(), 1, 6, 1.0, &g, nullptr);
+  const int64_t ng = m.tok_embd.lut->groups();
+  const double scale = std::max(1.0, max_abs(g.tok_embd.dscale));
+  for (int64_t r : {0, 1, 2, 3, 5, 8})
+    for (int64_t k = 0; k < ng; ++k) {
+      const size_t e = size_t(r * ng + k);
+      EXPECT_NEAR(g.tok_embd.dscale[e], fd(m.tok_embd.lut->scale, e, loss), 1e-4 * scale) << "row " << r << " group " << k;
+    }
+  for (int64_t k = 0; k < ng; ++k) EXPECT_EQ(g.tok_embd.dscale[size_t(8 * ng + k)], 0.0);  // token 8 is not in the batch
+  const double hs = std::max(1.0, max_abs(g.output.dscale));
+  for (size_t e = 0; e < g.output.dscale.size(); e += 5)
+    EXPECT_NEAR(g.output.dscale[e], fd(m.output.lut->scale, e, loss), 1e-4 * hs) << "head " << e;
+}
+
 TEST(TrainModelPass, FrozenLayersGetNoGradientAndTheLossIsUnchanged) {
   TrainModel m = tiny_model(false, false, 0);
   TrainMask mask = all_trainable(m);

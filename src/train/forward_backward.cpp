@@ -196,8 +196,10 @@ LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F
 
   // The lowest logical layer the gradient must reach.
   const bool embd_grad = mask.embd && !m.tok_embd.is_lut() && !grads->tok_embd.dW.empty();
+  // LUT embeddings train their scales (their indices get no votes: a row's gradient is sparse).
+  const bool embd_scale_grad = mask.embd && mask.scales && m.tok_embd.is_lut() && !grads->tok_embd.dscale.empty();
   int64_t lowest = L;
-  if (embd_grad) lowest = 0;
+  if (embd_grad || embd_scale_grad) lowest = 0;
   else
     for (int64_t l = 0; l < L; ++l)
       if (mask.layer[size_t(m.layer_of[size_t(l)])]) {
@@ -242,6 +244,22 @@ LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F
                           w.attn_norm.data(), a.rstd1.data(), N, C);
   }
   if (embd_grad) cpu::embedding_backward(grads->tok_embd.dW.data(), ws.dx.data(), inputs, N, C);
+  if (embd_scale_grad) {
+    // dscale[r, g] += sum over positions t of token r of sum_{i in g} dx[t, i] grid[idx[r, i]],
+    // positions in order (the same sum on any thread count).
+    const LutWeight& E = *m.tok_embd.lut;
+    const int64_t ng = E.groups();
+    F* ds = grads->tok_embd.dscale.data();
+    for (int64_t t = 0; t < N; ++t) {
+      const int64_t r = inputs[t];
+      const F* d = ws.dx.data() + t * C;
+      for (int64_t g = 0; g < ng; ++g) {
+        F acc = 0;
+        for (int64_t i = g * E.G; i < (g + 1) * E.G; ++i) acc += d[i] * F(E.grid[E.get(r, i)]);
+        ds[r * ng + g] += acc;
+      }
+    }
+  }
   return loss;
 }
 

@@ -169,7 +169,8 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   const int64_t P = m.n_physical();
   if (!o.resume) cfg.sched.apply_preset(cfg.preset, P);
   cfg.sched.validate();
-  PRIMAL_CHECK(!(cfg.embd_trainable() && m.tok_embd.is_lut()), "LUT token embeddings cannot be trained (--freeze-embd)");
+  if (cfg.embd_trainable() && m.tok_embd.is_lut())
+    log("LUT token embeddings: their scales train (AdamW), their indices stay as they are");
 
   // Data.
   CorpusOptions co;
