@@ -1,0 +1,363 @@
+// The trainer's row-wise and element-wise ops (train_ops.h). Where the CPU twin's expression has
+// a product feeding a sum, the kernels spell the roundings out (__fmul_rn, __fadd_rn...) so that
+// nvcc does not contract them into fused multiply-adds the CPU does not use: the values then
+// differ from the CPU's only through summation order (fp64 sums), the GPU's expf (2 ulps against
+// glibc's < 1) and its fp64 cos/sin/exp/log (an fp64 ulp or two, hidden by fp32 rounding).
+#include <math_constants.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "ops/cuda/check.cuh"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/train_ops.h"
+
+namespace primal::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;    // one block per row of an (N, C) activation
+constexpr int kLossThreads = 512;   // one block per row of logits (V up to ~150k: ~300 per thread)
+constexpr int kDwRowGroups = 32;    // warps of an rmsnorm weight-gradient block, one row group each
+constexpr int kEmbBuckets = 64;     // vocabulary buckets (id mod 64) of the embedding backward
+constexpr int kEmbWarps = 8;        // buckets (warps) per block of the embedding backward
+constexpr int32_t kNoBadToken = 0x7f7f7f7f;  // the flag's start value: what memset(0x7f) writes
+
+// Blocks for a grid-stride loop over n items, 256 threads each.
+int grid_for(int64_t n) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 16 * int64_t(sm_count()))));
+}
+
+__device__ __forceinline__ float max_of(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_of(double a, double b) { return fmax(a, b); }
+
+// Maximum over the whole block (blockDim.x a multiple of 32); every thread gets it. `scratch`
+// holds 32 values of shared memory; the leading barrier lets calls reuse it (as block_sum).
+template <class T>
+__device__ __forceinline__ T block_max(T v, T* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  for (int o = 16; o > 0; o /= 2) v = max_of(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T t = lane < n_warps ? scratch[lane] : T(-INFINITY);
+  for (int o = 16; o > 0; o /= 2) t = max_of(t, __shfl_xor_sync(0xffffffffu, t, o));
+  return t;
+}
+
+// ---- RMSNorm ----------------------------------------------------------------------------------
+
+// One block per row t. Each thread reads and writes only its columns c = tid + k*blockDim, and all
+// reads of the sum pass end at block_sum's barrier, so out may alias inp.
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_forward_train_kernel(float* out, float* rstd, const float* inp, const float* w, int64_t C, float eps) {
+  __shared__ double scratch[32];
+  const int64_t t = blockIdx.x;
+  const float* x = inp + t * C;
+  double ss = 0;
+  // x*x is exact in fp64 (two 24-bit significands), so a contraction into fma changes nothing.
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += double(x[c]) * double(x[c]);
+  const float r = rms_scale(block_sum(ss, scratch), C, eps);
+  if (threadIdx.x == 0) rstd[t] = r;
+  float* y = out + t * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[c] = (x[c] * r) * w[c];
+}
+
+// One block per row t:  dx[c] += a (dy[c] w[c]) - b x[c],  a = r,  b = r^3 dot / C,
+// dot = sum_j dy_j w_j x_j in fp64 (each term rounded as the CPU rounds it).
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_backward_dx_kernel(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
+                               int64_t C) {
+  __shared__ double scratch[32];
+  const int64_t t = blockIdx.x;
+  const float* x = inp + t * C;
+  const float* dy = dout + t * C;
+  float* dx = dinp + t * C;
+  double dot = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    dot = __dadd_rn(dot, __dmul_rn(__dmul_rn(double(dy[c]), double(w[c])), double(x[c])));
+  dot = block_sum(dot, scratch);
+  const double r = double(rstd[t]);
+  const float a = float(r), b = float(r * r * r * dot / double(C));
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    dx[c] = __fadd_rn(dx[c], __fsub_rn(__fmul_rn(a, __fmul_rn(dy[c], w[c])), __fmul_rn(b, x[c])));
+}
+
+// Block (32, kDwRowGroups) per 32 columns: lane = column, warp g = the rows g, g + 32, ... summed
+// in fp64 in increasing order; then warp 0 adds the partial sums of g = 0..31 in order and rounds
+// once. Loads are coalesced (a warp reads 32 consecutive floats of a row) and no atomics are
+// used: the order is fixed by the shape alone.
+__global__ void __launch_bounds__(32 * kDwRowGroups)
+    rmsnorm_backward_dw_kernel(float* dw, const float* dout, const float* inp, const float* rstd, int64_t N,
+                               int64_t C) {
+  __shared__ double part[kDwRowGroups][33];  // 33: the column reads of warp 0 avoid bank conflicts
+  const int lane = threadIdx.x, g = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * 32 + lane;
+  double s = 0;
+  if (c < C)
+    for (int64_t t = g; t < N; t += kDwRowGroups)
+      s = __dadd_rn(s, __dmul_rn(__dmul_rn(double(dout[t * C + c]), double(inp[t * C + c])), double(rstd[t])));
+  part[g][lane] = s;
+  __syncthreads();
+  if (g == 0 && c < C) {
+    double total = 0;
+    for (int k = 0; k < kDwRowGroups; ++k) total += part[k][lane];
+    dw[c] += float(total);
+  }
+}
+
+// ---- RoPE -------------------------------------------------------------------------------------
+
+// One thread per (sequence and token bt, pair i), looping over the heads: the fp64 cos/sin of
+// the angle are formed once for n_heads rotations. Pair i: elements (i, i + half) under NeoX,
+// (2i, 2i + 1) otherwise; a warp covers consecutive pairs of one token (coalesced).
+__global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
+                                   bool neox, const double* inv_freq, int64_t pos0, bool inverse) {
+  const int64_t step = neox ? 1 : 2, other = neox ? half : 1;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * half;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t bt = k / half, i = k % half;
+    const double ang = double(pos0 + bt % T) * inv_freq[i];
+    const float c = float(cos(ang)), sn = float(sin(ang)), s = inverse ? -sn : sn;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + (bt * n_heads + h) * HS + i * step;
+      const float a = v[0], b = v[other];
+      v[0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+      v[other] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+    }
+  }
+}
+
+// ---- SwiGLU -----------------------------------------------------------------------------------
+
+__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
+                                       const float* up, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = gate[i], u = up[i], d = dout[i];  // all read before dgate/dup (which may be dout) are written
+    const float sg = 1.0f / (1.0f + expf(-g));
+    const float phi = __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, sg)));  // silu'(g) / sg
+    const float dg = __fmul_rn(__fmul_rn(__fmul_rn(d, u), sg), phi);
+    const float du = __fmul_rn(__fmul_rn(d, g), sg);
+    dgate[i] = dg;
+    dup[i] = du;
+  }
+}
+
+// ---- Token embedding --------------------------------------------------------------------------
+
+// One block per token t. A bad id records t (the lowest wins: integer atomicMin) and the row is
+// skipped.
+__global__ void embedding_forward_kernel(float* out, const int32_t* tokens, const float* table, int64_t V, int64_t C,
+                                         int32_t* flag) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = tokens[t];
+  if (id < 0 || id >= V) {
+    if (threadIdx.x == 0) atomicMin(flag, int32_t(t));
+    return;
+  }
+  const float* row = table + int64_t(id) * C;
+  float* o = out + t * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) o[c] = row[c];
+}
+
+// Grid (column tiles of 32, kEmbBuckets / kEmbWarps); warp w of block y owns the ids of bucket
+// k = y * kEmbWarps + w, lane = column. The warp reads the tokens 32 at a time (one coalesced load),
+// ballots those of its bucket and applies them in increasing position, lane by lane of the ballot:
+// every element dtable[v, c] is touched by this one thread, in the CPU's order. The ballot, the
+// loop count and the shuffle are uniform across the warp, so the full-mask intrinsics are safe.
+__global__ void __launch_bounds__(32 * kEmbWarps)
+    embedding_backward_kernel(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t V,
+                              int64_t C) {
+  const int lane = threadIdx.x % 32;
+  const int bucket = int(blockIdx.y) * kEmbWarps + int(threadIdx.x / 32);
+  const int64_t c = int64_t(blockIdx.x) * 32 + lane;
+  for (int64_t t0 = 0; t0 < N; t0 += 32) {
+    const int32_t id = t0 + lane < N ? tokens[t0 + lane] : -1;
+    unsigned mine = __ballot_sync(0xffffffffu, id >= 0 && id < V && id % kEmbBuckets == bucket);
+    while (mine) {
+      const int b = __ffs(mine) - 1;  // the lowest position first
+      mine &= mine - 1;
+      const int32_t v = __shfl_sync(0xffffffffu, id, b);
+      if (c < C) dtable[int64_t(v) * C + c] += dout[(t0 + b) * C + c];
+    }
+  }
+}
+
+// ---- Losses -----------------------------------------------------------------------------------
+
+// One block per row. Cross-entropy as cpu::cross_entropy_row / cross_entropy_backward_row:
+// max, sum of fp32 exp(x - max) in fp64, nll = log(sum) + max - x_y; with kBackward the row
+// (grad, the same memory as logits) becomes scale * exp(x - max) * float(scale / sum) minus scale
+// at the target, each thread recomputing its own exps (the same bits as the sum pass). A thread
+// writes only its own columns, after the barriers of the reductions that read the row.
+template <bool kBackward>
+__global__ void __launch_bounds__(kLossThreads)
+    cross_entropy_kernel(const float* logits, float* grad, const int32_t* targets, int64_t V, double scale,
+                         double* loss) {
+  __shared__ float fscratch[32];
+  __shared__ double dscratch[32];
+  const int64_t row = blockIdx.x;
+  const float* x = logits + row * V;
+  float* gx = kBackward ? grad + row * V : nullptr;
+  const int32_t y = targets[row];
+  if (y < 0 || y >= V) {  // the same for the whole block: it leaves before any barrier
+    const bool bad = y >= V;
+    if (kBackward)
+      for (int64_t c = threadIdx.x; c < V; c += blockDim.x) gx[c] = bad ? CUDART_NAN_F : 0.0f;
+    if (threadIdx.x == 0) loss[row] = bad ? CUDART_NAN : 0.0;
+    return;
+  }
+  const double xt = double(x[y]);  // before block_max's barrier, hence before x[y] is overwritten
+  float mx = -INFINITY;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) mx = fmaxf(mx, x[c]);
+  mx = block_max(mx, fscratch);
+  double sum = 0;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) sum += double(expf(x[c] - mx));
+  sum = block_sum(sum, dscratch);
+  if (kBackward) {
+    const float k = float(scale / sum), sc = float(scale);
+    for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+      float g = __fmul_rn(expf(x[c] - mx), k);
+      if (c == y) g = __fsub_rn(g, sc);
+      gx[c] = g;
+    }
+  }
+  if (threadIdx.x == 0) loss[row] = log(sum) + double(mx) - xt;
+}
+
+// One block per row. KL as cpu::kl_row / kl_backward_row, in fp64: the two log-normalizers
+// (max, then log sum exp), then sum_j p_j (lp_j - lq_j) and, with kBackward, the row (grad, the
+// same memory as logits) = scale * (q - p), each thread writing its own columns after the last
+// reads of other columns (the reductions' barriers).
+template <bool kBackward>
+__global__ void __launch_bounds__(kLossThreads)
+    kl_kernel(const float* logits, float* grad, const float* teacher, int64_t V, double scale, double* loss) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x;
+  const float* x = logits + row * V;
+  const float* tx = teacher + row * V;
+  float* gx = kBackward ? grad + row * V : nullptr;
+  double ms = -INFINITY, mt = -INFINITY;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) ms = fmax(ms, double(x[c])), mt = fmax(mt, double(tx[c]));
+  ms = block_max(ms, scratch);
+  mt = block_max(mt, scratch);
+  double ss = 0, st = 0;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) ss += exp(double(x[c]) - ms), st += exp(double(tx[c]) - mt);
+  ss = block_sum(ss, scratch);
+  st = block_sum(st, scratch);
+  const double ls = ms + log(ss), lt = mt + log(st);
+  double kl = 0;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+    const double lp = double(tx[c]) - lt, lq = double(x[c]) - ls;
+    const double p = exp(lp);
+    kl += p * (lp - lq);
+    if (kBackward) gx[c] = float(scale * (exp(lq) - p));
+  }
+  kl = block_sum(kl, scratch);
+  if (threadIdx.x == 0) loss[row] = fmax(kl, 0.0);  // >= 0 mathematically; rounding may leave -1e-17
+}
+
+void check_rows(const char* op, int64_t n, int64_t V) {
+  PRIMAL_CHECK(n >= 0 && n <= INT_MAX && V > 0, "{}: invalid shape ({}, {})", op, n, V);
+}
+
+}  // namespace
+
+void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
+                           float eps, cudaStream_t s) {
+  check_rows("rmsnorm", N, C);
+  if (N == 0) return;
+  rmsnorm_forward_train_kernel<<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, inp, weight, C, eps);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t N, int64_t C, cudaStream_t s) {
+  check_rows("rmsnorm backward", N, C);
+  if (N == 0) return;
+  rmsnorm_backward_dx_kernel<<<unsigned(N), kRowThreads, 0, s>>>(dinp, dout, inp, weight, rstd, C);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  if (!dweight) return;
+  rmsnorm_backward_dw_kernel<<<unsigned((C + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(dweight, dout, inp, rstd, N,
+                                                                                        C);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
+                 bool inverse, cudaStream_t s) {
+  PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.n_rot <= p.head_dim && p.inv_freq,
+               "rope: inconsistent parameters (HS {}, n_rot {})", p.head_dim, p.n_rot);
+  PRIMAL_CHECK(B >= 0 && T >= 0 && n_heads >= 0 && pos0 >= 0, "rope: invalid shape ({}, {}, {}) at {}", B, T,
+               n_heads, pos0);
+  const int64_t half = p.n_rot / 2, n = B * T * half;
+  if (n == 0 || n_heads == 0) return;
+  rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, pos0,
+                                                 inverse);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N,
+                     cudaStream_t s) {
+  if (N <= 0) return;
+  swiglu_backward_kernel<<<grid_for(N), 256, 0, s>>>(dgate, dup, dout, gate, up, N);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void embedding_forward_train(float* out, const int32_t* tokens, int64_t N, const float* table, int64_t V, int64_t C,
+                             int32_t* flag, cudaStream_t s) {
+  PRIMAL_CHECK(N >= 0 && N < kNoBadToken && V > 0 && C > 0 && flag, "embedding: invalid shape ({}, {}, {})", N, V,
+               C);
+  if (N == 0) return;
+  fill_bytes_async(flag, 0x7f, sizeof(int32_t), s);
+  embedding_forward_kernel<<<unsigned(N), 128, 0, s>>>(out, tokens, table, V, C, flag);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  int32_t first = kNoBadToken;
+  copy_to_host_async(&first, flag, sizeof(int32_t), s);
+  Stream::sync_stream(s);
+  if (first != kNoBadToken) {
+    int32_t id = 0;
+    copy_to_host(&id, tokens + first, sizeof(int32_t));
+    fail("token id {} at position {} is outside the vocabulary (0..{})", id, first, V - 1);
+  }
+}
+
+void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t V, int64_t C,
+                        cudaStream_t s) {
+  PRIMAL_CHECK(N >= 0 && V > 0 && C > 0, "embedding backward: invalid shape ({}, {}, {})", N, V, C);
+  if (N == 0) return;
+  const dim3 grid(unsigned((C + 31) / 32), kEmbBuckets / kEmbWarps);
+  embedding_backward_kernel<<<grid, 32 * kEmbWarps, 0, s>>>(dtable, dout, tokens, N, V, C);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_rows(const float* logits, const int32_t* targets, int64_t n, int64_t V, double* loss,
+                        cudaStream_t s) {
+  check_rows("cross-entropy", n, V);
+  if (n == 0) return;
+  cross_entropy_kernel<false><<<unsigned(n), kLossThreads, 0, s>>>(logits, nullptr, targets, V, 0.0, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_backward_rows(float* logits, const int32_t* targets, int64_t n, int64_t V, double scale,
+                                 double* loss, cudaStream_t s) {
+  check_rows("cross-entropy", n, V);
+  if (n == 0) return;
+  cross_entropy_kernel<true><<<unsigned(n), kLossThreads, 0, s>>>(logits, logits, targets, V, scale, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void kl_rows(const float* logits, const float* teacher, int64_t n, int64_t V, double* loss, cudaStream_t s) {
+  check_rows("kl", n, V);
+  if (n == 0) return;
+  kl_kernel<false><<<unsigned(n), kLossThreads, 0, s>>>(logits, nullptr, teacher, V, 0.0, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void kl_backward_rows(float* logits, const float* teacher, int64_t n, int64_t V, double scale, double* loss,
+                      cudaStream_t s) {
+  check_rows("kl", n, V);
+  if (n == 0) return;
+  kl_kernel<true><<<unsigned(n), kLossThreads, 0, s>>>(logits, logits, teacher, V, scale, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace primal::cuda

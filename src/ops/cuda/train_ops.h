@@ -1,0 +1,120 @@
+// Row-wise and element-wise ops of the trainer on the GPU, each the twin of a CPU op of
+// src/ops/cpu/ (the specification) with the same formula, the same fp32/fp64 split and, where the
+// order of operations allows it, the same rounding:
+//   rmsnorm     y = x r w,  r = 1 / sqrt(mean_c(x^2) + eps)           (ops/cpu/rmsnorm_backward)
+//   rope        pair rotation by pos * inv_freq[i] (or its inverse)    (ops/cpu/rope_backward)
+//   swiglu      y = silu(gate) * up                                    (ops/cpu/swiglu_backward)
+//   embedding   y[t] = table[id[t]],  dtable[id[t]] += dy[t]           (ops/cpu/embedding_backward)
+//   loss        cross-entropy / KL-to-teacher of rows of logits        (ops/cpu/cross_entropy_backward)
+// Activations are (N, C) row-major fp32, N = B*T tokens. All pointers are device memory unless
+// said otherwise; every call is asynchronous on `s` except embedding_forward_train (which reads
+// back its error flag).
+//
+// Reductions are deterministic: no floating-point atomics, fixed summation orders that depend on
+// the shapes only, so two runs (on any GPU) give the same bits.
+#pragma once
+#include <cstdint>
+
+#include "ops/cuda/buffer.h"
+#include "ops/cuda/elementwise.h"
+
+namespace primal::cuda {
+
+// ---- RMSNorm -----------------------------------------------------------------------------------
+// out: (N, C) written; rstd: (N) written, r of each row for the backward; inp: (N, C); weight: (C).
+// out may alias inp. The sum of squares in fp64, r rounded once to fp32 (as the CPU).
+void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
+                           float eps, cudaStream_t s);
+
+// dinp: (N, C) += the input gradient  r (dy w) - r^3/C x sum_j(dy_j w_j x_j)  (the dot in fp64);
+// dweight: (C) += sum_t dy[t, c] x[t, c] r[t] unless null; dout, inp: (N, C); weight: (C);
+// rstd: (N) from the forward. dinp must alias neither dout nor inp.
+// dweight is summed without atomics: a block owns 32 columns, its 32 warps take the rows
+// t = g, g + 32, g + 64, ... (g the warp) in increasing order in fp64, and warp 0 adds the 32
+// partial sums in the order g = 0..31 before rounding to fp32 once: a fixed order, so the result
+// is bitwise reproducible (it may differ from the CPU's row-by-row fp64 sum in the last fp64
+// bits, which the fp32 rounding hides but for rare ties).
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t N, int64_t C, cudaStream_t s);
+
+// ---- RoPE --------------------------------------------------------------------------------------
+// The rotation of cpu::RopeParams with the frequencies on the device.
+struct RopeTrainParams {
+  int64_t head_dim = 0;              // HS
+  int64_t n_rot = 0;                 // rotated dimensions: even, 0 < n_rot <= HS; the rest pass through
+  bool neox = false;                 // pairs (i, i + n_rot/2) when true, (2i, 2i + 1) when false
+  const double* inv_freq = nullptr;  // (n_rot/2) fp64: cpu::RopeParams::inv_freq uploaded as is, so
+                                     // that theta, linear scaling and per-pair divisors (llama3
+                                     // rope_freqs) enter exactly as on the CPU (cpu::rope_inv_freq)
+};
+
+// x: (B, T, n_heads, HS), B sequences rotated in place; token t of every sequence at position
+// pos0 + t. The angle pos * inv_freq[i] in fp64, its cos and sin rounded to fp32, the rotation in
+// fp32 without fused multiply-adds: the CPU's values. inverse rotates by -angle (the backward).
+void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
+                 bool inverse, cudaStream_t s);
+
+// x: (B, T, n_heads, HS) rotated in place (the trainer passes pos0 = 0: positions 0..T-1).
+inline void rope_forward_train(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0,
+                               const RopeTrainParams& p, cudaStream_t s) {
+  rope_rotate(x, B, T, n_heads, pos0, p, false, s);
+}
+// dx: (B, T, n_heads, HS), the gradient of the rotated values in, of the inputs out (in place).
+inline void rope_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
+                          cudaStream_t s) {
+  rope_rotate(dx, B, T, n_heads, pos0, p, true, s);
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------------
+// out, gate, up: (N) elements, out = silu(gate) * up. The inference kernel computes exactly the
+// CPU twin's expression already; the trainer's name for it.
+inline void swiglu_forward_train(float* out, const float* gate, const float* up, int64_t N, cudaStream_t s) {
+  swiglu_f32(gate, up, N, out, s);
+}
+
+// dgate, dup: (N) overwritten; dout, gate, up: (N). With sg = sigmoid(gate):
+//   dgate = dout * up * sg * (1 + gate (1 - sg)),  dup = dout * gate * sg.
+// dgate or dup may alias dout (each element is read before it is written).
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N,
+                     cudaStream_t s);
+
+// ---- Token embedding ---------------------------------------------------------------------------
+// out: (N, C) written, row t = table[tokens[t]]; tokens: (N); table: (V, C) fp32.
+// flag: (1) int32 device scratch. An id outside [0, V) throws Error naming the first such
+// position, as the CPU does (the kernel records the lowest bad position in *flag; the call then
+// synchronizes `s` to read it). Rows of bad ids are left unwritten.
+void embedding_forward_train(float* out, const int32_t* tokens, int64_t N, const float* table, int64_t V, int64_t C,
+                             int32_t* flag, cudaStream_t s);
+
+// dtable: (V, C) += dout rows: dtable[tokens[t], :] += dout[t, :]; dout: (N, C); tokens: (N).
+// Deterministic and equal to the CPU bit for bit: every element of dtable is updated by one
+// thread only, which adds the positions of its id in increasing t, in fp32, onto the old value
+// (the CPU's order). Scheme: the vocabulary is split into 64 buckets (id mod 64); warp k of a
+// column tile (32 columns, one per lane) sweeps the tokens 32 at a time, picks those of bucket k
+// with a ballot and applies them in order. Each dout row is read once per tile; a warp's chain
+// of dependent read-modify-writes is as long as its bucket's share of the N positions (~N/64 for
+// spread ids, N for a single repeated id). Ids outside [0, V) (which the forward refuses) are
+// skipped.
+void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t V, int64_t C,
+                        cudaStream_t s);
+
+// ---- Loss over a chunk of rows of logits -------------------------------------------------------
+// One block per row. logits: (n, V); targets: (n), < 0 for an unscored row; loss: (n) fp64
+// written, the nll  log sum_j exp(x_j) - x_y  (max subtracted, exp in fp32, sum and log in fp64
+// as the CPU), 0 for an unscored row. A target >= V gives a NaN loss (and a NaN gradient row)
+// rather than an out-of-bounds read: the CPU throws there, the caller validates targets.
+void cross_entropy_rows(const float* logits, const int32_t* targets, int64_t n, int64_t V, double* loss,
+                        cudaStream_t s);
+// The same, and logits replaced in place by scale * (softmax - onehot(target)); unscored rows 0.
+void cross_entropy_backward_rows(float* logits, const int32_t* targets, int64_t n, int64_t V, double scale,
+                                 double* loss, cudaStream_t s);
+
+// Distillation. logits, teacher: (n, V); loss: (n) fp64 written,
+//   kl = sum_j p_j (log p_j - log q_j),  p = softmax(teacher), q = softmax(logits),
+// in fp64 throughout, clamped at 0 (as cpu::kl_row).
+void kl_rows(const float* logits, const float* teacher, int64_t n, int64_t V, double* loss, cudaStream_t s);
+// The same, and logits replaced in place by scale * (q - p) (teacher untouched).
+void kl_backward_rows(float* logits, const float* teacher, int64_t n, int64_t V, double scale, double* loss,
+                      cudaStream_t s);
+
+}  // namespace primal::cuda
