@@ -1,0 +1,91 @@
+// The LUT linear layer of the trainer on the GPU: the CUDA twin of train/linear.cpp for LUT
+// matrices, fp32 activations, device pointers, asynchronous on a stream.
+//   W[o, i]      = scale[o, i / G] * grid[idx[o, i]]        (train/lut_weight.h)
+//   out[n, o]    = sum_i inp[n, i] W[o, i] + bias[o]
+//   dinp[n, i]   = sum_o dout[n, o] W[o, i]                 (straight-through estimator)
+//   dW[o, i]     = sum_n dout[n, o] inp[n, i]               (tile by tile, never the whole matrix)
+//   dscale[o, g] = sum_{i in group g} dW[o, i] grid[idx[o, i]]
+//   dbias[o]     = sum_n dout[n, o]
+// Shape letters: N tokens, O rows of W, I row length, G weights per scale, K grid entries,
+// R = lut_train_tile_rows(I) rows per tile of the weight gradient (train::lut_tile_rows).
+//
+// Memory and work split (S = the caller's scratch, in floats):
+//  - forward, dinp: min(O, S / I) rows of W are dequantized into the scratch (bit-identical to
+//    LutWeight::dequantize_rows<float>) and multiplied by one cuBLAS SGEMM, chunk after chunk
+//    (S >= I; S >= O * I: one dequantization and one GEMM). SGEMM runs with the pedantic fp32
+//    compute type: no TF32 and no BF16x9 emulation, and cuBLAS is deterministic run to run.
+//  - weight gradient: NOT one fused kernel; two stages through the scratch, chunk by chunk, a
+//    chunk being floor(S / (R I)) whole tiles, or all remaining rows when they fit (S >= R I,
+//    about 64K floats = 256 KB, or O I when O < R; S >= O I: one chunk):
+//      1. cuBLAS SGEMM writes dW of the chunk's rows into the scratch;
+//      2. votes.h lut_grad_tiles reads it once more: one kernel, a block per row, accumulates
+//         dscale, forms the row statistics and casts the votes of that row; a second kernel forms
+//         the per-tile column sums of g^2 (momentum rule with second moments).
+//    The tile (R I floats) does not fit in one SM's shared memory (256 KB > 227 KB) for the row
+//    lengths of LLMs, and the vote rules need statistics of whole rows before the first vote of a
+//    row, so the fusion would cost a second GEMM; the scratch round trip stays in L2.
+//    After the call the scratch holds dW of the last chunk (with S >= O * I: the whole dW), which
+//    the conformance test feeds to the CPU's vote engine.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "ops/cuda/buffer.h"
+
+namespace primal::cuda {
+
+class Blas;
+struct VoteState;
+struct VoteParams;
+
+// A LUT matrix of the trainer in device memory, in train::LutWeight's layout (by value; views).
+struct LutTrainView {
+  DType type = DType::LUT4;     // LUT2..LUT6, LUT8 or LUT16
+  int64_t O = 0, I = 0, G = 0;  // rows, row length, weights per scale (divides I)
+  uint8_t* idx = nullptr;       // (O, row_bytes()) packed indices (quant/lut_pack.h)
+  const float* scale = nullptr; // (O, I / G) fp32
+  const float* grid = nullptr;  // (K) fp32, strictly ascending
+
+  int bits() const;
+  int64_t K() const { return int64_t(1) << bits(); }
+  int64_t groups() const { return I / G; }
+  int64_t row_bytes() const { return int64_t(bits()) * I / 8; }  // every width packs whole bytes per group
+};
+
+// Throws naming `what` for a type that is no LUT type, a shape the packing cannot hold (I not a
+// multiple of the packing group, G not dividing I) or a missing pointer.
+void check_lut_view(const LutTrainView& w, const char* what);
+
+// train::lut_tile_rows(I): the rows of a tile of the weight gradient (about 64K values).
+inline int64_t lut_train_tile_rows(int64_t I) {
+  const int64_t r = 65536 / (I > 0 ? I : 1);
+  return r < 1 ? 1 : r > 64 ? 64 : r;
+}
+// A scratch (floats) that lut_linear_backward_weight accepts for any O: one tile (a matrix of
+// O < R rows needs only O * I).
+inline int64_t lut_grad_scratch_floats(int64_t I) { return lut_train_tile_rows(I) * I; }
+
+// dst: (n, I) = W[o0 .. o0+n-1, :], each value one fp32 product scale * grid, as the CPU.
+void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* dst, cudaStream_t s);
+
+// out: (N, O) = inp (N, I) W^T + bias; bias: (O) or null. scratch: (scratch_floats), >= I.
+void lut_linear_forward(Blas& blas, const LutTrainView& w, const float* inp, int64_t N, const float* bias, float* out,
+                        float* scratch, int64_t scratch_floats, cudaStream_t s);
+
+// dinp: (N, I) = dout (N, O) W, overwritten (accumulate false) or added to. scratch as forward.
+void lut_linear_backward_input(Blas& blas, const LutTrainView& w, const float* dout, int64_t N, float* dinp,
+                               bool accumulate, float* scratch, int64_t scratch_floats, cudaStream_t s);
+
+// Where the weight-side gradients of one backward call go; null members are not computed.
+struct LutWeightGrad {
+  float* dscale = nullptr;            // (O, I / G), accumulated
+  float* dbias = nullptr;             // (O), accumulated
+  VoteState* votes = nullptr;         // the index gradient, cast into votes tile by tile (votes.h);
+  const VoteParams* params = nullptr; //   then lut_votes_done, as the CPU's LutTileSink::done
+};
+
+// dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.
+void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, const float* dout, const float* inp, int64_t N,
+                                const LutWeightGrad& g, float* scratch, int64_t scratch_floats, cudaStream_t s);
+
+}  // namespace primal::cuda

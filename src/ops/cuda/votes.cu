@@ -1,0 +1,498 @@
+// Integer votes on the GPU (votes.h): the cast of a gradient tile (with dscale), the end of a
+// backward call, and the optimizer step of both rules, each kernel a transcription of the
+// corresponding lines of train/votes.cpp and train/linear.cpp.
+//
+// Floating-point discipline: nvcc contracts a * b + c into an FMA, which rounds once where the
+// CPU (x86-64, no FMA in the baseline ISA) rounds twice. Every operation whose result must equal
+// the CPU's is therefore written with an explicitly rounded intrinsic (__dmul_rn, __dadd_rn,
+// __ddiv_rn, __dsqrt_rn, __fmul_rn, __fadd_rn, __fsub_rn) in the CPU's evaluation order.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <vector>
+
+#include "ops/cuda/check.cuh"
+#include "ops/cuda/lut_train.cuh"
+#include "ops/cuda/rng.cuh"
+#include "ops/cuda/votes.h"
+
+namespace primal::cuda {
+namespace {
+
+// Purposes of the random streams (votes.cpp).
+constexpr uint64_t kRound = 1, kNoise = 2, kFlip = 3;
+
+// The matrix, as the kernels read it.
+struct Mat {
+  uint8_t* idx;        // (O, row_bytes)
+  const float* scale;  // (O, groups)
+  const float* grid;   // (K)
+  int64_t O, I, G, groups, row_bytes, K;
+};
+
+Mat mat_of(const LutTrainView& w) {
+  return {w.idx, w.scale, w.grid, w.O, w.I, w.G, w.groups(), w.row_bytes(), w.K()};
+}
+
+// The votes and cooldowns of one matrix (absent members null).
+struct Votes {
+  int8_t* v8;
+  int16_t* v16;
+  uint8_t* cool;   // null: no cooldown
+  int64_t vmax;    // saturation
+  int64_t U;       // votes per bucket (momentum)
+  __device__ int32_t get(int64_t k) const { return v8 ? int32_t(v8[k]) : int32_t(v16[k]); }
+  __device__ void set(int64_t k, int32_t v) const {
+    if (v8) v8[k] = int8_t(v);
+    else v16[k] = int16_t(v);
+  }
+};
+
+Votes votes_of(const VoteState* st, const VoteParams* p) {
+  if (!st) return {nullptr, nullptr, nullptr, 0, 0};
+  return {st->v8, st->v16, st->cool, p->vmax(), p->units()};
+}
+
+// votes.cpp sat(): std::clamp to [-vmax, vmax].
+__device__ __forceinline__ int32_t sat(int64_t v, int64_t vmax) {
+  return int32_t(v < -vmax ? -vmax : vmax < v ? vmax : v);
+}
+
+// One atomic per warp; integer sums are exact in any order, so the total is deterministic.
+// Every lane of the warp must call it.
+__device__ __forceinline__ void add_count(unsigned long long local, unsigned long long* total) {
+  for (int off = 16; off > 0; off /= 2) local += __shfl_xor_sync(0xffffffffu, local, off);
+  if ((threadIdx.x & 31) == 0 && local) atomicAdd(total, local);
+}
+
+// Exclusive prefix sum of x over the block (blockDim.x a multiple of 32); *total: the block's
+// sum. Every thread of the block must call it. warp_tot: 32 ints of shared memory.
+__device__ int block_exclusive_scan(int x, int* warp_tot, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  int inc = x;
+  for (int d = 1; d < 32; d <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, inc, d);
+    if (lane >= d) inc += y;
+  }
+  __syncthreads();  // warp_tot may still be read from the previous call
+  if (lane == 31) warp_tot[warp] = inc;
+  __syncthreads();
+  int before = 0, all = 0;
+  for (int w = 0; w < n_warps; ++w) {
+    const int t = warp_tot[w];
+    if (w < warp) before += t;
+    all += t;
+  }
+  *total = all;
+  return before + inc - x;
+}
+
+// ---- the cast of a tile (VoteEngine::tile and linear.cpp's dscale) ------------------------------
+
+struct CastArgs {
+  bool cast;            // votes are cast (else dscale only)
+  bool seed_rule;       // seed rule, else momentum
+  bool sm;              // momentum with second moments
+  double lr;            // cfg.lr * sched * lr_mult
+  double beta2, eps;
+  double bc;            // 1 - beta2^(events + 1), the bias correction of rhat
+  double sensitivity;   // the governor's k
+  uint64_t prefix;      // key prefix of the rounding stream (seed, step, id, kRound << 32 | events_this_step)
+  float* row_sq;        // (O)
+  const float* col_norm;  // (I)
+};
+
+// One block per row o = o0 + blockIdx.x of the tile(s) dW (rows, I):
+//  - dscale[o, g] += float(sum_{i in g} double(dW[o, i]) * double(grid[idx[o, i]])), a thread per
+//    group (warps 1.., the sum in index order as linear.cpp);
+//  - thread 0: the row statistic in index order (seed: the threshold mean + k std of |g|;
+//    momentum: row_sq's EMA and rhat), the sums in fp64 as votes.cpp;
+//  - then every thread casts the votes of its columns (cast_seed / cast_momentum). The rounding
+//    draw of weight i is draw i + 1 of the row's stream: the CPU draws once per weight in order.
+template <int B>
+__global__ void grad_rows_kernel(const Mat m, const Votes v, const CastArgs a, const float* dW, int64_t o0,
+                                 float* dscale) {
+  __shared__ double row_stat;
+  const int64_t I = m.I, o = o0 + blockIdx.x;
+  const float* g = dW + int64_t(blockIdx.x) * I;
+  const uint8_t* row = m.idx + o * m.row_bytes;
+  const float* sc = m.scale + o * m.groups;
+
+  if (dscale && threadIdx.x >= 32) {
+    for (int64_t gi = int64_t(threadIdx.x) - 32; gi < m.groups; gi += int64_t(blockDim.x) - 32) {
+      double s = 0;
+      for (int64_t i = gi * m.G; i < (gi + 1) * m.G; ++i)
+        s = __dadd_rn(s, __dmul_rn(double(g[i]), double(m.grid[lut::get_index<B>(row, i)])));
+      dscale[o * m.groups + gi] = __fadd_rn(dscale[o * m.groups + gi], float(s));
+    }
+  }
+  if (!a.cast) return;
+
+  if (threadIdx.x == 0) {
+    if (a.seed_rule) {
+      double sum = 0, sum2 = 0;
+      for (int64_t i = 0; i < I; ++i) {
+        const double x = fabs(double(g[i]));
+        sum = __dadd_rn(sum, x);
+        sum2 = __dadd_rn(sum2, __dmul_rn(x, x));
+      }
+      const double mean = __ddiv_rn(sum, double(I));
+      double var = __dsub_rn(__ddiv_rn(sum2, double(I)), __dmul_rn(mean, mean));
+      var = 0.0 < var ? var : 0.0;  // std::max(0.0, var)
+      row_stat = __dadd_rn(mean, __dmul_rn(a.sensitivity, __dsqrt_rn(var)));
+    } else if (a.sm) {
+      double g2 = 0;
+      for (int64_t i = 0; i < I; ++i) g2 = __dadd_rn(g2, __dmul_rn(double(g[i]), double(g[i])));
+      // r = float(b2 row_sq + (1 - b2) g2 / I); rhat = r / (1 - b2^(events + 1))
+      const double b2 = a.beta2;
+      const float r = float(__dadd_rn(__dmul_rn(b2, double(a.row_sq[o])),
+                                      __ddiv_rn(__dmul_rn(__dsub_rn(1.0, b2), g2), double(I))));
+      a.row_sq[o] = r;
+      row_stat = __ddiv_rn(double(r), a.bc);
+    } else {
+      row_stat = 1.0;
+    }
+  }
+  __syncthreads();
+  const double stat = row_stat;
+
+  if (a.seed_rule) {  // |g| > thr  =>  v += -sign(g s)
+    for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
+      const float gi = g[i];
+      if (!(fabs(double(gi)) > stat)) continue;
+      const float s = sc[i / m.G];
+      if (s == 0.0f) continue;
+      const int dir = ((gi > 0) == (s > 0)) ? -1 : 1;
+      const int64_t k = o * I + i;
+      v.set(k, sat(int64_t(v.get(k)) + dir, v.vmax));
+    }
+    return;
+  }
+
+  // Momentum: x = -lr g / (sqrt(rhat chat_i) + eps) / s / gap * U, stochastically rounded.
+  const CounterRng rng = CounterRng::from_prefix(a.prefix, uint64_t(o));
+  const double lim = double(2 * v.vmax), neg_lr = -a.lr;
+  const int64_t K = m.K;
+  for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
+    const float s = sc[i / m.G];
+    const double denom = a.sm ? __dadd_rn(__dsqrt_rn(__dmul_rn(stat, double(a.col_norm[i]))), a.eps) : 1.0;
+    const double dw = __ddiv_rn(__dmul_rn(neg_lr, double(g[i])), denom);
+    const float u01 = rng.uniform_at(uint64_t(i) + 1);
+    if (s == 0.0f || dw == 0.0) continue;
+    const double di = __ddiv_rn(dw, double(s));
+    const int64_t q = lut::get_index<B>(row, i);
+    float gap;  // fp32 difference of two grid values, as the CPU's float expression
+    if (di > 0) gap = q < K - 1 ? __fsub_rn(m.grid[q + 1], m.grid[q]) : __fsub_rn(m.grid[K - 1], m.grid[K - 2]);
+    else gap = q > 0 ? __fsub_rn(m.grid[q], m.grid[q - 1]) : __fsub_rn(m.grid[1], m.grid[0]);
+    double x = __dmul_rn(__ddiv_rn(di, double(gap)), double(v.U));
+    x = x < -lim ? -lim : lim < x ? lim : x;  // std::clamp
+    const double fl = floor(x);
+    const int64_t add = int64_t(fl) + (double(u01) < __dsub_rn(x, fl) ? 1 : 0);
+    const int64_t k = o * I + i;
+    v.set(k, sat(int64_t(v.get(k)) + add, v.vmax));
+  }
+}
+
+// The column sums of g^2 / O of each tile in dW (rows, I), rows in order within the tile, in
+// fp32 as votes.cpp: part[t, i] = sum_{r in tile t} (g[r, i] g[r, i]) inv_o. A thread per (t, i).
+__global__ void col_part_kernel(const float* dW, int64_t rows, int64_t I, int64_t R, float inv_o, float* part) {
+  const int64_t n_t = (rows + R - 1) / R, total = n_t * I;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = k / I, i = k - t * I, r1 = (t + 1) * R < rows ? (t + 1) * R : rows;
+    float p = 0.0f;
+    for (int64_t r = t * R; r < r1; ++r) {
+      const float x = dW[r * I + i];
+      p = __fadd_rn(p, __fmul_rn(__fmul_rn(x, x), inv_o));
+    }
+    part[k] = p;
+  }
+}
+
+// ---- the end of a backward call (VoteEngine::done, update_col_norm) -----------------------------
+
+// col_sq[i] = float(b2 col_sq[i] + (1 - b2) sum_t part[t, i]), the sum in fp64 in tile order.
+__global__ void col_sq_kernel(const float* part, int64_t n_tiles, int64_t I, double b2, float* col_sq) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < I; i += int64_t(gridDim.x) * blockDim.x) {
+    double c = 0;
+    for (int64_t t = 0; t < n_tiles; ++t) c = __dadd_rn(c, double(part[t * I + i]));
+    col_sq[i] = float(__dadd_rn(__dmul_rn(b2, double(col_sq[i])), __dmul_rn(__dsub_rn(1.0, b2), c)));
+  }
+}
+
+// col_norm = col_sq / mean(col_sq) (1 where the mean is not positive); one block, the mean by
+// thread 0 in index order as the CPU.
+__global__ void col_norm_kernel(const float* col_sq, int64_t I, float* col_norm) {
+  __shared__ double mean_sh;
+  if (threadIdx.x == 0) {
+    double s = 0;
+    for (int64_t i = 0; i < I; ++i) s = __dadd_rn(s, double(col_sq[i]));
+    mean_sh = __ddiv_rn(s, double(I));
+  }
+  __syncthreads();
+  const double mean = mean_sh;
+  for (int64_t i = threadIdx.x; i < I; i += blockDim.x)
+    col_norm[i] = mean > 0 ? float(__ddiv_rn(double(col_sq[i]), mean)) : 1.0f;
+}
+
+__global__ void fill_kernel(float* p, int64_t n, float value) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
+    p[k] = value;
+}
+
+// ---- the optimizer step (VoteEngine::apply_momentum / apply_seed) -------------------------------
+
+// Momentum: a thread per packing group of kGroup<B> indices (it owns their bytes). Weight i of
+// row o takes draw i + 1 of the row's noise stream (the CPU draws once per weight when noise > 0).
+template <int B>
+__global__ void apply_momentum_kernel(const Mat m, const Votes v, int noise, int cooldown, uint64_t noise_prefix,
+                                      unsigned long long* flips) {
+  constexpr int P = lut::kGroup<B>;
+  const int64_t I = m.I, per_row = I / P, total = m.O * per_row, U = v.U;
+  unsigned long long local = 0;
+  for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < total; u += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = u / per_row, i0 = (u - o * per_row) * P;
+    uint8_t* row = m.idx + o * m.row_bytes;
+    const CounterRng rng = CounterRng::from_prefix(noise_prefix, uint64_t(o));
+    for (int e = 0; e < P; ++e) {
+      const int64_t i = i0 + e, k = o * I + i;
+      int64_t x = v.get(k);
+      if (noise > 0) x = sat(x + rng.range_at(uint64_t(i) + 1, -noise, noise), v.vmax);
+      if (v.cool && v.cool[k] > 0) {
+        v.cool[k] = uint8_t(v.cool[k] - 1);
+        v.set(k, int32_t(x));
+        continue;
+      }
+      const int64_t q = x / U;  // truncates toward zero, as C++ on the CPU
+      if (q != 0) {
+        const int64_t cur = lut::get_index<B>(row, i), want = cur + q;
+        const int64_t next = want < 0 ? 0 : m.K - 1 < want ? m.K - 1 : want, moved = next - cur;
+        x -= moved * U;
+        if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
+        if (moved != 0) {
+          lut::set_index<B>(row, i, uint32_t(next));
+          if (v.cool) v.cool[k] = uint8_t(cooldown);
+          ++local;
+        }
+      }
+      v.set(k, int32_t(x));
+    }
+  }
+  add_count(local, flips);
+}
+
+// Seed rule, pass 1 (a thread per weight): the jitter (draw i + 1 of the row's noise stream)
+// and the tensor's sums of |v| and v^2, exact in 64-bit integers.
+__global__ void seed_noise_kernel(const Mat m, const Votes v, int noise, uint64_t noise_prefix,
+                                  unsigned long long* sums) {
+  const int64_t I = m.I, total = m.O * I;
+  unsigned long long a = 0, a2 = 0;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
+    int64_t x = v.get(k);
+    if (noise > 0) {
+      const int64_t o = k / I, i = k - o * I;
+      x = sat(x + CounterRng::from_prefix(noise_prefix, uint64_t(o)).range_at(uint64_t(i) + 1, -noise, noise), v.vmax);
+      v.set(k, int32_t(x));
+    }
+    const unsigned long long ax = static_cast<unsigned long long>(x < 0 ? -x : x);
+    a += ax;
+    a2 += ax * ax;
+  }
+  add_count(a, sums);
+  add_count(a2, sums + 1);
+}
+
+// Seed rule, pass 2: a block per row, a thread per packing group. The CPU draws a flip uniform
+// only for weights that are not cooling and have |v| >= consensus, in index order, so the draw
+// number of such a weight is 1 + the number of such weights before it in the row: a block scan
+// over the row's groups, chunk by chunk.
+template <int B>
+__global__ void seed_flip_kernel(const Mat m, const Votes v, int consensus, int cooldown, double pscale,
+                                 uint64_t flip_prefix, const unsigned long long* sums, unsigned long long* flips) {
+  constexpr int P = lut::kGroup<B>;
+  __shared__ int warp_tot[32];
+  const int64_t I = m.I, o = blockIdx.x, per_row = I / P;
+  // The tensor's z-score statistics, as the CPU: mean = sum / n, sd = sqrt(max(0, sum2 / n - mean^2)).
+  const double n = double(m.O * I), mean = __ddiv_rn(double(sums[0]), n);
+  const double var = __dsub_rn(__ddiv_rn(double(sums[1]), n), __dmul_rn(mean, mean));
+  const double sd = __dsqrt_rn(0.0 < var ? var : 0.0);
+  const CounterRng rng = CounterRng::from_prefix(flip_prefix, uint64_t(o));
+  uint8_t* row = m.idx + o * m.row_bytes;
+  unsigned long long local = 0;
+  uint64_t offset = 0;  // draws taken by the row's earlier chunks
+  for (int64_t base = 0; base < per_row; base += blockDim.x) {
+    const int64_t u = base + threadIdx.x;
+    const bool mine = u < per_row;
+    int cnt = 0;
+    if (mine) {
+      for (int e = 0; e < P; ++e) {
+        const int64_t k = o * I + u * P + e;
+        const int32_t x = v.get(k);
+        if (!(v.cool && v.cool[k] > 0) && (x < 0 ? -x : x) >= consensus) ++cnt;
+      }
+    }
+    int chunk_total = 0;
+    const int before = block_exclusive_scan(cnt, warp_tot, &chunk_total);
+    if (mine) {
+      uint64_t draw = offset + uint64_t(before);
+      for (int e = 0; e < P; ++e) {
+        const int64_t i = u * P + e, k = o * I + i;
+        if (v.cool && v.cool[k] > 0) {
+          v.cool[k] = uint8_t(v.cool[k] - 1);
+          continue;
+        }
+        const int32_t x = v.get(k), ax = x < 0 ? -x : x;
+        if (ax < consensus) continue;
+        ++draw;
+        const double z = sd > 0 ? __ddiv_rn(__dsub_rn(double(ax), mean), sd) : 0.0;
+        const double q = __ddiv_rn(pscale, __dadd_rn(1.0, exp(-z)));
+        const double p = q < 1.0 ? q : 1.0;  // std::min(1.0, q)
+        if (!(double(rng.uniform_at(draw)) < p)) continue;
+        const int64_t cur = lut::get_index<B>(row, i), next = cur + (x > 0 ? 1 : -1);
+        v.set(k, 0);
+        if (next < 0 || next >= m.K) continue;  // a vote against the end of the grid is dropped
+        lut::set_index<B>(row, i, uint32_t(next));
+        if (v.cool) v.cool[k] = uint8_t(cooldown);
+        ++local;
+      }
+    }
+    offset += uint64_t(chunk_total);
+  }
+  add_count(local, flips);
+}
+
+void check_state(const LutTrainView& w, const VoteState& st, const VoteParams& p, const char* what) {
+  PRIMAL_CHECK(p.vote_bits == 8 || p.vote_bits == 16, "{}: vote bits {}", what, p.vote_bits);
+  PRIMAL_CHECK(p.vote_bits == 8 ? (st.v8 != nullptr) : (st.v16 != nullptr), "{}: no int{} votes", what, p.vote_bits);
+  PRIMAL_CHECK(p.cooldown == 0 || st.cool, "{}: a cooldown of {} without cooldown counters", what, p.cooldown);
+  PRIMAL_CHECK(!p.moments() || (st.row_sq && st.col_sq && st.col_norm && st.col_part),
+               "{}: second moments without their buffers", what);
+  PRIMAL_CHECK(p.consensus >= 1 && p.noise >= 0 && p.noise <= p.vmax() && p.cooldown >= 0 && p.cooldown <= 255,
+               "{}: consensus {} noise {} cooldown {}", what, p.consensus, p.noise, p.cooldown);
+}
+
+}  // namespace
+
+DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_t id, cudaStream_t s) {
+  check_lut_view(w, "make_device_votes");
+  PRIMAL_CHECK(p.vote_bits == 8 || p.vote_bits == 16, "make_device_votes: vote bits {}", p.vote_bits);
+  DeviceVotes d;
+  const size_t n = size_t(w.O * w.I);
+  d.state.id = id;
+  d.votes = DeviceBuffer(n * size_t(p.vote_bits / 8));
+  fill_bytes_async(d.votes.data(), 0, d.votes.size(), s);
+  if (p.vote_bits == 8) d.state.v8 = d.votes.as<int8_t>();
+  else d.state.v16 = d.votes.as<int16_t>();
+  if (p.cooldown > 0) {
+    d.cool = DeviceBuffer(n);
+    fill_bytes_async(d.cool.data(), 0, n, s);
+    d.state.cool = d.cool.as<uint8_t>();
+  }
+  if (p.moments()) {
+    const int64_t R = lut_train_tile_rows(w.I), n_tiles = (w.O + R - 1) / R;
+    d.row_sq = DeviceBuffer(size_t(w.O) * sizeof(float));
+    d.col_sq = DeviceBuffer(size_t(w.I) * sizeof(float));
+    d.col_norm = DeviceBuffer(size_t(w.I) * sizeof(float));
+    d.col_part = DeviceBuffer(size_t(n_tiles * w.I) * sizeof(float));
+    fill_bytes_async(d.row_sq.data(), 0, d.row_sq.size(), s);
+    fill_bytes_async(d.col_sq.data(), 0, d.col_sq.size(), s);
+    fill_bytes_async(d.col_part.data(), 0, d.col_part.size(), s);
+    fill_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(d.col_norm.as<float>(), w.I, 1.0f);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    d.state.row_sq = d.row_sq.as<float>();
+    d.state.col_sq = d.col_sq.as<float>();
+    d.state.col_norm = d.col_norm.as<float>();
+    d.state.col_part = d.col_part.as<float>();
+  }
+  d.sums = DeviceBuffer(2 * sizeof(unsigned long long));
+  fill_bytes_async(d.sums.data(), 0, d.sums.size(), s);
+  d.state.sums = d.sums.as<unsigned long long>();
+  return d;
+}
+
+void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t rows, float* dscale, VoteState* votes,
+                    const VoteParams* params, cudaStream_t s) {
+  check_lut_view(w, "lut_grad_tiles");
+  const int64_t O = w.O, I = w.I, R = lut_train_tile_rows(I);
+  PRIMAL_CHECK(dW && o0 >= 0 && rows > 0 && o0 + rows <= O && o0 % R == 0 && (rows % R == 0 || o0 + rows == O),
+               "lut_grad_tiles: rows {}..{} of {} are not whole tiles of {} rows", o0, o0 + rows, O, R);
+  PRIMAL_CHECK(!votes || params, "lut_grad_tiles: votes without their parameters");
+  if (!dscale && !votes) return;
+  CastArgs a{};
+  a.cast = votes != nullptr;
+  if (votes) {
+    const VoteParams& p = *params;
+    check_state(w, *votes, p, "lut_grad_tiles");
+    a.seed_rule = p.rule == VoteRule::Seed;
+    a.sm = p.moments();
+    a.lr = p.lr * p.sched * p.lr_mult;  // votes.cpp: cfg_.lr * sched_ * gov_.lr_mult
+    a.beta2 = p.beta2;
+    a.eps = p.eps;
+    a.bc = 1 - std::pow(p.beta2, double(votes->events + 1));  // on the host: the CPU's pow
+    a.sensitivity = p.sensitivity;
+    a.prefix = rng_key_prefix(p.seed, uint64_t(p.step), uint64_t(votes->id),
+                              kRound << 32 | uint64_t(votes->events_this_step));
+    a.row_sq = votes->row_sq;
+    a.col_norm = votes->col_norm;
+  }
+  const Mat m = mat_of(w);
+  const Votes v = votes_of(votes, params);
+#define PRIMAL_LAUNCH(B) grad_rows_kernel<B><<<unsigned(rows), lut::kThreads, 0, s>>>(m, v, a, dW, o0, dscale)
+  PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  if (a.sm) {
+    const int64_t n_t = (rows + R - 1) / R;
+    col_part_kernel<<<lut::blocks_for(n_t * I), lut::kThreads, 0, s>>>(dW, rows, I, R, 1.0f / float(O),
+                                                                       votes->col_part + (o0 / R) * I);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, cudaStream_t s) {
+  check_lut_view(w, "lut_votes_done");
+  check_state(w, st, p, "lut_votes_done");
+  if (p.moments()) {
+    const int64_t R = lut_train_tile_rows(w.I), n_tiles = (w.O + R - 1) / R;
+    col_sq_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    ++st.events;
+    col_norm_kernel<<<1, lut::kThreads, 0, s>>>(st.col_sq, w.I, st.col_norm);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+  }
+  ++st.events_this_step;
+}
+
+void lut_votes_apply(const LutTrainView& w, VoteState& st, const VoteParams& p, unsigned long long* flips,
+                     cudaStream_t s) {
+  check_lut_view(w, "lut_votes_apply");
+  check_state(w, st, p, "lut_votes_apply");
+  PRIMAL_CHECK(flips, "lut_votes_apply: no flip counter");
+  const Mat m = mat_of(w);
+  const Votes v = votes_of(&st, &p);
+  const uint64_t step = uint64_t(p.step), id = uint64_t(st.id);
+  const uint64_t noise_prefix = rng_key_prefix(p.seed, step, id, kNoise);
+  if (p.rule == VoteRule::Momentum) {
+#define PRIMAL_LAUNCH(B)                                                                                      \
+  apply_momentum_kernel<B><<<lut::blocks_for(w.O * w.I / lut::kGroup<B>), lut::kThreads, 0, s>>>( \
+      m, v, p.noise, p.cooldown, noise_prefix, flips)
+    PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  PRIMAL_CHECK(st.sums, "lut_votes_apply: the seed rule needs its sums buffer");
+  PRIMAL_CHECK(w.O < (int64_t(1) << 31), "lut_votes_apply: {} rows", w.O);
+  fill_bytes_async(st.sums, 0, 2 * sizeof(unsigned long long), s);
+  seed_noise_kernel<<<lut::blocks_for(w.O * w.I), lut::kThreads, 0, s>>>(m, v, p.noise, noise_prefix, st.sums);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  const double pscale = p.flip_lr * p.sched * p.lr_mult;  // votes.cpp: cfg_.flip_lr * sched_ * gov_.lr_mult
+  const uint64_t flip_prefix = rng_key_prefix(p.seed, step, id, kFlip);
+#define PRIMAL_LAUNCH(B)                                                                                  \
+  seed_flip_kernel<B><<<unsigned(w.O), lut::kThreads, 0, s>>>(m, v, p.consensus, p.cooldown, pscale, \
+                                                              flip_prefix, st.sums, flips)
+  PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace primal::cuda

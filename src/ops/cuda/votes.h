@@ -1,0 +1,101 @@
+// Integer votes on the GPU: the CUDA twin of train/votes.cpp (VoteEngine), rule by rule and
+// formula by formula, with the same counter-based random streams (rng.cuh), so that the same
+// gradient tile and the same state give the same votes, indices and cooldowns bit for bit.
+// Read train/votes.h for the rules; what differs is where the state lives and who sequences it:
+//  - per-weight state (votes, cooldowns) and the second-moment EMAs (row_sq, col_sq) live on the
+//    device, with the scratch that VoteEngine keeps per matrix (col_norm, col_part) also there;
+//    col_norm is computed on the device (lut_votes_done) rather than on the host;
+//  - the counters `events` (backward calls folded into the EMAs) and `events_this_step` are
+//    host integers in VoteState, advanced by the launchers exactly where VoteEngine advances them
+//    (the caller resets events_this_step at the start of a step: begin_step());
+//  - scalars that the CPU forms once per call (lr * sched * lr_mult, the bias correction
+//    1 - beta2^(events + 1), 1 / O, the key prefix of the random streams) are formed by the
+//    launchers on the host with the CPU's expressions and passed to the kernels;
+//  - the governor stays on the host: lut_votes_apply adds the flip count to a device counter
+//    that the caller reads once per step (then VoteEngine::apply's governor rule, on the host).
+// Sums that the CPU forms in one order (a row's sum of g^2 or |g|, a group's dscale, a column's
+// sum over the rows of a tile, a column's sum over tiles, the mean of col_sq) are formed by one
+// thread in that order, with explicitly rounded operations (no FMA contraction), so they are
+// bit-identical; the totals of |v| and v^2 of the seed rule are exact integer sums (the CPU's
+// double sums are exact too below 2^53). The one transcendental the CPU calls per weight (exp in
+// the seed rule's flip probability) may differ by an ulp between glibc and CUDA; a flip decision
+// could then differ only if a 24-bit uniform fell between the two doubles (probability ~1e-9).
+// The bias correction's pow is evaluated on the host, with the CPU's library.
+#pragma once
+#include <cstdint>
+
+#include "ops/cuda/buffer.h"
+#include "ops/cuda/lut_train.h"
+
+namespace primal::cuda {
+
+enum class VoteRule { Seed, Momentum };
+
+// train::VoteConfig plus the per-step values VoteEngine reads (step, schedule, governor).
+struct VoteParams {
+  VoteRule rule = VoteRule::Momentum;
+  int vote_bits = 8;          // 8: int8 votes, 16: int16 votes
+  uint64_t seed = 0;
+  int64_t step = 0;           // VoteEngine::begin_step's step
+  double sched = 1.0;         // VoteEngine::begin_step's schedule multiplier
+  double lr_mult = 1.0;       // Governor::lr_mult
+  // Seed rule.
+  double sensitivity = 1.0;   // Governor::sensitivity (the current k, not the configured one)
+  int consensus = 4;
+  double flip_lr = 1.0;
+  int noise = 0;              // jitter amplitude (both rules)
+  int cooldown = 0;           // steps held after a flip (both rules)
+  // Momentum rule.
+  double lr = 1e-3;
+  bool second_moment = true;
+  double beta2 = 0.999;
+  double eps = 1e-10;
+
+  int64_t units() const { return vote_bits == 8 ? 64 : 16384; }
+  int64_t vmax() const { return vote_bits == 8 ? 127 : 32767; }
+  bool moments() const { return rule == VoteRule::Momentum && second_moment; }
+};
+
+// The votes of one LUT matrix (device pointers, host counters): train::LutVotes.
+struct VoteState {
+  int64_t id = 0;                  // tensor number, keys the random streams
+  int8_t* v8 = nullptr;            // (O, I) int8 votes, or
+  int16_t* v16 = nullptr;          // (O, I) int16 votes
+  uint8_t* cool = nullptr;         // (O, I) cooldown steps left; null when cooldown == 0
+  float* row_sq = nullptr;         // (O) momentum + second moments: EMA of the row mean of g^2
+  float* col_sq = nullptr;         // (I) EMA of the column mean of g^2
+  float* col_norm = nullptr;       // (I) chat / mean(chat) for the next backward call
+  float* col_part = nullptr;       // (ceil(O / R), I) this call's column sums of g^2 / O, per tile
+  unsigned long long* sums = nullptr;  // (2) seed rule's apply: sums of |v| and v^2 (scratch)
+  int64_t events = 0;              // backward calls folded into the EMAs (bias correction)
+  int64_t events_this_step = 0;    // backward calls of this step (keys the rounding stream)
+
+  void begin_step() { events_this_step = 0; }
+};
+
+// VoteState with its memory, initialized as VoteEngine's constructor does (votes, cooldowns and
+// EMAs 0, col_norm 1), asynchronously on s.
+struct DeviceVotes {
+  DeviceBuffer votes, cool, row_sq, col_sq, col_norm, col_part, sums;
+  VoteState state;
+};
+DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_t id, cudaStream_t s);
+
+// Stage 2 of the weight gradient (lut_train.h), VoteEngine::tile for the tiles of rows
+// o0 .. o0+rows-1 (o0 a multiple of R; rows a multiple of R or reaching O):
+//   dW: (rows, I) the weight gradient of those rows (device);
+//   dscale: (O, I / G) or null, accumulated as linear.cpp does;
+//   votes: null, or the state into which the votes are cast (with params).
+void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t rows, float* dscale, VoteState* votes,
+                    const VoteParams* params, cudaStream_t s);
+
+// VoteEngine::done after the last tile of one backward call: the column EMA, events and
+// col_norm (momentum with second moments), and events_this_step.
+void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, cudaStream_t s);
+
+// The optimizer step on the indices (VoteEngine::apply_seed / apply_momentum): w.idx and the
+// state are updated in place; the number of changed indices is added to *flips (device).
+void lut_votes_apply(const LutTrainView& w, VoteState& st, const VoteParams& p, unsigned long long* flips,
+                     cudaStream_t s);
+
+}  // namespace primal::cuda
