@@ -17,8 +17,10 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 TESTLOG="$OUT/tests.log"
 if has tests; then
-  for t in gpu_test_device gpu_test_ops_cuda gpu_test_gemv_cuda gpu_test_forward_cuda; do
-    [ -x "$HERE/$t" ] || continue
+  # Every gpu test carried beside this script (inference ones first, then the trainer's).
+  for f in "$HERE"/gpu_test_*; do
+    t=$(basename "$f")
+    [ -x "$f" ] || continue
     start=$(date +%s)
     echo "===== $t" >> "$TESTLOG"
     timeout 300 "$HERE/$t" >> "$TESTLOG" 2>&1
