@@ -12,6 +12,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "model/synth.h"
 #include "quant/lut_pack.h"
 #include "train/adamw.h"
 #include "train/forward_backward.h"
@@ -108,7 +109,7 @@ void register_bench_train(CLI::App& app) {
       "Examples:\n"
       "  primal bench-train --shape qwen2.5-1.5b --batch 8 --seq 1024 --memory 8GiB --plan\n"
       "  primal bench-train --shape layers=4,embd=256,heads=8,ff=704,vocab=50257 --batch 4 --seq 256 --device cpu\n"
-      "Shapes: qwen2.5-1.5b, seed-500m (dim 1280, 24 layers, 20 heads, GPT-2 vocabulary), or a spec\n"
+      "Shapes: " + synth_shape_names() + ", or a spec\n"
       "layers=,embd=,heads=,kv_heads=,ff=,vocab=[,head_dim=,ctx=,theta=,eps=].");
   cmd->add_option("--shape", a->shape, "model shape: a name or a spec (see below)")->required();
   cmd->add_option("--batch", a->batch, "sequences per optimizer step")->check(CLI::PositiveNumber);

@@ -141,13 +141,18 @@ SynthShape synth_shape(const std::string& name) {
   } else if (name == "llama3-8b") {
     s.arch = "llama", s.pre = "llama-bpe", s.n_vocab = 128256, s.n_embd = 4096, s.n_layer = 32, s.n_head = 32;
     s.n_head_kv = 8, s.head_dim = 128, s.n_ff = 14336, s.rope_theta = 5e5f, s.rms_eps = 1e-5f, s.n_ctx = 8192;
+  } else if (name == "seed-500m") {
+    // The seed documents' 500M training config (dim 1280, 24 layers, 20 heads, GPT-2 vocabulary);
+    // they give no FFN width: SwiGLU 8/3 x 1280 rounded up to 128, as bench/train_pytorch.py.
+    s.arch = "llama", s.pre = "gpt-2", s.n_vocab = 50257, s.n_embd = 1280, s.n_layer = 24, s.n_head = 20;
+    s.n_head_kv = 20, s.head_dim = 64, s.n_ff = 3456, s.rope_theta = 1e4f, s.rms_eps = 1e-5f, s.n_ctx = 2048;
   } else {
     fail("unknown shape '{}' (known: {})", name, synth_shape_names());
   }
   return s;
 }
 
-std::string synth_shape_names() { return "qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b, llama3-8b"; }
+std::string synth_shape_names() { return "qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b, llama3-8b, seed-500m"; }
 
 DType synth_tensor_type(const SynthShape& s, DType type, const std::string& name, int64_t row_len) {
   const bool head = name == "output.weight" || (s.tied && name == "token_embd.weight");

@@ -35,9 +35,10 @@ struct SynthShape {
   bool qkv_bias = false;
 };
 
-// qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b, llama3-8b; throws listing the known names otherwise.
+// qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b, llama3-8b, seed-500m (the seed documents' training
+// config); throws listing the known names otherwise.
 SynthShape synth_shape(const std::string& name);
-std::string synth_shape_names();  // "qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b, llama3-8b"
+std::string synth_shape_names();  // "qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b, llama3-8b, seed-500m"
 
 // The type a tensor gets for the chosen type (see above); `name` is the GGUF tensor name.
 DType synth_tensor_type(const SynthShape& s, DType type, const std::string& name, int64_t row_len);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "model/synth.h"
 #include "train/model.h"
 
 namespace primal::train {
@@ -269,58 +270,47 @@ std::string format_bytes(int64_t b) {
 }
 
 HParams training_shape(const std::string& name) {
-  HParams hp;
-  if (name == "qwen2.5-1.5b") {
-    // transformers' Qwen2.5-1.5B config: tied embeddings, q/k/v biases, NeoX RoPE, theta 1e6.
-    hp.arch = "qwen2";
-    hp.n_vocab = 151936;
-    hp.n_ctx_train = 32768;
-    hp.n_embd = 1536;
-    hp.n_layer = 28;
-    hp.n_head = 12;
-    hp.n_head_kv = 2;
-    hp.head_dim = 128;
-    hp.n_ff = 8960;
-    hp.rms_eps = 1e-6f;
-    hp.rope_theta = 1e6f;
-    hp.rope_neox = true;
-    hp.tied_embeddings = true;
-    hp.qkv_bias = true;
-  } else if (name == "seed-500m") {
-    // The seeds' 500M config (dim 1280, 24 layers, 20 heads, GPT-2 vocabulary); the seeds give
-    // no FFN width: SwiGLU 8/3 x 1280 rounded up to 128, as bench/train_pytorch.py.
-    hp.n_vocab = 50257;
-    hp.n_ctx_train = 2048;
-    hp.n_embd = 1280;
-    hp.n_layer = 24;
-    hp.n_head = 20;
-    hp.n_head_kv = 20;
-    hp.head_dim = 64;
-    hp.n_ff = 3456;
-  } else {
-    // A parse_shape spec with vocab=V.
-    std::string rest, vocab;
-    size_t start = 0;
-    while (start <= name.size()) {
-      const size_t end = std::min(name.find(',', start), name.size());
-      const std::string item = name.substr(start, end - start);
-      if (item.rfind("vocab=", 0) == 0) vocab = item.substr(6);
-      else if (!item.empty()) rest += (rest.empty() ? "" : ",") + item;
-      start = end + 1;
-    }
-    PRIMAL_CHECK(!vocab.empty(), "--shape '{}': not qwen2.5-1.5b or seed-500m, and a spec needs vocab=V", name);
-    hp = parse_shape(rest);
-    try {
-      size_t used = 0;
-      hp.n_vocab = std::stoll(vocab, &used);
-      PRIMAL_CHECK(used == vocab.size(), "--shape: vocab '{}' is not a number", vocab);
-    } catch (const std::logic_error&) {
-      fail("--shape: vocab '{}' is not a number", vocab);
-    }
-    PRIMAL_CHECK(hp.n_vocab >= 2, "--shape: vocab must be at least 2");
+  if (name.find('=') == std::string::npos) {
+    // A named shape: the benchmark shapes of `primal synth` (model/synth.h).
+    const SynthShape s = synth_shape(name);
+    HParams hp;
+    hp.arch = s.arch;
+    hp.n_vocab = s.n_vocab;
+    hp.n_ctx_train = s.n_ctx;
+    hp.n_embd = s.n_embd;
+    hp.n_layer = s.n_layer;
+    hp.n_head = s.n_head;
+    hp.n_head_kv = s.n_head_kv;
+    hp.head_dim = s.head_dim;
+    hp.rope_dim = s.head_dim;
+    hp.n_ff = s.n_ff;
+    hp.rms_eps = s.rms_eps;
+    hp.rope_theta = s.rope_theta;
+    hp.rope_neox = s.arch == "qwen2";
+    hp.tied_embeddings = s.tied;
+    hp.qkv_bias = s.qkv_bias;
     return hp;
   }
-  hp.rope_dim = hp.head_dim;
+  // A parse_shape spec with vocab=V.
+  std::string rest, vocab;
+  size_t start = 0;
+  while (start <= name.size()) {
+    const size_t end = std::min(name.find(',', start), name.size());
+    const std::string item = name.substr(start, end - start);
+    if (item.rfind("vocab=", 0) == 0) vocab = item.substr(6);
+    else if (!item.empty()) rest += (rest.empty() ? "" : ",") + item;
+    start = end + 1;
+  }
+  PRIMAL_CHECK(!vocab.empty(), "--shape '{}': a spec needs vocab=V", name);
+  HParams hp = parse_shape(rest);
+  try {
+    size_t used = 0;
+    hp.n_vocab = std::stoll(vocab, &used);
+    PRIMAL_CHECK(used == vocab.size(), "--shape: vocab '{}' is not a number", vocab);
+  } catch (const std::logic_error&) {
+    fail("--shape: vocab '{}' is not a number", vocab);
+  }
+  PRIMAL_CHECK(hp.n_vocab >= 2, "--shape: vocab must be at least 2");
   return hp;
 }
 

@@ -90,9 +90,8 @@ MemoryPlan choose_plan(const PlanRequest& r);
 int64_t parse_bytes(const std::string& s);
 std::string format_bytes(int64_t bytes);  // "7.43 GiB"
 
-// Named training shapes of the benchmarks: "qwen2.5-1.5b", "seed-500m" (the seeds' config: dim
-// 1280, 24 layers, 20 heads, GPT-2 vocabulary, SwiGLU 3456 as bench/train_pytorch.py), or a
-// parse_shape spec with an extra key vocab=V.
+// A named shape of `primal synth` (model/synth.h: qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b,
+// llama3-8b, seed-500m), or a parse_shape spec with an extra key vocab=V.
 HParams training_shape(const std::string& name_or_spec);
 
 }  // namespace primal::train
