@@ -28,6 +28,8 @@ void check_lut_view(const LutTrainView& w, const char* what) {
 
 namespace {
 
+TrainMath g_math = TrainMath::Fp32;
+
 void check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS {} failed: {}", what, cublasGetStatusString(st));
 }
@@ -43,8 +45,9 @@ void sgemm(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, in
   cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
   check(cublasSetStream(h, s), "set stream");
   const float alpha = 1.0f;
+  const cublasComputeType_t ct = g_math == TrainMath::Bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC;
   check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, CUDA_R_32F, int(lda), B, CUDA_R_32F, int(ldb), &beta,
-                     C, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT),
+                     C, CUDA_R_32F, int(ldc), ct, CUBLAS_GEMM_DEFAULT),
         "sgemm");
 }
 
@@ -157,6 +160,38 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, const float* 
     lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
   }
   if (g.votes) lut_votes_done(w, *g.votes, *g.params, s);
+}
+
+void set_train_math(TrainMath m) { g_math = m; }
+TrainMath train_math() { return g_math; }
+
+void dense_linear_forward(Blas& blas, const float* W, int64_t O, int64_t I, const float* inp, int64_t N,
+                          const float* bias, float* out, cudaStream_t s) {
+  PRIMAL_CHECK(W && inp && out && N > 0, "dense_linear_forward: N {} or a null pointer", N);
+  // Column-major: out^T (O x N, ld O) = W (O x I: the transpose of W^T, I x O, ld I) inp^T (I x N, ld I).
+  sgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, inp, I, 0.0f, out, O, s);
+  if (bias) {
+    add_bias_kernel<<<lut::blocks_for(N * O), lut::kThreads, 0, s>>>(out, bias, N, O);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void dense_linear_backward_input(Blas& blas, const float* W, int64_t O, int64_t I, const float* dout, int64_t N,
+                                 float* dinp, bool accumulate, cudaStream_t s) {
+  PRIMAL_CHECK(W && dout && dinp && N > 0, "dense_linear_backward_input: N {} or a null pointer", N);
+  // Column-major: dinp^T (I x N, ld I) = W^T (I x O, ld I) dout^T (O x N, ld O).
+  sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, accumulate ? 1.0f : 0.0f, dinp, I, s);
+}
+
+void dense_linear_backward_weight(Blas& blas, int64_t O, int64_t I, const float* dout, const float* inp, int64_t N,
+                                  float* dW, float* dbias, cudaStream_t s) {
+  PRIMAL_CHECK(dout && inp && N > 0, "dense_linear_backward_weight: N {} or a null pointer", N);
+  if (dbias) {
+    dbias_kernel<<<int((O + lut::kThreads - 1) / lut::kThreads), lut::kThreads, 0, s>>>(dout, N, O, dbias);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+  }
+  // Column-major: dW^T (I x O, ld I) += inp^T (I x N) dout (N x O).
+  if (dW) sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, inp, I, dout, O, 1.0f, dW, I, s);
 }
 
 }  // namespace primal::cuda

@@ -38,6 +38,15 @@ class Blas;
 struct VoteState;
 struct VoteParams;
 
+// The arithmetic of the trainer's GEMMs (process-wide; forward, dinp and dW alike):
+//   Fp32  fp32 products and sums (CUBLAS_COMPUTE_32F_PEDANTIC): the deterministic mode whose
+//         results the conformance tests hold against the CPU;
+//   Bf16  operands rounded to bf16 inside cuBLAS, fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF):
+//         the tensor-core fast path; storage stays fp32, results move by bf16 rounding.
+enum class TrainMath { Fp32, Bf16 };
+void set_train_math(TrainMath m);
+TrainMath train_math();
+
 // A LUT matrix of the trainer in device memory, in train::LutWeight's layout (by value; views).
 struct LutTrainView {
   DType type = DType::LUT4;     // LUT2..LUT6, LUT8 or LUT16
@@ -87,5 +96,16 @@ struct LutWeightGrad {
 // dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.
 void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, const float* dout, const float* inp, int64_t N,
                                 const LutWeightGrad& g, float* scratch, int64_t scratch_floats, cudaStream_t s);
+
+// Dense fp32 matrices (embeddings, head kept float): W (O, I) row-major on the device.
+// out: (N, O) = inp (N, I) W^T + bias (bias (O) or null).
+void dense_linear_forward(Blas& blas, const float* W, int64_t O, int64_t I, const float* inp, int64_t N,
+                          const float* bias, float* out, cudaStream_t s);
+// dinp: (N, I) = dout (N, O) W, overwritten or (accumulate) added to.
+void dense_linear_backward_input(Blas& blas, const float* W, int64_t O, int64_t I, const float* dout, int64_t N,
+                                 float* dinp, bool accumulate, cudaStream_t s);
+// dW: (O, I) += dout^T inp; dbias: (O) += column sums of dout (either may be null).
+void dense_linear_backward_weight(Blas& blas, int64_t O, int64_t I, const float* dout, const float* inp, int64_t N,
+                                  float* dW, float* dbias, cudaStream_t s);
 
 }  // namespace primal::cuda
