@@ -225,7 +225,17 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
                   cfg.sched.accum, cfg.sched.batch * T0 * cfg.sched.accum));
   if (o.resume) log(fmt::format("resuming at step {} ({} tokens)", st.step, st.tokens));
 
-  Workspace<float> ws;
+  EngineContext ectx;
+  ectx.model = &m;
+  ectx.votes = &votes;
+  ectx.adam = &adam;
+  ectx.grads = &grads;
+  ectx.cfg = &cfg;
+  ectx.teacher = teacher.model ? &teacher : nullptr;
+  ectx.max_batch = cfg.sched.batch;
+  ectx.max_seq = std::max(cfg.sched.seq, cfg.sched.seal_seq);
+  const std::unique_ptr<StepEngine> engine = o.engine ? o.engine(ectx) : make_cpu_engine(ectx);
+  if (engine->name() != "cpu") log(fmt::format("device: {}", engine->name()));
   std::vector<int32_t> in, tg;
   auto evaluate = [&]() {
     double nll = 0;
@@ -241,13 +251,14 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
         std::copy(q.begin(), q.end() - 1, in.begin() + b * T0);
         std::copy(q.begin() + 1, q.end(), tg.begin() + b * T0);
       }
-      const LossSum ls = forward_backward<float>(m, none, ws, in.data(), tg.data(), n, T0, 1.0, nullptr, nullptr);
+      const LossSum ls = engine->forward_backward(none, in.data(), tg.data(), n, T0, 1.0, false);
       nll += ls.nll;
       count += ls.count;
     }
     return nll / double(count);
   };
   auto sample = [&](int64_t step) {
+    engine->sync_to_host();  // sampling runs the CPU forward on the host model
     std::vector<int32_t> ids = cfg.sample_prompt.empty()
                                    ? std::vector<int32_t>(eval_seqs[0].begin(), eval_seqs[0].begin() + std::min<int64_t>(8, T0))
                                    : tok->encode(cfg.sample_prompt, true, false);
@@ -274,6 +285,7 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
     log(fmt::format("sample at step {}: {}|{}", step, prompt, cont));
   };
   auto write_ckpt = [&]() {
+    engine->sync_to_host();
     st.data = loader.position();
     st.config_json = cfg.to_json();
     write_checkpoint(ckpt, m, votes, adam, st, tok_kv);
@@ -302,15 +314,12 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
     const Phase ph = phase_at(cfg.sched, s);
     TrainMask mask = make_mask(ph, cfg, P);
     const double lr_mult = lr_multiplier(cfg.sched, s);
-    votes.begin_step(s, lr_mult);
-    grads.zero();
+    engine->begin_step(s, lr_mult);
     const int64_t tokens_step = ph.batch * ph.seq * ph.accum;
     double nll = 0;
     for (int64_t a = 0; a < ph.accum; ++a) {
       loader.next(ph.batch, ph.seq, in, tg);
-      nll += forward_backward<float>(m, mask, ws, in.data(), tg.data(), ph.batch, ph.seq, 1.0 / double(tokens_step),
-                                     &grads, &votes, teacher.model ? &teacher : nullptr)
-                 .nll;
+      nll += engine->forward_backward(mask, in.data(), tg.data(), ph.batch, ph.seq, 1.0 / double(tokens_step), true).nll;
     }
     const double loss = nll / double(tokens_step);
     PRIMAL_CHECK(std::isfinite(loss), "step {}: the loss is not finite ({})", s + 1, loss);
@@ -318,8 +327,8 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
       const int64_t l = own.layer.at(&mt);
       return l >= 0 ? bool(mask.layer[size_t(l)]) : l == -1 ? mask.embd : mask.head;
     };
-    const StepStats fl = votes.apply(matrix_trainable);
-    const double gnorm = adam.step(lr_mult, [&](const FloatParam& p) {
+    const StepStats fl = engine->apply_votes(matrix_trainable);
+    const double gnorm = engine->adam_step(lr_mult, [&](const FloatParam& p) {
       if (p.kind == ParamKind::Scale && !mask.scales) return false;
       if (p.layer >= 0) return bool(mask.layer[size_t(p.layer)]);
       if (p.matrix == &m.tok_embd) return mask.embd;
@@ -396,6 +405,7 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   }
 
   // The final model.
+  engine->sync_to_host();
   GgufWriter w;
   SaveOptions so;
   so.dense_type = cfg.save_f32 ? DType::F32 : DType::F16;

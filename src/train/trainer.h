@@ -12,6 +12,7 @@
 #include <functional>
 #include <string>
 
+#include "train/step_engine.h"
 #include "train/train_config.h"
 
 namespace primal::train {
@@ -24,6 +25,8 @@ struct TrainRunOptions {
   bool tty = false;               // progress bar redrawn in place (else one line every log_every)
   int64_t log_every = 10;
   std::function<void(const std::string&)> log;  // human lines (stderr)
+  // The engine that runs the steps (null: the CPU engine); the CLI passes the CUDA one.
+  std::function<std::unique_ptr<StepEngine>(const EngineContext&)> engine;
 };
 
 struct TrainSummary {
