@@ -17,6 +17,9 @@
 #include "train/eval.h"
 #include "train/model_io.h"
 #include "train/trainer.h"
+#ifdef PRIMAL_HAVE_CUDA
+#include "train/cuda/gpu_engine.h"
+#endif
 
 namespace primal::cli {
 namespace {
@@ -28,7 +31,29 @@ struct Args {
   std::string eval_ppl;
   bool quiet = false, freeze_embd = false, freeze_head = false, train_embd = false, train_head = false;
   bool no_shuffle = false, no_second_moment = false, freeze_scales = false;
+  std::string device = "cpu";  // where the steps run (not part of the run's configuration)
+  bool fast = false, recompute = false;
+  int64_t head_chunk = 0;
 };
+
+// --device cuda: the CUDA engine with the GPU options.
+void set_engine(const Args& a, train::TrainRunOptions& o) {
+  if (a.device != "cuda") {
+    PRIMAL_CHECK(!a.fast && !a.recompute && a.head_chunk == 0, "--fast, --recompute and --head-chunk need --device cuda");
+    return;
+  }
+#ifdef PRIMAL_HAVE_CUDA
+  train::GpuEngineOptions g;
+  g.fast = a.fast;
+  g.recompute = a.recompute;
+  g.head_chunk = a.head_chunk;
+  g.verbose = !a.quiet;
+  o.engine = [g](const train::EngineContext& ctx) { return train::make_cuda_engine(ctx, g); };
+#else
+  (void)o;
+  fail("--device cuda: this primal was built without CUDA");
+#endif
+}
 
 }  // namespace
 
@@ -145,6 +170,16 @@ void register_train(CLI::App& app) {
   cmd->add_option("--seed", c.seed, "random seed")->group(g_out);
   cmd->add_option("--threads", a->threads, "OpenMP threads (default: all cores)")->group(g_out);
   cmd->add_flag("-q,--quiet", a->quiet, "no progress output");
+  const char* g_dev = "Device";
+  cmd->add_option("--device", a->device, "where the steps run: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->group(g_dev);
+  cmd->add_flag("--fast", a->fast, "cuda: GEMMs on bf16 tensor cores (default: fp32, the CPU's results)")->group(g_dev);
+  cmd->add_flag("--recompute", a->recompute, "cuda: recompute each layer's activations in the backward (less memory)")
+      ->group(g_dev);
+  cmd->add_option("--head-chunk", a->head_chunk, "cuda: rows of logits at once (default 128, 1024 with --fast)")
+      ->check(CLI::NonNegativeNumber)
+      ->group(g_dev);
   auto* g_eval = "Evaluation only";
   cmd->add_option("--eval-ppl", a->eval_ppl, "print the perplexity of --model on this text (llama.cpp definition) and exit")
       ->group(g_eval);
@@ -158,6 +193,7 @@ void register_train(CLI::App& app) {
     o.stop_after = a->stop_after;
     o.tty = !a->quiet && isatty(2);
     if (!a->quiet) o.log = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+    set_engine(*a, o);
     if (!a->resume.empty()) {
       PRIMAL_CHECK(c.out.empty() || c.out == a->resume, "--resume {} and --out {} name different folders", a->resume,
                    c.out);

@@ -1,0 +1,680 @@
+// The CUDA engine: train/forward_backward.cpp, votes.cpp and adamw.cpp on the device. Read those
+// first: every block below names the CPU lines it mirrors, and the order of operations is theirs.
+#include "train/cuda/gpu_engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <unordered_map>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cuda/attention_train.h"
+#include "ops/cuda/buffer.h"
+#include "ops/cuda/gemm.h"
+#include "ops/cuda/lut_embedding_grad.h"
+#include "ops/cuda/lut_train.h"
+#include "ops/cuda/train_ops.h"
+#include "ops/cuda/train_step.h"
+#include "ops/cuda/votes.h"
+#include "train/train_config.h"
+
+namespace primal::train {
+namespace cu = primal::cuda;
+namespace {
+
+constexpr int64_t kFastHeadChunk = 1024;
+
+// Device allocations of the engine, with their total (what the engine adds to the device).
+class Arena {
+ public:
+  void* bytes(size_t n) {
+    if (n == 0) return nullptr;
+    bufs_.emplace_back(n);
+    total_ += int64_t(n);
+    return bufs_.back().data();
+  }
+  template <class T>
+  T* of(size_t n) {
+    return static_cast<T*>(bytes(n * sizeof(T)));
+  }
+  // A device copy of a host vector (null when empty).
+  template <class T>
+  T* copy(const std::vector<T>& v) {
+    T* d = of<T>(v.size());
+    if (d) cu::copy_to_device(d, v.data(), v.size() * sizeof(T));
+    return d;
+  }
+  int64_t total() const { return total_; }
+
+ private:
+  std::vector<cu::DeviceBuffer> bufs_;  // moving a DeviceBuffer keeps its device pointer
+  int64_t total_ = 0;
+};
+
+// One weight matrix of the model on the device.
+struct DevMat {
+  Matrix* host = nullptr;
+  cu::LutTrainView view;                    // LUT: indices, scales, grid
+  float* dense = nullptr;                   // dense: (O, I)
+  float* dscale = nullptr;                  // LUT scale gradient (O, I / G), or null
+  float* dW = nullptr;                      // dense gradient (O, I), or null
+  std::unique_ptr<cu::DeviceVotes> votes;   // LUT: the vote state
+  LutVotes* hv = nullptr;                   // its host twin
+  bool lut() const { return host->is_lut(); }
+};
+
+struct DevLayer {
+  float *attn_norm = nullptr, *ffn_norm = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;  // (C) (C) (Q) (KV) (KV)
+  float *g_attn_norm = nullptr, *g_ffn_norm = nullptr, *g_bq = nullptr, *g_bk = nullptr, *g_bv = nullptr;
+  DevMat *wq = nullptr, *wk = nullptr, *wv = nullptr, *wo = nullptr, *w_gate = nullptr, *w_up = nullptr,
+         *w_down = nullptr;
+};
+
+// What a layer's backward reads (forward_backward.h Workspace::Layer), N = B*T tokens.
+struct Acts {
+  float *xn1, *rstd1;   // (N, C), (N)
+  float *q, *k, *v;     // (N, Q), (N, KV), (N, KV) after RoPE
+  float *att, *lse;     // (N, Q), (B, NH, T)
+  float *mid;           // (N, C)
+  float *xn2, *rstd2;   // (N, C), (N)
+  float *gate, *up, *h; // (N, F) each
+};
+
+struct DevParam {  // an AdamW parameter on the device (index = its index in AdamW::params())
+  float *p = nullptr, *g = nullptr, *m = nullptr, *v = nullptr;
+  int64_t n = 0;
+};
+
+class CudaEngine final : public StepEngine {
+ public:
+  CudaEngine(const EngineContext& c, const GpuEngineOptions& o);
+  std::string name() const override { return o_.fast ? "cuda (bf16 tensor-core GEMMs)" : "cuda (fp32)"; }
+  void begin_step(int64_t step, double sched) override;
+  LossSum forward_backward(const TrainMask& mask, const int32_t* inputs, const int32_t* targets, int64_t B, int64_t T,
+                           double loss_scale, bool train) override;
+  StepStats apply_votes(const std::function<bool(const Matrix&)>& trainable) override;
+  double adam_step(double sched, const std::function<bool(const FloatParam&)>& trainable) override;
+  void sync_to_host() override;
+  int64_t peak_bytes() const override { return peak_; }
+  ~CudaEngine() override;
+
+ private:
+  DevMat* upload_matrix(Matrix& m);
+  float* param(std::vector<float>& v) { return v.empty() ? nullptr : pmap_.at(v.data()); }
+  float* grad(std::vector<float>& v) { return v.empty() ? nullptr : gmap_.at(v.data()); }
+  float* res(int64_t l) { return res_ + l * maxN_ * hp_.n_embd; }
+  Acts& acts(int64_t l) { return acts_[o_.recompute ? 0 : size_t(l)]; }
+  void forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out);
+  void lin_fwd(const DevMat& W, const float* inp, int64_t n, const float* bias, float* out);
+  void lin_bwd(float* dinp, bool accumulate, const float* dout, const float* inp, int64_t n, DevMat& W, bool trainable,
+               bool scales, float* dbias);
+  void note_memory();
+  // PRIMAL_TRAIN_PROFILE=1: the stream is synchronized after every op and the op's wall time
+  // added to its category (a table on stderr when the engine ends); otherwise nothing happens.
+  void mark(const char* category);
+
+  EngineContext c_;
+  GpuEngineOptions o_;
+  HParams hp_;
+  cu::Stream stream_;
+  cudaStream_t s_ = nullptr;
+  std::unique_ptr<cu::Blas> blas_;
+  Arena arena_;
+  std::unordered_map<const float*, float*> pmap_, gmap_;  // host parameter / gradient -> device
+  std::unordered_map<const Matrix*, std::unique_ptr<DevMat>> mats_;
+  std::vector<DevLayer> layers_;
+  DevMat* embd_ = nullptr;
+  DevMat* head_ = nullptr;
+  float *out_norm_ = nullptr, *g_out_norm_ = nullptr;
+  std::vector<std::pair<float*, int64_t>> grad_bufs_;  // zeroed at every step
+  std::vector<DevParam> dparams_;
+  cu::RopeTrainParams rope_;
+  cu::VoteParams vp_;
+
+  // Workspace for micro-batches of up to maxN_ tokens.
+  int64_t maxN_ = 0, head_chunk_ = 0, scratch_floats_ = 0;
+  float* res_ = nullptr;                      // (L + 1, maxN, C)
+  std::vector<Acts> acts_;                    // (L), or (1) with recomputation
+  float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
+  float *dq_, *datt_, *dk_, *dv_;             // (N, Q) x 2, (N, KV) x 2
+  float *dgate_, *dup_, *dh_;                 // (N, F) x 3
+  float* logits_ = nullptr;                   // (head_chunk, V)
+  float* scratch_ = nullptr;                  // (scratch_floats) GEMM operand / weight-gradient tiles
+  double* nll_ = nullptr;                     // (maxN)
+  int32_t *tokens_ = nullptr, *targets_ = nullptr, *flag_ = nullptr;  // (maxN), (maxN), (1)
+  int32_t* csr_ = nullptr;                    // (3 maxN + 1) LUT-embedding positions by token
+  double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares scratch
+  unsigned long long* flips_ = nullptr;       // (1)
+  std::vector<double> nll_host_;
+  int64_t free0_ = 0, peak_ = 0;
+  bool prof_ = false;
+  std::map<std::string, double> prof_s_;
+  std::chrono::steady_clock::time_point prof_t_;
+};
+
+void CudaEngine::mark(const char* category) {
+  if (!prof_) return;
+  stream_.sync();
+  const auto now = std::chrono::steady_clock::now();
+  if (category) prof_s_[category] += std::chrono::duration<double>(now - prof_t_).count();
+  prof_t_ = now;
+}
+
+CudaEngine::~CudaEngine() {
+  if (!prof_ || prof_s_.empty()) return;
+  double total = 0;
+  for (const auto& [k, v] : prof_s_) total += v;
+  std::vector<std::pair<double, std::string>> rows;
+  for (const auto& [k, v] : prof_s_) rows.push_back({v, k});
+  std::sort(rows.rbegin(), rows.rend());
+  std::fprintf(stderr, "cuda engine profile (synchronized after every op), %.3f s in all:\n", total);
+  for (const auto& [v, k] : rows) std::fprintf(stderr, "  %-22s %9.3f s  %5.1f%%\n", k.c_str(), v, 100 * v / total);
+}
+
+CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c), o_(o), hp_(c.model->hp) {
+  PRIMAL_CHECK(!c.teacher, "--teacher (distillation) runs on the CPU only for now: drop --device cuda");
+  PRIMAL_CHECK(cu::attention_train_supports(hp_.head_dim), "--device cuda: head size {} is not supported (32, 64, 96, 128)",
+               hp_.head_dim);
+  for (const TrainLayer& l : c.model->layers)
+    for (const Matrix* mt : l.matrices())
+      PRIMAL_CHECK(mt->is_lut(), "--device cuda: {} is a dense matrix; the GPU trainer trains LUT layers (not --lut none)",
+                   mt->name);
+  s_ = stream_.get();
+  const char* pe = std::getenv("PRIMAL_TRAIN_PROFILE");
+  prof_ = pe && *pe && *pe != '0';
+  cu::set_train_math(o_.fast ? cu::TrainMath::Bf16 : cu::TrainMath::Fp32);
+  free0_ = int64_t(cu::memory_info().first);
+  blas_ = std::make_unique<cu::Blas>();
+  TrainModel& m = *c.model;
+  const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim;
+  const int64_t Q = NH * HS, KV = KVH * HS, FF = hp_.n_ff, V = hp_.n_vocab, L = hp_.n_layer;
+
+  // Float gradients: one device buffer per host gradient vector (Grads::allocate decided which).
+  Grads<float>& g = *c.grads;
+  auto add_grad = [&](std::vector<float>& v) {
+    if (v.empty()) return;
+    float* d = arena_.of<float>(v.size());
+    gmap_[v.data()] = d;
+    grad_bufs_.push_back({d, int64_t(v.size())});
+  };
+  add_grad(g.tok_embd.dW), add_grad(g.tok_embd.dscale), add_grad(g.output_norm), add_grad(g.output.dW),
+      add_grad(g.output.dscale);
+  for (LayerGrad<float>& lg : g.layers) {
+    for (auto* v : {&lg.attn_norm, &lg.ffn_norm, &lg.bq, &lg.bk, &lg.bv}) add_grad(*v);
+    for (MatGrad<float>* mg : lg.matrices()) add_grad(mg->dW), add_grad(mg->dscale);
+  }
+
+  // Parameters, matrices, votes.
+  auto add_param = [&](std::vector<float>& v) -> float* {
+    if (v.empty()) return nullptr;
+    float* d = arena_.copy(v);
+    pmap_[v.data()] = d;
+    return d;
+  };
+  embd_ = upload_matrix(m.tok_embd);
+  if (embd_->lut()) embd_->dscale = grad(g.tok_embd.dscale);
+  else embd_->dW = grad(g.tok_embd.dW);
+  if (hp_.tied_embeddings) {
+    head_ = embd_;
+  } else {
+    head_ = upload_matrix(m.output);
+    if (head_->lut()) head_->dscale = grad(g.output.dscale);
+    else head_->dW = grad(g.output.dW);
+  }
+  out_norm_ = add_param(m.output_norm);
+  g_out_norm_ = grad(g.output_norm);
+  layers_.resize(m.layers.size());
+  for (size_t p = 0; p < m.layers.size(); ++p) {
+    TrainLayer& tl = m.layers[p];
+    LayerGrad<float>& lg = g.layers[p];
+    DevLayer& d = layers_[p];
+    d.attn_norm = add_param(tl.attn_norm), d.ffn_norm = add_param(tl.ffn_norm);
+    d.bq = add_param(tl.bq), d.bk = add_param(tl.bk), d.bv = add_param(tl.bv);
+    d.g_attn_norm = grad(lg.attn_norm), d.g_ffn_norm = grad(lg.ffn_norm);
+    d.g_bq = grad(lg.bq), d.g_bk = grad(lg.bk), d.g_bv = grad(lg.bv);
+    DevMat** dm[] = {&d.wq, &d.wk, &d.wv, &d.wo, &d.w_gate, &d.w_up, &d.w_down};
+    const auto hm = tl.matrices();
+    const auto gm = lg.matrices();
+    for (size_t k = 0; k < hm.size(); ++k) {
+      *dm[k] = upload_matrix(*hm[k]);
+      (*dm[k])->dscale = grad(gm[k]->dscale);
+    }
+  }
+  // AdamW's parameters, in its order, with their moments.
+  for (FloatParam& fp : c.adam->params()) {
+    DevParam d;
+    d.n = int64_t(fp.n);
+    d.p = pmap_.at(fp.p);
+    d.g = gmap_.at(fp.g);
+    d.m = arena_.copy(fp.m);
+    d.v = arena_.copy(fp.v);
+    dparams_.push_back(d);
+  }
+  int64_t ss_max = 1;
+  for (const DevParam& d : dparams_) ss_max = std::max(ss_max, cu::sum_squares_scratch(d.n));
+  ss_ = arena_.of<double>(std::max<size_t>(1, dparams_.size()));
+  ss_scratch_ = arena_.of<double>(size_t(ss_max));
+  flips_ = arena_.of<unsigned long long>(1);
+
+  // RoPE frequencies.
+  rope_.head_dim = m.rope.head_dim;
+  rope_.n_rot = m.rope.n_rot;
+  rope_.neox = m.rope.neox;
+  rope_.inv_freq = arena_.copy(m.rope.inv_freq);
+
+  // Workspace.
+  const int64_t B = std::max<int64_t>(1, c.max_batch), T = std::max<int64_t>(1, c.max_seq);
+  const int64_t N = maxN_ = B * T;
+  head_chunk_ = o_.head_chunk > 0 ? o_.head_chunk : o_.fast ? kFastHeadChunk : kHeadChunk;
+  head_chunk_ = std::min(head_chunk_, N);
+  res_ = arena_.of<float>(size_t((L + 1) * N * C));
+  acts_.resize(o_.recompute ? 1 : size_t(L));
+  for (Acts& a : acts_) {
+    a.xn1 = arena_.of<float>(size_t(N * C)), a.rstd1 = arena_.of<float>(size_t(N));
+    a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
+    a.att = arena_.of<float>(size_t(N * Q)), a.lse = arena_.of<float>(size_t(N * NH));
+    a.mid = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.rstd2 = arena_.of<float>(size_t(N));
+    a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF)), a.h = arena_.of<float>(size_t(N * FF));
+  }
+  xnf_ = arena_.of<float>(size_t(N * C)), rstdf_ = arena_.of<float>(size_t(N));
+  dx_ = arena_.of<float>(size_t(N * C)), dxn_ = arena_.of<float>(size_t(N * C)), dxnf_ = arena_.of<float>(size_t(N * C));
+  dq_ = arena_.of<float>(size_t(N * Q)), datt_ = arena_.of<float>(size_t(N * Q));
+  dk_ = arena_.of<float>(size_t(N * KV)), dv_ = arena_.of<float>(size_t(N * KV));
+  dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF)), dh_ = arena_.of<float>(size_t(N * FF));
+  logits_ = arena_.of<float>(size_t(head_chunk_ * V));
+  // The GEMM scratch: the largest layer matrix whole (one dequantization and one GEMM per call),
+  // at least one weight-gradient tile of the head.
+  int64_t sc = cu::lut_grad_scratch_floats(C);
+  for (const auto& [mt, dm] : mats_)
+    if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
+  scratch_floats_ = sc;
+  scratch_ = arena_.of<float>(size_t(sc));
+  nll_ = arena_.of<double>(size_t(N));
+  nll_host_.resize(size_t(N));
+  tokens_ = arena_.of<int32_t>(size_t(N)), targets_ = arena_.of<int32_t>(size_t(N)), flag_ = arena_.of<int32_t>(1);
+  csr_ = arena_.of<int32_t>(size_t(3 * N + 1));
+  stream_.sync();
+  note_memory();
+  if (o_.verbose)
+    std::fprintf(stderr, "cuda engine: %.2f GiB allocated (%s; %lld tokens per micro-batch, head chunk %lld)\n",
+                 double(arena_.total()) / double(1 << 30), o_.recompute ? "recomputation" : "all activations kept",
+                 (long long)N, (long long)head_chunk_);
+}
+
+DevMat* CudaEngine::upload_matrix(Matrix& m) {
+  auto& slot = mats_[&m];
+  if (slot) return slot.get();
+  slot = std::make_unique<DevMat>();
+  DevMat& d = *slot;
+  d.host = &m;
+  if (!m.is_lut()) {
+    d.dense = arena_.copy(m.dense);
+    pmap_[m.dense.data()] = d.dense;
+    return &d;
+  }
+  LutWeight& L = *m.lut;
+  d.view.type = L.type;
+  d.view.O = L.O, d.view.I = L.I, d.view.G = L.G;
+  d.view.idx = arena_.copy(L.idx);
+  float* scale = arena_.copy(L.scale);
+  pmap_[L.scale.data()] = scale;
+  d.view.scale = scale;
+  d.view.grid = arena_.copy(L.grid);
+  cu::check_lut_view(d.view, m.name.c_str());
+  d.hv = c_.votes->find(&m);
+  if (d.hv) {
+    const VoteConfig& vc = c_.votes->config();
+    cu::VoteParams p;
+    p.vote_bits = vc.vote_bits;
+    p.rule = vc.rule == Rule::Seed ? cu::VoteRule::Seed : cu::VoteRule::Momentum;
+    p.second_moment = vc.second_moment;
+    p.cooldown = vc.cooldown;
+    d.votes = std::make_unique<cu::DeviceVotes>(cu::make_device_votes(d.view, p, d.hv->id, s_));
+    // The host state (zero at the start, a checkpoint's on resume) replaces the fresh one.
+    cu::VoteState& st = d.votes->state;
+    const LutVotes& h = *d.hv;
+    if (st.v8) cu::copy_to_device_async(st.v8, h.v8.data(), h.v8.size(), s_);
+    if (st.v16) cu::copy_to_device_async(st.v16, h.v16.data(), h.v16.size() * 2, s_);
+    if (st.cool) cu::copy_to_device_async(st.cool, h.cool.data(), h.cool.size(), s_);
+    if (st.row_sq) cu::copy_to_device_async(st.row_sq, h.row_sq.data(), h.row_sq.size() * 4, s_);
+    if (st.col_sq) cu::copy_to_device_async(st.col_sq, h.col_sq.data(), h.col_sq.size() * 4, s_);
+    if (st.col_norm && !h.col_norm.empty()) cu::copy_to_device_async(st.col_norm, h.col_norm.data(), h.col_norm.size() * 4, s_);
+    st.events = h.events;
+    stream_.sync();
+  }
+  return &d;
+}
+
+void CudaEngine::note_memory() {
+  const int64_t used = free0_ - int64_t(cu::memory_info().first);
+  peak_ = std::max(peak_, used);
+}
+
+void CudaEngine::begin_step(int64_t step, double sched) {
+  c_.votes->begin_step(step, sched);  // the host twin keeps step and schedule (checkpoints)
+  const VoteConfig& vc = c_.votes->config();
+  const Governor& gov = c_.votes->governor();
+  cu::VoteParams& p = vp_;
+  p.rule = vc.rule == Rule::Seed ? cu::VoteRule::Seed : cu::VoteRule::Momentum;
+  p.vote_bits = vc.vote_bits;
+  p.seed = vc.seed;
+  p.step = step;
+  p.sched = sched;
+  p.lr_mult = gov.lr_mult;
+  p.sensitivity = gov.sensitivity;
+  p.consensus = vc.consensus;
+  p.flip_lr = vc.flip_lr;
+  p.noise = vc.noise;
+  p.cooldown = vc.cooldown;
+  p.lr = vc.lr;
+  p.second_moment = vc.second_moment;
+  p.beta2 = vc.beta2;
+  p.eps = vc.eps;
+  for (auto& [mt, d] : mats_)
+    if (d->votes) d->votes->state.begin_step();
+  for (const auto& [ptr, n] : grad_bufs_) cu::fill_bytes_async(ptr, 0, size_t(n) * 4, s_);
+}
+
+void CudaEngine::lin_fwd(const DevMat& W, const float* inp, int64_t n, const float* bias, float* out) {
+  if (W.lut()) cu::lut_linear_forward(*blas_, W.view, inp, n, bias, out, scratch_, scratch_floats_, s_);
+  else cu::dense_linear_forward(*blas_, W.dense, W.host->O, W.host->I, inp, n, bias, out, s_);
+}
+
+// linear_backward with grad_of's choices (forward_backward.cpp): only dinp when the matrix is not
+// trainable; LUT: scale gradient (when scales train), bias, votes; dense: dW, bias.
+void CudaEngine::lin_bwd(float* dinp, bool accumulate, const float* dout, const float* inp, int64_t n, DevMat& W,
+                         bool trainable, bool scales, float* dbias) {
+  if (dinp) {
+    if (W.lut()) cu::lut_linear_backward_input(*blas_, W.view, dout, n, dinp, accumulate, scratch_, scratch_floats_, s_);
+    else cu::dense_linear_backward_input(*blas_, W.dense, W.host->O, W.host->I, dout, n, dinp, accumulate, s_);
+  }
+  if (!trainable) return;
+  if (W.lut()) {
+    cu::LutWeightGrad g;
+    g.dscale = scales ? W.dscale : nullptr;
+    g.dbias = dbias;
+    g.votes = W.votes ? &W.votes->state : nullptr;
+    g.params = &vp_;
+    if (g.dscale || g.dbias || g.votes)
+      cu::lut_linear_backward_weight(*blas_, W.view, dout, inp, n, g, scratch_, scratch_floats_, s_);
+  } else if (W.dW || dbias) {
+    cu::dense_linear_backward_weight(*blas_, W.host->O, W.host->I, dout, inp, n, W.dW, dbias, s_);
+  }
+}
+
+// forward_layers' body for logical layer l (need_out false: a recomputation, which does not need
+// the layer's output; the residual stream keeps it from the forward).
+void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out) {
+  const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim, FF = hp_.n_ff, N = B * T;
+  const DevLayer& w = layers_[size_t(c_.model->layer_of[size_t(l)])];
+  const float* x = res(l);
+  const char* ew = need_out ? "norm/rope/add fwd" : "recompute: elementwise";
+  const char* lf = need_out ? "linear fwd" : "recompute: linear";
+  cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
+  mark(ew);
+  lin_fwd(*w.wq, a.xn1, N, w.bq, a.q);
+  lin_fwd(*w.wk, a.xn1, N, w.bk, a.k);
+  lin_fwd(*w.wv, a.xn1, N, w.bv, a.v);
+  mark(lf);
+  cu::rope_forward_train(a.q, B, T, NH, 0, rope_, s_);
+  cu::rope_forward_train(a.k, B, T, KVH, 0, rope_, s_);
+  mark(ew);
+  cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
+  mark(need_out ? "attention fwd" : "recompute: attention");
+  lin_fwd(*w.wo, a.att, N, nullptr, a.mid);
+  mark(lf);
+  cu::add_inplace(a.mid, x, N * C, s_);
+  cu::rmsnorm_forward_train(a.xn2, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
+  mark(ew);
+  lin_fwd(*w.w_gate, a.xn2, N, nullptr, a.gate);
+  lin_fwd(*w.w_up, a.xn2, N, nullptr, a.up);
+  mark(lf);
+  cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
+  mark(ew);
+  if (!need_out) return;
+  float* out = res(l + 1);
+  lin_fwd(*w.w_down, a.h, N, nullptr, out);
+  mark(lf);
+  cu::add_inplace(out, a.mid, N * C, s_);
+  mark(ew);
+}
+
+LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* inputs, const int32_t* targets, int64_t B,
+                                     int64_t T, double loss_scale, bool train) {
+  TrainModel& m = *c_.model;
+  const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim;
+  const int64_t FF = hp_.n_ff, V = hp_.n_vocab, N = B * T, L = hp_.n_layer;
+  PRIMAL_CHECK(B > 0 && T > 0, "forward: empty batch ({} x {})", B, T);
+  PRIMAL_CHECK(N <= maxN_, "forward: {} x {} tokens exceed the {} the CUDA engine was sized for", B, T, maxN_);
+  PRIMAL_CHECK(!train || int64_t(mask.layer.size()) == m.n_physical(), "forward: mask of {} layers for {}",
+               mask.layer.size(), m.n_physical());
+  LossSum loss;
+  for (int64_t t = 0; t < N; ++t) {
+    PRIMAL_CHECK(inputs[t] >= 0 && inputs[t] < V, "token id {} at position {} is outside the vocabulary (0..{})",
+                 inputs[t], t, V - 1);
+    PRIMAL_CHECK(targets[t] < V, "target {} at position {} is outside the vocabulary (0..{})", targets[t], t, V - 1);
+    loss.count += targets[t] >= 0;
+  }
+  mark(nullptr);
+  cu::copy_to_device_async(tokens_, inputs, size_t(N) * 4, s_);
+  cu::copy_to_device_async(targets_, targets, size_t(N) * 4, s_);
+
+  // Forward (forward_layers).
+  if (embd_->lut()) cu::lut_embedding_rows(res(0), tokens_, N, embd_->view, s_);
+  else cu::embedding_forward_train(res(0), tokens_, N, embd_->dense, V, C, flag_, s_);
+  mark("embedding");
+  for (int64_t l = 0; l < L; ++l) forward_layer(l, acts(l), B, T, true);
+  cu::rmsnorm_forward_train(xnf_, rstdf_, res(L), out_norm_, N, C, hp_.rms_eps, s_);
+  mark("norm/rope/add fwd");
+
+  // Head + loss, a chunk of rows at a time; the head's backward right there. Unscored rows
+  // (target < 0) get loss 0 and a zero gradient row from the loss kernels.
+  const bool head_tr = train && mask.head;
+  for (int64_t c0 = 0; c0 < N; c0 += head_chunk_) {
+    const int64_t n = std::min(head_chunk_, N - c0);
+    lin_fwd(*head_, xnf_ + c0 * C, n, nullptr, logits_);
+    mark("head fwd");
+    if (!train) {
+      cu::cross_entropy_rows(logits_, targets_ + c0, n, V, nll_ + c0, s_);
+      mark("head loss");
+      continue;
+    }
+    cu::cross_entropy_backward_rows(logits_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_);
+    mark("head loss");
+    lin_bwd(dxnf_ + c0 * C, false, logits_, xnf_ + c0 * C, n, *head_, false, false, nullptr);
+    mark("head dinp");
+    if (head_tr) lin_bwd(nullptr, false, logits_, xnf_ + c0 * C, n, *head_, true, mask.scales, nullptr);
+    mark("head dW + votes");
+  }
+  cu::copy_to_host_async(nll_host_.data(), nll_, size_t(N) * 8, s_);
+
+  if (train) {
+    // The lowest logical layer the gradient must reach (forward_backward.cpp).
+    const bool embd_grad = mask.embd && !embd_->lut() && embd_->dW;
+    const bool embd_scale_grad = mask.embd && mask.scales && embd_->lut() && embd_->dscale;
+    int64_t lowest = L;
+    if (embd_grad || embd_scale_grad) lowest = 0;
+    else
+      for (int64_t l = 0; l < L; ++l)
+        if (mask.layer[size_t(m.layer_of[size_t(l)])]) {
+          lowest = l;
+          break;
+        }
+    cu::fill_bytes_async(dx_, 0, size_t(N * C) * 4, s_);
+    cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_);
+    for (int64_t l = L - 1; l >= lowest; --l) {
+      const int64_t p = m.layer_of[size_t(l)];
+      DevLayer& w = layers_[size_t(p)];
+      const bool tr = mask.layer[size_t(p)], sc = mask.scales;
+      Acts& a = acts(l);
+      if (o_.recompute) forward_layer(l, a, B, T, false);
+      // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
+      lin_bwd(dh_, false, dx_, a.h, N, *w.w_down, tr, sc, nullptr);
+      mark("linear bwd");
+      cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
+      mark("norm/swiglu/rope bwd");
+      lin_bwd(dxn_, false, dgate_, a.xn2, N, *w.w_gate, tr, sc, nullptr);
+      lin_bwd(dxn_, true, dup_, a.xn2, N, *w.w_up, tr, sc, nullptr);
+      mark("linear bwd");
+      cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_);
+      mark("norm/swiglu/rope bwd");
+      // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
+      lin_bwd(datt_, false, dx_, a.att, N, *w.wo, tr, sc, nullptr);
+      mark("linear bwd");
+      cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
+      mark("attention bwd");
+      cu::rope_backward(dq_, B, T, NH, 0, rope_, s_);
+      cu::rope_backward(dk_, B, T, KVH, 0, rope_, s_);
+      mark("norm/swiglu/rope bwd");
+      lin_bwd(dxn_, false, dq_, a.xn1, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
+      lin_bwd(dxn_, true, dk_, a.xn1, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
+      lin_bwd(dxn_, true, dv_, a.xn1, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
+      mark("linear bwd");
+      cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_);
+      mark("norm/swiglu/rope bwd");
+    }
+    if (embd_grad) cu::embedding_backward(embd_->dW, dx_, tokens_, N, V, C, s_);
+    if (embd_scale_grad) {
+      // Positions grouped by token, increasing within a token (the CPU's order per scale).
+      std::vector<int32_t> order(static_cast<size_t>(N));
+      for (int64_t t = 0; t < N; ++t) order[size_t(t)] = int32_t(t);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return inputs[a] < inputs[b]; });
+      std::vector<int32_t> rows, start, csr;
+      for (int64_t k = 0; k < N; ++k) {
+        const int32_t tok = inputs[order[size_t(k)]];
+        if (rows.empty() || rows.back() != tok) rows.push_back(tok), start.push_back(int32_t(k));
+      }
+      start.push_back(int32_t(N));
+      csr.reserve(size_t(3 * N + 1));
+      csr.insert(csr.end(), rows.begin(), rows.end());
+      csr.insert(csr.end(), start.begin(), start.end());
+      csr.insert(csr.end(), order.begin(), order.end());
+      cu::copy_to_device_async(csr_, csr.data(), csr.size() * 4, s_);
+      const int64_t R = int64_t(rows.size());
+      cu::lut_embedding_scale_grad(embd_->view, dx_, csr_, csr_ + R, csr_ + 2 * R + 1, R, embd_->dscale, s_);
+      stream_.sync();  // csr is a host temporary
+    }
+    mark("embedding bwd");
+  }
+  stream_.sync();
+  for (int64_t t = 0; t < N; ++t) loss.nll += nll_host_[size_t(t)];
+  note_memory();
+  return loss;
+}
+
+StepStats CudaEngine::apply_votes(const std::function<bool(const Matrix&)>& trainable) {
+  StepStats st;
+  mark(nullptr);
+  cu::fill_bytes_async(flips_, 0, 8, s_);
+  for (LutVotes& hv : c_.votes->states()) {
+    if (!trainable(*hv.m)) continue;
+    DevMat& d = *mats_.at(hv.m);
+    st.weights += hv.m->O * hv.m->I;
+    cu::lut_votes_apply(d.view, d.votes->state, vp_, flips_, s_);
+  }
+  unsigned long long flips = 0;
+  cu::copy_to_host_async(&flips, flips_, 8, s_);
+  stream_.sync();
+  mark("votes apply");
+  st.flips = int64_t(flips);
+  // VoteEngine::apply's governor.
+  const VoteConfig& vc = c_.votes->config();
+  Governor& gov = c_.votes->governor();
+  if (vc.flip_cap > 0 && st.rate() > vc.flip_cap) {
+    gov.lr_mult *= 0.8;
+    gov.sensitivity += 0.02;
+    ++gov.reactions;
+  }
+  return st;
+}
+
+// AdamW::step: the norm over the trainable parameters (per-parameter sums added in order), the
+// clip factor, then each parameter's update with its own step count.
+double CudaEngine::adam_step(double sched, const std::function<bool(const FloatParam&)>& trainable) {
+  mark(nullptr);
+  std::vector<FloatParam>& ps = c_.adam->params();
+  std::vector<char> on(ps.size());
+  for (size_t k = 0; k < ps.size(); ++k) {
+    on[k] = trainable(ps[k]);
+    if (on[k]) cu::sum_squares(dparams_[k].g, dparams_[k].n, ss_ + k, ss_scratch_, s_);
+  }
+  std::vector<double> ss(ps.size(), 0.0);
+  if (!ps.empty()) cu::copy_to_host_async(ss.data(), ss_, ss.size() * 8, s_);
+  stream_.sync();
+  double total = 0;
+  for (size_t k = 0; k < ps.size(); ++k)
+    if (on[k]) total += ss[k];
+  const double norm = std::sqrt(total);
+  const AdamConfig& cfg = c_.adam->config();
+  const double clip = (cfg.clip > 0 && norm > cfg.clip) ? cfg.clip / norm : 1.0;
+  for (size_t k = 0; k < ps.size(); ++k) {
+    if (!on[k]) continue;
+    FloatParam& fp = ps[k];
+    ++fp.t;
+    cu::AdamArgs a;
+    a.clip_scale = clip;
+    a.b1 = cfg.beta1, a.b2 = cfg.beta2;
+    a.bc1 = 1 - std::pow(cfg.beta1, double(fp.t));
+    a.bc2 = 1 - std::pow(cfg.beta2, double(fp.t));
+    a.relative = fp.kind == ParamKind::Scale;
+    a.lr = (a.relative ? cfg.scale_lr : cfg.lr) * sched;
+    a.wd = a.relative ? cfg.scale_decay
+                      : (fp.kind == ParamKind::Embed || fp.kind == ParamKind::Head || fp.kind == ParamKind::Dense)
+                            ? cfg.weight_decay
+                            : 0.0;
+    a.eps = cfg.eps;
+    const DevParam& d = dparams_[k];
+    cu::adamw_update(d.p, d.g, d.m, d.v, d.n, a, s_);
+  }
+  mark("adamw");
+  return norm;
+}
+
+void CudaEngine::sync_to_host() {
+  TrainModel& m = *c_.model;
+  auto down = [&](std::vector<float>& v) {
+    if (!v.empty()) cu::copy_to_host_async(v.data(), pmap_.at(v.data()), v.size() * 4, s_);
+  };
+  for (auto& [mt, d] : mats_) {
+    Matrix& h = *d->host;
+    if (!h.is_lut()) {
+      down(h.dense);
+      continue;
+    }
+    LutWeight& L = *h.lut;
+    cu::copy_to_host_async(L.idx.data(), d->view.idx, L.idx.size(), s_);
+    down(L.scale);
+    if (d->votes && d->hv) {
+      const cu::VoteState& st = d->votes->state;
+      LutVotes& hv = *d->hv;
+      if (st.v8) cu::copy_to_host_async(hv.v8.data(), st.v8, hv.v8.size(), s_);
+      if (st.v16) cu::copy_to_host_async(hv.v16.data(), st.v16, hv.v16.size() * 2, s_);
+      if (st.cool) cu::copy_to_host_async(hv.cool.data(), st.cool, hv.cool.size(), s_);
+      if (st.row_sq) cu::copy_to_host_async(hv.row_sq.data(), st.row_sq, hv.row_sq.size() * 4, s_);
+      if (st.col_sq) cu::copy_to_host_async(hv.col_sq.data(), st.col_sq, hv.col_sq.size() * 4, s_);
+      if (st.col_norm && !hv.col_norm.empty())
+        cu::copy_to_host_async(hv.col_norm.data(), st.col_norm, hv.col_norm.size() * 4, s_);
+      hv.events = st.events;
+    }
+  }
+  for (TrainLayer& l : m.layers)
+    for (auto* v : {&l.attn_norm, &l.ffn_norm, &l.bq, &l.bk, &l.bv}) down(*v);
+  down(m.output_norm);
+  std::vector<FloatParam>& ps = c_.adam->params();
+  for (size_t k = 0; k < ps.size(); ++k) {
+    cu::copy_to_host_async(ps[k].m.data(), dparams_[k].m, ps[k].n * 4, s_);
+    cu::copy_to_host_async(ps[k].v.data(), dparams_[k].v, ps[k].n * 4, s_);
+  }
+  stream_.sync();
+}
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o) {
+  return std::make_unique<CudaEngine>(ctx, o);
+}
+
+}  // namespace primal::train

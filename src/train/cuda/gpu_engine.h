@@ -1,0 +1,32 @@
+// The CUDA engine of `primal train` (train/step_engine.h): the model's indices, scales, norms,
+// votes, float gradients and AdamW moments live in device memory; a micro-batch runs the layers of
+// train/forward_backward.cpp with the kernels of src/ops/cuda/ (rmsnorm, RoPE, flash attention,
+// SwiGLU, LUT linear with votes cast from each gradient tile, chunked fused head + cross-entropy).
+//
+// Modes:
+//  - deterministic (default): pedantic fp32 GEMMs and the CPU's head chunk (kHeadChunk rows), so
+//    losses match the CPU trainer to GEMM summation order and votes/flips follow the same rules on
+//    nearly the same gradients (test_gpu_trainer_cuda states how close);
+//  - fast: GEMMs on bf16 tensor cores (operands rounded inside cuBLAS, fp32 accumulation and
+//    storage) and a larger head chunk.
+// Recomputation keeps only each layer's input (the residual stream) and rebuilds one layer's
+// activations right before its backward (one extra forward of the layers).
+// Not on the GPU yet (refused with a message): distillation (--teacher), dense layer matrices
+// (--lut none).
+#pragma once
+#include <memory>
+
+#include "train/step_engine.h"
+
+namespace primal::train {
+
+struct GpuEngineOptions {
+  bool fast = false;          // bf16 tensor-core GEMMs
+  bool recompute = false;     // per-layer activation recomputation
+  int64_t head_chunk = 0;     // rows of logits at once; 0: kHeadChunk (deterministic) or 1024 (fast)
+  bool verbose = false;       // print the device-memory breakdown
+};
+
+std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
+
+}  // namespace primal::train

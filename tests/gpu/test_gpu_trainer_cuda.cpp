@@ -1,0 +1,281 @@
+// The CUDA engine of the trainer against the CPU engine (the specification) on the same model and
+// data: whole optimizer steps (two accumulated micro-batches, votes, AdamW) of small models with
+// every feature the engine handles (GQA, q/k/v biases, tied and untied heads, dense and LUT
+// embeddings, both vote rules, recomputation).
+//
+// What "equal" means here, and why: the deterministic engine runs the CPU's formulas with fp32
+// GEMMs whose summation order is cuBLAS's, not the CPU's, so activations and gradients differ in
+// the last bits (relative ~1e-6). The loss therefore agrees to ~1e-5 relative; the votes of the
+// momentum rule are cast from those gradients with the same random numbers, so a vote differs
+// only where a gradient's rounding moves a value across a rounding threshold (a fraction of a
+// percent of the weights at most), and the seed rule's row thresholds likewise; the flip counts and
+// the indices must agree up to such rare crossings. Everything the GPU computes from identical
+// inputs (recomputation versus kept activations) must be bit-identical.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <random>
+
+#include "gpu_testing.h"
+#include "train/cuda/gpu_engine.h"
+#include "train/model.h"
+#include "train/train_config.h"
+
+namespace tr = primal::train;
+using namespace gputest;
+
+namespace {
+
+struct Case {
+  const char* name;
+  bool qkv_bias, tied, lut_embd;
+  tr::Rule rule;
+};
+
+tr::TrainModel make_model(const Case& c) {
+  primal::HParams hp = tr::parse_shape("layers=2,embd=128,heads=4,kv_heads=2,ff=256,ctx=64");
+  hp.n_vocab = 512;
+  hp.bos_id = 1;
+  hp.eos_id = 2;
+  hp.qkv_bias = c.qkv_bias;
+  hp.tied_embeddings = c.tied;
+  tr::LutSpec spec;
+  spec.type = primal::DType::LUT4;
+  spec.group = 32;
+  spec.grid = "nf4";
+  spec.quantize_embeddings = c.lut_embd;
+  tr::TrainModel m = tr::init_random_model(hp, spec, 0, 99);
+  // Non-trivial norms and biases, so that their gradients matter.
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(0.8f, 1.2f), b(-0.05f, 0.05f);
+  for (auto& l : m.layers) {
+    for (auto& x : l.attn_norm) x = u(rng);
+    for (auto& x : l.ffn_norm) x = u(rng);
+    for (auto* v : {&l.bq, &l.bk, &l.bv})
+      for (auto& x : *v) x = b(rng);
+  }
+  return m;
+}
+
+tr::TrainConfig make_config(const Case& c) {
+  tr::TrainConfig cfg;
+  cfg.votes.rule = c.rule;
+  cfg.votes.seed = 77;
+  // Rates high enough that indices move within a few steps.
+  cfg.votes.lr = 2e-2;
+  cfg.votes.sensitivity = 0.5;
+  cfg.votes.consensus = 2;
+  cfg.votes.flip_lr = 1.0;
+  cfg.votes.noise = c.rule == tr::Rule::Seed ? 1 : 0;
+  cfg.adam.lr = 1e-3;
+  cfg.adam.scale_lr = 1e-2;
+  return cfg;
+}
+
+// One side of the comparison: its own copy of the model and optimizer state, and an engine.
+struct Side {
+  tr::TrainModel m;
+  tr::TrainConfig cfg;
+  tr::Grads<float> grads;
+  std::unique_ptr<tr::VoteEngine> votes;
+  std::unique_ptr<tr::AdamW> adam;
+  std::unique_ptr<tr::StepEngine> eng;
+};
+
+std::unique_ptr<Side> make_side(const tr::TrainModel& m0, const tr::TrainConfig& cfg, bool gpu,
+                                const tr::GpuEngineOptions& o, int64_t B, int64_t T) {
+  auto s = std::make_unique<Side>();
+  s->m = m0;
+  // Deep copies of the LUT weights (Matrix shares them through shared_ptr).
+  for (tr::Matrix* mt : s->m.lut_matrices()) mt->lut = std::make_shared<tr::LutWeight>(*mt->lut);
+  s->cfg = cfg;
+  s->grads.allocate(s->m, true, true);
+  s->votes = std::make_unique<tr::VoteEngine>(cfg.votes, s->m.lut_matrices());
+  s->adam = std::make_unique<tr::AdamW>(cfg.adam, s->m, s->grads);
+  tr::EngineContext ctx;
+  ctx.model = &s->m, ctx.votes = s->votes.get(), ctx.adam = s->adam.get(), ctx.grads = &s->grads, ctx.cfg = &s->cfg;
+  ctx.max_batch = B, ctx.max_seq = T;
+  s->eng = gpu ? tr::make_cuda_engine(ctx, o) : tr::make_cpu_engine(ctx);
+  return s;
+}
+
+struct StepResult {
+  double loss = 0;
+  int64_t flips = 0;
+  double gnorm = 0;
+};
+
+StepResult step(Side& s, int64_t k, const std::vector<std::vector<int32_t>>& in, const std::vector<std::vector<int32_t>>& tg,
+                int64_t B, int64_t T) {
+  tr::TrainMask mask;
+  mask.layer.assign(size_t(s.m.n_physical()), true);
+  s.eng->begin_step(k, 1.0);
+  StepResult r;
+  for (size_t a = 0; a < in.size(); ++a)
+    r.loss += s.eng->forward_backward(mask, in[a].data(), tg[a].data(), B, T, 1.0 / double(in.size() * B * T), true).nll;
+  r.loss /= double(in.size() * B * T);
+  r.flips = s.eng->apply_votes([](const tr::Matrix&) { return true; }).flips;
+  r.gnorm = s.eng->adam_step(1.0, [](const tr::FloatParam&) { return true; });
+  return r;
+}
+
+// The float parameters as they are now (AdamW's order).
+std::vector<std::vector<float>> snapshot(const Side& s) {
+  std::vector<std::vector<float>> v;
+  for (const tr::FloatParam& p : s.adam->params()) v.emplace_back(p.p, p.p + p.n);
+  return v;
+}
+
+// Fraction of LUT indices that differ, and per float tensor the largest difference between the
+// sides relative to the largest distance the training moved it from p0 (its starting values):
+// the same updates give ~1e-6, a wrong gradient O(1). (Elementwise relative differences say
+// nothing here: a few indices that flipped on one side only move every float parameter a little.)
+struct Diff {
+  double idx_frac = 0, param_rel = 0;
+  int64_t idx_diff = 0, idx_total = 0;
+};
+Diff compare(Side& a, Side& b, const std::vector<std::vector<float>>& p0) {
+  a.eng->sync_to_host();
+  b.eng->sync_to_host();
+  Diff d;
+  const auto ma = a.m.lut_matrices(), mb = b.m.lut_matrices();
+  for (size_t k = 0; k < ma.size(); ++k) {
+    const tr::LutWeight &la = *ma[k]->lut, &lb = *mb[k]->lut;
+    for (int64_t o = 0; o < la.O; ++o)
+      for (int64_t i = 0; i < la.I; ++i) d.idx_diff += la.get(o, i) != lb.get(o, i);
+    d.idx_total += la.O * la.I;
+  }
+  d.idx_frac = double(d.idx_diff) / double(d.idx_total);
+  const auto& pa = a.adam->params();
+  const auto& pb = b.adam->params();
+  for (size_t k = 0; k < pa.size(); ++k) {
+    double moved = 0, diff = 0;
+    for (size_t i = 0; i < pa[k].n; ++i) {
+      moved = std::max(moved, std::fabs(double(pa[k].p[i]) - double(p0[k][i])));
+      diff = std::max(diff, std::fabs(double(pa[k].p[i]) - double(pb[k].p[i])));
+    }
+    EXPECT_GT(moved, 0.0) << pa[k].name << " did not train";
+    if (moved > 0) d.param_rel = std::max(d.param_rel, diff / moved);
+  }
+  return d;
+}
+
+void batches(int64_t V, int64_t B, int64_t T, uint32_t seed, std::vector<std::vector<int32_t>>& in,
+             std::vector<std::vector<int32_t>>& tg) {
+  std::mt19937 rng(seed);
+  // A skewed distribution (a few frequent ids), so that embedding rows repeat within a batch.
+  std::geometric_distribution<int32_t> geo(0.02);
+  in.assign(2, std::vector<int32_t>(size_t(B * T)));
+  tg.assign(2, std::vector<int32_t>(size_t(B * T)));
+  for (int a = 0; a < 2; ++a)
+    for (int64_t t = 0; t < B * T; ++t) {
+      in[size_t(a)][size_t(t)] = std::min<int32_t>(int32_t(V - 1), geo(rng));
+      tg[size_t(a)][size_t(t)] = std::min<int32_t>(int32_t(V - 1), geo(rng));
+    }
+}
+
+class GpuTrainer : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GpuTrainer, StepsMatchTheCpuEngine) {
+  require_gpu();
+  const Case c = GetParam();
+  const int64_t B = 2, T = 48;
+  const tr::TrainModel m0 = make_model(c);
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions o;  // deterministic: fp32 GEMMs, the CPU's head chunk
+  auto cpu = make_side(m0, cfg, false, o, B, T);
+  auto gpu = make_side(m0, cfg, true, o, B, T);
+  const auto p0 = snapshot(*cpu);
+  int64_t flips_cpu = 0, flips_gpu = 0;
+  for (int64_t k = 0; k < 4; ++k) {
+    std::vector<std::vector<int32_t>> in, tg;
+    batches(m0.hp.n_vocab, B, T, uint32_t(100 + k), in, tg);
+    const StepResult rc = step(*cpu, k, in, tg, B, T), rg = step(*gpu, k, in, tg, B, T);
+    SCOPED_TRACE(::testing::Message() << c.name << " step " << k);
+    EXPECT_NEAR(rg.loss, rc.loss, 2e-5 * rc.loss);
+    EXPECT_NEAR(rg.gnorm, rc.gnorm, 1e-3 * rc.gnorm + 1e-9);
+    EXPECT_NEAR(double(rg.flips), double(rc.flips), 0.02 * double(rc.flips) + 3);
+    flips_cpu += rc.flips;
+    flips_gpu += rg.flips;
+  }
+  EXPECT_GT(flips_cpu, 50) << "the rates must move indices, or the comparison of votes says nothing";
+  const Diff d = compare(*cpu, *gpu, p0);
+  std::printf("%s: flips cpu %lld gpu %lld, indices differing %lld of %lld, float params max diff / movement %.2e\n", c.name,
+              (long long)flips_cpu, (long long)flips_gpu, (long long)d.idx_diff, (long long)d.idx_total, d.param_rel);
+  EXPECT_LT(d.idx_frac, 2e-3);
+  EXPECT_LT(d.param_rel, 0.05);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, GpuTrainer,
+    ::testing::Values(Case{"momentum_bias_untied_dense_embd", true, false, false, tr::Rule::Momentum},
+                      Case{"momentum_tied_lut_embd", false, true, true, tr::Rule::Momentum},
+                      Case{"seed_untied_lut_embd", false, false, true, tr::Rule::Seed},
+                      Case{"seed_bias_tied_dense_embd", true, true, false, tr::Rule::Seed}),
+    [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
+
+// Recomputation rebuilds the same activations from the same inputs with the same kernels: the
+// whole run must be bit-identical to keeping them.
+TEST(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
+  require_gpu();
+  const Case c{"recompute", true, false, true, tr::Rule::Momentum};
+  const int64_t B = 2, T = 64;
+  const tr::TrainModel m0 = make_model(c);
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions keep, re;
+  re.recompute = true;
+  auto a = make_side(m0, cfg, true, keep, B, T);
+  auto b = make_side(m0, cfg, true, re, B, T);
+  const auto p0 = snapshot(*a);
+  for (int64_t k = 0; k < 3; ++k) {
+    std::vector<std::vector<int32_t>> in, tg;
+    batches(m0.hp.n_vocab, B, T, uint32_t(7 + k), in, tg);
+    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T);
+    EXPECT_EQ(ra.loss, rb.loss) << "step " << k;
+    EXPECT_EQ(ra.flips, rb.flips) << "step " << k;
+  }
+  const Diff d = compare(*a, *b, p0);
+  EXPECT_EQ(d.idx_diff, 0);
+  EXPECT_EQ(d.param_rel, 0.0);
+}
+
+// The bf16 tensor-core GEMMs round operands to 8 bits of mantissa: the loss moves by ~1e-3
+// relative, not more (a wrong layout or transposition would move it by O(1)).
+TEST(GpuTrainerFast, LossCloseToFp32) {
+  require_gpu();
+  const Case c{"fast", false, false, true, tr::Rule::Momentum};
+  const int64_t B = 2, T = 64;
+  const tr::TrainModel m0 = make_model(c);
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions exact, fast;
+  fast.fast = true;
+  auto a = make_side(m0, cfg, true, exact, B, T);
+  std::vector<std::vector<int32_t>> in, tg;
+  batches(m0.hp.n_vocab, B, T, 3, in, tg);
+  const StepResult ra = step(*a, 0, in, tg, B, T);
+  a.reset();  // the GEMM math is process-wide (each engine sets its own): one engine at a time
+  auto b = make_side(m0, cfg, true, fast, B, T);
+  const StepResult rb = step(*b, 0, in, tg, B, T);
+  EXPECT_NEAR(rb.loss, ra.loss, 5e-3 * ra.loss);
+  EXPECT_NEAR(rb.gnorm, ra.gnorm, 0.05 * ra.gnorm);
+}
+
+// A batch larger than the engine was sized for, and a token outside the vocabulary, are refused.
+TEST(GpuTrainerErrors, RefusesOversizedBatchAndBadTokens) {
+  require_gpu();
+  const Case c{"errors", false, false, false, tr::Rule::Momentum};
+  const tr::TrainModel m0 = make_model(c);
+  auto s = make_side(m0, make_config(c), true, tr::GpuEngineOptions{}, 1, 32);
+  tr::TrainMask mask;
+  mask.layer.assign(2, true);
+  std::vector<int32_t> in(64, 3), tg(64, 4);
+  s->eng->begin_step(0, 1.0);
+  EXPECT_THROW(s->eng->forward_backward(mask, in.data(), tg.data(), 2, 32, 1.0, true), primal::Error);
+  in[5] = 512;
+  EXPECT_THROW(s->eng->forward_backward(mask, in.data(), tg.data(), 1, 32, 1.0, true), primal::Error);
+  in[5] = 3;
+  EXPECT_NO_THROW(s->eng->forward_backward(mask, in.data(), tg.data(), 1, 32, 1.0, true));
+}
+
+}  // namespace
