@@ -19,13 +19,20 @@
 #include "train/memory_plan.h"
 #include "train/rng.h"
 #include "train/votes.h"
+#include "train/step_engine.h"
+#include "train/train_config.h"
+#include "quant/lut_grid.h"
+#include "ops/cpu/rope.h"
+#ifdef PRIMAL_HAVE_CUDA
+#include "train/cuda/gpu_engine.h"
+#endif
 
 namespace primal::cli {
 
 namespace {
 
 struct BenchTrainArgs {
-  std::string shape, memory, device = "cuda", act = "bf16", recompute = "auto", lut = "lut4";
+  std::string shape, memory, device = "cuda", act = "bf16", recompute = "auto", lut = "lut4", math = "bf16";
   int64_t batch = 8, seq = 1024, group = 32, micro_batch = 0, trainable_layers = 0, steps = 3, warmup = 1;
   int vote_bits = 8, threads = 0;
   bool plan_only = false, json = false, dense_embd = false;
@@ -37,66 +44,160 @@ double peak_rss_bytes() {
   return double(ru.ru_maxrss) * 1024.0;  // Linux: kilobytes
 }
 
-// Full optimizer steps of the CPU trainer on the shape; prints tok/s and peak RSS.
-void bench_cpu(const BenchTrainArgs& a, const HParams& hp, const train::MemoryPlan& plan) {
+// A model of the shape with random LUT weights: indices from a counter hash, scales 0.02 / the
+// grid's largest value (N(0, 0.02)-sized weights). Throughput does not depend on the values, and
+// this takes seconds where quantizing 1.5B random floats takes minutes.
+train::TrainModel random_lut_model(const HParams& hp_in, DType type, int64_t group, bool lut_embd) {
   using namespace train;
-  LutSpec spec;
-  spec.type = lut_type_for_bits(std::stoi(a.lut.substr(3)));
-  spec.group = a.group;
-  spec.grid = "nf4";
+  TrainModel m;
+  m.hp = hp_in;
+  m.hp.validate("--shape");
+  const HParams& hp = m.hp;
+  m.rope.head_dim = hp.head_dim;
+  m.rope.n_rot = hp.rope_dim;
+  m.rope.neox = hp.rope_neox;
+  m.rope.inv_freq = cpu::rope_inv_freq(hp.rope_dim, hp.rope_theta, 1.0, nullptr);
+  const std::vector<float> grid = nf4_grid(lut_entries(type));
+  const float scale = 0.02f / std::max(std::fabs(grid.front()), std::fabs(grid.back()));
+  uint64_t tensor = 0;
+  auto matrix = [&](const std::string& name, int64_t O, int64_t I, bool lut) {
+    Matrix mt;
+    mt.name = name;
+    mt.O = O;
+    mt.I = I;
+    const uint64_t key = 0x9E3779B97F4A7C15ull * ++tensor;
+    if (!lut) {
+      mt.dense.resize(size_t(O * I));
+#pragma omp parallel for schedule(static)
+      for (int64_t k = 0; k < O * I; ++k)
+        mt.dense[size_t(k)] = 0.02f * float(int64_t(splitmix64(key + uint64_t(k)) % 2001) - 1000) / 1000.0f;
+      return mt;
+    }
+    auto w = std::make_shared<LutWeight>(LutWeight::make(type, O, I, std::min(group, I), grid, name));
+    const int64_t nb = int64_t(w->idx.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < nb; ++k) w->idx[size_t(k)] = uint8_t(splitmix64(key + uint64_t(k)));
+    std::fill(w->scale.begin(), w->scale.end(), scale);
+    mt.lut = std::move(w);
+    return mt;
+  };
+  const int64_t C = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
+  m.tok_embd = matrix("token_embd.weight", V, C, lut_embd);
+  for (int64_t p = 0; p < hp.n_layer; ++p) {
+    const std::string b = "blk." + std::to_string(p) + ".";
+    TrainLayer l;
+    l.attn_norm.assign(size_t(C), 1.0f);
+    l.ffn_norm.assign(size_t(C), 1.0f);
+    if (hp.qkv_bias) l.bq.assign(size_t(Q), 0.0f), l.bk.assign(size_t(KV), 0.0f), l.bv.assign(size_t(KV), 0.0f);
+    l.wq = matrix(b + "attn_q.weight", Q, C, true);
+    l.wk = matrix(b + "attn_k.weight", KV, C, true);
+    l.wv = matrix(b + "attn_v.weight", KV, C, true);
+    l.wo = matrix(b + "attn_output.weight", C, Q, true);
+    l.w_gate = matrix(b + "ffn_gate.weight", F, C, true);
+    l.w_up = matrix(b + "ffn_up.weight", F, C, true);
+    l.w_down = matrix(b + "ffn_down.weight", C, F, true);
+    m.layers.push_back(std::move(l));
+    m.layer_of.push_back(p);
+  }
+  m.output_norm.assign(size_t(C), 1.0f);
+  if (!hp.tied_embeddings) m.output = matrix("output.weight", V, C, lut_embd);
+  return m;
+}
+
+// Optimizer steps of B x T random tokens on the CPU or CUDA engine (train/step_engine.h): every
+// layer, the embeddings and the head trainable (votes for LUT indices, AdamW for the rest).
+// Prints tok/s, the model FLOP utilization (6 N tokens, as bench/train_pytorch.py) and the peak
+// memory (device: what the engine took from the device, cuBLAS included; CPU: peak RSS).
+void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::MemoryPlan& plan,
+                  const train::PlanRequest& r) {
+  using namespace train;
   const auto t_init = std::chrono::steady_clock::now();
-  TrainModel m = init_random_model(hp, spec, 0, 1234);
-  if (!a.json)
-    std::fprintf(stderr, "model initialized and quantized in %.1f s\n",
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count());
+  TrainModel m = random_lut_model(hp, lut_type_for_bits(std::stoi(a.lut.substr(3))), a.group, !a.dense_embd);
   Grads<float> grads;
   grads.allocate(m, true, true);
-  VoteConfig vc;
-  vc.vote_bits = a.vote_bits;
-  VoteEngine votes(vc, m.lut_matrices());
-  AdamW adam(AdamConfig{}, m, grads);
+  TrainConfig cfg;
+  cfg.votes.vote_bits = a.vote_bits;
+  VoteEngine votes(cfg.votes, m.lut_matrices());
+  AdamW adam(cfg.adam, m, grads);
+  if (!a.json)
+    std::fprintf(stderr, "random LUT model built in %.1f s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count());
   TrainMask mask;
   mask.layer.assign(size_t(m.n_physical()), true);
-  Workspace<float> ws;
   const int64_t B = plan.micro_batch, T = a.seq, N = B * T;
+  EngineContext ctx;
+  ctx.model = &m, ctx.votes = &votes, ctx.adam = &adam, ctx.grads = &grads, ctx.cfg = &cfg;
+  ctx.max_batch = B, ctx.max_seq = T;
+  std::unique_ptr<StepEngine> engine;
+  if (a.device == "cpu") {
+    engine = make_cpu_engine(ctx);
+  } else {
+#ifdef PRIMAL_HAVE_CUDA
+    GpuEngineOptions g;
+    g.fast = a.math == "bf16";
+    g.recompute = plan.recompute;
+    g.head_chunk = r.head_chunk;
+    g.verbose = !a.json;
+    engine = make_cuda_engine(ctx, g);
+#else
+    fail("--device cuda: this primal was built without CUDA");
+#endif
+  }
   std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
   Rng rng(7, 1);
-  double timed = 0;
-  int64_t timed_tokens = 0;
+  double timed = 0, first_loss = 0, last_loss = 0;
+  int64_t timed_tokens = 0, flips = 0;
+  const auto all_m = [](const Matrix&) { return true; };
+  const auto all_p = [](const FloatParam&) { return true; };
   for (int64_t s = 0; s < a.warmup + a.steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
-    votes.begin_step(s, 1.0);
-    grads.zero();
+    engine->begin_step(s, 1.0);
+    double nll = 0;
     for (int64_t k = 0; k < plan.accum; ++k) {
       for (int64_t i = 0; i < N; ++i) in[size_t(i)] = int32_t(rng.range(0, hp.n_vocab - 1));
       for (int64_t i = 0; i < N; ++i) tg[size_t(i)] = int32_t(rng.range(0, hp.n_vocab - 1));
-      forward_backward<float>(m, mask, ws, in.data(), tg.data(), B, T, 1.0 / double(a.batch * T), &grads, &votes);
+      nll += engine->forward_backward(mask, in.data(), tg.data(), B, T, 1.0 / double(a.batch * T), true).nll;
     }
-    votes.apply([](const Matrix&) { return true; });
-    adam.step(1.0, [](const FloatParam&) { return true; });
+    flips = engine->apply_votes(all_m).flips;
+    engine->adam_step(1.0, all_p);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double loss = nll / double(a.batch * T);
+    if (s == 0) first_loss = loss;
+    last_loss = loss;
     if (s >= a.warmup) timed += dt, timed_tokens += a.batch * T;
-    if (!a.json) std::fprintf(stderr, "step %lld/%lld: %.2f s\n", (long long)(s + 1), (long long)(a.warmup + a.steps), dt);
+    if (!a.json)
+      std::fprintf(stderr, "step %lld/%lld: %.3f s, loss %.4f, %lld flips\n", (long long)(s + 1),
+                   (long long)(a.warmup + a.steps), dt, loss, (long long)flips);
   }
   const double tok_s = double(timed_tokens) / timed;
-  // Model FLOPs: 6 per parameter per token (attention not counted), as bench/train_pytorch.py.
   const double flops = 6.0 * double(plan.params) * tok_s;
+  const bool cpu = a.device == "cpu";
+  const double peak = cpu ? peak_rss_bytes() : double(engine->peak_bytes());
+  const double gib = 1024.0 * 1024 * 1024;
   if (a.json) {
     nlohmann::json j;
-    j["device"] = "cpu";
-    j["threads"] = omp_get_max_threads();
+    j["device"] = engine->name();
+    if (cpu) j["threads"] = omp_get_max_threads();
     j["tok_s"] = tok_s;
     j["model_tflops"] = flops * 1e-12;
-    j["peak_rss_bytes"] = peak_rss_bytes();
+    j["mfu"] = flops / 989e12;
+    j[cpu ? "peak_rss_bytes" : "peak_device_bytes"] = peak;
+    j["planned_bytes"] = plan.total();
     j["batch"] = a.batch;
     j["seq"] = a.seq;
     j["micro_batch"] = plan.micro_batch;
+    j["accum"] = plan.accum;
+    j["recompute"] = plan.recompute;
     j["params"] = plan.params;
+    j["first_loss"] = first_loss;
+    j["last_loss"] = last_loss;
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("cpu (%d threads): %.0f tok/s, %.3f model TFLOP/s, peak RSS %.2f GiB (%lld x %lld tokens per step)\n",
-                omp_get_max_threads(), tok_s, flops * 1e-12, peak_rss_bytes() / (1024.0 * 1024 * 1024),
-                (long long)a.batch, (long long)a.seq);
+    std::printf("%s: %.0f tok/s, %.1f model TFLOP/s (MFU %.1f%% of 989), peak %s %.2f GiB (planned %.2f); "
+                "%lld x %lld tokens per step, micro-batch %lld x %lld%s\n",
+                engine->name().c_str(), tok_s, flops * 1e-12, 100 * flops / 989e12, cpu ? "RSS" : "device memory",
+                peak / gib, double(plan.total()) / gib, (long long)a.batch, (long long)a.seq,
+                (long long)plan.micro_batch, (long long)plan.accum, plan.recompute ? ", recomputation" : "");
   }
 }
 
@@ -129,6 +230,8 @@ void register_bench_train(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--plan", a->plan_only, "print the memory plan and exit (no device needed)");
   cmd->add_option("--device", a->device, "cuda or cpu (the CPU trainer)")->check(CLI::IsMember({"cuda", "cpu"}));
+  cmd->add_option("--math", a->math, "cuda GEMMs: bf16 (tensor cores) or fp32 (the CPU's arithmetic)")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->add_option("--steps", a->steps, "timed optimizer steps")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", a->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   cmd->add_option("-t,--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
@@ -143,7 +246,9 @@ void register_bench_train(CLI::App& app) {
     r.vote_bits = a->vote_bits;
     r.batch = a->batch;
     r.seq = a->seq;
-    r.act_bytes = a->act == "bf16" ? 2 : 4;
+    // The CUDA engine keeps fp32 activations (bf16 is only its GEMMs' operand type), so its runs
+    // are planned with 4-byte activations; --plan alone plans the --act type.
+    r.act_bytes = !a->plan_only ? 4 : a->act == "bf16" ? 2 : 4;
     r.micro_batch = a->micro_batch;
     r.recompute = a->recompute == "auto" ? -1 : a->recompute == "on" ? 1 : 0;
     r.trainable_layers = a->trainable_layers;
@@ -154,12 +259,10 @@ void register_bench_train(CLI::App& app) {
       else std::printf("%s\n", plan.describe(r).c_str());
       return;
     }
-    if (a->device == "cuda")
-      fail("the CUDA trainer is not built yet, so `bench-train --device cuda` cannot run; --plan prints its memory "
-           "plan and --device cpu times the CPU trainer");
-    PRIMAL_CHECK(a->dense_embd, "--device cpu: the CPU trainer keeps embeddings/head dense (add --dense-embd)");
+    PRIMAL_CHECK(a->device == "cuda" || a->dense_embd,
+                 "--device cpu: the CPU trainer trains dense embeddings/head only (add --dense-embd)");
     if (!a->json) std::fprintf(stderr, "%s\n", plan.describe(r).c_str());
-    bench_cpu(*a, r.hp, plan);
+    bench_engine(*a, r.hp, plan, r);
   });
 }
 
