@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/buffer.h"
+#include "ops/cuda/device.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_embedding_grad.h"
 #include "ops/cuda/lut_train.h"
@@ -674,6 +675,7 @@ void CudaEngine::sync_to_host() {
 }  // namespace
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o) {
+  PRIMAL_CHECK(cu::device_count() > 0, "--device cuda: no usable GPU (use --device cpu)");
   return std::make_unique<CudaEngine>(ctx, o);
 }
 
