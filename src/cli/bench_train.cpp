@@ -22,7 +22,6 @@
 #include "train/step_engine.h"
 #include "train/train_config.h"
 #include "quant/lut_grid.h"
-#include "ops/cpu/rope.h"
 #ifdef PRIMAL_HAVE_CUDA
 #include "train/cuda/gpu_engine.h"
 #endif
@@ -47,26 +46,18 @@ double peak_rss_bytes() {
 // A model of the shape with random LUT weights: indices from a counter hash, scales 0.02 / the
 // grid's largest value (N(0, 0.02)-sized weights). Throughput does not depend on the values, and
 // this takes seconds where quantizing 1.5B random floats takes minutes.
-train::TrainModel random_lut_model(const HParams& hp_in, DType type, int64_t group, bool lut_embd) {
+train::TrainModel random_lut_model(const HParams& hp, DType type, int64_t group, bool lut_embd) {
   using namespace train;
-  TrainModel m;
-  m.hp = hp_in;
-  m.hp.validate("--shape");
-  const HParams& hp = m.hp;
-  m.rope.head_dim = hp.head_dim;
-  m.rope.n_rot = hp.rope_dim;
-  m.rope.neox = hp.rope_neox;
-  m.rope.inv_freq = cpu::rope_inv_freq(hp.rope_dim, hp.rope_theta, 1.0, nullptr);
   const std::vector<float> grid = nf4_grid(lut_entries(type));
   const float scale = 0.02f / std::max(std::fabs(grid.front()), std::fabs(grid.back()));
   uint64_t tensor = 0;
-  auto matrix = [&](const std::string& name, int64_t O, int64_t I, bool lut) {
+  return model_skeleton(hp, 0, [&](const std::string& name, int64_t O, int64_t I, double, bool embedding) {
     Matrix mt;
     mt.name = name;
     mt.O = O;
     mt.I = I;
     const uint64_t key = 0x9E3779B97F4A7C15ull * ++tensor;
-    if (!lut) {
+    if (embedding && !lut_embd) {
       mt.dense.resize(size_t(O * I));
 #pragma omp parallel for schedule(static)
       for (int64_t k = 0; k < O * I; ++k)
@@ -80,28 +71,7 @@ train::TrainModel random_lut_model(const HParams& hp_in, DType type, int64_t gro
     std::fill(w->scale.begin(), w->scale.end(), scale);
     mt.lut = std::move(w);
     return mt;
-  };
-  const int64_t C = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
-  m.tok_embd = matrix("token_embd.weight", V, C, lut_embd);
-  for (int64_t p = 0; p < hp.n_layer; ++p) {
-    const std::string b = "blk." + std::to_string(p) + ".";
-    TrainLayer l;
-    l.attn_norm.assign(size_t(C), 1.0f);
-    l.ffn_norm.assign(size_t(C), 1.0f);
-    if (hp.qkv_bias) l.bq.assign(size_t(Q), 0.0f), l.bk.assign(size_t(KV), 0.0f), l.bv.assign(size_t(KV), 0.0f);
-    l.wq = matrix(b + "attn_q.weight", Q, C, true);
-    l.wk = matrix(b + "attn_k.weight", KV, C, true);
-    l.wv = matrix(b + "attn_v.weight", KV, C, true);
-    l.wo = matrix(b + "attn_output.weight", C, Q, true);
-    l.w_gate = matrix(b + "ffn_gate.weight", F, C, true);
-    l.w_up = matrix(b + "ffn_up.weight", F, C, true);
-    l.w_down = matrix(b + "ffn_down.weight", C, F, true);
-    m.layers.push_back(std::move(l));
-    m.layer_of.push_back(p);
-  }
-  m.output_norm.assign(size_t(C), 1.0f);
-  if (!hp.tied_embeddings) m.output = matrix("output.weight", V, C, lut_embd);
-  return m;
+  });
 }
 
 // Optimizer steps of B x T random tokens on the CPU or CUDA engine (train/step_engine.h): every

@@ -119,6 +119,14 @@ void forward_layers(const TrainModel& m, Workspace<F>& ws, const int32_t* inputs
 
 }  // namespace
 
+int64_t lowest_backward_layer(const TrainModel& m, const TrainMask& mask, bool embd_grad) {
+  const int64_t L = m.hp.n_layer;
+  if (embd_grad) return 0;
+  for (int64_t l = 0; l < L; ++l)
+    if (mask.layer[size_t(m.layer_of[size_t(l)])]) return l;
+  return L;
+}
+
 template <class F>
 LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F>& ws, const int32_t* inputs,
                          const int32_t* targets, int64_t B, int64_t T, double loss_scale, Grads<F>* grads,
@@ -198,14 +206,7 @@ LossSum forward_backward(const TrainModel& m, const TrainMask& mask, Workspace<F
   const bool embd_grad = mask.embd && !m.tok_embd.is_lut() && !grads->tok_embd.dW.empty();
   // LUT embeddings train their scales (their indices get no votes: a row's gradient is sparse).
   const bool embd_scale_grad = mask.embd && mask.scales && m.tok_embd.is_lut() && !grads->tok_embd.dscale.empty();
-  int64_t lowest = L;
-  if (embd_grad || embd_scale_grad) lowest = 0;
-  else
-    for (int64_t l = 0; l < L; ++l)
-      if (mask.layer[size_t(m.layer_of[size_t(l)])]) {
-        lowest = l;
-        break;
-      }
+  const int64_t lowest = lowest_backward_layer(m, mask, embd_grad || embd_scale_grad);
 
   std::fill(ws.dx.begin(), ws.dx.end(), F(0));
   cpu::rmsnorm_backward(ws.dx.data(), mask.out_norm ? grads->output_norm.data() : nullptr, ws.dxnf.data(),

@@ -57,6 +57,10 @@ struct Teacher {
   Workspace<F>* ws = nullptr;
 };
 
+// The lowest logical layer a backward pass must reach: 0 when the token embeddings take a
+// gradient (embd_grad), else the lowest logical layer whose physical layer is trainable (L: none).
+int64_t lowest_backward_layer(const TrainModel& m, const TrainMask& mask, bool embd_grad);
+
 // inputs, targets: (B, T); a target < 0 is not scored. With grads == null: the forward and the
 // loss only. Otherwise the gradient of loss_scale * (sum of nll) is added into grads (float
 // parameters marked in mask) and LUT index tiles go to sink (may be null). With a teacher the

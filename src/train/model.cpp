@@ -126,7 +126,7 @@ TrainModel load_train_model(const ModelSource& src, const LutSpec& spec, int64_t
   return m;
 }
 
-TrainModel init_random_model(const HParams& hp_in, const LutSpec& spec, int64_t share, uint64_t seed) {
+TrainModel model_skeleton(const HParams& hp_in, int64_t share, const MatrixMaker& matrix) {
   TrainModel m;
   m.hp = hp_in;
   m.hp.validate("--shape");
@@ -138,24 +138,8 @@ TrainModel init_random_model(const HParams& hp_in, const LutSpec& spec, int64_t 
   PRIMAL_CHECK(share >= 0 && share <= hp.n_layer, "--share {} is outside 0..{}", share, hp.n_layer);
   const int64_t P = share > 0 ? share : hp.n_layer;
   const int64_t C = hp.n_embd, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
-  uint64_t tensor = 0;
-  auto matrix = [&](const std::string& name, int64_t O, int64_t I, double std, bool lut) {
-    Matrix mt;
-    mt.name = name;
-    mt.O = O;
-    mt.I = I;
-    std::vector<float> w(static_cast<size_t>(O * I));
-    Rng rng(seed, 0x1417ull, tensor++);
-    for (auto& x : w) x = float(rng.normal() * std);
-    if (!lut || !spec.enabled()) {
-      mt.dense = std::move(w);
-      return mt;
-    }
-    mt.lut = std::make_shared<LutWeight>(quantize_to_spec(w.data(), O, I, spec, name));
-    return mt;
-  };
   const double proj_std = 0.02 / std::sqrt(2.0 * double(hp.n_layer));
-  m.tok_embd = matrix("token_embd.weight", V, C, 0.02, spec.quantize_embeddings);
+  m.tok_embd = matrix("token_embd.weight", V, C, 0.02, true);
   for (int64_t p = 0; p < P; ++p) {
     const std::string b = "blk." + std::to_string(p) + ".";
     TrainLayer l;
@@ -166,20 +150,39 @@ TrainModel init_random_model(const HParams& hp_in, const LutSpec& spec, int64_t 
       l.bk.assign(size_t(KV), 0.0f);
       l.bv.assign(size_t(KV), 0.0f);
     }
-    l.wq = matrix(b + "attn_q.weight", Q, C, 0.02, true);
-    l.wk = matrix(b + "attn_k.weight", KV, C, 0.02, true);
-    l.wv = matrix(b + "attn_v.weight", KV, C, 0.02, true);
-    l.wo = matrix(b + "attn_output.weight", C, Q, proj_std, true);
-    l.w_gate = matrix(b + "ffn_gate.weight", F, C, 0.02, true);
-    l.w_up = matrix(b + "ffn_up.weight", F, C, 0.02, true);
-    l.w_down = matrix(b + "ffn_down.weight", C, F, proj_std, true);
+    l.wq = matrix(b + "attn_q.weight", Q, C, 0.02, false);
+    l.wk = matrix(b + "attn_k.weight", KV, C, 0.02, false);
+    l.wv = matrix(b + "attn_v.weight", KV, C, 0.02, false);
+    l.wo = matrix(b + "attn_output.weight", C, Q, proj_std, false);
+    l.w_gate = matrix(b + "ffn_gate.weight", F, C, 0.02, false);
+    l.w_up = matrix(b + "ffn_up.weight", F, C, 0.02, false);
+    l.w_down = matrix(b + "ffn_down.weight", C, F, proj_std, false);
     m.layers.push_back(std::move(l));
   }
   m.output_norm.assign(size_t(C), 1.0f);
-  if (!hp.tied_embeddings) m.output = matrix("output.weight", V, C, 0.02, spec.quantize_embeddings);
+  if (!hp.tied_embeddings) m.output = matrix("output.weight", V, C, 0.02, true);
   m.layer_of.resize(size_t(hp.n_layer));
   for (int64_t l = 0; l < hp.n_layer; ++l) m.layer_of[size_t(l)] = l % P;
   return m;
+}
+
+TrainModel init_random_model(const HParams& hp, const LutSpec& spec, int64_t share, uint64_t seed) {
+  uint64_t tensor = 0;
+  return model_skeleton(hp, share, [&](const std::string& name, int64_t O, int64_t I, double std, bool embedding) {
+    Matrix mt;
+    mt.name = name;
+    mt.O = O;
+    mt.I = I;
+    std::vector<float> w(static_cast<size_t>(O * I));
+    Rng rng(seed, 0x1417ull, tensor++);
+    for (auto& x : w) x = float(rng.normal() * std);
+    if ((embedding && !spec.quantize_embeddings) || !spec.enabled()) {
+      mt.dense = std::move(w);
+      return mt;
+    }
+    mt.lut = std::make_shared<LutWeight>(quantize_to_spec(w.data(), O, I, spec, name));
+    return mt;
+  });
 }
 
 HParams parse_shape(const std::string& spec) {

@@ -79,6 +79,12 @@ LutWeight quantize_to_spec(const float* W, int64_t O, int64_t I, const LutSpec& 
 TrainModel load_train_model(const ModelSource& src, const LutSpec& spec, int64_t share,
                             const std::function<void(const std::string&)>& log = nullptr);
 
+// The Llama-family model of hp (norms 1, biases 0, rope from hp) with its matrices made by `matrix`
+// in model order: (name, rows O, row length I, the init std, whether it is token_embd / output);
+// the output projections wo and w_down get std 0.02 / sqrt(2 L). share as load_train_model.
+using MatrixMaker = std::function<Matrix(const std::string& name, int64_t O, int64_t I, double std, bool embedding)>;
+TrainModel model_skeleton(const HParams& hp, int64_t share, const MatrixMaker& matrix);
+
 // A freshly initialized model: matrices N(0, 0.02) (the output projections wo and w_down scaled by
 // 1/sqrt(2 L)), quantized to `spec`; norms 1; embeddings N(0, 0.02). Counter-based RNG per tensor,
 // so the result depends on the seed only.

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "gpu_testing.h"
+#include "train/cuda/gpu_engine.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/rng.cuh"
@@ -172,23 +173,7 @@ tr::VoteConfig cpu_config(const VoteCase& c) {
 // What a GPU trainer passes for this step: the configuration, the step and schedule of
 // VoteEngine::begin_step and the governor's current values.
 cuda::VoteParams gpu_params(const tr::VoteConfig& cfg, const tr::Governor& gov, int64_t step, double sched) {
-  cuda::VoteParams p;
-  p.rule = cfg.rule == tr::Rule::Seed ? cuda::VoteRule::Seed : cuda::VoteRule::Momentum;
-  p.vote_bits = cfg.vote_bits;
-  p.seed = cfg.seed;
-  p.step = step;
-  p.sched = sched;
-  p.lr_mult = gov.lr_mult;
-  p.sensitivity = gov.sensitivity;
-  p.consensus = cfg.consensus;
-  p.flip_lr = cfg.flip_lr;
-  p.noise = cfg.noise;
-  p.cooldown = cfg.cooldown;
-  p.lr = cfg.lr;
-  p.second_moment = cfg.second_moment;
-  p.beta2 = cfg.beta2;
-  p.eps = cfg.eps;
-  return p;
+  return tr::gpu_vote_params(cfg, gov, step, sched);
 }
 
 // Random votes (and cooldowns) in both engines, so that the first step already moves indices.

@@ -327,12 +327,7 @@ DevMat* CudaEngine::upload_matrix(Matrix& m) {
   cu::check_lut_view(d.view, m.name.c_str());
   d.hv = c_.votes->find(&m);
   if (d.hv) {
-    const VoteConfig& vc = c_.votes->config();
-    cu::VoteParams p;
-    p.vote_bits = vc.vote_bits;
-    p.rule = vc.rule == Rule::Seed ? cu::VoteRule::Seed : cu::VoteRule::Momentum;
-    p.second_moment = vc.second_moment;
-    p.cooldown = vc.cooldown;
+    const cu::VoteParams p = gpu_vote_params(c_.votes->config(), c_.votes->governor(), 0, 1.0);
     d.votes = std::make_unique<cu::DeviceVotes>(cu::make_device_votes(d.view, p, d.hv->id, s_));
     // The host state (zero at the start, a checkpoint's on resume) replaces the fresh one.
     cu::VoteState& st = d.votes->state;
@@ -356,24 +351,7 @@ void CudaEngine::note_memory() {
 
 void CudaEngine::begin_step(int64_t step, double sched) {
   c_.votes->begin_step(step, sched);  // the host twin keeps step and schedule (checkpoints)
-  const VoteConfig& vc = c_.votes->config();
-  const Governor& gov = c_.votes->governor();
-  cu::VoteParams& p = vp_;
-  p.rule = vc.rule == Rule::Seed ? cu::VoteRule::Seed : cu::VoteRule::Momentum;
-  p.vote_bits = vc.vote_bits;
-  p.seed = vc.seed;
-  p.step = step;
-  p.sched = sched;
-  p.lr_mult = gov.lr_mult;
-  p.sensitivity = gov.sensitivity;
-  p.consensus = vc.consensus;
-  p.flip_lr = vc.flip_lr;
-  p.noise = vc.noise;
-  p.cooldown = vc.cooldown;
-  p.lr = vc.lr;
-  p.second_moment = vc.second_moment;
-  p.beta2 = vc.beta2;
-  p.eps = vc.eps;
+  vp_ = gpu_vote_params(c_.votes->config(), c_.votes->governor(), step, sched);
   for (auto& [mt, d] : mats_)
     if (d->votes) d->votes->state.begin_step();
   for (const auto& [ptr, n] : grad_bufs_) cu::fill_bytes_async(ptr, 0, size_t(n) * 4, s_);
@@ -496,14 +474,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     // The lowest logical layer the gradient must reach (forward_backward.cpp).
     const bool embd_grad = mask.embd && !embd_->lut() && embd_->dW;
     const bool embd_scale_grad = mask.embd && mask.scales && embd_->lut() && embd_->dscale;
-    int64_t lowest = L;
-    if (embd_grad || embd_scale_grad) lowest = 0;
-    else
-      for (int64_t l = 0; l < L; ++l)
-        if (mask.layer[size_t(m.layer_of[size_t(l)])]) {
-          lowest = l;
-          break;
-        }
+    const int64_t lowest = lowest_backward_layer(m, mask, embd_grad || embd_scale_grad);
     cu::fill_bytes_async(dx_, 0, size_t(N * C) * 4, s_);
     cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_);
     for (int64_t l = L - 1; l >= lowest; --l) {
@@ -673,6 +644,26 @@ void CudaEngine::sync_to_host() {
 }
 
 }  // namespace
+
+cuda::VoteParams gpu_vote_params(const VoteConfig& vc, const Governor& gov, int64_t step, double sched) {
+  cu::VoteParams p;
+  p.rule = vc.rule == Rule::Seed ? cu::VoteRule::Seed : cu::VoteRule::Momentum;
+  p.vote_bits = vc.vote_bits;
+  p.seed = vc.seed;
+  p.step = step;
+  p.sched = sched;
+  p.lr_mult = gov.lr_mult;
+  p.sensitivity = gov.sensitivity;
+  p.consensus = vc.consensus;
+  p.flip_lr = vc.flip_lr;
+  p.noise = vc.noise;
+  p.cooldown = vc.cooldown;
+  p.lr = vc.lr;
+  p.second_moment = vc.second_moment;
+  p.beta2 = vc.beta2;
+  p.eps = vc.eps;
+  return p;
+}
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o) {
   PRIMAL_CHECK(cu::device_count() > 0, "--device cuda: no usable GPU (use --device cpu)");

@@ -16,6 +16,7 @@
 #pragma once
 #include <memory>
 
+#include "ops/cuda/votes.h"
 #include "train/step_engine.h"
 
 namespace primal::train {
@@ -28,5 +29,9 @@ struct GpuEngineOptions {
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
+
+// The kernels' vote parameters for optimizer step `step` (VoteEngine::begin_step's step and
+// schedule) from the configuration and the governor's current values.
+cuda::VoteParams gpu_vote_params(const VoteConfig& vc, const Governor& gov, int64_t step, double sched);
 
 }  // namespace primal::train
