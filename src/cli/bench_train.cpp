@@ -23,6 +23,7 @@
 #include "train/train_config.h"
 #include "quant/lut_grid.h"
 #ifdef PRIMAL_HAVE_CUDA
+#include "ops/cuda/device.h"
 #include "train/cuda/gpu_engine.h"
 #endif
 
@@ -81,6 +82,10 @@ train::TrainModel random_lut_model(const HParams& hp, DType type, int64_t group,
 void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::MemoryPlan& plan,
                   const train::PlanRequest& r) {
   using namespace train;
+#ifdef PRIMAL_HAVE_CUDA
+  // Before the model is built (seconds for the large shapes), not after.
+  PRIMAL_CHECK(a.device != "cuda" || cuda::device_count() > 0, "--device cuda: no usable GPU (use --device cpu)");
+#endif
   const auto t_init = std::chrono::steady_clock::now();
   TrainModel m = random_lut_model(hp, lut_type_for_bits(std::stoi(a.lut.substr(3))), a.group, !a.dense_embd);
   Grads<float> grads;

@@ -23,9 +23,11 @@ using namespace primal;
 constexpr double kU = 1.0 / 16777216.0;  // fp32 unit roundoff 2^-24
 constexpr double kU16 = 1.0 / 2048.0;    // fp16 unit roundoff 2^-11
 
-inline void require_gpu() {
-  ASSERT_GT(cuda::device_count(), 0) << "no GPU: run `ctest -L gpu` on the GPU machine";
-}
+// Stops the calling test at once when there is no GPU (a macro: an ASSERT inside a helper
+// function would only leave the helper, and the test would go on to fail somewhere else).
+#define REQUIRE_GPU() \
+  ASSERT_GT(::primal::cuda::device_count(), 0) << "no GPU: run `ctest -L gpu` on the GPU machine"
+
 
 inline std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

@@ -151,7 +151,7 @@ Results run_gpu(const Shape& sh, const Inputs& in) {
 }  // namespace
 
 TEST(GpuAttentionTrain, MatchesCpuTwin) {
-  require_gpu();
+  REQUIRE_GPU();
   for (const Shape& sh : {Shape{2, 1, 4, 2, 32}, Shape{1, 77, 8, 4, 32}, Shape{3, 65, 6, 1, 96},
                           Shape{2, 300, 12, 2, 128}, Shape{1, 1024, 8, 8, 64}}) {
     SCOPED_TRACE(sh.str());
@@ -183,7 +183,7 @@ TEST(GpuAttentionTrain, MatchesCpuTwin) {
 // No atomics and fixed summation orders: two runs give the same bits, whatever the output
 // buffers held before (NaN the first time, zeros the second; dq also serves as scratch).
 TEST(GpuAttentionTrain, BitwiseDeterministic) {
-  require_gpu();
+  REQUIRE_GPU();
   const Shape sh{2, 100, 6, 2, 64};
   const Inputs in = make_inputs(sh, 99);
   const Results a = run_gpu(sh, in);
@@ -209,7 +209,7 @@ TEST(GpuAttentionTrain, BitwiseDeterministic) {
 // Head sizes without a kernel and query heads that are no multiple of the KV heads are refused
 // with primal::Error before anything is launched (null pointers: nothing may be touched).
 TEST(GpuAttentionTrain, RefusesUnsupportedShapes) {
-  require_gpu();
+  REQUIRE_GPU();
   for (int64_t HS : {16, 48, 100, 256}) {
     EXPECT_FALSE(cuda::attention_train_supports(HS)) << HS;
     EXPECT_THROW(cuda::attention_forward_train(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 4, 2, HS, nullptr),

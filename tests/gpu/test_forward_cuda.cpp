@@ -94,7 +94,7 @@ std::unique_ptr<Model> synthetic(const std::string& arch, DType type, bool tied,
 }  // namespace
 
 TEST(GpuForward, ReferenceModelPromptsAndDecodeMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (const RefCase& rc : reference_cases()) compare_backends(q8_model().w, rc.prompt_ids, 8, true);
 }
 
@@ -102,7 +102,7 @@ TEST(GpuForward, ReferenceModelPromptsAndDecodeMatchCpu) {
 // compared (kPrefillTol, or kDecodeTol where the head's GEMV rounds its input), through prefill
 // and three decode steps.
 TEST(GpuForward, SyntheticLayoutsMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   struct Case {
     std::string arch;
     DType type;
@@ -154,7 +154,7 @@ TEST(GpuForward, SyntheticLayoutsMatchCpu) {
 
 // Greedy generation through the Generator: 32 tokens identical to the CPU's and to HF's.
 TEST(GpuForward, Greedy32EqualsCpuAndReference) {
-  require_gpu();
+  REQUIRE_GPU();
   SamplerParams sp;
   sp.temperature = 0;
   for (const RefCase& rc : reference_cases()) {
@@ -176,7 +176,7 @@ TEST(GpuForward, Greedy32EqualsCpuAndReference) {
 
 // The decode graph replays exactly what eager launches compute (same kernels, same order).
 TEST(GpuForward, GraphReplayIsBitIdenticalToEagerLaunches) {
-  require_gpu();
+  REQUIRE_GPU();
   const auto& w = q8_model().w;
   const int64_t V = w.hp.n_vocab;
   cuda::CudaOptions eager;
@@ -201,7 +201,7 @@ TEST(GpuForward, GraphReplayIsBitIdenticalToEagerLaunches) {
 
 // Sampling candidates selected on the GPU equal the host's selection on the same logits.
 TEST(GpuForward, TopKOnDeviceEqualsHost) {
-  require_gpu();
+  REQUIRE_GPU();
   const auto& w = q8_model().w;
   auto gpu = cuda::make_cuda_backend(w, 64);
   const auto prompt = reference_cases()[1].prompt_ids;
@@ -223,7 +223,7 @@ TEST(GpuForward, TopKOnDeviceEqualsHost) {
 }
 
 TEST(GpuForward, BadInputsThrow) {
-  require_gpu();
+  REQUIRE_GPU();
   auto gpu = cuda::make_cuda_backend(q8_model().w, 8);
   const std::vector<int32_t> nine(9, 1), bad = {1, 50257};
   EXPECT_THROW(gpu->forward(nine.data(), 9, 1, nullptr), Error);  // past the context
@@ -234,7 +234,7 @@ TEST(GpuForward, BadInputsThrow) {
 // llama-perplexity -c 512 on the Q8_0 GGUF gives 6.4844 (H100, SOURCES.md): the GPU within 0.3%,
 // and a few windows within 0.1% of the CPU (two evaluations of the same model).
 TEST(GpuForward, PerplexityMatchesLlamaCpp) {
-  require_gpu();
+  REQUIRE_GPU();
   const auto& m = q8_model();
   const GgufFile gguf(test::data_path("models/ref-llama-code/ref-llama-code-Q8_0.gguf"));
   const auto tok = Tokenizer::from_gguf(gguf);
@@ -257,7 +257,7 @@ TEST(GpuForward, PerplexityMatchesLlamaCpp) {
 // The CLI on the GPU: the same greedy text as on the CPU, the perplexity of a few windows within
 // 0.1% of the CPU's, and bench's JSON.
 TEST(GpuCli, RunPplAndBenchOnCuda) {
-  require_gpu();
+  REQUIRE_GPU();
   const std::string m = test::data_path("models/ref-llama-code/ref-llama-code-Q8_0.gguf");
   const std::string text = test::data_path("text/python-stdlib-valid.txt");
   const auto gpu = test::run_primal("run -m " + m + " -p 'def fibonacci(n):' -n 24 --temp 0 --device cuda");

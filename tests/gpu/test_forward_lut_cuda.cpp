@@ -78,7 +78,7 @@ std::vector<std::vector<int32_t>> reference_prompts() {
 }  // namespace
 
 TEST(GpuLutForward, ReferenceModelLut4LogitsAndGreedyMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   const auto& m = ref_lut4();
   ASSERT_EQ(m.w.layers[0].wq->type, DType::LUT4);
   for (const auto& prompt : reference_prompts())
@@ -104,7 +104,7 @@ TEST(GpuLutForward, ReferenceModelLut4LogitsAndGreedyMatchCpu) {
 // A qwen2-layout model (qkv bias, tied head: the LUT token embedding is also the head's GEMV)
 // in every LUT format, with groups of 32, 64 and whole rows and both grid kinds.
 TEST(GpuLutForward, SyntheticModelsEveryFormatMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   SynthShape s;
   s.name = "test-qwen2", s.arch = "qwen2", s.pre = "qwen2";
   s.n_vocab = 1000, s.n_embd = 256, s.n_layer = 2, s.n_head = 4, s.n_head_kv = 2, s.head_dim = 64, s.n_ff = 640;

@@ -147,7 +147,7 @@ void run_case(const Case& c, uint32_t seed) {
 }  // namespace
 
 TEST(GpuGemv, LegacyAndFloatFormatsAwkwardShapes) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 1;
   for (DType t : kLegacy)
     for (int64_t I : {32, 96, 1536, 4128})
@@ -155,7 +155,7 @@ TEST(GpuGemv, LegacyAndFloatFormatsAwkwardShapes) {
 }
 
 TEST(GpuGemv, KQuantsAwkwardShapes) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 500;
   for (DType t : kKQuants)
     for (int64_t I : {256, 768, 4096})
@@ -163,7 +163,7 @@ TEST(GpuGemv, KQuantsAwkwardShapes) {
 }
 
 TEST(GpuGemv, NormBiasAndSegments) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 900;
   for (DType t : {DType::Q4_0, DType::Q8_0, DType::F16, DType::Q6_K, DType::IQ4_NL}) {
     const int64_t I = t == DType::Q6_K ? 512 : 160;
@@ -174,7 +174,7 @@ TEST(GpuGemv, NormBiasAndSegments) {
 }
 
 TEST(GpuGemv, AccumulateAndSwiGLU) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 1300;
   for (DType t : {DType::Q4_0, DType::Q8_0, DType::F16, DType::Q4_K, DType::Q5_1}) {
     const int64_t I = (t == DType::Q4_K) ? 256 : 96;
@@ -186,7 +186,7 @@ TEST(GpuGemv, AccumulateAndSwiGLU) {
 
 // Enough rows that two rows per lane group are used (rows >= 8 groups per multiprocessor).
 TEST(GpuGemv, LargeMatricesTwoRowsPerGroup) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 1700;
   for (DType t : {DType::Q4_0, DType::Q8_0, DType::F16}) {
     run_case({t, 64, {40001}}, seed++);
@@ -196,7 +196,7 @@ TEST(GpuGemv, LargeMatricesTwoRowsPerGroup) {
 }
 
 TEST(GpuGemv, RejectsInconsistentSegments) {
-  require_gpu();
+  REQUIRE_GPU();
   const Weight a = make_weight(DType::Q4_0, 8, 64, 1), b = make_weight(DType::Q8_0, 8, 64, 2);
   const auto x = to_device(randn(64, 3));
   auto out = poisoned(8);
@@ -209,7 +209,7 @@ TEST(GpuGemv, RejectsInconsistentSegments) {
 
 // Every dequantized value equals the CPU's bit for bit (fp16: the CPU value rounded).
 TEST(GpuDequant, RowsToFp16AndEmbeddingRowsExact) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 2000;
   std::vector<DType> types(std::begin(kLegacy), std::end(kLegacy));
   types.insert(types.end(), std::begin(kKQuants), std::end(kKQuants));
@@ -239,7 +239,7 @@ TEST(GpuDequant, RowsToFp16AndEmbeddingRowsExact) {
 // c = a w^T (+ c) through cuBLAS with fp16 operands: the inputs are exact fp16 values, so the
 // only error is the fp32 accumulation.
 TEST(GpuGemm, Fp16OperandsFp32Accumulation) {
-  require_gpu();
+  REQUIRE_GPU();
   cuda::Blas blas;
   for (auto [T, O, I] : {std::tuple<int64_t, int64_t, int64_t>{1, 3, 32}, {3, 53, 96}, {53, 300, 1536}, {512, 257, 64}}) {
     SCOPED_TRACE(std::to_string(T) + "x" + std::to_string(O) + "x" + std::to_string(I));

@@ -178,7 +178,7 @@ void batches(int64_t V, int64_t B, int64_t T, uint32_t seed, std::vector<std::ve
 class GpuTrainer : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GpuTrainer, StepsMatchTheCpuEngine) {
-  require_gpu();
+  REQUIRE_GPU();
   const Case c = GetParam();
   const int64_t B = 2, T = 48;
   const tr::TrainModel m0 = make_model(c);
@@ -218,7 +218,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Recomputation rebuilds the same activations from the same inputs with the same kernels: the
 // whole run must be bit-identical to keeping them.
 TEST(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
-  require_gpu();
+  REQUIRE_GPU();
   const Case c{"recompute", true, false, true, tr::Rule::Momentum};
   const int64_t B = 2, T = 64;
   const tr::TrainModel m0 = make_model(c);
@@ -243,7 +243,7 @@ TEST(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
 // The bf16 tensor-core GEMMs round operands to 8 bits of mantissa: the loss moves by ~1e-3
 // relative, not more (a wrong layout or transposition would move it by O(1)).
 TEST(GpuTrainerFast, LossCloseToFp32) {
-  require_gpu();
+  REQUIRE_GPU();
   const Case c{"fast", false, false, true, tr::Rule::Momentum};
   const int64_t B = 2, T = 64;
   const tr::TrainModel m0 = make_model(c);
@@ -263,7 +263,7 @@ TEST(GpuTrainerFast, LossCloseToFp32) {
 
 // A batch larger than the engine was sized for, and a token outside the vocabulary, are refused.
 TEST(GpuTrainerErrors, RefusesOversizedBatchAndBadTokens) {
-  require_gpu();
+  REQUIRE_GPU();
   const Case c{"errors", false, false, false, tr::Rule::Momentum};
   const tr::TrainModel m0 = make_model(c);
   auto s = make_side(m0, make_config(c), true, tr::GpuEngineOptions{}, 1, 32);

@@ -143,7 +143,7 @@ void run_case(const Case& c, uint32_t seed) {
 }  // namespace
 
 TEST(GpuLut, GemvAwkwardShapesEveryFormatAndGroup) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 1;
   for (DType t : kLut)
     for (int64_t I : {32, 96, 1536, 4128})
@@ -153,7 +153,7 @@ TEST(GpuLut, GemvAwkwardShapesEveryFormatAndGroup) {
 }
 
 TEST(GpuLut, GemvNormBiasSegmentsWithOwnGrids) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 900;
   for (DType t : kLut) {
     run_case({t, 160, 32, {53}, true, false}, seed++);
@@ -163,7 +163,7 @@ TEST(GpuLut, GemvNormBiasSegmentsWithOwnGrids) {
 }
 
 TEST(GpuLut, GemvAccumulateSwiGLUAndManyRows) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 1300;
   for (DType t : kLut) {
     run_case({t, 96, 32, {53}, false, false, GemvMode::Accumulate}, seed++);
@@ -180,7 +180,7 @@ TEST(GpuLut, GemvAccumulateSwiGLUAndManyRows) {
 // Every dequantized value equals the CPU's bit for bit (fp16: the CPU value rounded), for the
 // prefill GEMMs and for the embedding rows.
 TEST(GpuLut, DequantRowsToFp16AndEmbeddingRowsExact) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 2000;
   for (DType t : kLut) {
     for (int64_t G : {int64_t(32), int64_t(64), int64_t(0)}) {
@@ -210,7 +210,7 @@ TEST(GpuLut, DequantRowsToFp16AndEmbeddingRowsExact) {
 // Q, K, V (gate, up) of one grid stack into one matrix whose rows are theirs; different grids or
 // groups do not stack.
 TEST(GpuLut, StackingNeedsTheSameGridAndGroup) {
-  require_gpu();
+  REQUIRE_GPU();
   const auto a = pack_lut_matrix("a", random_lut(DType::LUT4, 24, 128, 32, 1));
   const auto b = pack_lut_matrix("b", random_lut(DType::LUT4, 8, 128, 32, 2));
   const auto c = pack_lut_matrix("c", random_lut(DType::LUT4, 8, 128, 32, 3, 1.5f));  // another grid
@@ -233,7 +233,7 @@ TEST(GpuLut, StackingNeedsTheSameGridAndGroup) {
 // Groups that are no multiple of 32 (the GPU reads one scale per 32 weights) and matrices without
 // their scale or grid are refused with an Error naming the tensor.
 TEST(GpuLut, UnreadableMatricesAreRefused) {
-  require_gpu();
+  REQUIRE_GPU();
   const auto g16 = pack_lut_matrix("blk.0.attn_q.weight", random_lut(DType::LUT4, 4, 64, 16, 1));
   try {
     cuda::upload_matrix(g16->ref);

@@ -265,7 +265,7 @@ TEST(GpuLutTrain, CounterRngEqualsTrainRng) {
     }
   }
   // The device.
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t n = 5000;
   for (const Key& k : keys) {
     for (auto [lo, hi] : {std::pair<int64_t, int64_t>{-3, 3}, {-32767, 32767}, {0, 0}}) {
@@ -289,7 +289,7 @@ TEST(GpuLutTrain, CounterRngEqualsTrainRng) {
 // ---- dequantization -----------------------------------------------------------------------------
 
 TEST(GpuLutTrain, DequantizeRowsBitIdenticalEveryWidth) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 100;
   for (DType t : kLut) {
     for (auto [I, G] : {std::pair<int64_t, int64_t>{8, 8}, {200, 8}, {200, 40}, {200, 200}, {1032, 24}}) {
@@ -326,7 +326,7 @@ const LinCase kLinCases[] = {
 };
 
 TEST(GpuLutTrain, ForwardMatchesCpuWithinDerivedTolerance) {
-  require_gpu();
+  REQUIRE_GPU();
   cuda::Blas blas;
   uint32_t seed = 300;
   for (const LinCase& c : kLinCases) {
@@ -371,7 +371,7 @@ TEST(GpuLutTrain, ForwardMatchesCpuWithinDerivedTolerance) {
 }
 
 TEST(GpuLutTrain, BackwardInputMatchesCpuWithinDerivedTolerance) {
-  require_gpu();
+  REQUIRE_GPU();
   cuda::Blas blas;
   uint32_t seed = 500;
   for (const LinCase& c : kLinCases) {
@@ -424,7 +424,7 @@ TEST(GpuLutTrain, BackwardInputMatchesCpuWithinDerivedTolerance) {
 // dscale from that dW equal to linear.cpp's formula bit for bit, and within the propagated
 // tolerance of the CPU's own linear_backward for every scratch size; dbias equal to the CPU's.
 TEST(GpuLutTrain, WeightGradientDscaleDbias) {
-  require_gpu();
+  REQUIRE_GPU();
   cuda::Blas blas;
   uint32_t seed = 700;
   for (const LinCase& c : kLinCases) {
@@ -496,7 +496,7 @@ TEST(GpuLutTrain, WeightGradientDscaleDbias) {
 // Two steps of two backward calls each (the first call's tiles in one lut_grad_tiles call, the
 // second tile by tile), then the optimizer step; the whole state compared after every call.
 TEST(GpuLutTrain, CastAndApplyEqualTheCpuOnTheSameTiles) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 900;
   for (const VoteCase& c : vote_cases()) {
     SCOPED_TRACE(case_name(c));
@@ -559,7 +559,7 @@ TEST(GpuLutTrain, CastAndApplyEqualTheCpuOnTheSameTiles) {
 // then the tile kernels, through a one-tile scratch) and train::linear_backward with a VoteEngine
 // sink see the same gradient: everything equal bit for bit, over three steps with the optimizer.
 TEST(GpuLutTrain, FusedPathEqualsCpuLinearBackwardForExactProducts) {
-  require_gpu();
+  REQUIRE_GPU();
   cuda::Blas blas;
   uint32_t seed = 1100;
   for (const VoteCase& c : vote_cases()) {
@@ -645,7 +645,7 @@ std::vector<double> momentum_x_bound(const tr::LutWeight& L, const tr::VoteConfi
 // uniform between the two fractions, probability min(1, dx), so the count is bounded by
 // 3 + 2 sum min(1, dx) (seed: weights at the threshold; 1% of them, the expected count being ~0).
 TEST(GpuLutTrain, FusedPathOnItsOwnTilesAndAgainstTheCpuGemm) {
-  require_gpu();
+  REQUIRE_GPU();
   cuda::Blas blas;
   uint32_t seed = 1300;
   for (const VoteCase& c : vote_cases()) {

@@ -39,7 +39,7 @@ bool within_f16_ulp(float a, float b) { return std::fabs(a - b) <= std::fabs(b) 
 // RMSNorm rows to fp16: the CPU's fp32 value rounded (the fp64 sums of squares may differ in
 // order, so the fp32 value by an ulp, so the fp16 value by one of its ulps at most).
 TEST(GpuRmsNorm, RowsToFp16) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [T, C] : {std::pair<int64_t, int64_t>{1, 32}, {3, 896}, {53, 4096}}) {
     const auto x = randn(size_t(T * C), 1, 3.0f), w = randn(size_t(C), 2);
     std::vector<float> ref(x.size());
@@ -53,7 +53,7 @@ TEST(GpuRmsNorm, RowsToFp16) {
 }
 
 TEST(GpuSwiGLU, Fp16AndFp32) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t T = 3, F = 53 * 32;
   const auto gu = randn(size_t(T * 2 * F), 3, 3.0f);
   std::vector<float> g(size_t(T * F)), u(size_t(T * F)), ref(size_t(T * F));
@@ -78,7 +78,7 @@ TEST(GpuSwiGLU, Fp16AndFp32) {
 // four fp32 products, so values agree to an ulp (the fp64 cos/sin of the two libraries may
 // round differently, very rarely).
 TEST(GpuRope, QkvBiasRotationAndCache) {
-  require_gpu();
+  REQUIRE_GPU();
   for (bool neox : {false, true}) {
     for (auto [T, NH, KVH, HS, n_rot, pos0] :
          {std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>{1, 4, 2, 32, 32, 0},
@@ -129,7 +129,7 @@ TEST(GpuRope, QkvBiasRotationAndCache) {
 // 8 u for exp. Prefill (fp16 out): the same plus the fp16 rounding of the output, u16 / 2.
 // Head sizes 32, 64, 128, 256 have the tensor-core kernel too, and 96 checks the fallback alone.
 TEST(GpuAttention, DecodeAndPrefillMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [NH, KVH, HS] :
        {std::tuple<int64_t, int64_t, int64_t>{12, 2, 128}, {8, 4, 32}, {14, 2, 64}, {4, 4, 256}, {6, 3, 96}}) {
     for (auto [T, pos0] : {std::pair<int64_t, int64_t>{1, 0}, {1, 1}, {1, 52}, {1, 300}, {1, 2500}, {3, 0}, {53, 0},
@@ -177,7 +177,7 @@ TEST(GpuAttention, DecodeAndPrefillMatchCpu) {
 // exactly what rope_qkv followed by the plain decode kernel gives: the same output bits and the
 // same cache. Positions at chunk edges (0, 31, 32) and past one block's chunks (300).
 TEST(GpuAttention, DecodeWithFusedRopeEqualsRopeThenDecode) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [NH, KVH, HS, n_rot, neox] :
        {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{12, 2, 128, 128, true}, {8, 4, 32, 32, false},
         {6, 3, 96, 32, false}, {4, 4, 256, 64, true}}) {
@@ -228,7 +228,7 @@ TEST(GpuAttention, DecodeWithFusedRopeEqualsRopeThenDecode) {
 // Penalty, argmax and top-k on the device select exactly what the host selects: same ids in the
 // same order, same (penalized) logits, ties broken by the lower id.
 TEST(GpuSampling, TopKAndArgmaxEqualHost) {
-  require_gpu();
+  REQUIRE_GPU();
   for (int64_t V : {5, 2049, 50257, 151936}) {
     auto logits = randn(size_t(V), uint32_t(V), 3.0f);
     for (int64_t i = 0; i + 7 < V; i += 97) logits[size_t(i + 7)] = logits[size_t(i)];  // ties

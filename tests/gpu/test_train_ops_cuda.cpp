@@ -49,7 +49,7 @@ cuda::DeviceBuffer poisoned_f64(size_t n) { return to_device(std::vector<double>
 // equal when r is; else the exact products differ by 2u and each side rounds twice (u each):
 // 6u |y|.
 TEST(GpuTrainRmsNorm, ForwardMatchesCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 256}, {3, 37}, {300, 256}, {53, 4096}, {2, 1}}) {
     SCOPED_TRACE(std::to_string(N) + " x " + std::to_string(C));
     const auto x = randn(size_t(N * C), 1, 3.0f), w = randn(size_t(C), 2);
@@ -80,7 +80,7 @@ TEST(GpuTrainRmsNorm, ForwardMatchesCpu) {
 // fp32 rounding of s and of the accumulation may then differ by an ulp each, 2u (|s| + |dw|),
 // with |s| <= |dw| + |dw0|: 4u (|dw| + |dw0|).
 TEST(GpuTrainRmsNorm, BackwardMatchesCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 256}, {3, 37}, {300, 256}, {77, 4096}, {300, 37}, {2, 1}}) {
     SCOPED_TRACE(std::to_string(N) + " x " + std::to_string(C));
     const auto x = randn(size_t(N * C), 3, 2.0f), w = randn(size_t(C), 4), dy = randn(size_t(N * C), 5);
@@ -126,7 +126,7 @@ TEST(GpuTrainRmsNorm, BackwardMatchesCpu) {
 // The weight gradient is a reduction over rows: it must not depend on scheduling. Odd sizes
 // (rows not a multiple of the 32 row groups, columns not of the 32-column tiles).
 TEST(GpuTrainRmsNorm, BackwardIsBitwiseReproducible) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t N = 1001, C = 300;
   const auto x = randn(size_t(N * C), 8), w = randn(size_t(C), 9), dy = randn(size_t(N * C), 10);
   const auto dx0 = randn(size_t(N * C), 11), dw0 = randn(size_t(C), 12);
@@ -158,7 +158,7 @@ TEST(GpuTrainRmsNorm, BackwardIsBitwiseReproducible) {
 // may round differently on each side (2u each, relative to terms bounded by |a| + |b|):
 // 8u (|a| + |b|) for the pair (a, b). Dimensions past n_rot are untouched: exact.
 TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
-  require_gpu();
+  REQUIRE_GPU();
   struct Case {
     int64_t B, T, NH, HS, n_rot, pos0;
     double linear;
@@ -216,7 +216,7 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
 //   more rounding: |d u sg| (10u |phi| + 8u |g|) on the GPU, less on the CPU; phi may be ~0
 //   (g near -1.28), hence the absolute form 20u |d u sg| (|phi| + |g|).
 TEST(GpuTrainSwiGLU, ForwardAndBackwardMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (int64_t N : {int64_t(1), int64_t(37), int64_t(300 * 256 + 5)}) {
     SCOPED_TRACE(N);
     const auto g = randn(size_t(N), 14, 3.0f), u = randn(size_t(N), 15), d = randn(size_t(N), 16);
@@ -251,7 +251,7 @@ TEST(GpuTrainSwiGLU, ForwardAndBackwardMatchCpu) {
 
 // A gather: exact.
 TEST(GpuTrainEmbedding, ForwardGathersRowsExactly) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [N, V, C] : {std::tuple<int64_t, int64_t, int64_t>{1, 11, 37}, {300, 11, 256}, {257, 50257, 64}}) {
     SCOPED_TRACE(std::to_string(N) + " " + std::to_string(V) + " " + std::to_string(C));
     const auto table = randn(size_t(V * C), 17);
@@ -272,7 +272,7 @@ TEST(GpuTrainEmbedding, ForwardGathersRowsExactly) {
 // Ids outside [0, V) throw the CPU's error, naming the first bad position; the flag is reset by
 // each call, so a good call after a bad one succeeds.
 TEST(GpuTrainEmbedding, ForwardRefusesIdsOutsideTheVocabulary) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t V = 11, C = 37, N = 9;
   const auto table = randn(size_t(V * C), 19);
   const auto td = to_device(table);
@@ -310,7 +310,7 @@ TEST(GpuTrainEmbedding, ForwardRefusesIdsOutsideTheVocabulary) {
 // every run. Repeats: 11 ids over 300 positions (~27 each), one id taking every third position
 // among 50257, one id for all positions; columns not a multiple of the 32-column tiles.
 TEST(GpuTrainEmbedding, BackwardEqualsCpuBitwiseAndIsReproducible) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [N, V, C, mode] : {std::tuple<int64_t, int64_t, int64_t, int>{1, 11, 37, 0}, {300, 11, 256, 0},
                                {300, 50257, 37, 0}, {1000, 50257, 256, 1}, {300, 11, 64, 2}}) {
     SCOPED_TRACE(std::to_string(N) + " " + std::to_string(V) + " " + std::to_string(C) + " mode " +
@@ -341,7 +341,7 @@ TEST(GpuTrainEmbedding, BackwardEqualsCpuBitwiseAndIsReproducible) {
 // product one more rounding per side: 16u relative on q_i (the softmax part), checked at 20u; at
 // the target, minus float(scale), one more rounding per side: 2u |g|. Unscored rows: exactly 0.
 TEST(GpuTrainCrossEntropy, LossAndGradientMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [n, V] : {std::pair<int64_t, int64_t>{1, 11}, {300, 11}, {40, 50257}, {7, 37}}) {
     SCOPED_TRACE(std::to_string(n) + " x " + std::to_string(V));
     auto x = randn(size_t(n * V), 23, 3.0f);
@@ -391,7 +391,7 @@ TEST(GpuTrainCrossEntropy, LossAndGradientMatchCpu) {
 
 // A target outside the vocabulary (the CPU throws) poisons its row: NaN loss and gradient.
 TEST(GpuTrainCrossEntropy, TargetOutsideTheVocabularyGivesNaN) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t n = 2, V = 11;
   const auto x = randn(size_t(n * V), 25);
   const std::vector<int32_t> y = {3, int32_t(V)};
@@ -419,7 +419,7 @@ TEST(GpuTrainCrossEntropy, TargetOutsideTheVocabularyGivesNaN) {
 // Gradient scale (q - p) in fp64: within scale (q + p)(d + 5e) per side, then the fp32 rounding
 // may round the two to neighbours: 2u |g|. A row that is its own teacher: exactly 0 on both.
 TEST(GpuTrainKl, LossAndGradientMatchCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   for (auto [n, V] : {std::pair<int64_t, int64_t>{1, 11}, {64, 37}, {12, 50257}}) {
     SCOPED_TRACE(std::to_string(n) + " x " + std::to_string(V));
     const auto x = randn(size_t(n * V), 26, 2.0f), noise = randn(size_t(n * V), 27, 0.5f);

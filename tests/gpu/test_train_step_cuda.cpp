@@ -115,7 +115,7 @@ float from_bits(uint32_t u) {
 // One fp32 rounding per element on both sides: the same bits. Values of mixed magnitudes, exact
 // cancellations and subnormal sums (a flush to zero would show).
 TEST(GpuTrainStep, AddInplaceEqualsCpuBitwise) {
-  require_gpu();
+  REQUIRE_GPU();
   for (int64_t n : {int64_t(1), int64_t(37), int64_t(300 * 256 + 5), int64_t(1 << 20) + 3}) {
     SCOPED_TRACE(n);
     auto y = randn(size_t(n), 1, 3.0f);
@@ -138,7 +138,7 @@ TEST(GpuTrainStep, AddInplaceEqualsCpuBitwise) {
 // value on both sides, so the same bits, every width. Ids repeated and out of order, the first and
 // last row; ids outside [0, O) leave their row alone (NaN sentinels), as nothing past the rows.
 TEST(GpuTrainStep, LutEmbeddingRowsEqualCpuBitwiseEveryWidth) {
-  require_gpu();
+  REQUIRE_GPU();
   uint32_t seed = 10;
   for (DType t : kLut) {
     for (auto [I, G] : {std::pair<int64_t, int64_t>{8, 8}, {200, 40}, {200, 200}, {1032, 24}}) {
@@ -182,7 +182,7 @@ TEST(GpuTrainStep, LutEmbeddingRowsEqualCpuBitwiseEveryWidth) {
 // 1e-12 covers both. The order depends on n only: two runs, one with a poisoned scratch, agree
 // bit for bit.
 TEST(GpuTrainStep, SumSquaresAccurateAndReproducible) {
-  require_gpu();
+  REQUIRE_GPU();
   for (int64_t n : {int64_t(1), int64_t(2), int64_t(255), int64_t(257), int64_t(2048 * 1024),
                     int64_t(2048 * 1024) + 1, int64_t(1000003), int64_t(3145739)}) {
     SCOPED_TRACE(n);
@@ -211,7 +211,7 @@ TEST(GpuTrainStep, SumSquaresAccurateAndReproducible) {
 
 // An empty tensor sums to exactly 0.
 TEST(GpuTrainStep, SumSquaresOfNothingIsZero) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t ns = cuda::sum_squares_scratch(0);
   ASSERT_GE(ns, 1);
   auto scratch = to_device(std::vector<double>(size_t(ns), std::nan("")));
@@ -230,7 +230,7 @@ TEST(GpuTrainStep, SumSquaresOfNothingIsZero) {
 // learning rates AdamW::step forms; parameters and both moments must equal the CPU's bit for bit
 // after every step.
 TEST(GpuTrainStep, AdamwUpdateEqualsCpuStepBitwise) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t V = 37, C = 64, G = 16;
   tr::TrainModel model;
   model.hp.tied_embeddings = false;
@@ -321,7 +321,7 @@ TEST(GpuTrainStep, AdamwUpdateEqualsCpuStepBitwise) {
 // A large tensor (many blocks, grid-stride loop) of both forms, one step from random moments,
 // against cpu_adamw.
 TEST(GpuTrainStep, AdamwUpdateLargeTensorEqualsCpuLoop) {
-  require_gpu();
+  REQUIRE_GPU();
   const int64_t n = 3 * 1000 * 1000 + 7;
   const auto g = randn(size_t(n), 50, 0.3f), p0 = randn(size_t(n), 51, 0.05f), m0 = randn(size_t(n), 52, 0.01f);
   auto v0 = randn(size_t(n), 53, 0.01f);
@@ -355,7 +355,7 @@ TEST(GpuTrainStep, AdamwUpdateLargeTensorEqualsCpuLoop) {
 // (checked first on the CPU with std::fma, so the cases stay meaningful); the kernel must store
 // the CPU's.
 TEST(GpuTrainStep, AdamwUpdateHasNoFusedMultiplyAdd) {
-  require_gpu();
+  REQUIRE_GPU();
   struct Case {
     int pattern;  // which contraction differs: 0 fma(b1, m, c1 g), 1 fma(c1, g, b1 m),
                   // 2 fma(c2 g, g, b2 v), 3 fma(b2, v, (c2 g) g)
@@ -402,7 +402,7 @@ TEST(GpuTrainStep, AdamwUpdateHasNoFusedMultiplyAdd) {
 // ---- errors ----------------------------------------------------------------------------------
 
 TEST(GpuTrainStep, RefusesBadArguments) {
-  require_gpu();
+  REQUIRE_GPU();
   const tr::LutWeight L = make_lut(DType::LUT4, 5, 16, 8, 60);
   DevLut d = upload(L);
   cuda::DeviceBuffer buf(1024);
