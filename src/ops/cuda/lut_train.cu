@@ -1,8 +1,10 @@
 // The LUT linear layer of the trainer on the GPU (lut_train.h): dequantization into a scratch,
 // cuBLAS SGEMM, the bias, dbias, and the weight gradient's first stage (votes.cu has the second).
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/gemm.h"
@@ -29,6 +31,11 @@ void check_lut_view(const LutTrainView& w, const char* what) {
 namespace {
 
 TrainMath g_math = TrainMath::Fp32;
+StageHook g_hook = nullptr;
+void* g_hook_ctx = nullptr;
+void stage(const char* name) {
+  if (g_hook) g_hook(g_hook_ctx, name);
+}
 
 void check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS {} failed: {}", what, cublasGetStatusString(st));
@@ -51,16 +58,74 @@ void sgemm(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, in
         "sgemm");
 }
 
+// Column-major C (m x n, ldc, fp32) = op(A) op(B) + beta C with bf16 A and B, fp32 accumulation.
+void gemm_bf16(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+               const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc,
+               cudaStream_t s) {
+  constexpr int64_t kMax = (int64_t(1) << 31) - 1;
+  PRIMAL_CHECK(m <= kMax && n <= kMax && k <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
+               "gemm_bf16: dimensions {} {} {} exceed cuBLAS's int", m, n, k);
+  cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
+  check(cublasSetStream(h, s), "set stream");
+  const float alpha = 1.0f;
+  check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, CUDA_R_16BF, int(lda), B, CUDA_R_16BF, int(ldb),
+                     &beta, C, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "gemm_bf16");
+}
+
+// Both operands native bf16 (the fast mode with the caller's bf16 copies).
+bool native_bf16(const Operand& a) { return g_math == TrainMath::Bf16 && a.bf16; }
+
+__global__ void to_bf16_kernel(__nv_bfloat16* dst, const float* src, int64_t n) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
+    dst[k] = __float2bfloat16_rn(src[k]);
+}
+
+// dst (bf16) [r, i] = bf16(scale[o0 + r, i / G] * grid[idx[o0 + r, i]]): the fp32 product of the
+// fp32 path, rounded once more.
+template <int B>
+__global__ void dequant_rows_bf16_kernel(const LutTrainView w, int64_t o0, int64_t n, int64_t row_bytes,
+                                         __nv_bfloat16* dst) {
+  // A block per row (grid-stride), threads along it: 32-bit column arithmetic, no 64-bit
+  // division per value (that made the head's dequantization cost more than its GEMM).
+  const int I = int(w.I), G = int(w.G), groups = I / G;
+  for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+    const int64_t o = o0 + r;
+    const uint8_t* row = w.idx + o * row_bytes;
+    const float* sc = w.scale + o * groups;
+    __nv_bfloat16* d = dst + r * I;
+    for (int i = int(threadIdx.x); i < I; i += int(blockDim.x))
+      d[i] = __float2bfloat16_rn(__fmul_rn(sc[i / G], __ldg(w.grid + lut::get_index<B>(row, i))));
+  }
+}
+
+// Blocks for the row kernels above: one per row up to a few per multiprocessor.
+int row_blocks(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>(n, 32 * int64_t(sm_count())))); }
+
+void dequantize_rows_bf16(const LutTrainView& w, int64_t o0, int64_t n, uint16_t* dst, cudaStream_t s) {
+  if (n == 0) return;
+  const int blocks = row_blocks(n);
+  const int64_t rb = w.row_bytes();
+  auto* d = reinterpret_cast<__nv_bfloat16*>(dst);
+#define PRIMAL_LAUNCH(B) dequant_rows_bf16_kernel<B><<<blocks, lut::kThreads, 0, s>>>(w, o0, n, rb, d)
+  PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
 // dst[r, i] = scale[o0 + r, i / G] * grid[idx[o0 + r, i]], one thread per value (coalesced
 // stores; the index bytes of a warp are a few consecutive bytes). __fmul_rn: the one rounding of
 // the CPU's fp32 product.
 template <int B>
 __global__ void dequant_rows_kernel(const LutTrainView w, int64_t o0, int64_t n, int64_t row_bytes, float* dst) {
-  const int64_t total = n * w.I, groups = w.I / w.G;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = k / w.I, i = k - r * w.I, o = o0 + r;
-    const uint32_t q = lut::get_index<B>(w.idx + o * row_bytes, i);
-    dst[k] = __fmul_rn(w.scale[o * groups + i / w.G], __ldg(w.grid + q));
+  const int I = int(w.I), G = int(w.G), groups = I / G;  // a block per row, as the bf16 kernel
+  for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+    const int64_t o = o0 + r;
+    const uint8_t* row = w.idx + o * row_bytes;
+    const float* sc = w.scale + o * groups;
+    float* d = dst + r * I;
+    for (int i = int(threadIdx.x); i < I; i += int(blockDim.x))
+      d[i] = __fmul_rn(sc[i / G], __ldg(w.grid + lut::get_index<B>(row, i)));
   }
 }
 
@@ -71,21 +136,62 @@ __global__ void add_bias_kernel(float* out, const float* bias, int64_t N, int64_
     out[k] = __fadd_rn(out[k], bias[k % O]);
 }
 
-// dbias[o] += float(sum_t dout[t, o]) with the sum in fp64 in token order, as linear.cpp: one
-// thread per row o (a warp reads 32 consecutive o of one token: coalesced).
+// dbias[o] += float(sum_t dout[t, o]) with the sum in fp64 in token order, as linear.cpp. A
+// block per 32 columns: its warps stage kT tokens x 32 columns in shared memory (coalesced
+// loads, many in flight), then warp 0 adds them in token order, a lane per column. (A thread
+// per column reading global memory in a dependent chain was latency-bound: 0.9 ms a call.)
+constexpr int kBiasTokens = 64;
+
 __global__ void dbias_kernel(const float* dout, int64_t N, int64_t O, float* dbias) {
-  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < O; o += int64_t(gridDim.x) * blockDim.x) {
-    double s = 0;
-    for (int64_t t = 0; t < N; ++t) s = __dadd_rn(s, double(dout[t * O + o]));
-    dbias[o] = __fadd_rn(dbias[o], float(s));
+  __shared__ float tile[kBiasTokens][33];
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), n_warps = int(blockDim.x >> 5);
+  const int64_t o = int64_t(blockIdx.x) * 32 + lane;
+  double s = 0;
+  for (int64_t t0 = 0; t0 < N; t0 += kBiasTokens) {
+    const int n = int(N - t0 < kBiasTokens ? N - t0 : kBiasTokens);
+    for (int tt = warp; tt < n; tt += n_warps) tile[tt][lane] = o < O ? dout[(t0 + tt) * O + o] : 0.0f;
+    __syncthreads();
+    if (warp == 0)
+      for (int tt = 0; tt < n; ++tt) s = __dadd_rn(s, double(tile[tt][lane]));
+    __syncthreads();
   }
+  if (warp == 0 && o < O) dbias[o] = __fadd_rn(dbias[o], float(s));
+}
+
+// The bf16 mode's dbias (whose results are not held to the CPU's bits): 32 warps of a block
+// take every 32nd token of 32 columns, their fp64 partials are added in warp order. Run to run
+// deterministic, 30x the parallelism of the token-order chain.
+__global__ void dbias_fast_kernel(const float* dout, int64_t N, int64_t O, float* dbias) {
+  __shared__ double part[32][33];
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
+  const int64_t o = int64_t(blockIdx.x) * 32 + lane;
+  double s = 0;
+  if (o < O)
+    for (int64_t t = warp; t < N; t += 32) s += double(dout[t * O + o]);
+  part[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && o < O) {
+    double tot = 0;
+    for (int w = 0; w < 32; ++w) tot += part[w][lane];
+    dbias[o] = __fadd_rn(dbias[o], float(tot));
+  }
+}
+
+void launch_dbias(const float* dout, int64_t N, int64_t O, float* dbias, cudaStream_t s) {
+  if (g_math == TrainMath::Bf16) dbias_fast_kernel<<<unsigned((O + 31) / 32), 1024, 0, s>>>(dout, N, O, dbias);
+  else dbias_kernel<<<unsigned((O + 31) / 32), lut::kThreads, 0, s>>>(dout, N, O, dbias);
+  PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
 // Rows of W per chunk of the forward / dinp scratch.
 int64_t chunk_rows(const LutTrainView& w, int64_t scratch_floats, const char* what) {
   PRIMAL_CHECK(scratch_floats >= w.I, "{}: a scratch of {} floats cannot hold one row of {}", what, scratch_floats,
                w.I);
-  return std::min(w.O, scratch_floats / w.I);
+  const int64_t rows = scratch_floats / w.I;
+  // Chunk starts at multiples of 16 rows: a GEMM operand or output that starts at row o0 of a
+  // (., O) matrix is then 32-byte aligned; cuBLAS's bf16 kernels for a misaligned pointer run at
+  // a third of the speed (the head: 17,500-row chunks 167 TFLOP/s, 17,504-row chunks 558).
+  return rows >= w.O ? w.O : rows >= 16 ? rows / 16 * 16 : rows;
 }
 
 }  // namespace
@@ -94,7 +200,7 @@ void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* ds
   check_lut_view(w, "lut_dequantize_rows");
   PRIMAL_CHECK(o0 >= 0 && n >= 0 && o0 + n <= w.O && dst, "lut_dequantize_rows: rows {}..{} of {}", o0, o0 + n, w.O);
   if (n == 0) return;
-  const int blocks = lut::blocks_for(n * w.I);
+  const int blocks = row_blocks(n);
   const int64_t rb = w.row_bytes();
 #define PRIMAL_LAUNCH(B) dequant_rows_kernel<B><<<blocks, lut::kThreads, 0, s>>>(w, o0, n, rb, dst)
   PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
@@ -102,16 +208,25 @@ void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* ds
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-void lut_linear_forward(Blas& blas, const LutTrainView& w, const float* inp, int64_t N, const float* bias, float* out,
+void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t N, const float* bias, float* out,
                         float* scratch, int64_t scratch_floats, cudaStream_t s) {
   check_lut_view(w, "lut_linear_forward");
-  PRIMAL_CHECK(N > 0 && inp && out && scratch, "lut_linear_forward: N {} or a null pointer", N);
-  const int64_t O = w.O, I = w.I, rows_max = chunk_rows(w, scratch_floats, "lut_linear_forward");
+  PRIMAL_CHECK(N > 0 && (inp.f32 || inp.bf16) && out && scratch, "lut_linear_forward: N {} or a null pointer", N);
+  const bool b16 = native_bf16(inp);
+  const int64_t O = w.O, I = w.I;
+  // A bf16 scratch holds twice the values.
+  const int64_t rows_max = chunk_rows(w, b16 ? 2 * scratch_floats : scratch_floats, "lut_linear_forward");
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
     const int64_t rows = std::min(rows_max, O - o0);
-    lut_dequantize_rows(w, o0, rows, scratch, s);
     // Column-major: out^T[o0 .. o0+rows, :] (rows x N, ld O) = Wc (I x rows)^T inp^T (I x N).
-    sgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, N, I, scratch, I, inp, I, 0.0f, out + o0, O, s);
+    if (b16) {
+      auto* wb = reinterpret_cast<uint16_t*>(scratch);
+      dequantize_rows_bf16(w, o0, rows, wb, s);
+      gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, N, I, wb, I, inp.bf16, I, 0.0f, out + o0, O, s);
+    } else {
+      lut_dequantize_rows(w, o0, rows, scratch, s);
+      sgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, N, I, scratch, I, inp.f32, I, 0.0f, out + o0, O, s);
+    }
   }
   if (bias) {
     add_bias_kernel<<<lut::blocks_for(N * O), lut::kThreads, 0, s>>>(out, bias, N, O);
@@ -119,30 +234,41 @@ void lut_linear_forward(Blas& blas, const LutTrainView& w, const float* inp, int
   }
 }
 
-void lut_linear_backward_input(Blas& blas, const LutTrainView& w, const float* dout, int64_t N, float* dinp,
+void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, int64_t N, float* dinp,
                                bool accumulate, float* scratch, int64_t scratch_floats, cudaStream_t s) {
   check_lut_view(w, "lut_linear_backward_input");
-  PRIMAL_CHECK(N > 0 && dout && dinp && scratch, "lut_linear_backward_input: N {} or a null pointer", N);
-  const int64_t O = w.O, I = w.I, rows_max = chunk_rows(w, scratch_floats, "lut_linear_backward_input");
+  PRIMAL_CHECK(N > 0 && (dout.f32 || dout.bf16) && dinp && scratch, "lut_linear_backward_input: N {} or a null pointer",
+               N);
+  const bool b16 = native_bf16(dout);
+  const int64_t O = w.O, I = w.I;
+  const int64_t rows_max = chunk_rows(w, b16 ? 2 * scratch_floats : scratch_floats, "lut_linear_backward_input");
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
     const int64_t rows = std::min(rows_max, O - o0);
-    lut_dequantize_rows(w, o0, rows, scratch, s);
     // Column-major: dinp^T (I x N) (+)= Wc (I x rows) dout^T[o0 .. o0+rows, :] (rows x N, ld O);
     // the chunks are summed in row order, as the CPU sums its tiles.
     const float beta = (accumulate || o0 > 0) ? 1.0f : 0.0f;
-    sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout + o0, O, beta, dinp, I, s);
+    if (b16) {
+      auto* wb = reinterpret_cast<uint16_t*>(scratch);
+      dequantize_rows_bf16(w, o0, rows, wb, s);
+      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, wb, I, dout.bf16 + o0, O, beta, dinp, I, s);
+    } else {
+      lut_dequantize_rows(w, o0, rows, scratch, s);
+      sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout.f32 + o0, O, beta, dinp, I, s);
+    }
   }
 }
 
-void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, const float* dout, const float* inp, int64_t N,
+void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout, Operand inp, int64_t N,
                                 const LutWeightGrad& g, float* scratch, int64_t scratch_floats, cudaStream_t s) {
   check_lut_view(w, "lut_linear_backward_weight");
-  PRIMAL_CHECK(N > 0 && dout && inp, "lut_linear_backward_weight: N {} or a null pointer", N);
+  const bool b16 = native_bf16(dout) && native_bf16(inp);
+  PRIMAL_CHECK(N > 0 && (b16 || (dout.f32 && inp.f32)) && (!g.dbias || dout.f32),
+               "lut_linear_backward_weight: N {} or a null pointer", N);
   PRIMAL_CHECK(!g.votes || g.params, "lut_linear_backward_weight: votes without their parameters");
   const int64_t O = w.O, I = w.I;
   if (g.dbias) {
-    dbias_kernel<<<int((O + lut::kThreads - 1) / lut::kThreads), lut::kThreads, 0, s>>>(dout, N, O, g.dbias);
-    PRIMAL_CUDA_CHECK_LAUNCH();
+    launch_dbias(dout.f32, N, O, g.dbias, s);
+    stage("dbias");
   }
   if (!g.dscale && !g.votes) return;
   const int64_t R = lut_train_tile_rows(I), tile = R * I;
@@ -151,18 +277,33 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, const float* 
                std::min(R, O) * I);
   // Chunks of whole tiles (the votes' column sums are per tile); the rest of the matrix in one
   // chunk when it fits, its last tile being partial.
-  const int64_t rows_max = (scratch_floats / tile) * R;
+  // Chunks of whole tiles, a multiple of 16 rows where the scratch holds that many (alignment, as
+  // chunk_rows).
+  const int64_t align = std::lcm(R, int64_t(16));
+  const int64_t rows_max = scratch_floats / I >= align ? scratch_floats / I / align * align : (scratch_floats / tile) * R;
   int64_t rows = 0;
   for (int64_t o0 = 0; o0 < O; o0 += rows) {
     rows = O - o0 <= scratch_floats / I ? O - o0 : rows_max;
     // Column-major: dW^T (I x rows, ld I) = inp^T (I x N) dout[:, o0 .. o0+rows] (N x rows, ld O).
-    sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp, I, dout + o0, O, 0.0f, scratch, I, s);
+    if (b16) gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, O, 0.0f, scratch, I, s);
+    else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, O, 0.0f, scratch, I, s);
+    stage("dW gemm");
     lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
+    stage("vote cast");
   }
   if (g.votes) lut_votes_done(w, *g.votes, *g.params, s);
+  stage("vote cast");
+}
+
+void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s) {
+  PRIMAL_CHECK(n >= 0 && (n == 0 || (dst && src)), "to_bf16: {} values or a null pointer", n);
+  if (n == 0) return;
+  to_bf16_kernel<<<lut::blocks_for(n), lut::kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dst), src, n);
+  PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
 void set_train_math(TrainMath m) { g_math = m; }
+void set_stage_hook(StageHook hook, void* ctx) { g_hook = hook, g_hook_ctx = ctx; }
 TrainMath train_math() { return g_math; }
 
 void dense_linear_forward(Blas& blas, const float* W, int64_t O, int64_t I, const float* inp, int64_t N,
@@ -187,8 +328,7 @@ void dense_linear_backward_weight(Blas& blas, int64_t O, int64_t I, const float*
                                   float* dW, float* dbias, cudaStream_t s) {
   PRIMAL_CHECK(dout && inp && N > 0, "dense_linear_backward_weight: N {} or a null pointer", N);
   if (dbias) {
-    dbias_kernel<<<int((O + lut::kThreads - 1) / lut::kThreads), lut::kThreads, 0, s>>>(dout, N, O, dbias);
-    PRIMAL_CUDA_CHECK_LAUNCH();
+    launch_dbias(dout, N, O, dbias, s);
   }
   // Column-major: dW^T (I x O, ld I) += inp^T (I x N) dout (N x O).
   if (dW) sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, inp, I, dout, O, 1.0f, dW, I, s);

@@ -10,12 +10,14 @@
 // R = lut_train_tile_rows(I) rows per tile of the weight gradient (train::lut_tile_rows).
 //
 // Memory and work split (S = the caller's scratch, in floats):
-//  - forward, dinp: min(O, S / I) rows of W are dequantized into the scratch (bit-identical to
-//    LutWeight::dequantize_rows<float>) and multiplied by one cuBLAS SGEMM, chunk after chunk
-//    (S >= I; S >= O * I: one dequantization and one GEMM). SGEMM runs with the pedantic fp32
+//  - forward, dinp: min(O, S / I) rows of W (a multiple of 16 when chunked: aligned operands) are
+//    dequantized into the scratch (bit-identical to LutWeight::dequantize_rows<float>; bf16
+//    operands: that value rounded to bf16, 2 S of them) and multiplied by one cuBLAS GEMM, chunk
+//    after chunk (S >= I; S >= O * I: one dequantization and one GEMM). SGEMM runs with the pedantic fp32
 //    compute type: no TF32 and no BF16x9 emulation, and cuBLAS is deterministic run to run.
 //  - weight gradient: NOT one fused kernel; two stages through the scratch, chunk by chunk, a
-//    chunk being floor(S / (R I)) whole tiles, or all remaining rows when they fit (S >= R I,
+//    chunk being whole tiles (a multiple of lcm(R, 16) rows where S holds that many, else
+//    floor(S / (R I)) tiles), or all remaining rows when they fit (S >= R I,
 //    about 64K floats = 256 KB, or O I when O < R; S >= O I: one chunk):
 //      1. cuBLAS SGEMM writes dW of the chunk's rows into the scratch;
 //      2. votes.h lut_grad_tiles reads it once more: one kernel, a block per row, accumulates
@@ -41,11 +43,34 @@ struct VoteParams;
 // The arithmetic of the trainer's GEMMs (process-wide; forward, dinp and dW alike):
 //   Fp32  fp32 products and sums (CUBLAS_COMPUTE_32F_PEDANTIC): the deterministic mode whose
 //         results the conformance tests hold against the CPU;
-//   Bf16  operands rounded to bf16 inside cuBLAS, fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF):
-//         the tensor-core fast path; storage stays fp32, results move by bf16 rounding.
+//   Bf16  the tensor-core fast path: bf16 operands, fp32 accumulation. Native bf16 GEMMs where
+//         the caller passes bf16 copies (Operand), else fp32 operands rounded inside cuBLAS
+//         (CUBLAS_COMPUTE_32F_FAST_16BF). Results are not held to the CPU's bits, so the vote
+//         cast (votes.cu) and dbias also take cheaper fp32 / reordered arithmetic in this mode.
 enum class TrainMath { Fp32, Bf16 };
 void set_train_math(TrainMath m);
 TrainMath train_math();
+
+// Profiling: when set, called with a stage name ("dW gemm", "vote cast") after each stage of
+// lut_linear_backward_weight has been queued (the engine's PRIMAL_TRAIN_PROFILE timer); null: off.
+using StageHook = void (*)(void* ctx, const char* stage);
+void set_stage_hook(StageHook hook, void* ctx);
+
+// A GEMM operand of the trainer's linear layers: fp32 (rows, cols) row-major, and in the bf16
+// mode optionally its bf16 copy (the engine converts each activation once, to_bf16). With a bf16
+// copy and TrainMath::Bf16 the GEMMs take native bf16 operands (W dequantized straight to bf16):
+// 2-3x the tensor-core rate of fp32 operands converted inside cuBLAS. Without one, fp32 as
+// before. Only the bf16 copy is read when it is used (fp32 may then be null).
+struct Operand {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;  // __nv_bfloat16 bits
+  Operand() = default;
+  Operand(const float* f) : f32(f) {}  // NOLINT: an fp32 operand is an Operand
+  Operand(const float* f, const uint16_t* b) : f32(f), bf16(b) {}
+};
+
+// dst[k] = bf16(src[k]) round-to-nearest-even, k < n.
+void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s);
 
 // A LUT matrix of the trainer in device memory, in train::LutWeight's layout (by value; views).
 struct LutTrainView {
@@ -78,11 +103,11 @@ inline int64_t lut_grad_scratch_floats(int64_t I) { return lut_train_tile_rows(I
 void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* dst, cudaStream_t s);
 
 // out: (N, O) = inp (N, I) W^T + bias; bias: (O) or null. scratch: (scratch_floats), >= I.
-void lut_linear_forward(Blas& blas, const LutTrainView& w, const float* inp, int64_t N, const float* bias, float* out,
+void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t N, const float* bias, float* out,
                         float* scratch, int64_t scratch_floats, cudaStream_t s);
 
 // dinp: (N, I) = dout (N, O) W, overwritten (accumulate false) or added to. scratch as forward.
-void lut_linear_backward_input(Blas& blas, const LutTrainView& w, const float* dout, int64_t N, float* dinp,
+void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, int64_t N, float* dinp,
                                bool accumulate, float* scratch, int64_t scratch_floats, cudaStream_t s);
 
 // Where the weight-side gradients of one backward call go; null members are not computed.
@@ -94,7 +119,8 @@ struct LutWeightGrad {
 };
 
 // dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.
-void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, const float* dout, const float* inp, int64_t N,
+// dbias reads dout's fp32; the dW GEMM takes bf16 operands when both have a bf16 copy.
+void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout, Operand inp, int64_t N,
                                 const LutWeightGrad& g, float* scratch, int64_t scratch_floats, cudaStream_t s);
 
 // Dense fp32 matrices (embeddings, head kept float): W (O, I) row-major on the device.

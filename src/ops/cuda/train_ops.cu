@@ -3,10 +3,12 @@
 // nvcc does not contract them into fused multiply-adds the CPU does not use: the values then
 // differ from the CPU's only through summation order (fp64 sums), the GPU's expf (2 ulps against
 // glibc's < 1) and its fp64 cos/sin/exp/log (an fp64 ulp or two, hidden by fp32 rounding).
+#include <cuda_bf16.h>
 #include <math_constants.h>
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/common.cuh"
@@ -129,16 +131,22 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
 
 // ---- SwiGLU -----------------------------------------------------------------------------------
 
-__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
-                                       const float* up, int64_t n) {
+template <class Out>
+__global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const float* dout, const float* gate, const float* up,
+                                       int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = gate[i], u = up[i], d = dout[i];  // all read before dgate/dup (which may be dout) are written
     const float sg = 1.0f / (1.0f + expf(-g));
     const float phi = __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, sg)));  // silu'(g) / sg
     const float dg = __fmul_rn(__fmul_rn(__fmul_rn(d, u), sg), phi);
     const float du = __fmul_rn(__fmul_rn(d, g), sg);
-    dgate[i] = dg;
-    dup[i] = du;
+    if constexpr (std::is_same_v<Out, float>) {
+      dgate[i] = dg;
+      dup[i] = du;
+    } else {
+      dgate[i] = __float2bfloat16_rn(dg);
+      dup[i] = __float2bfloat16_rn(du);
+    }
   }
 }
 
@@ -189,20 +197,25 @@ __global__ void __launch_bounds__(32 * kEmbWarps)
 // (grad, the same memory as logits) becomes scale * exp(x - max) * float(scale / sum) minus scale
 // at the target, each thread recomputing its own exps (the same bits as the sum pass). A thread
 // writes only its own columns, after the barriers of the reductions that read the row.
+// (gbf non-null: the gradient row is written there as bf16 instead, the fast mode's GEMM operand.)
 template <bool kBackward>
 __global__ void __launch_bounds__(kLossThreads)
     cross_entropy_kernel(const float* logits, float* grad, const int32_t* targets, int64_t V, double scale,
-                         double* loss) {
+                         double* loss, __nv_bfloat16* gbf = nullptr) {
   __shared__ float fscratch[32];
   __shared__ double dscratch[32];
   const int64_t row = blockIdx.x;
   const float* x = logits + row * V;
-  float* gx = kBackward ? grad + row * V : nullptr;
+  float* gx = kBackward && !gbf ? grad + row * V : nullptr;
+  __nv_bfloat16* gb = kBackward && gbf ? gbf + row * V : nullptr;
   const int32_t y = targets[row];
   if (y < 0 || y >= V) {  // the same for the whole block: it leaves before any barrier
     const bool bad = y >= V;
     if (kBackward)
-      for (int64_t c = threadIdx.x; c < V; c += blockDim.x) gx[c] = bad ? CUDART_NAN_F : 0.0f;
+      for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+        if (gb) gb[c] = __float2bfloat16_rn(bad ? CUDART_NAN_F : 0.0f);
+        else gx[c] = bad ? CUDART_NAN_F : 0.0f;
+      }
     if (threadIdx.x == 0) loss[row] = bad ? CUDART_NAN : 0.0;
     return;
   }
@@ -218,7 +231,8 @@ __global__ void __launch_bounds__(kLossThreads)
     for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
       float g = __fmul_rn(expf(x[c] - mx), k);
       if (c == y) g = __fsub_rn(g, sc);
-      gx[c] = g;
+      if (gb) gb[c] = __float2bfloat16_rn(g);
+      else gx[c] = g;
     }
   }
   if (threadIdx.x == 0) loss[row] = log(sum) + double(mx) - xt;
@@ -298,7 +312,16 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N,
                      cudaStream_t s) {
   if (N <= 0) return;
-  swiglu_backward_kernel<<<grid_for(N), 256, 0, s>>>(dgate, dup, dout, gate, up, N);
+  swiglu_backward_kernel<float><<<grid_for(N), 256, 0, s>>>(dgate, dup, dout, gate, up, N);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate, const float* up,
+                          int64_t N, cudaStream_t s) {
+  if (N <= 0) return;
+  swiglu_backward_kernel<__nv_bfloat16><<<grid_for(N), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dgate),
+                                                                    reinterpret_cast<__nv_bfloat16*>(dup), dout,
+                                                                    gate, up, N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -342,6 +365,16 @@ void cross_entropy_backward_rows(float* logits, const int32_t* targets, int64_t 
   check_rows("cross-entropy", n, V);
   if (n == 0) return;
   cross_entropy_kernel<true><<<unsigned(n), kLossThreads, 0, s>>>(logits, logits, targets, V, scale, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_backward_rows_bf16(const float* logits, uint16_t* grad, const int32_t* targets, int64_t n,
+                                      int64_t V, double scale, double* loss, cudaStream_t s) {
+  check_rows("cross-entropy", n, V);
+  PRIMAL_CHECK(grad && logits, "cross-entropy: null logits or gradient");
+  if (n == 0) return;
+  cross_entropy_kernel<true><<<unsigned(n), kLossThreads, 0, s>>>(logits, nullptr, targets, V, scale, loss,
+                                                                  reinterpret_cast<__nv_bfloat16*>(grad));
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

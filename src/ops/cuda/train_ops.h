@@ -77,6 +77,9 @@ inline void swiglu_forward_train(float* out, const float* gate, const float* up,
 // dgate or dup may alias dout (each element is read before it is written).
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N,
                      cudaStream_t s);
+// The same, dgate and dup written as bf16 (the fast mode's GEMM operands; not in place).
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate, const float* up,
+                          int64_t N, cudaStream_t s);
 
 // ---- Token embedding ---------------------------------------------------------------------------
 // out: (N, C) written, row t = table[tokens[t]]; tokens: (N); table: (V, C) fp32.
@@ -108,6 +111,10 @@ void cross_entropy_rows(const float* logits, const int32_t* targets, int64_t n, 
 // The same, and logits replaced in place by scale * (softmax - onehot(target)); unscored rows 0.
 void cross_entropy_backward_rows(float* logits, const int32_t* targets, int64_t n, int64_t V, double scale,
                                  double* loss, cudaStream_t s);
+// The same with the gradient written as bf16 to grad (n, V) (logits left as they are): the fast
+// mode's GEMM operand without a conversion pass over the chunk.
+void cross_entropy_backward_rows_bf16(const float* logits, uint16_t* grad, const int32_t* targets, int64_t n,
+                                      int64_t V, double scale, double* loss, cudaStream_t s);
 
 // Distillation. logits, teacher: (n, V); loss: (n) fp64 written,
 //   kl = sum_j p_j (log p_j - log q_j),  p = softmax(teacher), q = softmax(logits),
