@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 #include "train/rng.h"
@@ -13,6 +14,28 @@ namespace {
 constexpr uint64_t kRound = 1, kNoise = 2, kFlip = 3;
 
 inline int32_t sat(int64_t v, int64_t vmax) { return int32_t(std::clamp<int64_t>(v, -vmax, vmax)); }
+
+// The fp64 sums of f(g[i]) over a row (one per member of the returned pair, f returning both
+// terms), in the order a GPU warp forms them (ops/cuda/votes.cu): lane j sums i = j, j + 32,
+// j + 64, ... in order, then the 32 partial sums meet in a butterfly, partial j taking
+// partial j + partial (j xor d) for d = 16, 8, 4, 2, 1. Written down once so the CPU and the GPU
+// trainer cast identical votes, and the GPU reads a row with 32 lanes instead of one thread.
+template <class F>
+std::pair<double, double> warp_order_sums(const float* g, int64_t I, F f) {
+  double a[32] = {}, b[32] = {};
+  for (int64_t i = 0; i < I; ++i) {
+    const auto [x, y] = f(g[i]);
+    a[i & 31] += x;
+    b[i & 31] += y;
+  }
+  for (int d = 16; d > 0; d /= 2) {
+    double na[32], nb[32];
+    for (int j = 0; j < 32; ++j) na[j] = a[j] + a[j ^ d], nb[j] = b[j] + b[j ^ d];
+    std::copy(na, na + 32, a);
+    std::copy(nb, nb + 32, b);
+  }
+  return {a[0], b[0]};
+}
 
 }  // namespace
 
@@ -104,12 +127,10 @@ void VoteEngine::tile(const Matrix& m, int64_t o0, int64_t rows, const float* dW
 void VoteEngine::cast_seed(LutVotes& s, int64_t o, const float* g) {
   const LutWeight& L = *s.m->lut;
   const int64_t I = L.I;
-  double sum = 0, sum2 = 0;
-  for (int64_t i = 0; i < I; ++i) {
-    const double a = std::fabs(double(g[i]));
-    sum += a;
-    sum2 += a * a;
-  }
+  const auto [sum, sum2] = warp_order_sums(g, I, [](float x) {
+    const double a = std::fabs(double(x));
+    return std::pair<double, double>(a, a * a);
+  });
   const double mean = sum / double(I), var = std::max(0.0, sum2 / double(I) - mean * mean);
   const double thr = mean + gov_.sensitivity * std::sqrt(var);
   const int64_t vmax = cfg_.vmax();
@@ -130,8 +151,8 @@ void VoteEngine::cast_momentum(LutVotes& s, int64_t o, const float* g, float* pa
   const bool sm = cfg_.second_moment;
   double rhat = 1;
   if (sm) {
-    double g2 = 0;
-    for (int64_t i = 0; i < I; ++i) g2 += double(g[i]) * double(g[i]);
+    const double g2 =
+        warp_order_sums(g, I, [](float x) { return std::pair<double, double>(double(x) * double(x), 0.0); }).first;
     const double b2 = cfg_.beta2;
     const float r = float(b2 * double(s.row_sq[size_t(o)]) + (1 - b2) * g2 / double(I));
     s.row_sq[size_t(o)] = r;

@@ -8,6 +8,7 @@
 // __ddiv_rn, __dsqrt_rn, __fmul_rn, __fadd_rn, __fsub_rn) in the CPU's evaluation order.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -91,6 +92,7 @@ __device__ int block_exclusive_scan(int x, int* warp_tot, int* total) {
 
 struct CastArgs {
   bool cast;            // votes are cast (else dscale only)
+  bool fast;            // the bf16 mode: the momentum cast's per-weight arithmetic in fp32 (below)
   bool seed_rule;       // seed rule, else momentum
   bool sm;              // momentum with second moments
   double lr;            // cfg.lr * sched * lr_mult
@@ -102,24 +104,44 @@ struct CastArgs {
   const float* col_norm;  // (I)
 };
 
-// One block per row o = o0 + blockIdx.x of the tile(s) dW (rows, I):
-//  - dscale[o, g] += float(sum_{i in g} double(dW[o, i]) * double(grid[idx[o, i]])), a thread per
-//    group (warps 1.., the sum in index order as linear.cpp);
-//  - thread 0: the row statistic in index order (seed: the threshold mean + k std of |g|;
-//    momentum: row_sq's EMA and rhat), the sums in fp64 as votes.cpp;
-//  - then every thread casts the votes of its columns (cast_seed / cast_momentum). The rounding
+// A warp per row o = o0 + r of the tile(s) dW (rows, I), kRowsPerBlock rows per block:
+//  - dscale[o, g] += float(sum_{i in g} double(dW[o, i]) * double(grid[idx[o, i]])), a lane per
+//    group (the sum in index order as linear.cpp);
+//  - the row statistic (seed: the threshold mean + k std of |g|; momentum: row_sq's EMA and rhat)
+//    from fp64 sums in the warp's order that votes.cpp's warp_order_sums writes down: lane j sums
+//    i = j, j + 32, ..., then a butterfly of shuffles (every lane ends with the same bits);
+//  - then every lane casts the votes of its columns (cast_seed / cast_momentum). The rounding
 //    draw of weight i is draw i + 1 of the row's stream: the CPU draws once per weight in order.
+constexpr int kRowsPerBlock = lut::kThreads / 32;
+
 template <int B>
 __global__ void grad_rows_kernel(const Mat m, const Votes v, const CastArgs a, const float* dW, int64_t o0,
-                                 float* dscale) {
-  __shared__ double row_stat;
-  const int64_t I = m.I, o = o0 + blockIdx.x;
-  const float* g = dW + int64_t(blockIdx.x) * I;
+                                 int64_t rows, float* dscale) {
+  const int lane = int(threadIdx.x & 31);
+  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  if (r >= rows) return;  // the whole warp leaves together
+  const int64_t I = m.I, o = o0 + r;
+  const float* g = dW + r * I;
   const uint8_t* row = m.idx + o * m.row_bytes;
   const float* sc = m.scale + o * m.groups;
 
-  if (dscale && threadIdx.x >= 32) {
-    for (int64_t gi = int64_t(threadIdx.x) - 32; gi < m.groups; gi += int64_t(blockDim.x) - 32) {
+  if (dscale && a.fast && m.G % 32 == 0) {
+    // The bf16 mode: lane j adds g grid over i = j, j + 32, ... (fp32) and the warp sums a group
+    // by shuffles when its last 32 columns are in: coalesced, where a lane per group reads 32
+    // scattered rows of memory per instruction.
+    const int per = int(m.G / 32);
+    float acc = 0.0f;
+    int cnt = 0;
+    int64_t gi = 0;
+    for (int64_t i = lane; i < I; i += 32) {
+      acc += g[i] * m.grid[lut::get_index<B>(row, i)];
+      if (++cnt < per) continue;
+      for (int d = 16; d > 0; d /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, d);
+      if (lane == 0) dscale[o * m.groups + gi] += acc;
+      acc = 0.0f, cnt = 0, ++gi;
+    }
+  } else if (dscale) {
+    for (int64_t gi = lane; gi < m.groups; gi += 32) {
       double s = 0;
       for (int64_t i = gi * m.G; i < (gi + 1) * m.G; ++i)
         s = __dadd_rn(s, __dmul_rn(double(g[i]), double(m.grid[lut::get_index<B>(row, i)])));
@@ -128,39 +150,44 @@ __global__ void grad_rows_kernel(const Mat m, const Votes v, const CastArgs a, c
   }
   if (!a.cast) return;
 
-  if (threadIdx.x == 0) {
-    if (a.seed_rule) {
-      double sum = 0, sum2 = 0;
-      for (int64_t i = 0; i < I; ++i) {
-        const double x = fabs(double(g[i]));
-        sum = __dadd_rn(sum, x);
-        sum2 = __dadd_rn(sum2, __dmul_rn(x, x));
+  double stat = 1.0;
+  if (a.seed_rule || a.sm) {
+    double x = 0, y = 0;  // seed: sum |g|, sum g^2; momentum: sum g^2
+    for (int64_t i = lane; i < I; i += 32) {
+      const double gi = double(g[i]);
+      if (a.seed_rule) {
+        const double ag = fabs(gi);
+        x = __dadd_rn(x, ag);
+        y = __dadd_rn(y, __dmul_rn(ag, ag));
+      } else {
+        x = __dadd_rn(x, __dmul_rn(gi, gi));
       }
-      const double mean = __ddiv_rn(sum, double(I));
-      double var = __dsub_rn(__ddiv_rn(sum2, double(I)), __dmul_rn(mean, mean));
+    }
+    for (int d = 16; d > 0; d /= 2) {
+      x = __dadd_rn(x, __shfl_xor_sync(0xffffffffu, x, d));
+      y = __dadd_rn(y, __shfl_xor_sync(0xffffffffu, y, d));
+    }
+    if (a.seed_rule) {
+      const double mean = __ddiv_rn(x, double(I));
+      double var = __dsub_rn(__ddiv_rn(y, double(I)), __dmul_rn(mean, mean));
       var = 0.0 < var ? var : 0.0;  // std::max(0.0, var)
-      row_stat = __dadd_rn(mean, __dmul_rn(a.sensitivity, __dsqrt_rn(var)));
-    } else if (a.sm) {
-      double g2 = 0;
-      for (int64_t i = 0; i < I; ++i) g2 = __dadd_rn(g2, __dmul_rn(double(g[i]), double(g[i])));
+      stat = __dadd_rn(mean, __dmul_rn(a.sensitivity, __dsqrt_rn(var)));
+    } else {
       // r = float(b2 row_sq + (1 - b2) g2 / I); rhat = r / (1 - b2^(events + 1))
       const double b2 = a.beta2;
-      const float r = float(__dadd_rn(__dmul_rn(b2, double(a.row_sq[o])),
-                                      __ddiv_rn(__dmul_rn(__dsub_rn(1.0, b2), g2), double(I))));
-      a.row_sq[o] = r;
-      row_stat = __ddiv_rn(double(r), a.bc);
-    } else {
-      row_stat = 1.0;
+      const float old = a.row_sq[o];
+      const float rs = float(__dadd_rn(__dmul_rn(b2, double(old)), __ddiv_rn(__dmul_rn(__dsub_rn(1.0, b2), x), double(I))));
+      __syncwarp();  // every lane has read row_sq[o]
+      if (lane == 0) a.row_sq[o] = rs;
+      stat = __ddiv_rn(double(rs), a.bc);
     }
   }
-  __syncthreads();
-  const double stat = row_stat;
 
   if (a.seed_rule) {  // |g| > thr  =>  v += -sign(g s)
-    for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
+    for (int64_t i = lane; i < I; i += 32) {
       const float gi = g[i];
       if (!(fabs(double(gi)) > stat)) continue;
-      const float s = sc[i / m.G];
+      const float s = sc[int(i) / int(m.G)];
       if (s == 0.0f) continue;
       const int dir = ((gi > 0) == (s > 0)) ? -1 : 1;
       const int64_t k = o * I + i;
@@ -173,8 +200,34 @@ __global__ void grad_rows_kernel(const Mat m, const Votes v, const CastArgs a, c
   const CounterRng rng = CounterRng::from_prefix(a.prefix, uint64_t(o));
   const double lim = double(2 * v.vmax), neg_lr = -a.lr;
   const int64_t K = m.K;
-  for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
-    const float s = sc[i / m.G];
+  if (a.fast) {
+    // The bf16 mode (gradients from bf16 GEMMs, not held to the CPU's bits): the same rule with
+    // one fp32 division per weight, x = (-lr U) g / ((sqrt(rhat chat_i) + eps) s gap), instead
+    // of four fp64 divisions and a square root (fp64 runs at half the fp32 rate on an H100 and
+    // its division is a software sequence: this loop was the cast's cost).
+    const float c = float(__dmul_rn(neg_lr, double(v.U))), statf = float(stat), epsf = float(a.eps);
+    const float limf = float(lim);
+    for (int64_t i = lane; i < I; i += 32) {
+      const float s = sc[int(i) / int(m.G)], gi = g[i];
+      const float u01 = rng.uniform_at(uint64_t(i) + 1);
+      if (s == 0.0f || gi == 0.0f || c == 0.0f) continue;
+      const float denom = a.sm ? sqrtf(statf * a.col_norm[i]) + epsf : 1.0f;
+      const bool up = (gi > 0) != (s > 0);  // the sign of the index change -lr g / s
+      const int64_t q = lut::get_index<B>(row, i);
+      float gap;
+      if (up) gap = q < K - 1 ? m.grid[q + 1] - m.grid[q] : m.grid[K - 1] - m.grid[K - 2];
+      else gap = q > 0 ? m.grid[q] - m.grid[q - 1] : m.grid[1] - m.grid[0];
+      float x = c * gi / (denom * s * gap);
+      x = x < -limf ? -limf : limf < x ? limf : x;
+      const float fl = floorf(x);
+      const int64_t add = int64_t(fl) + (u01 < x - fl ? 1 : 0);
+      const int64_t k = o * I + i;
+      v.set(k, sat(int64_t(v.get(k)) + add, v.vmax));
+    }
+    return;
+  }
+  for (int64_t i = lane; i < I; i += 32) {
+    const float s = sc[int(i) / int(m.G)];
     const double denom = a.sm ? __dadd_rn(__dsqrt_rn(__dmul_rn(stat, double(a.col_norm[i]))), a.eps) : 1.0;
     const double dw = __ddiv_rn(__dmul_rn(neg_lr, double(g[i])), denom);
     const float u01 = rng.uniform_at(uint64_t(i) + 1);
@@ -211,23 +264,44 @@ __global__ void col_part_kernel(const float* dW, int64_t rows, int64_t I, int64_
 // ---- the end of a backward call (VoteEngine::done, update_col_norm) -----------------------------
 
 // col_sq[i] = float(b2 col_sq[i] + (1 - b2) sum_t part[t, i]), the sum in fp64 in tile order.
+// A thread per column; the tile values are loaded 16 at a time before they are added (in
+// order), so 16 loads are in flight instead of one per dependent addition (the head has
+// thousands of tiles: a load-add chain took a millisecond).
 __global__ void col_sq_kernel(const float* part, int64_t n_tiles, int64_t I, double b2, float* col_sq) {
+  constexpr int kBatch = 16;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < I; i += int64_t(gridDim.x) * blockDim.x) {
     double c = 0;
-    for (int64_t t = 0; t < n_tiles; ++t) c = __dadd_rn(c, double(part[t * I + i]));
+    int64_t t = 0;
+    for (; t + kBatch <= n_tiles; t += kBatch) {
+      float x[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) x[u] = part[(t + u) * I + i];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) c = __dadd_rn(c, double(x[u]));
+    }
+    for (; t < n_tiles; ++t) c = __dadd_rn(c, double(part[t * I + i]));
     col_sq[i] = float(__dadd_rn(__dmul_rn(b2, double(col_sq[i])), __dmul_rn(__dsub_rn(1.0, b2), c)));
   }
 }
 
 // col_norm = col_sq / mean(col_sq) (1 where the mean is not positive); one block, the mean by
-// thread 0 in index order as the CPU.
+// thread 0 in index order as the CPU, from chunks the whole block stages in shared memory (a
+// lone thread reading global memory value after value took over a millisecond for I = 8960).
+constexpr int kNormChunk = 4096;
+
 __global__ void col_norm_kernel(const float* col_sq, int64_t I, float* col_norm) {
   __shared__ double mean_sh;
-  if (threadIdx.x == 0) {
-    double s = 0;
-    for (int64_t i = 0; i < I; ++i) s = __dadd_rn(s, double(col_sq[i]));
-    mean_sh = __ddiv_rn(s, double(I));
+  __shared__ float chunk[kNormChunk];
+  double s = 0;
+  for (int64_t c0 = 0; c0 < I; c0 += kNormChunk) {
+    const int n = int(I - c0 < kNormChunk ? I - c0 : kNormChunk);
+    for (int k = int(threadIdx.x); k < n; k += int(blockDim.x)) chunk[k] = col_sq[c0 + k];
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int k = 0; k < n; ++k) s = __dadd_rn(s, double(chunk[k]));
+    __syncthreads();
   }
+  if (threadIdx.x == 0) mean_sh = __ddiv_rn(s, double(I));
   __syncthreads();
   const double mean = mean_sh;
   for (int64_t i = threadIdx.x; i < I; i += blockDim.x)
@@ -246,35 +320,39 @@ __global__ void fill_kernel(float* p, int64_t n, float value) {
 template <int B>
 __global__ void apply_momentum_kernel(const Mat m, const Votes v, int noise, int cooldown, uint64_t noise_prefix,
                                       unsigned long long* flips) {
+  // A block per row (grid-stride), a thread per packing group along it: no 64-bit division per
+  // group, and the row's noise stream is set up once per thread and row.
   constexpr int P = lut::kGroup<B>;
-  const int64_t I = m.I, per_row = I / P, total = m.O * per_row, U = v.U;
+  const int64_t I = m.I, per_row = I / P, U = v.U;
   unsigned long long local = 0;
-  for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < total; u += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = u / per_row, i0 = (u - o * per_row) * P;
+  for (int64_t o = blockIdx.x; o < m.O; o += gridDim.x) {
     uint8_t* row = m.idx + o * m.row_bytes;
     const CounterRng rng = CounterRng::from_prefix(noise_prefix, uint64_t(o));
-    for (int e = 0; e < P; ++e) {
-      const int64_t i = i0 + e, k = o * I + i;
-      int64_t x = v.get(k);
-      if (noise > 0) x = sat(x + rng.range_at(uint64_t(i) + 1, -noise, noise), v.vmax);
-      if (v.cool && v.cool[k] > 0) {
-        v.cool[k] = uint8_t(v.cool[k] - 1);
-        v.set(k, int32_t(x));
-        continue;
-      }
-      const int64_t q = x / U;  // truncates toward zero, as C++ on the CPU
-      if (q != 0) {
-        const int64_t cur = lut::get_index<B>(row, i), want = cur + q;
-        const int64_t next = want < 0 ? 0 : m.K - 1 < want ? m.K - 1 : want, moved = next - cur;
-        x -= moved * U;
-        if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
-        if (moved != 0) {
-          lut::set_index<B>(row, i, uint32_t(next));
-          if (v.cool) v.cool[k] = uint8_t(cooldown);
-          ++local;
+    for (int64_t u = threadIdx.x; u < per_row; u += blockDim.x) {
+      const int64_t i0 = u * P;
+      for (int e = 0; e < P; ++e) {
+        const int64_t i = i0 + e, k = o * I + i;
+        int64_t x = v.get(k);
+        if (noise > 0) x = sat(x + rng.range_at(uint64_t(i) + 1, -noise, noise), v.vmax);
+        if (v.cool && v.cool[k] > 0) {
+          v.cool[k] = uint8_t(v.cool[k] - 1);
+          v.set(k, int32_t(x));
+          continue;
         }
+        const int64_t q = int32_t(x) / int32_t(U);  // truncates toward zero, as C++ on the CPU (32-bit: |x| <= vmax)
+        if (q != 0) {
+          const int64_t cur = lut::get_index<B>(row, i), want = cur + q;
+          const int64_t next = want < 0 ? 0 : m.K - 1 < want ? m.K - 1 : want, moved = next - cur;
+          x -= moved * U;
+          if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
+          if (moved != 0) {
+            lut::set_index<B>(row, i, uint32_t(next));
+            if (v.cool) v.cool[k] = uint8_t(cooldown);
+            ++local;
+          }
+        }
+        v.set(k, int32_t(x));
       }
-      v.set(k, int32_t(x));
     }
   }
   add_count(local, flips);
@@ -419,6 +497,7 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
   if (!dscale && !votes) return;
   CastArgs a{};
   a.cast = votes != nullptr;
+  a.fast = train_math() == TrainMath::Bf16;
   if (votes) {
     const VoteParams& p = *params;
     check_state(w, *votes, p, "lut_grad_tiles");
@@ -436,7 +515,8 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
   }
   const Mat m = mat_of(w);
   const Votes v = votes_of(votes, params);
-#define PRIMAL_LAUNCH(B) grad_rows_kernel<B><<<unsigned(rows), lut::kThreads, 0, s>>>(m, v, a, dW, o0, dscale)
+  const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+#define PRIMAL_LAUNCH(B) grad_rows_kernel<B><<<blocks, lut::kThreads, 0, s>>>(m, v, a, dW, o0, rows, dscale)
   PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
   PRIMAL_CUDA_CHECK_LAUNCH();
@@ -473,7 +553,7 @@ void lut_votes_apply(const LutTrainView& w, VoteState& st, const VoteParams& p, 
   const uint64_t noise_prefix = rng_key_prefix(p.seed, step, id, kNoise);
   if (p.rule == VoteRule::Momentum) {
 #define PRIMAL_LAUNCH(B)                                                                                      \
-  apply_momentum_kernel<B><<<lut::blocks_for(w.O * w.I / lut::kGroup<B>), lut::kThreads, 0, s>>>( \
+  apply_momentum_kernel<B><<<unsigned(std::min<int64_t>(w.O, 32 * int64_t(sm_count()))), lut::kThreads, 0, s>>>( \
       m, v, p.noise, p.cooldown, noise_prefix, flips)
     PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
