@@ -1,0 +1,328 @@
+// The GEMM training attention (ops/cuda/attention_gemm: bf16 operands on the tensor cores, fp32
+// accumulation) against its CPU twin run in fp64 (cpu::attention_forward_train /
+// attention_backward<double> on the same fp32 inputs, exact to ~1e-16): out, lse, dq, dk, dv on
+// shapes with one token, sequence lengths that are no multiple of 8 or 32, GQA groups of 1 to 6,
+// head sizes 64 and 128; bitwise determinism; chunking (the minimum workspace against a whole
+// sequence's); sentinels past every output and the workspace; refused arguments.
+//
+// Tolerances, in units of the bf16 unit roundoff ub = 2^-8: twice an rms estimate (independent
+// errors add in quadrature; fp32 rounding, ~2^-24 sqrt(n), is added where sums are long but never
+// matters). Rounding to bf16 moves a value by at most half an ulp, uniformly: a relative error of
+// rms rho <= ub / sqrt(3).
+//   e_s   = sqrt(2) rho sq sk: rms absolute error of a score q . k / sqrt(HS) from the bf16 q and
+//           k (HS products of rms sq sk, each off by a relative sqrt(2) rho, random signs);
+//   lse:  rms absolute error <= e_s (a weighted mean of its row's score errors): tol 2 e_s;
+//   e_out = sqrt(e_s^2 + 2 rho^2): relative error of a weight p_j v_j (its exponent s_j - lse is
+//           off by at most e_s rms, p and v are rounded to bf16); out: tol 2 e_out, norm-relative.
+// The backward is fed the GPU forward's out and lse (the chain a trainer runs); it recomputes the
+// same bf16 scores, so p = exp(s / sqrt(HS) - lse) is off as in the forward:
+//   dv:   sum of p_i dout_i, dout in bf16: e_out again; tol 2 e_out, norm-relative;
+//   ds = p (dp - D): p (e_out), dp (a dot of bf16 dout and v: sqrt(2) rho), D (from the fp32 out:
+//         e_out) and ds's own rounding (rho), relative to p (|dp| + |D|); dp - D cancels (exactly
+//         at T = 1 and at query 0, where dq = dk = 0), so dq and dk are measured against the
+//         magnitudes of their terms, M_dq,i = sum_j p_ij (|dp_ij| + |D_i|) |k_j| / sqrt(HS) and
+//         M_dk likewise with |q_i|; k (q) in bf16 adds rho:
+//   dq, dk: ||err|| / ||M|| <= 2 e_dq, e_dq = sqrt(2 e_out^2 + 4 rho^2).
+// With sq sk = 2.25: lse 3.7 ub, out and dv 4 ub, dq and dk 6.1 ub (a host emulation of the
+// kernels with exact GEMM sums measured 1.0, 1.1, 1.1 and 0.4 ub).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "gpu_testing.h"
+#include "ops/cpu/attention_backward.h"
+#include "ops/cuda/attention_gemm.h"
+#include "ops/cuda/gemm.h"
+
+using namespace gputest;
+
+namespace {
+
+struct Shape {
+  int64_t B, T, NH, KVH, HS;
+  std::string str() const {
+    return "B " + std::to_string(B) + " T " + std::to_string(T) + " NH " + std::to_string(NH) + " KVH " +
+           std::to_string(KVH) + " HS " + std::to_string(HS);
+  }
+  size_t min_ws() const { return cuda::attention_gemm_min_workspace(T, NH, KVH, HS); }
+  size_t good_ws() const { return cuda::attention_gemm_good_workspace(T, NH, KVH, HS); }
+};
+
+constexpr double kUb = 1.0 / 256.0;      // bf16 unit roundoff 2^-8
+constexpr float kSq = 1.5f, kSk = 1.5f;  // rms of q and k: scores of rms 2.25, peaked softmax rows
+constexpr size_t kGuard = 64;            // floats past every output, which no kernel may write
+constexpr float kSentinel = 12345.0f;
+constexpr size_t kWsGuard = 256;  // bytes past the workspace, likewise
+constexpr uint8_t kWsPoison = 0xFF, kWsSentinel = 0x5A;
+
+std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+// A device buffer of n floats filled with `fill` (NaN: an element left unwritten shows),
+// followed by kGuard sentinels (an element written past the end shows).
+cuda::DeviceBuffer guarded(size_t n, float fill) {
+  std::vector<float> h(n + kGuard, fill);
+  std::fill(h.begin() + ptrdiff_t(n), h.end(), kSentinel);
+  return to_device(h);
+}
+// The first n floats; fails the test if a guard float changed.
+std::vector<float> unguard(const cuda::DeviceBuffer& b, size_t n, const char* what) {
+  auto h = to_host<float>(b, n + kGuard);
+  for (size_t i = n; i < h.size(); ++i) EXPECT_EQ(h[i], kSentinel) << what << ": written past the end at " << i - n;
+  h.resize(n);
+  return h;
+}
+
+// `bytes` of workspace poisoned with 0xFF (NaN as fp32 and as bf16, so a read of a region before
+// it is written shows), followed by kWsGuard sentinel bytes.
+struct Workspace {
+  cuda::DeviceBuffer buf;
+  size_t bytes;
+  explicit Workspace(size_t n) : buf(n + kWsGuard), bytes(n) {
+    std::vector<uint8_t> h(n + kWsGuard, kWsPoison);
+    std::fill(h.begin() + ptrdiff_t(n), h.end(), kWsSentinel);
+    cuda::copy_to_device(buf.data(), h.data(), h.size());
+  }
+  void expect_guard_intact() const {
+    const auto h = to_host<uint8_t>(buf, bytes + kWsGuard);
+    for (size_t i = bytes; i < h.size(); ++i)
+      EXPECT_EQ(h[i], kWsSentinel) << "workspace of " << bytes << " bytes written past its end at " << i - bytes;
+  }
+};
+
+// sqrt(mean((got - want)^2)), +inf where got is not finite.
+double rms_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double e = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    e += (got[i] - want[i]) * (got[i] - want[i]);
+  }
+  return std::sqrt(e / double(want.size()));
+}
+double rms(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return std::sqrt(s / double(v.size()));
+}
+// ||got - want|| / ||mag||, +inf where got is not finite.
+double err_vs(const std::vector<float>& got, const std::vector<double>& want, const std::vector<double>& mag) {
+  return rms_err(got, want) / rms(mag);
+}
+
+// M_dq, M_dk of the header comment, from the fp64 inputs and the reference out and lse.
+void term_magnitudes(const Shape& sh, const std::vector<double>& q, const std::vector<double>& k,
+                     const std::vector<double>& v, const std::vector<double>& dout, const std::vector<double>& out,
+                     const std::vector<double>& lse, std::vector<double>& mdq, std::vector<double>& mdk) {
+  const int64_t T = sh.T, NH = sh.NH, KVH = sh.KVH, HS = sh.HS, G = NH / KVH;
+  const double scale = 1.0 / std::sqrt(double(HS));
+  mdq.assign(q.size(), 0.0);
+  mdk.assign(k.size(), 0.0);
+  for (int64_t b = 0; b < sh.B; ++b)
+    for (int64_t h = 0; h < NH; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const size_t qi = size_t(((b * T + t) * NH + h) * HS);
+        double D = 0;
+        for (int64_t d = 0; d < HS; ++d) D += dout[qi + size_t(d)] * out[qi + size_t(d)];
+        for (int64_t j = 0; j <= t; ++j) {
+          const size_t kj = size_t(((b * T + j) * KVH + h / G) * HS);
+          double s = 0, dp = 0;
+          for (int64_t d = 0; d < HS; ++d) {
+            s += q[qi + size_t(d)] * k[kj + size_t(d)];
+            dp += dout[qi + size_t(d)] * v[kj + size_t(d)];
+          }
+          const double p = std::exp(s * scale - lse[size_t((b * NH + h) * T + t)]);
+          const double w = p * (std::fabs(dp) + std::fabs(D)) * scale;
+          for (int64_t d = 0; d < HS; ++d) {
+            mdq[qi + size_t(d)] += w * std::fabs(k[kj + size_t(d)]);
+            mdk[kj + size_t(d)] += w * std::fabs(q[qi + size_t(d)]);
+          }
+        }
+      }
+}
+
+struct Inputs {
+  std::vector<float> q, k, v, dout;  // (B, T, NH, HS), (B, T, KVH, HS) x 2, (B, T, NH, HS)
+};
+Inputs make_inputs(const Shape& sh, uint32_t seed) {
+  const size_t nq = size_t(sh.B * sh.T * sh.NH * sh.HS), nk = size_t(sh.B * sh.T * sh.KVH * sh.HS);
+  return {randn(nq, seed, kSq), randn(nk, seed + 1, kSk), randn(nk, seed + 2), randn(nq, seed + 3)};
+}
+
+// The fp64 CPU twin's results, and the term magnitudes of dq and dk.
+struct Reference {
+  std::vector<double> out, lse, dq, dk, dv, mdq, mdk;
+};
+Reference cpu_reference(const Shape& sh, const Inputs& in) {
+  const auto q = widen(in.q), k = widen(in.k), v = widen(in.v), dout = widen(in.dout);
+  Reference r;
+  r.out.resize(q.size()), r.lse.resize(size_t(sh.B * sh.NH * sh.T));
+  r.dq.resize(q.size()), r.dk.resize(k.size()), r.dv.resize(k.size());
+  cpu::attention_forward_train(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), sh.B, sh.T, sh.NH, sh.KVH,
+                               sh.HS);
+  cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), r.out.data(), q.data(), k.data(),
+                          v.data(), r.lse.data(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS);
+  term_magnitudes(sh, q, k, v, dout, r.out, r.lse, r.mdq, r.mdk);
+  return r;
+}
+
+struct Results {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+// The GPU forward, then the backward fed its out and lse, into outputs filled with `fill` and
+// guarded, with a workspace of ws_bytes (poisoned and guarded).
+Results run_gpu(cuda::Blas& blas, const Shape& sh, const Inputs& in, size_t ws_bytes,
+                float fill = std::numeric_limits<float>::quiet_NaN()) {
+  const size_t nq = in.q.size(), nk = in.k.size(), nl = size_t(sh.B * sh.NH * sh.T);
+  const auto q = to_device(in.q), k = to_device(in.k), v = to_device(in.v), dout = to_device(in.dout);
+  auto out = guarded(nq, fill), lse = guarded(nl, fill), dq = guarded(nq, fill), dk = guarded(nk, fill),
+       dv = guarded(nk, fill);
+  Workspace ws(ws_bytes);
+  cuda::attention_forward_gemm(blas, out.as<float>(), lse.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(),
+                               sh.B, sh.T, sh.NH, sh.KVH, sh.HS, ws.buf.data(), ws.bytes, nullptr);
+  cuda::attention_backward_gemm(blas, dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
+                                out.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), lse.as<float>(), sh.B,
+                                sh.T, sh.NH, sh.KVH, sh.HS, ws.buf.data(), ws.bytes, nullptr);
+  Results r;
+  r.out = unguard(out, nq, "out"), r.lse = unguard(lse, nl, "lse");
+  r.dq = unguard(dq, nq, "dq"), r.dk = unguard(dk, nk, "dk"), r.dv = unguard(dv, nk, "dv");
+  ws.expect_guard_intact();
+  return r;
+}
+
+bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+}
+
+void expect_same_bits(const Results& a, const Results& b) {
+  EXPECT_TRUE(same_bits(a.out, b.out)) << "out";
+  EXPECT_TRUE(same_bits(a.lse, b.lse)) << "lse";
+  EXPECT_TRUE(same_bits(a.dq, b.dq)) << "dq";
+  EXPECT_TRUE(same_bits(a.dk, b.dk)) << "dk";
+  EXPECT_TRUE(same_bits(a.dv, b.dv)) << "dv";
+}
+
+}  // namespace
+
+TEST(GpuAttentionGemm, MatchesCpuTwin) {
+  REQUIRE_GPU();
+  cuda::Blas blas;
+  for (const Shape& sh : {Shape{2, 1, 4, 2, 64}, Shape{2, 77, 6, 6, 64}, Shape{2, 65, 6, 1, 128},
+                          Shape{2, 130, 12, 4, 64}, Shape{2, 257, 8, 2, 128}, Shape{2, 100, 10, 2, 64},
+                          Shape{2, 300, 12, 2, 128}}) {
+    SCOPED_TRACE(sh.str());
+    const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + sh.NH));
+    const Reference ref = cpu_reference(sh, in);
+    const Results got = run_gpu(blas, sh, in, sh.good_ws());
+    const int64_t G = sh.NH / sh.KVH;
+    const double rho = kUb / std::sqrt(3.0), e_s = std::sqrt(2.0) * rho * double(kSq) * kSk;
+    const double e_out = std::sqrt(e_s * e_s + 2 * rho * rho), e_dq = std::sqrt(2 * e_out * e_out + 4 * rho * rho);
+    EXPECT_LE(rel_err(got.out, ref.out), 2 * e_out + fp32_sum_tol(sh.T)) << "out";
+    EXPECT_LE(rms_err(got.lse, ref.lse), 2 * e_s + fp32_sum_tol(sh.T)) << "lse";
+    EXPECT_LE(rel_err(got.dv, ref.dv), 2 * e_out + fp32_sum_tol(G * sh.T)) << "dv";
+    EXPECT_LE(err_vs(got.dq, ref.dq, ref.mdq), 2 * e_dq + fp32_sum_tol(sh.T)) << "dq";
+    EXPECT_LE(err_vs(got.dk, ref.dk, ref.mdk), 2 * e_dq + fp32_sum_tol(G * sh.T)) << "dk";
+  }
+}
+
+// No atomics and fixed summation orders: two runs with the same workspace give the same bits,
+// whatever the output buffers held before (NaN the first time, zeros the second: dk and dv, which
+// a group split over chunks accumulates with beta = 1, must be overwritten first). Both the whole
+// sequence's workspace (whole groups per GEMM) and the minimum (one head per chunk) are checked.
+TEST(GpuAttentionGemm, BitwiseDeterministic) {
+  REQUIRE_GPU();
+  cuda::Blas blas;
+  const Shape sh{2, 100, 6, 2, 64};
+  const Inputs in = make_inputs(sh, 99);
+  for (size_t ws : {sh.good_ws(), sh.min_ws()}) {
+    SCOPED_TRACE("workspace " + std::to_string(ws));
+    const Results a = run_gpu(blas, sh, in, ws);
+    const Results b = run_gpu(blas, sh, in, ws, 0.0f);
+    expect_same_bits(a, b);
+  }
+}
+
+// Chunking changes which heads share a GEMM (and cuBLAS may pick another kernel for another
+// batch count) and splits the sums of dk, dv over a group into beta = 1 additions, so the results
+// agree to fp32 rounding, not bitwise: the bf16 copies are the same, the fp32 sums differ in their
+// last bits (~2^-24 sqrt(n)), and such a difference flips the bf16 rounding of a P or dS element
+// with probability ~ (1e-7 |arg|) / 2^-8 ~ 1e-4, by 2^-7 of the element: a norm-relative
+// difference of ~sqrt(1e-4) 2^-7 ~ 2^-14. Bound: ub / 8 = 2^-11 for out, dv, and dq, dk against
+// their term magnitudes; lse (no bf16 rounding after the scores) to 4x its fp32 error, the
+// fp32_sum_tol(HS) sq sk of a score and 2 u |lse| of the log and the addition.
+// Workspaces between the minimum and a whole sequence take chunks of 1, 2, 3 or 6 heads (G = 6).
+TEST(GpuAttentionGemm, ChunkingKeepsResults) {
+  REQUIRE_GPU();
+  cuda::Blas blas;
+  const Shape sh{2, 100, 12, 2, 64};
+  const Inputs in = make_inputs(sh, 7);
+  const Reference ref = cpu_reference(sh, in);
+  const Results good = run_gpu(blas, sh, in, sh.good_ws());
+  ASSERT_LT(sh.min_ws(), sh.good_ws());
+  const double tol = kUb / 8;
+  const double tol_lse = 4 * (fp32_sum_tol(sh.HS) * double(kSq) * kSk + 2 * kU * rms(ref.lse));
+  for (size_t ws : {sh.min_ws(), 2 * sh.min_ws(), 3 * sh.min_ws(), sh.good_ws() / 2, sh.good_ws() - 1}) {
+    SCOPED_TRACE("workspace " + std::to_string(ws) + " of " + std::to_string(sh.good_ws()));
+    ASSERT_GE(ws, sh.min_ws());
+    const Results got = run_gpu(blas, sh, in, ws);
+    EXPECT_LE(rel_err(got.out, widen(good.out)), tol) << "out";
+    EXPECT_LE(rms_err(got.lse, widen(good.lse)), tol_lse) << "lse";
+    EXPECT_LE(rel_err(got.dv, widen(good.dv)), tol) << "dv";
+    EXPECT_LE(err_vs(got.dq, widen(good.dq), ref.mdq), tol) << "dq";
+    EXPECT_LE(err_vs(got.dk, widen(good.dk), ref.mdk), tol) << "dk";
+  }
+  // More than a whole sequence changes nothing: the same chunks, the same bits.
+  expect_same_bits(good, run_gpu(blas, sh, in, sh.good_ws() + 4096));
+}
+
+// A workspace below the minimum (the message names it), a null or misaligned one, query heads
+// that are no multiple of the KV heads, head sizes that are no multiple of 8 and null pointers
+// are refused with primal::Error before anything is launched.
+TEST(GpuAttentionGemm, RefusesBadArguments) {
+  REQUIRE_GPU();
+  cuda::Blas blas;
+  const Shape sh{1, 40, 4, 2, 64};
+  const Inputs in = make_inputs(sh, 5);
+  const size_t nq = in.q.size(), nk = in.k.size(), nl = size_t(sh.B * sh.NH * sh.T);
+  const auto q = to_device(in.q), k = to_device(in.k), v = to_device(in.v), dout = to_device(in.dout);
+  auto out = guarded(nq, 0.0f), lse = guarded(nl, 0.0f), dq = guarded(nq, 0.0f), dk = guarded(nk, 0.0f),
+       dv = guarded(nk, 0.0f);
+  const size_t need = sh.min_ws();
+  Workspace ws(need + 64);
+  char* wsp = static_cast<char*>(ws.buf.data());
+  const auto fwd = [&](void* w, size_t bytes, int64_t NH, int64_t KVH, int64_t HS, const float* qp) {
+    cuda::attention_forward_gemm(blas, out.as<float>(), lse.as<float>(), qp, k.as<float>(), v.as<float>(), sh.B, sh.T,
+                                 NH, KVH, HS, w, bytes, nullptr);
+  };
+  const auto bwd = [&](void* w, size_t bytes, int64_t NH, int64_t KVH, int64_t HS, const float* qp) {
+    cuda::attention_backward_gemm(blas, dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
+                                  out.as<float>(), qp, k.as<float>(), v.as<float>(), lse.as<float>(), sh.B, sh.T, NH,
+                                  KVH, HS, w, bytes, nullptr);
+  };
+  const float* qp = q.as<float>();
+  for (int pass = 0; pass < 2; ++pass) {
+    SCOPED_TRACE(pass == 0 ? "forward" : "backward");
+    const auto call = [&](void* w, size_t bytes, int64_t NH, int64_t KVH, int64_t HS, const float* qq) {
+      pass == 0 ? fwd(w, bytes, NH, KVH, HS, qq) : bwd(w, bytes, NH, KVH, HS, qq);
+    };
+    try {
+      call(wsp, need - 1, sh.NH, sh.KVH, sh.HS, qp);
+      ADD_FAILURE() << "a workspace of one byte less than the minimum was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::to_string(need)), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(call(nullptr, need, sh.NH, sh.KVH, sh.HS, qp), Error) << "null workspace";
+    EXPECT_THROW(call(wsp + 8, need, sh.NH, sh.KVH, sh.HS, qp), Error) << "misaligned workspace";
+    EXPECT_THROW(call(wsp, need, 6, 4, sh.HS, qp), Error) << "6 heads over 4 KV heads";
+    EXPECT_THROW(call(wsp, need, sh.NH, sh.KVH, 60, qp), Error) << "head size 60";
+    EXPECT_THROW(call(wsp, need, sh.NH, sh.KVH, sh.HS, nullptr), Error) << "null q";
+    EXPECT_NO_THROW(call(wsp, need, sh.NH, sh.KVH, sh.HS, qp)) << "the minimum itself";
+  }
+  EXPECT_THROW(cuda::attention_gemm_min_workspace(sh.T, 6, 4, sh.HS), Error);
+  EXPECT_THROW(cuda::attention_gemm_good_workspace(sh.T, sh.NH, sh.KVH, 100), Error);
+  ws.expect_guard_intact();  // a synchronizing copy: the accepted calls have finished
+  cuda::check_last_error();
+}
