@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/buffer.h"
 #include "ops/cuda/device.h"
@@ -27,6 +28,7 @@ namespace cu = primal::cuda;
 namespace {
 
 constexpr int64_t kFastHeadChunk = 1024;
+constexpr int64_t kGemmAttentionMinT = 512;
 
 // Device allocations of the engine, with their total (what the engine adds to the device).
 class Arena {
@@ -75,6 +77,10 @@ struct DevLayer {
 };
 
 // What a layer's backward reads (forward_backward.h Workspace::Layer), N = B*T tokens.
+// In the bf16 mode (--fast) the linear layers' inputs are kept as bf16 copies (xn1b, attb, xn2b,
+// hb: the GEMM operands of the forward and of the weight gradient), and xn1, xn2, h point to
+// backward workspace that is free during the forward (dxn_, dh_): their fp32 values are only
+// read to make the copies.
 struct Acts {
   float *xn1, *rstd1;   // (N, C), (N)
   float *q, *k, *v;     // (N, Q), (N, KV), (N, KV) after RoPE
@@ -82,6 +88,7 @@ struct Acts {
   float *mid;           // (N, C)
   float *xn2, *rstd2;   // (N, C), (N)
   float *gate, *up, *h; // (N, F) each
+  uint16_t *xn1b = nullptr, *attb = nullptr, *xn2b = nullptr, *hb = nullptr;  // bf16 (N, C) (N, Q) (N, C) (N, F)
 };
 
 struct DevParam {  // an AdamW parameter on the device (index = its index in AdamW::params())
@@ -109,16 +116,27 @@ class CudaEngine final : public StepEngine {
   float* res(int64_t l) { return res_ + l * maxN_ * hp_.n_embd; }
   Acts& acts(int64_t l) { return acts_[o_.recompute ? 0 : size_t(l)]; }
   void forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out);
-  void lin_fwd(const DevMat& W, const float* inp, int64_t n, const float* bias, float* out);
-  void lin_bwd(float* dinp, bool accumulate, const float* dout, const float* inp, int64_t n, DevMat& W, bool trainable,
+  void lin_fwd(const DevMat& W, cu::Operand inp, int64_t n, const float* bias, float* out);
+  void lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Operand inp, int64_t n, DevMat& W, bool trainable,
                bool scales, float* dbias);
+  // The bf16 copy of x (n values) in dst, in the bf16 mode; nothing otherwise.
+  void bf16_copy(uint16_t* dst, const float* x, int64_t n) {
+    if (bf16_) cu::to_bf16(dst, x, n, s_);
+  }
   void note_memory();
   // PRIMAL_TRAIN_PROFILE=1: the stream is synchronized after every op and the op's wall time
   // added to its category (a table on stderr when the engine ends); otherwise nothing happens.
   void mark(const char* category);
+  void mark(const std::string& category) { mark(category.c_str()); }
+  const char* stage_prefix_ = "linear bwd";  // the profile's name for lut_train's stages
 
   EngineContext c_;
   GpuEngineOptions o_;
+  bool bf16_ = false;  // native bf16 GEMM operands (--fast)
+  // The tensor-core attention (attention_gemm.h) in the bf16 mode for sequences of at least
+  // kGemmAttentionMinT tokens; shorter ones keep the flash kernel, which takes the whole batch in
+  // one launch where the GEMM path makes a dozen cuBLAS calls per sequence.
+  bool gemm_attention_ = false;
   HParams hp_;
   cu::Stream stream_;
   cudaStream_t s_ = nullptr;
@@ -141,7 +159,11 @@ class CudaEngine final : public StepEngine {
   std::vector<Acts> acts_;                    // (L), or (1) with recomputation
   float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
   float *dq_, *datt_, *dk_, *dv_;             // (N, Q) x 2, (N, KV) x 2
-  float *dgate_, *dup_, *dh_;                 // (N, F) x 3
+  float *dgate_, *dup_, *dh_;                 // (N, F) x 3 (dgate_, dup_ null in the bf16 mode)
+  // bf16 mode: the GEMM operand copies of the gradients and of the head's input (xnfb_).
+  uint16_t *dxb_ = nullptr, *dgb_ = nullptr, *dub_ = nullptr;  // (N, C), (N, F) x 2
+  uint16_t *dqb_ = nullptr, *dkb_ = nullptr, *dvb_ = nullptr;  // (N, Q), (N, KV) x 2
+  uint16_t *xnfb_ = nullptr, *logitsb_ = nullptr;              // (N, C), (head_chunk, V)
   float* logits_ = nullptr;                   // (head_chunk, V)
   float* scratch_ = nullptr;                  // (scratch_floats) GEMM operand / weight-gradient tiles
   double* nll_ = nullptr;                     // (maxN)
@@ -165,6 +187,7 @@ void CudaEngine::mark(const char* category) {
 }
 
 CudaEngine::~CudaEngine() {
+  if (prof_) cu::set_stage_hook(nullptr, nullptr);
   if (!prof_ || prof_s_.empty()) return;
   double total = 0;
   for (const auto& [k, v] : prof_s_) total += v;
@@ -186,7 +209,15 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   s_ = stream_.get();
   const char* pe = std::getenv("PRIMAL_TRAIN_PROFILE");
   prof_ = pe && *pe && *pe != '0';
+  if (prof_)
+    cu::set_stage_hook(
+        [](void* ctx, const char* stage) {
+          auto* e = static_cast<CudaEngine*>(ctx);
+          e->mark(std::string(e->stage_prefix_) + ": " + stage);
+        },
+        this);
   cu::set_train_math(o_.fast ? cu::TrainMath::Bf16 : cu::TrainMath::Fp32);
+  bf16_ = o_.fast;
   free0_ = int64_t(cu::memory_info().first);
   blas_ = std::make_unique<cu::Blas>();
   TrainModel& m = *c.model;
@@ -272,25 +303,49 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   head_chunk_ = o_.head_chunk > 0 ? o_.head_chunk : o_.fast ? kFastHeadChunk : kHeadChunk;
   head_chunk_ = std::min(head_chunk_, N);
   res_ = arena_.of<float>(size_t((L + 1) * N * C));
-  acts_.resize(o_.recompute ? 1 : size_t(L));
-  for (Acts& a : acts_) {
-    a.xn1 = arena_.of<float>(size_t(N * C)), a.rstd1 = arena_.of<float>(size_t(N));
-    a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
-    a.att = arena_.of<float>(size_t(N * Q)), a.lse = arena_.of<float>(size_t(N * NH));
-    a.mid = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.rstd2 = arena_.of<float>(size_t(N));
-    a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF)), a.h = arena_.of<float>(size_t(N * FF));
-  }
   xnf_ = arena_.of<float>(size_t(N * C)), rstdf_ = arena_.of<float>(size_t(N));
   dx_ = arena_.of<float>(size_t(N * C)), dxn_ = arena_.of<float>(size_t(N * C)), dxnf_ = arena_.of<float>(size_t(N * C));
   dq_ = arena_.of<float>(size_t(N * Q)), datt_ = arena_.of<float>(size_t(N * Q));
   dk_ = arena_.of<float>(size_t(N * KV)), dv_ = arena_.of<float>(size_t(N * KV));
-  dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF)), dh_ = arena_.of<float>(size_t(N * FF));
+  dh_ = arena_.of<float>(size_t(N * FF));
+  auto b16 = [&](int64_t n) { return arena_.of<uint16_t>(size_t(n)); };
+  if (bf16_) {
+    dgate_ = dup_ = nullptr;
+    dxb_ = b16(N * C), dgb_ = b16(N * FF), dub_ = b16(N * FF);
+    dqb_ = b16(N * Q), dkb_ = b16(N * KV), dvb_ = b16(N * KV);
+    xnfb_ = b16(N * C);
+  } else {
+    dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF));
+  }
+  acts_.resize(o_.recompute ? 1 : size_t(L));
+  for (Acts& a : acts_) {
+    a.rstd1 = arena_.of<float>(size_t(N));
+    a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
+    a.att = arena_.of<float>(size_t(N * Q)), a.lse = arena_.of<float>(size_t(N * NH));
+    a.mid = arena_.of<float>(size_t(N * C)), a.rstd2 = arena_.of<float>(size_t(N));
+    a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF));
+    if (bf16_) {
+      a.xn1 = a.xn2 = dxn_, a.h = dh_;
+      a.xn1b = b16(N * C), a.attb = b16(N * Q), a.xn2b = b16(N * C), a.hb = b16(N * FF);
+    } else {
+      a.xn1 = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.h = arena_.of<float>(size_t(N * FF));
+    }
+  }
   logits_ = arena_.of<float>(size_t(head_chunk_ * V));
+  if (bf16_) logitsb_ = b16(head_chunk_ * V);
   // The GEMM scratch: the largest layer matrix whole (one dequantization and one GEMM per call),
   // at least one weight-gradient tile of the head.
   int64_t sc = cu::lut_grad_scratch_floats(C);
   for (const auto& [mt, dm] : mats_)
     if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
+  gemm_attention_ = bf16_ && T >= kGemmAttentionMinT;
+  if (gemm_attention_) {
+    // The tensor-core attention works in the same scratch: at least one (sequence, head), a
+    // whole sequence when that costs at most 128 MiB (fewer, larger GEMMs).
+    const int64_t good = int64_t(cu::attention_gemm_good_workspace(T, NH, KVH, HS));
+    const int64_t least = int64_t(cu::attention_gemm_min_workspace(T, NH, KVH, HS));
+    sc = std::max(sc, (good <= (int64_t(128) << 20) ? good : least) / 4 + 1);
+  }
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
@@ -357,18 +412,19 @@ void CudaEngine::begin_step(int64_t step, double sched) {
   for (const auto& [ptr, n] : grad_bufs_) cu::fill_bytes_async(ptr, 0, size_t(n) * 4, s_);
 }
 
-void CudaEngine::lin_fwd(const DevMat& W, const float* inp, int64_t n, const float* bias, float* out) {
+void CudaEngine::lin_fwd(const DevMat& W, cu::Operand inp, int64_t n, const float* bias, float* out) {
   if (W.lut()) cu::lut_linear_forward(*blas_, W.view, inp, n, bias, out, scratch_, scratch_floats_, s_);
-  else cu::dense_linear_forward(*blas_, W.dense, W.host->O, W.host->I, inp, n, bias, out, s_);
+  else cu::dense_linear_forward(*blas_, W.dense, W.host->O, W.host->I, inp.f32, n, bias, out, s_);
 }
 
 // linear_backward with grad_of's choices (forward_backward.cpp): only dinp when the matrix is not
 // trainable; LUT: scale gradient (when scales train), bias, votes; dense: dW, bias.
-void CudaEngine::lin_bwd(float* dinp, bool accumulate, const float* dout, const float* inp, int64_t n, DevMat& W,
+void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Operand inp, int64_t n, DevMat& W,
                          bool trainable, bool scales, float* dbias) {
   if (dinp) {
     if (W.lut()) cu::lut_linear_backward_input(*blas_, W.view, dout, n, dinp, accumulate, scratch_, scratch_floats_, s_);
-    else cu::dense_linear_backward_input(*blas_, W.dense, W.host->O, W.host->I, dout, n, dinp, accumulate, s_);
+    else cu::dense_linear_backward_input(*blas_, W.dense, W.host->O, W.host->I, dout.f32, n, dinp, accumulate, s_);
+    mark(std::string(stage_prefix_) + ": dinp");
   }
   if (!trainable) return;
   if (W.lut()) {
@@ -380,7 +436,7 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, const float* dout, const 
     if (g.dscale || g.dbias || g.votes)
       cu::lut_linear_backward_weight(*blas_, W.view, dout, inp, n, g, scratch_, scratch_floats_, s_);
   } else if (W.dW || dbias) {
-    cu::dense_linear_backward_weight(*blas_, W.host->O, W.host->I, dout, inp, n, W.dW, dbias, s_);
+    cu::dense_linear_backward_weight(*blas_, W.host->O, W.host->I, dout.f32, inp.f32, n, W.dW, dbias, s_);
   }
 }
 
@@ -393,29 +449,37 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   const char* ew = need_out ? "norm/rope/add fwd" : "recompute: elementwise";
   const char* lf = need_out ? "linear fwd" : "recompute: linear";
   cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
+  bf16_copy(a.xn1b, a.xn1, N * C);
   mark(ew);
-  lin_fwd(*w.wq, a.xn1, N, w.bq, a.q);
-  lin_fwd(*w.wk, a.xn1, N, w.bk, a.k);
-  lin_fwd(*w.wv, a.xn1, N, w.bv, a.v);
+  lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, a.q);
+  lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, a.k);
+  lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, a.v);
   mark(lf);
   cu::rope_forward_train(a.q, B, T, NH, 0, rope_, s_);
   cu::rope_forward_train(a.k, B, T, KVH, 0, rope_, s_);
   mark(ew);
-  cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
+  if (gemm_attention_)  // tensor cores (cuBLAS bf16 GEMMs) over the free GEMM scratch
+    cu::attention_forward_gemm(*blas_, a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, scratch_,
+                               size_t(scratch_floats_) * 4, s_);
+  else
+    cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
+  bf16_copy(a.attb, a.att, N * NH * HS);
   mark(need_out ? "attention fwd" : "recompute: attention");
-  lin_fwd(*w.wo, a.att, N, nullptr, a.mid);
+  lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
   mark(lf);
   cu::add_inplace(a.mid, x, N * C, s_);
   cu::rmsnorm_forward_train(a.xn2, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
+  bf16_copy(a.xn2b, a.xn2, N * C);
   mark(ew);
-  lin_fwd(*w.w_gate, a.xn2, N, nullptr, a.gate);
-  lin_fwd(*w.w_up, a.xn2, N, nullptr, a.up);
+  lin_fwd(*w.w_gate, {a.xn2, a.xn2b}, N, nullptr, a.gate);
+  lin_fwd(*w.w_up, {a.xn2, a.xn2b}, N, nullptr, a.up);
   mark(lf);
   cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
+  bf16_copy(a.hb, a.h, N * FF);
   mark(ew);
   if (!need_out) return;
   float* out = res(l + 1);
-  lin_fwd(*w.w_down, a.h, N, nullptr, out);
+  lin_fwd(*w.w_down, {a.h, a.hb}, N, nullptr, out);
   mark(lf);
   cu::add_inplace(out, a.mid, N * C, s_);
   mark(ew);
@@ -447,27 +511,34 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
   mark("embedding");
   for (int64_t l = 0; l < L; ++l) forward_layer(l, acts(l), B, T, true);
   cu::rmsnorm_forward_train(xnf_, rstdf_, res(L), out_norm_, N, C, hp_.rms_eps, s_);
+  bf16_copy(xnfb_, xnf_, N * C);
   mark("norm/rope/add fwd");
 
   // Head + loss, a chunk of rows at a time; the head's backward right there. Unscored rows
   // (target < 0) get loss 0 and a zero gradient row from the loss kernels.
   const bool head_tr = train && mask.head;
+  stage_prefix_ = "head";
   for (int64_t c0 = 0; c0 < N; c0 += head_chunk_) {
     const int64_t n = std::min(head_chunk_, N - c0);
-    lin_fwd(*head_, xnf_ + c0 * C, n, nullptr, logits_);
+    const cu::Operand xin(xnf_ + c0 * C, xnfb_ ? xnfb_ + c0 * C : nullptr);
+    lin_fwd(*head_, xin, n, nullptr, logits_);
     mark("head fwd");
     if (!train) {
       cu::cross_entropy_rows(logits_, targets_ + c0, n, V, nll_ + c0, s_);
       mark("head loss");
       continue;
     }
-    cu::cross_entropy_backward_rows(logits_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_);
+    // A LUT head in the bf16 mode takes the gradient as bf16 (logitsb_) straight from the loss; a
+    // dense head (fp32 GEMMs) in place in logits_.
+    const bool head_b16 = bf16_ && head_->lut();
+    if (head_b16) cu::cross_entropy_backward_rows_bf16(logits_, logitsb_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_);
+    else cu::cross_entropy_backward_rows(logits_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_);
     mark("head loss");
-    lin_bwd(dxnf_ + c0 * C, false, logits_, xnf_ + c0 * C, n, *head_, false, false, nullptr);
-    mark("head dinp");
-    if (head_tr) lin_bwd(nullptr, false, logits_, xnf_ + c0 * C, n, *head_, true, mask.scales, nullptr);
-    mark("head dW + votes");
+    const cu::Operand dlogits = head_b16 ? cu::Operand(nullptr, logitsb_) : cu::Operand(logits_);
+    lin_bwd(dxnf_ + c0 * C, false, dlogits, xin, n, *head_, false, false, nullptr);
+    if (head_tr) lin_bwd(nullptr, false, dlogits, xin, n, *head_, true, mask.scales, nullptr);
   }
+  stage_prefix_ = "linear bwd";
   cu::copy_to_host_async(nll_host_.data(), nll_, size_t(N) * 8, s_);
 
   if (train) {
@@ -484,26 +555,37 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       Acts& a = acts(l);
       if (o_.recompute) forward_layer(l, a, B, T, false);
       // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
-      lin_bwd(dh_, false, dx_, a.h, N, *w.w_down, tr, sc, nullptr);
+      // (bf16 mode: a.h and a.xn2 alias dh_ and dxn_, but only their bf16 copies are read.)
+      bf16_copy(dxb_, dx_, N * C);
+      lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
       mark("linear bwd");
-      cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
+      if (bf16_) cu::swiglu_backward_bf16(dgb_, dub_, dh_, a.gate, a.up, N * FF, s_);
+      else cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
       mark("norm/swiglu/rope bwd");
-      lin_bwd(dxn_, false, dgate_, a.xn2, N, *w.w_gate, tr, sc, nullptr);
-      lin_bwd(dxn_, true, dup_, a.xn2, N, *w.w_up, tr, sc, nullptr);
+      lin_bwd(dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
+      lin_bwd(dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_);
       mark("norm/swiglu/rope bwd");
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
-      lin_bwd(datt_, false, dx_, a.att, N, *w.wo, tr, sc, nullptr);
+      bf16_copy(dxb_, dx_, N * C);
+      lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
-      cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
+      if (gemm_attention_)
+        cu::attention_backward_gemm(*blas_, dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS,
+                                    scratch_, size_t(scratch_floats_) * 4, s_);
+      else
+        cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
       cu::rope_backward(dq_, B, T, NH, 0, rope_, s_);
       cu::rope_backward(dk_, B, T, KVH, 0, rope_, s_);
+      bf16_copy(dqb_, dq_, N * NH * HS);
+      bf16_copy(dkb_, dk_, N * KVH * HS);
+      bf16_copy(dvb_, dv_, N * KVH * HS);
       mark("norm/swiglu/rope bwd");
-      lin_bwd(dxn_, false, dq_, a.xn1, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
-      lin_bwd(dxn_, true, dk_, a.xn1, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
-      lin_bwd(dxn_, true, dv_, a.xn1, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
+      lin_bwd(dxn_, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
+      lin_bwd(dxn_, true, {dk_, dkb_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
+      lin_bwd(dxn_, true, {dv_, dvb_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_);
       mark("norm/swiglu/rope bwd");
