@@ -221,9 +221,8 @@ void register_bench_train(CLI::App& app) {
     r.vote_bits = a->vote_bits;
     r.batch = a->batch;
     r.seq = a->seq;
-    // The CUDA engine keeps fp32 activations (bf16 is only its GEMMs' operand type), so its runs
-    // are planned with 4-byte activations; --plan alone plans the --act type.
-    r.act_bytes = !a->plan_only ? 4 : a->act == "bf16" ? 2 : 4;
+    // A run is planned for the engine mode it runs (--math); --plan alone plans the --act type.
+    r.act_bytes = (a->plan_only ? a->act : a->math) == "bf16" ? 2 : 4;
     r.micro_batch = a->micro_batch;
     r.recompute = a->recompute == "auto" ? -1 : a->recompute == "on" ? 1 : 0;
     r.trainable_layers = a->trainable_layers;

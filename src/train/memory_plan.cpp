@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "model/synth.h"
+#include "ops/attention_gemm_layout.h"
 #include "train/model.h"
 
 namespace primal::train {
@@ -16,7 +17,11 @@ namespace primal::train {
 namespace {
 
 constexpr int64_t kCublasWorkspace = int64_t(32) << 20;
-constexpr int64_t kHeadRows = 16384;  // vocabulary rows of the head dequantized at once
+// What the device loses beyond the engine's buffers: the engine's measured peak minus the
+// buffers counted here was 454-466 MiB on three Qwen2.5-1.5B plans and 663 MiB on seed-500m
+// (H100, CUDA 13, driver 580; cuBLAS's handle and the kernel images loaded on first use), so
+// 680 MiB are reserved.
+constexpr int64_t kDeviceOverhead = int64_t(680) << 20;
 
 struct Shape {
   int64_t O, I;
@@ -52,7 +57,9 @@ void count_lut(Counter& c, const PlanRequest& r, Shape s, bool trainable) {
   c.add("persistent", "votes", n * (r.vote_bits / 8));
   if (r.cooldown) c.add("persistent", "cooldown counters", n);
   c.add("persistent", "scale gradients + AdamW m, v", ns * 12);
-  if (r.momentum) c.add("persistent", "momentum row/column state", (s.O + 2 * s.I) * 4);
+  // row_sq (O), col_sq and col_norm (I), and the per-tile column sums of a backward call.
+  const int64_t tiles = (s.O + lut_tile_rows(s.I) - 1) / lut_tile_rows(s.I);
+  if (r.momentum) c.add("persistent", "momentum row/column state", (s.O + 2 * s.I + tiles * s.I) * 4);
 }
 
 void count_dense(Counter& c, const std::string& name, int64_t n, bool trainable) {
@@ -141,25 +148,42 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
     p.params += V * C;
   }
 
-  // Activations, per token of a micro-batch.
+  // Activations and workspace: the buffers the CUDA engine (train/cuda/gpu_engine.cpp) allocates,
+  // by the same formulas. act_bytes 2 is its bf16 mode (--fast: fp32 values where the kernels
+  // need them, bf16 copies of the GEMM inputs), 4 its fp32 mode.
   const int64_t N = micro_batch * r.seq;
-  const int64_t A = r.act_bytes;
-  const int64_t layer_set = A * (2 * C + 2 * Q + 2 * KV + 3 * F) + 4 * (C + 2 + NH);  // xn1,q,k,v,att,xn2,gate,up,h; mid, rstd, lse
+  const bool b16 = r.act_bytes == 2;
+  const int64_t HS = hp.head_dim;
+  // Per token of one layer: q, k, v, att, mid, gate, up, rstd1, rstd2, lse (fp32); bf16 mode:
+  // the bf16 copies of xn1, att, xn2, h (their fp32 values live in backward workspace); fp32
+  // mode: xn1, xn2, h in fp32.
+  const int64_t layer_set = 4 * (2 * Q + 2 * KV + C + 2 * F + 2 + NH) + (b16 ? 2 * (2 * C + Q + F) : 4 * (2 * C + F));
   const int64_t kept_layers = recompute ? 1 : trainable_layers;
-  c.add("activations", "residual stream (fp32)", N * C * 4 * (trainable_layers + 1 + (all_layers ? 0 : 1)));
+  c.add("activations", "residual stream (fp32)", N * C * 4 * (L + 1));
   c.add("activations", recompute ? "one layer's activations (recomputed)" : "layer activations",
         N * layer_set * kept_layers);
-  c.add("activations", "final norm", N * (A * C + 4));
+  c.add("activations", "final norm", N * (4 * C + 4 + (b16 ? 2 * C : 0)));
 
-  // Workspace.
-  c.add("workspace", "backward scratch", N * (4 * 3 * C + A * (2 * Q + 2 * KV + 3 * F)));
-  c.add("workspace", "logits chunk (fp32)", std::min(r.head_chunk, N) * V * 4);
-  int64_t largest = 0;
-  for (const Shape& s : mats) largest = std::max(largest, s.O * s.I);
-  largest = std::max(largest, std::min(V, kHeadRows) * C);  // the head runs in blocks of vocabulary rows
-  c.add("workspace", "dequantized weight operand", largest * A);
-  c.add("workspace", "token buffers (double-buffered)", 2 * 2 * N * 4);
+  // dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32, or in the bf16 mode bf16 copies of
+  // the GEMMs' output gradients (dx, dgate, dup, dq, dk, dv).
+  const int64_t scratch = 4 * (3 * C + 2 * Q + 2 * KV + F) + (b16 ? 2 * (C + 2 * F + Q + 2 * KV) : 4 * 2 * F);
+  c.add("workspace", "backward scratch", N * scratch);
+  const int64_t chunk = std::min(r.head_chunk, N);
+  c.add("workspace", b16 ? "logits chunk (fp32 + bf16 gradient)" : "logits chunk (fp32)", chunk * V * (b16 ? 6 : 4));
+  // The GEMM scratch: the largest layer matrix dequantized (fp32 values; bf16 ones take half),
+  // at least a weight-gradient tile of the embeddings/head, and in the bf16 mode with T >= 512 the
+  // tensor-core attention's workspace (a whole sequence when that is at most 128 MiB).
+  int64_t floats = lut_tile_rows(C) * C;
+  for (const Shape& s : mats) floats = std::max(floats, s.O * s.I);
+  if (b16 && r.seq >= 512) {
+    const int64_t good = int64_t(attn_gemm::chunk_workspace(NH, hp.n_head_kv, r.seq, HS));
+    const int64_t least = int64_t(attn_gemm::chunk_workspace(1, 1, r.seq, HS));
+    floats = std::max(floats, (good <= (int64_t(128) << 20) ? good : least) / 4 + 1);
+  }
+  c.add("workspace", "GEMM scratch (dequantized weights, weight gradients, attention)", floats * 4);
+  c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);
+  c.add("workspace", "CUDA context, cuBLAS handle and kernels", kDeviceOverhead);
 
   // Cost model: recomputation re-runs the layers' forward (a third of fwd + bwd); small
   // micro-batches lose GEMM efficiency (a fixed cost per GEMM, amortized over ~512 tokens).

@@ -9,19 +9,24 @@
 //   persistent   per LUT weight: its packed index (bits/8 bytes) and, when trainable, its vote
 //                (1 byte int8 or 2 bytes int16) and cooldown counter (1 byte, when used);
 //                per LUT scale: fp32 value, and when trainable fp32 gradient + AdamW m and v;
-//                momentum rule: per matrix fp32 row (O) and column (2 I) second-moment state;
+//                momentum rule: per matrix fp32 row (O) and column (2 I) second-moment state
+//                and the per-tile column sums of a backward call;
 //                dense float parameters (norms, biases, dense embeddings/head): fp32 value, and
 //                when trainable gradient + m + v.
-//   activations  without recomputation every layer keeps what its backward reads (per token:
-//                xn1 C, q Q, k KV, v KV, att Q, mid C, xn2 C, gate F, up F, h F in the activation
-//                type, rstd1, rstd2, lse per head in fp32); with recomputation a layer keeps only
-//                its input (the fp32 residual stream) and one layer's set is rebuilt at a time.
-//                The fp32 residual stream (L + 1) x C per token is kept in both cases.
-//   workspace    backward scratch (per token dx, dxn fp32 C each; dq/datt 2Q, dk/dv 2KV,
-//                dgate/dup/dh 3F in the activation type), one chunk of logits (head_chunk, V)
-//                fp32, the dequantized weights of the largest layer matrix in the activation
-//                type (the GEMM operand; the head is dequantized 16384 vocabulary rows at a time), the token buffers (double-buffered inputs and targets) and
-//                the cuBLAS workspace.
+//   activations  the CUDA engine's buffers (train/cuda/gpu_engine.cpp), by its formulas. The
+//                activation type is the engine's mode: 2 = its bf16 mode (--fast: fp32 q, k, v,
+//                att, mid, gate, up, rstd, lse per token of a layer, and bf16 copies of the GEMM
+//                inputs xn1, att, xn2, h), 4 = its fp32 mode (xn1, xn2, h in fp32 instead). Without
+//                recomputation every trainable layer keeps its set, with it one set is rebuilt at a
+//                time. The fp32 residual stream (L + 1) x C per token is kept in both cases.
+//   workspace    backward scratch (dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32 or
+//                bf16 copies of the output gradients), one chunk of logits (head_chunk, V) fp32
+//                (+ its bf16 gradient in the bf16 mode), the GEMM scratch (the largest layer
+//                matrix dequantized, a weight-gradient tile of the head, the tensor-core
+//                attention's workspace), token buffers and losses, the cuBLAS workspace, and what
+//                the CUDA context, cuBLAS and the loaded kernels take (a measured constant).
+// Layers below the lowest trainable one run forward only: they keep no activations. (The engine
+// allocates the residual stream of every layer.)
 // Layers below the lowest trainable one run forward only: they keep no activations.
 #pragma once
 #include <cstdint>

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "ops/attention_gemm_layout.h"
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/common.cuh"
@@ -26,12 +27,10 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 constexpr int kWarps = 8, kThreads = kWarps * 32;  // row kernels: one warp per row
-constexpr size_t kAlign = 256;                      // workspace regions start at multiples of this
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;    // grid-stride beyond this
 
-size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-// Score row length: T rounded up to 8, so every fp32 and bf16 row starts 32-byte aligned.
-int64_t padded_len(int64_t T) { return (T + 7) / 8 * 8; }
+using attn_gemm::align_up;    // workspace regions start at multiples of 256 bytes
+using attn_gemm::padded_len;  // score rows: T rounded up to 8 (32-byte aligned rows)
 
 // The bits of bf16(a) (low half: the lower address) and bf16(b), as a float to store.
 __device__ __forceinline__ float pack_bf16(float a, float b) {
@@ -190,37 +189,9 @@ void gemm(cublasHandle_t h, int64_t m, int64_t n, int64_t k, float alpha, Operan
 
 // ---- chunks and the workspace ----------------------------------------------------------------
 
-// Byte offsets of a chunk's regions (see the header), for n heads in s segments.
-struct Layout {
-  size_t q = 0, dout = 0, k = 0, v = 0, s = 0, dp = 0, o = 0, total = 0;
-};
-
-Layout forward_layout(int64_t n, int64_t segs, int64_t T, int64_t HS) {
-  const size_t rows = size_t(n * T), kv = size_t(segs * T) * size_t(HS) * sizeof(bf16);
-  Layout L;
-  L.q = 0;
-  L.k = L.q + align_up(rows * size_t(HS) * sizeof(bf16));
-  L.v = L.k + align_up(kv);
-  L.s = L.v + align_up(kv);
-  L.o = L.s + align_up(rows * size_t(padded_len(T)) * sizeof(float));
-  L.total = L.o + align_up(rows * size_t(HS) * sizeof(float));
-  return L;
-}
-
-Layout backward_layout(int64_t n, int64_t segs, int64_t T, int64_t HS) {
-  const size_t rows = size_t(n * T), kv = size_t(segs * T) * size_t(HS) * sizeof(bf16);
-  const size_t scores = align_up(rows * size_t(padded_len(T)) * sizeof(float));
-  Layout L;
-  L.q = 0;
-  L.dout = L.q + align_up(rows * size_t(HS) * sizeof(bf16));
-  L.o = L.q;  // dQ, fp32 (n, T, HS): the 2 n T HS bf16 of Q and dO, once consumed
-  L.k = L.dout + align_up(rows * size_t(HS) * sizeof(bf16));
-  L.v = L.k + align_up(kv);
-  L.s = L.v + align_up(kv);
-  L.dp = L.s + scores;
-  L.total = L.dp + scores;
-  return L;
-}
+using attn_gemm::Layout;
+using attn_gemm::forward_layout;
+using attn_gemm::backward_layout;
 
 enum class Pass { Forward, Backward };
 
