@@ -177,7 +177,7 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--fast", a->fast, "cuda: GEMMs on bf16 tensor cores (default: fp32, the CPU's results)")->group(g_dev);
   cmd->add_flag("--recompute", a->recompute, "cuda: recompute each layer's activations in the backward (less memory)")
       ->group(g_dev);
-  cmd->add_option("--head-chunk", a->head_chunk, "cuda: rows of logits at once (default 128, 1024 with --fast)")
+  cmd->add_option("--head-chunk", a->head_chunk, "cuda: rows of logits at once (default 128, 2048 with --fast)")
       ->check(CLI::NonNegativeNumber)
       ->group(g_dev);
   auto* g_eval = "Evaluation only";

@@ -169,7 +169,8 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   const int64_t scratch = 4 * (3 * C + 2 * Q + 2 * KV + F) + (b16 ? 2 * (C + 2 * F + Q + 2 * KV) : 4 * 2 * F);
   c.add("workspace", "backward scratch", N * scratch);
   const int64_t chunk = std::min(r.head_chunk, N);
-  c.add("workspace", b16 ? "logits chunk (fp32 + bf16 gradient)" : "logits chunk (fp32)", chunk * V * (b16 ? 6 : 4));
+  const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
+  c.add("workspace", bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)", chunk * V * (bf16_logits ? 2 : 4));
   // The GEMM scratch: the largest layer matrix dequantized (fp32 values; bf16 ones take half),
   // at least a weight-gradient tile of the embeddings/head, and in the bf16 mode with T >= 512 the
   // tensor-core attention's workspace (a whole sequence when that is at most 128 MiB).

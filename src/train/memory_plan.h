@@ -21,7 +21,7 @@
 //                time. The fp32 residual stream (L + 1) x C per token is kept in both cases.
 //   workspace    backward scratch (dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32 or
 //                bf16 copies of the output gradients), one chunk of logits (head_chunk, V) fp32
-//                (+ its bf16 gradient in the bf16 mode), the GEMM scratch (the largest layer
+//                (bf16, the gradient in place, for the bf16 mode's LUT head), the GEMM scratch (the largest layer
 //                matrix dequantized, a weight-gradient tile of the head, the tensor-core
 //                attention's workspace), token buffers and losses, the cuBLAS workspace, and what
 //                the CUDA context, cuBLAS and the loaded kernels take (a measured constant).

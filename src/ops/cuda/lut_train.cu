@@ -59,9 +59,10 @@ void sgemm(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, in
 }
 
 // Column-major C (m x n, ldc, fp32) = op(A) op(B) + beta C with bf16 A and B, fp32 accumulation.
+// (C_bf16: C is bf16, rounded from the fp32 accumulators.)
 void gemm_bf16(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-               const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc,
-               cudaStream_t s) {
+               const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta, void* C, int64_t ldc,
+               cudaStream_t s, bool C_bf16 = false) {
   constexpr int64_t kMax = (int64_t(1) << 31) - 1;
   PRIMAL_CHECK(m <= kMax && n <= kMax && k <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
                "gemm_bf16: dimensions {} {} {} exceed cuBLAS's int", m, n, k);
@@ -69,7 +70,7 @@ void gemm_bf16(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m
   check(cublasSetStream(h, s), "set stream");
   const float alpha = 1.0f;
   check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, CUDA_R_16BF, int(lda), B, CUDA_R_16BF, int(ldb),
-                     &beta, C, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     &beta, C, C_bf16 ? CUDA_R_16BF : CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "gemm_bf16");
 }
 
@@ -231,6 +232,19 @@ void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t 
   if (bias) {
     add_bias_kernel<<<lut::blocks_for(N * O), lut::kThreads, 0, s>>>(out, bias, N, O);
     PRIMAL_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void lut_linear_forward_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* inp, int64_t N, uint16_t* out,
+                                 float* scratch, int64_t scratch_floats, cudaStream_t s) {
+  check_lut_view(w, "lut_linear_forward_bf16_out");
+  PRIMAL_CHECK(N > 0 && inp && out && scratch, "lut_linear_forward_bf16_out: N {} or a null pointer", N);
+  const int64_t O = w.O, I = w.I, rows_max = chunk_rows(w, 2 * scratch_floats, "lut_linear_forward_bf16_out");
+  auto* wb = reinterpret_cast<uint16_t*>(scratch);
+  for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
+    const int64_t rows = std::min(rows_max, O - o0);
+    dequantize_rows_bf16(w, o0, rows, wb, s);
+    gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, N, I, wb, I, inp, I, 0.0f, out + o0, O, s, true);
   }
 }
 

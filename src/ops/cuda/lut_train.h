@@ -106,6 +106,10 @@ void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* ds
 void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t N, const float* bias, float* out,
                         float* scratch, int64_t scratch_floats, cudaStream_t s);
 
+// The bf16 mode's head: out (N, O) bf16 = inp (N, I) bf16 W^T, fp32 accumulation (no bias).
+void lut_linear_forward_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* inp, int64_t N, uint16_t* out,
+                                 float* scratch, int64_t scratch_floats, cudaStream_t s);
+
 // dinp: (N, I) = dout (N, O) W, overwritten (accumulate false) or added to. scratch as forward.
 void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, int64_t N, float* dinp,
                                bool accumulate, float* scratch, int64_t scratch_floats, cudaStream_t s);

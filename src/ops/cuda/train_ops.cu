@@ -197,15 +197,19 @@ __global__ void __launch_bounds__(32 * kEmbWarps)
 // (grad, the same memory as logits) becomes scale * exp(x - max) * float(scale / sum) minus scale
 // at the target, each thread recomputing its own exps (the same bits as the sum pass). A thread
 // writes only its own columns, after the barriers of the reductions that read the row.
-// (gbf non-null: the gradient row is written there as bf16 instead, the fast mode's GEMM operand.)
-template <bool kBackward>
+// (gbf non-null: the gradient row is written there as bf16 instead, the fast mode's GEMM operand;
+// In = __nv_bfloat16: bf16 logits, read as floats, gbf may then be the logits themselves.)
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <bool kBackward, class In = float>
 __global__ void __launch_bounds__(kLossThreads)
-    cross_entropy_kernel(const float* logits, float* grad, const int32_t* targets, int64_t V, double scale,
+    cross_entropy_kernel(const In* logits, float* grad, const int32_t* targets, int64_t V, double scale,
                          double* loss, __nv_bfloat16* gbf = nullptr) {
   __shared__ float fscratch[32];
   __shared__ double dscratch[32];
   const int64_t row = blockIdx.x;
-  const float* x = logits + row * V;
+  const In* x = logits + row * V;
   float* gx = kBackward && !gbf ? grad + row * V : nullptr;
   __nv_bfloat16* gb = kBackward && gbf ? gbf + row * V : nullptr;
   const int32_t y = targets[row];
@@ -219,17 +223,17 @@ __global__ void __launch_bounds__(kLossThreads)
     if (threadIdx.x == 0) loss[row] = bad ? CUDART_NAN : 0.0;
     return;
   }
-  const double xt = double(x[y]);  // before block_max's barrier, hence before x[y] is overwritten
+  const double xt = double(to_f(x[y]));  // before block_max's barrier, hence before x[y] is overwritten
   float mx = -INFINITY;
-  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) mx = fmaxf(mx, x[c]);
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) mx = fmaxf(mx, to_f(x[c]));
   mx = block_max(mx, fscratch);
   double sum = 0;
-  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) sum += double(expf(x[c] - mx));
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) sum += double(expf(to_f(x[c]) - mx));
   sum = block_sum(sum, dscratch);
   if (kBackward) {
     const float k = float(scale / sum), sc = float(scale);
     for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
-      float g = __fmul_rn(expf(x[c] - mx), k);
+      float g = __fmul_rn(expf(to_f(x[c]) - mx), k);
       if (c == y) g = __fsub_rn(g, sc);
       if (gb) gb[c] = __float2bfloat16_rn(g);
       else gx[c] = g;
@@ -375,6 +379,24 @@ void cross_entropy_backward_rows_bf16(const float* logits, uint16_t* grad, const
   if (n == 0) return;
   cross_entropy_kernel<true><<<unsigned(n), kLossThreads, 0, s>>>(logits, nullptr, targets, V, scale, loss,
                                                                   reinterpret_cast<__nv_bfloat16*>(grad));
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_rows_bf16(const uint16_t* logits, const int32_t* targets, int64_t n, int64_t V, double* loss,
+                             cudaStream_t s) {
+  check_rows("cross-entropy", n, V);
+  if (n == 0) return;
+  cross_entropy_kernel<false, __nv_bfloat16><<<unsigned(n), kLossThreads, 0, s>>>(
+      reinterpret_cast<const __nv_bfloat16*>(logits), nullptr, targets, V, 0.0, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_backward_rows_bf16_inplace(uint16_t* logits, const int32_t* targets, int64_t n, int64_t V,
+                                              double scale, double* loss, cudaStream_t s) {
+  check_rows("cross-entropy", n, V);
+  if (n == 0) return;
+  auto* x = reinterpret_cast<__nv_bfloat16*>(logits);
+  cross_entropy_kernel<true, __nv_bfloat16><<<unsigned(n), kLossThreads, 0, s>>>(x, nullptr, targets, V, scale, loss, x);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
