@@ -15,8 +15,8 @@
 //                when trainable gradient + m + v.
 //   activations  the CUDA engine's buffers (train/cuda/gpu_engine.cpp), by its formulas. The
 //                activation type is the engine's mode: 2 = its bf16 mode (--fast: fp32 q, k, v,
-//                att, mid, gate, up, rstd, lse per token of a layer, and bf16 copies of the GEMM
-//                inputs xn1, att, xn2, h), 4 = its fp32 mode (xn1, xn2, h in fp32 instead). Without
+//                att, mid, rstd, lse per token of a layer; xn1, xn2, gate, up, h and a copy of att
+//                in bf16), 4 = its fp32 mode (all fp32). Without
 //                recomputation every trainable layer keeps its set, with it one set is rebuilt at a
 //                time. The fp32 residual stream (L + 1) x C per token is kept in both cases.
 //   workspace    backward scratch (dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32 or

@@ -50,8 +50,15 @@ __device__ __forceinline__ T block_max(T v, T* scratch) {
 
 // One block per row t. Each thread reads and writes only its columns c = tid + k*blockDim, and all
 // reads of the sum pass end at block_sum's barrier, so out may alias inp.
+// (Out = __nv_bfloat16: the bf16 mode's GEMM operand, the fp32 value rounded once more.)
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+template <class Out = float>
 __global__ void __launch_bounds__(kRowThreads)
-    rmsnorm_forward_train_kernel(float* out, float* rstd, const float* inp, const float* w, int64_t C, float eps) {
+    rmsnorm_forward_train_kernel(Out* out, float* rstd, const float* inp, const float* w, int64_t C, float eps) {
   __shared__ double scratch[32];
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;
@@ -60,8 +67,17 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += double(x[c]) * double(x[c]);
   const float r = rms_scale(block_sum(ss, scratch), C, eps);
   if (threadIdx.x == 0) rstd[t] = r;
-  float* y = out + t * C;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[c] = (x[c] * r) * w[c];
+  Out* y = out + t * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(y + c, (x[c] * r) * w[c]);
+}
+
+// swiglu_f32's expression (elementwise.cu) on bf16 gate and up, rounded to bf16.
+__global__ void swiglu_forward_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16* gate, const __nv_bfloat16* up,
+                                           int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = to_f(gate[i]);
+    out[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * to_f(up[i]));
+  }
 }
 
 // One block per row t:  dx[c] += a (dy[c] w[c]) - b x[c],  a = r,  b = r^3 dot / C,
@@ -131,11 +147,11 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
 
 // ---- SwiGLU -----------------------------------------------------------------------------------
 
-template <class Out>
-__global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const float* dout, const float* gate, const float* up,
+template <class Out, class In = float>
+__global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const float* dout, const In* gate, const In* up,
                                        int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = gate[i], u = up[i], d = dout[i];  // all read before dgate/dup (which may be dout) are written
+    const float g = to_f(gate[i]), u = to_f(up[i]), d = dout[i];  // all read before dgate/dup (which may be dout) are written
     const float sg = 1.0f / (1.0f + expf(-g));
     const float phi = __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, sg)));  // silu'(g) / sg
     const float dg = __fmul_rn(__fmul_rn(__fmul_rn(d, u), sg), phi);
@@ -199,8 +215,6 @@ __global__ void __launch_bounds__(32 * kEmbWarps)
 // writes only its own columns, after the barriers of the reductions that read the row.
 // (gbf non-null: the gradient row is written there as bf16 instead, the fast mode's GEMM operand;
 // In = __nv_bfloat16: bf16 logits, read as floats, gbf may then be the logits themselves.)
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <bool kBackward, class In = float>
 __global__ void __launch_bounds__(kLossThreads)
@@ -284,7 +298,24 @@ void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const floa
                            float eps, cudaStream_t s) {
   check_rows("rmsnorm", N, C);
   if (N == 0) return;
-  rmsnorm_forward_train_kernel<<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, inp, weight, C, eps);
+  rmsnorm_forward_train_kernel<float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, inp, weight, C, eps);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, const float* weight, int64_t N,
+                                int64_t C, float eps, cudaStream_t s) {
+  check_rows("rmsnorm", N, C);
+  if (N == 0) return;
+  rmsnorm_forward_train_kernel<__nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
+      reinterpret_cast<__nv_bfloat16*>(out), rstd, inp, weight, C, eps);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16_t* up, int64_t N, cudaStream_t s) {
+  if (N <= 0) return;
+  using bf = __nv_bfloat16;
+  swiglu_forward_bf16_kernel<<<grid_for(N), 256, 0, s>>>(reinterpret_cast<bf*>(out), reinterpret_cast<const bf*>(gate),
+                                                         reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -320,12 +351,13 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate, const float* up,
-                          int64_t N, cudaStream_t s) {
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const uint16_t* gate,
+                          const uint16_t* up, int64_t N, cudaStream_t s) {
   if (N <= 0) return;
-  swiglu_backward_kernel<__nv_bfloat16><<<grid_for(N), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dgate),
-                                                                    reinterpret_cast<__nv_bfloat16*>(dup), dout,
-                                                                    gate, up, N);
+  using bf = __nv_bfloat16;
+  swiglu_backward_kernel<bf, bf><<<grid_for(N), 256, 0, s>>>(reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup),
+                                                             dout, reinterpret_cast<const bf*>(gate),
+                                                             reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -25,6 +25,9 @@ namespace primal::cuda {
 // out may alias inp. The sum of squares in fp64, r rounded once to fp32 (as the CPU).
 void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
                            float eps, cudaStream_t s);
+// The same with out written as bf16 (the bf16 mode's GEMM operand; out must not alias inp).
+void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, const float* weight, int64_t N,
+                                int64_t C, float eps, cudaStream_t s);
 
 // dinp: (N, C) += the input gradient  r (dy w) - r^3/C x sum_j(dy_j w_j x_j)  (the dot in fp64);
 // dweight: (C) += sum_t dy[t, c] x[t, c] r[t] unless null; dout, inp: (N, C); weight: (C);
@@ -71,15 +74,17 @@ inline void rope_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int6
 inline void swiglu_forward_train(float* out, const float* gate, const float* up, int64_t N, cudaStream_t s) {
   swiglu_f32(gate, up, N, out, s);
 }
+// The bf16 mode's: gate, up and out bf16 (the down-projection operand), fp32 arithmetic.
+void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16_t* up, int64_t N, cudaStream_t s);
 
 // dgate, dup: (N) overwritten; dout, gate, up: (N). With sg = sigmoid(gate):
 //   dgate = dout * up * sg * (1 + gate (1 - sg)),  dup = dout * gate * sg.
 // dgate or dup may alias dout (each element is read before it is written).
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N,
                      cudaStream_t s);
-// The same, dgate and dup written as bf16 (the fast mode's GEMM operands; not in place).
-void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate, const float* up,
-                          int64_t N, cudaStream_t s);
+// The bf16 mode's: gate and up read as bf16, dgate and dup written as bf16 (GEMM operands).
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const uint16_t* gate,
+                          const uint16_t* up, int64_t N, cudaStream_t s);
 
 // ---- Token embedding ---------------------------------------------------------------------------
 // out: (N, C) written, row t = table[tokens[t]]; tokens: (N); table: (V, C) fp32.

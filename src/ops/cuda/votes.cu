@@ -59,6 +59,19 @@ __device__ __forceinline__ int32_t sat(int64_t v, int64_t vmax) {
   return int32_t(v < -vmax ? -vmax : vmax < v ? vmax : v);
 }
 
+// The bf16 mode's rounding draws: a 32-bit integer hash (lowbias32) of the row's key and the
+// column, a third of the 64-bit splitmix stream's instructions (the cast is instruction-bound);
+// the fp32 mode keeps the CPU's stream.
+__device__ __forceinline__ float fast_uniform(uint32_t key, uint32_t i) {
+  uint32_t x = key + i * 0x9E3779B9u;
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return float(x >> 8) * (1.0f / 16777216.0f);
+}
+
 // One atomic per warp; integer sums are exact in any order, so the total is deterministic.
 // Every lane of the warp must call it.
 __device__ __forceinline__ void add_count(unsigned long long local, unsigned long long* total) {
@@ -207,9 +220,10 @@ __global__ void grad_rows_kernel(const Mat m, const Votes v, const CastArgs a, c
     // its division is a software sequence: this loop was the cast's cost).
     const float c = float(__dmul_rn(neg_lr, double(v.U))), statf = float(stat), epsf = float(a.eps);
     const float limf = float(lim);
+    const uint32_t key = uint32_t(rng.s0) ^ uint32_t(rng.s0 >> 32);
     for (int64_t i = lane; i < I; i += 32) {
       const float s = sc[int(i) / int(m.G)], gi = g[i];
-      const float u01 = rng.uniform_at(uint64_t(i) + 1);
+      const float u01 = fast_uniform(key, uint32_t(i));
       if (s == 0.0f || gi == 0.0f || c == 0.0f) continue;
       const float denom = a.sm ? sqrtf(statf * a.col_norm[i]) + epsf : 1.0f;
       const bool up = (gi > 0) != (s > 0);  // the sign of the index change -lr g / s

@@ -77,10 +77,10 @@ struct DevLayer {
 };
 
 // What a layer's backward reads (forward_backward.h Workspace::Layer), N = B*T tokens.
-// In the bf16 mode (--fast) the linear layers' inputs are kept as bf16 copies (xn1b, attb, xn2b,
-// hb: the GEMM operands of the forward and of the weight gradient), and xn1, xn2, h point to
-// backward workspace that is free during the forward (dxn_, dh_): their fp32 values are only
-// read to make the copies.
+// In the bf16 mode (--fast) the linear layers' inputs exist only as bf16 (xn1b, attb, xn2b, hb: the
+// GEMM operands of the forward and of the weight gradient; the norms and SwiGLU write them
+// directly, att is copied), and xn1, xn2, h point to backward workspace (dxn_, dh_) that the
+// bf16 mode never reads through them.
 struct Acts {
   float *xn1, *rstd1;   // (N, C), (N)
   float *q, *k, *v;     // (N, Q), (N, KV), (N, KV) after RoPE
@@ -89,6 +89,7 @@ struct Acts {
   float *xn2, *rstd2;   // (N, C), (N)
   float *gate, *up, *h; // (N, F) each
   uint16_t *xn1b = nullptr, *attb = nullptr, *xn2b = nullptr, *hb = nullptr;  // bf16 (N, C) (N, Q) (N, C) (N, F)
+  uint16_t *gateb = nullptr, *upb = nullptr;  // bf16 mode: gate, up as bf16 (N, F) (gate, up null)
 };
 
 struct DevParam {  // an AdamW parameter on the device (index = its index in AdamW::params())
@@ -324,11 +325,13 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
     a.att = arena_.of<float>(size_t(N * Q)), a.lse = arena_.of<float>(size_t(N * NH));
     a.mid = arena_.of<float>(size_t(N * C)), a.rstd2 = arena_.of<float>(size_t(N));
-    a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF));
     if (bf16_) {
+      a.gate = a.up = nullptr;
+      a.gateb = b16(N * FF), a.upb = b16(N * FF);
       a.xn1 = a.xn2 = dxn_, a.h = dh_;
       a.xn1b = b16(N * C), a.attb = b16(N * Q), a.xn2b = b16(N * C), a.hb = b16(N * FF);
     } else {
+      a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF));
       a.xn1 = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.h = arena_.of<float>(size_t(N * FF));
     }
   }
@@ -450,8 +453,8 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   const float* x = res(l);
   const char* ew = need_out ? "norm/rope/add fwd" : "recompute: elementwise";
   const char* lf = need_out ? "linear fwd" : "recompute: linear";
-  cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
-  bf16_copy(a.xn1b, a.xn1, N * C);
+  if (bf16_) cu::rmsnorm_forward_train_bf16(a.xn1b, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
+  else cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
   mark(ew);
   lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, a.q);
   lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, a.k);
@@ -470,14 +473,19 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
   mark(lf);
   cu::add_inplace(a.mid, x, N * C, s_);
-  cu::rmsnorm_forward_train(a.xn2, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
-  bf16_copy(a.xn2b, a.xn2, N * C);
+  if (bf16_) cu::rmsnorm_forward_train_bf16(a.xn2b, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
+  else cu::rmsnorm_forward_train(a.xn2, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
   mark(ew);
-  lin_fwd(*w.w_gate, {a.xn2, a.xn2b}, N, nullptr, a.gate);
-  lin_fwd(*w.w_up, {a.xn2, a.xn2b}, N, nullptr, a.up);
+  if (bf16_) {  // gate and up straight out of the GEMMs as bf16 (as PyTorch's autocast keeps them)
+    cu::lut_linear_forward_bf16_out(*blas_, w.w_gate->view, a.xn2b, N, a.gateb, scratch_, scratch_floats_, s_);
+    cu::lut_linear_forward_bf16_out(*blas_, w.w_up->view, a.xn2b, N, a.upb, scratch_, scratch_floats_, s_);
+  } else {
+    lin_fwd(*w.w_gate, a.xn2, N, nullptr, a.gate);
+    lin_fwd(*w.w_up, a.xn2, N, nullptr, a.up);
+  }
   mark(lf);
-  cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
-  bf16_copy(a.hb, a.h, N * FF);
+  if (bf16_) cu::swiglu_forward_train_bf16(a.hb, a.gateb, a.upb, N * FF, s_);
+  else cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
   mark(ew);
   if (!need_out) return;
   float* out = res(l + 1);
@@ -563,7 +571,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       bf16_copy(dxb_, dx_, N * C);
       lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
       mark("linear bwd");
-      if (bf16_) cu::swiglu_backward_bf16(dgb_, dub_, dh_, a.gate, a.up, N * FF, s_);
+      if (bf16_) cu::swiglu_backward_bf16(dgb_, dub_, dh_, a.gateb, a.upb, N * FF, s_);
       else cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
       mark("norm/swiglu/rope bwd");
       lin_bwd(dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
