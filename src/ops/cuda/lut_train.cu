@@ -41,37 +41,37 @@ void check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS {} failed: {}", what, cublasGetStatusString(st));
 }
 
-// Column-major C (m x n, ldc) = op(A) (m x k) op(B) (k x n) + beta C in fp32. The pedantic
-// compute type keeps cuBLAS from TF32 or BF16x9 emulation, whatever the handle's math mode or
-// the environment says: the products are fp32 products, as the CPU's.
-void sgemm(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t s) {
+// Column-major C (m x n, ldc) = op(A) (m x k) op(B) (k x n) + beta C through cublasGemmEx, A and B
+// of type ab, C of type c, alpha 1, on stream s.
+void gemm_ex(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const void* A,
+             int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, cudaDataType_t ab,
+             cudaDataType_t c, cublasComputeType_t ct, cudaStream_t s, const char* what) {
   constexpr int64_t kMax = (int64_t(1) << 31) - 1;
   PRIMAL_CHECK(m <= kMax && n <= kMax && k <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
-               "sgemm: dimensions {} {} {} exceed cuBLAS's int", m, n, k);
+               "{}: dimensions {} {} {} exceed cuBLAS's int", what, m, n, k);
   cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
   check(cublasSetStream(h, s), "set stream");
   const float alpha = 1.0f;
-  const cublasComputeType_t ct = g_math == TrainMath::Bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC;
-  check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, CUDA_R_32F, int(lda), B, CUDA_R_32F, int(ldb), &beta,
-                     C, CUDA_R_32F, int(ldc), ct, CUBLAS_GEMM_DEFAULT),
-        "sgemm");
+  check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, ab, int(lda), B, ab, int(ldb), &beta, C, c,
+                     int(ldc), ct, CUBLAS_GEMM_DEFAULT),
+        what);
 }
 
-// Column-major C (m x n, ldc, fp32) = op(A) op(B) + beta C with bf16 A and B, fp32 accumulation.
-// (C_bf16: C is bf16, rounded from the fp32 accumulators.)
+// fp32 operands and result. The pedantic compute type keeps cuBLAS from TF32 or BF16x9
+// emulation, whatever the handle's math mode or the environment says: the products are fp32
+// products, as the CPU's (the bf16 mode rounds the operands to bf16 inside cuBLAS instead).
+void sgemm(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t s) {
+  const cublasComputeType_t ct = g_math == TrainMath::Bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC;
+  gemm_ex(blas, ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, CUDA_R_32F, CUDA_R_32F, ct, s, "sgemm");
+}
+
+// bf16 A and B, fp32 accumulation; C fp32, or bf16 (C_bf16) rounded from the accumulators.
 void gemm_bf16(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
                const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta, void* C, int64_t ldc,
                cudaStream_t s, bool C_bf16 = false) {
-  constexpr int64_t kMax = (int64_t(1) << 31) - 1;
-  PRIMAL_CHECK(m <= kMax && n <= kMax && k <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
-               "gemm_bf16: dimensions {} {} {} exceed cuBLAS's int", m, n, k);
-  cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
-  check(cublasSetStream(h, s), "set stream");
-  const float alpha = 1.0f;
-  check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, CUDA_R_16BF, int(lda), B, CUDA_R_16BF, int(ldb),
-                     &beta, C, C_bf16 ? CUDA_R_16BF : CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "gemm_bf16");
+  gemm_ex(blas, ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc, CUDA_R_16BF, C_bf16 ? CUDA_R_16BF : CUDA_R_32F,
+          CUBLAS_COMPUTE_32F, s, "gemm_bf16");
 }
 
 // Both operands native bf16 (the fast mode with the caller's bf16 copies).
@@ -82,52 +82,42 @@ __global__ void to_bf16_kernel(__nv_bfloat16* dst, const float* src, int64_t n) 
     dst[k] = __float2bfloat16_rn(src[k]);
 }
 
-// dst (bf16) [r, i] = bf16(scale[o0 + r, i / G] * grid[idx[o0 + r, i]]): the fp32 product of the
-// fp32 path, rounded once more.
-template <int B>
-__global__ void dequant_rows_bf16_kernel(const LutTrainView w, int64_t o0, int64_t n, int64_t row_bytes,
-                                         __nv_bfloat16* dst) {
-  // A block per row (grid-stride), threads along it: 32-bit column arithmetic, no 64-bit
-  // division per value (that made the head's dequantization cost more than its GEMM).
+// dst[r, i] = scale[o0 + r, i / G] * grid[idx[o0 + r, i]]: __fmul_rn, the one rounding of the
+// CPU's fp32 product (Out float), or that product rounded to bf16 (Out __nv_bfloat16). A block
+// per row (grid-stride), threads along it: coalesced stores, 32-bit column arithmetic (a 64-bit
+// division per value made the head's dequantization cost more than its GEMM).
+__device__ __forceinline__ void put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void put(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+template <int B, class Out>
+__global__ void dequant_rows_kernel(const LutTrainView w, int64_t o0, int64_t n, int64_t row_bytes, Out* dst) {
   const int I = int(w.I), G = int(w.G), groups = I / G;
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
     const int64_t o = o0 + r;
     const uint8_t* row = w.idx + o * row_bytes;
     const float* sc = w.scale + o * groups;
-    __nv_bfloat16* d = dst + r * I;
+    Out* d = dst + r * I;
     for (int i = int(threadIdx.x); i < I; i += int(blockDim.x))
-      d[i] = __float2bfloat16_rn(__fmul_rn(sc[i / G], __ldg(w.grid + lut::get_index<B>(row, i))));
+      put(d + i, __fmul_rn(sc[i / G], __ldg(w.grid + lut::get_index<B>(row, i))));
   }
 }
 
 // Blocks for the row kernels above: one per row up to a few per multiprocessor.
 int row_blocks(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>(n, 32 * int64_t(sm_count())))); }
 
-void dequantize_rows_bf16(const LutTrainView& w, int64_t o0, int64_t n, uint16_t* dst, cudaStream_t s) {
+template <class Out>
+void dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, Out* dst, cudaStream_t s) {
   if (n == 0) return;
   const int blocks = row_blocks(n);
   const int64_t rb = w.row_bytes();
-  auto* d = reinterpret_cast<__nv_bfloat16*>(dst);
-#define PRIMAL_LAUNCH(B) dequant_rows_bf16_kernel<B><<<blocks, lut::kThreads, 0, s>>>(w, o0, n, rb, d)
+#define PRIMAL_LAUNCH(B) dequant_rows_kernel<B, Out><<<blocks, lut::kThreads, 0, s>>>(w, o0, n, rb, dst)
   PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-// dst[r, i] = scale[o0 + r, i / G] * grid[idx[o0 + r, i]], one thread per value (coalesced
-// stores; the index bytes of a warp are a few consecutive bytes). __fmul_rn: the one rounding of
-// the CPU's fp32 product.
-template <int B>
-__global__ void dequant_rows_kernel(const LutTrainView w, int64_t o0, int64_t n, int64_t row_bytes, float* dst) {
-  const int I = int(w.I), G = int(w.G), groups = I / G;  // a block per row, as the bf16 kernel
-  for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
-    const int64_t o = o0 + r;
-    const uint8_t* row = w.idx + o * row_bytes;
-    const float* sc = w.scale + o * groups;
-    float* d = dst + r * I;
-    for (int i = int(threadIdx.x); i < I; i += int(blockDim.x))
-      d[i] = __fmul_rn(sc[i / G], __ldg(w.grid + lut::get_index<B>(row, i)));
-  }
+void dequantize_rows_bf16(const LutTrainView& w, int64_t o0, int64_t n, uint16_t* dst, cudaStream_t s) {
+  dequantize_rows(w, o0, n, reinterpret_cast<__nv_bfloat16*>(dst), s);
 }
 
 // out[t, o] += bias[o] (out: (N, O)), after the GEMM as on the CPU.
@@ -200,13 +190,7 @@ int64_t chunk_rows(const LutTrainView& w, int64_t scratch_floats, const char* wh
 void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* dst, cudaStream_t s) {
   check_lut_view(w, "lut_dequantize_rows");
   PRIMAL_CHECK(o0 >= 0 && n >= 0 && o0 + n <= w.O && dst, "lut_dequantize_rows: rows {}..{} of {}", o0, o0 + n, w.O);
-  if (n == 0) return;
-  const int blocks = row_blocks(n);
-  const int64_t rb = w.row_bytes();
-#define PRIMAL_LAUNCH(B) dequant_rows_kernel<B><<<blocks, lut::kThreads, 0, s>>>(w, o0, n, rb, dst)
-  PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
-#undef PRIMAL_LAUNCH
-  PRIMAL_CUDA_CHECK_LAUNCH();
+  dequantize_rows(w, o0, n, dst, s);
 }
 
 void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t N, const float* bias, float* out,
