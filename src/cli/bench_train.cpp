@@ -75,8 +75,10 @@ train::TrainModel random_lut_model(const HParams& hp, DType type, int64_t group,
   });
 }
 
-// Optimizer steps of B x T random tokens on the CPU or CUDA engine (train/step_engine.h): every
-// layer, the embeddings and the head trainable (votes for LUT indices, AdamW for the rest).
+// Optimizer steps of B x T random tokens on the CPU or CUDA engine (train/step_engine.h): the
+// plan's trainable layers (the top ones), the head, and the embeddings when every layer trains
+// (votes for LUT indices, AdamW for the rest); frozen layers get no votes, gradients or moments,
+// as the planner counted.
 // Prints tok/s, the model FLOP utilization (6 N tokens, as bench/train_pytorch.py) and the peak
 // memory (device: what the engine took from the device, cuBLAS included; CPU: peak RSS).
 void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::MemoryPlan& plan,
@@ -88,17 +90,33 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
 #endif
   const auto t_init = std::chrono::steady_clock::now();
   TrainModel m = random_lut_model(hp, lut_type_for_bits(std::stoi(a.lut.substr(3))), a.group, !a.dense_embd);
+  const int64_t L = m.n_physical(), first = L - plan.trainable_layers;  // the lowest trainable layer
+  const bool embd_tr = first == 0 || hp.tied_embeddings;
   Grads<float> grads;
-  grads.allocate(m, true, true);
+  grads.allocate(m, embd_tr, true);
+  for (int64_t p = 0; p < first; ++p) {  // frozen: no gradient buffers, so no AdamW moments either
+    LayerGrad<float>& lg = grads.layers[size_t(p)];
+    for (auto* v : {&lg.attn_norm, &lg.ffn_norm, &lg.bq, &lg.bk, &lg.bv}) std::vector<float>().swap(*v);
+    for (MatGrad<float>* mg : lg.matrices()) std::vector<float>().swap(mg->dW), std::vector<float>().swap(mg->dscale);
+  }
+  std::vector<Matrix*> voting;
+  for (Matrix* mt : m.lut_matrices()) {
+    bool frozen = mt == &m.tok_embd && !embd_tr;
+    for (int64_t p = 0; p < first && !frozen; ++p)
+      for (const Matrix* lm : m.layers[size_t(p)].matrices()) frozen = frozen || lm == mt;
+    if (!frozen) voting.push_back(mt);
+  }
   TrainConfig cfg;
   cfg.votes.vote_bits = a.vote_bits;
-  VoteEngine votes(cfg.votes, m.lut_matrices());
+  VoteEngine votes(cfg.votes, voting);
   AdamW adam(cfg.adam, m, grads);
   if (!a.json)
     std::fprintf(stderr, "random LUT model built in %.1f s\n",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count());
   TrainMask mask;
-  mask.layer.assign(size_t(m.n_physical()), true);
+  mask.layer.assign(size_t(L), false);
+  for (int64_t p = first; p < L; ++p) mask.layer[size_t(p)] = true;
+  mask.embd = first == 0;
   const int64_t B = plan.micro_batch, T = a.seq, N = B * T;
   EngineContext ctx;
   ctx.model = &m, ctx.votes = &votes, ctx.adam = &adam, ctx.grads = &grads, ctx.cfg = &cfg;
@@ -111,6 +129,7 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     GpuEngineOptions g;
     g.fast = a.math == "bf16";
     g.recompute = plan.recompute;
+    g.kept_layers = plan.trainable_layers;
     g.head_chunk = r.head_chunk;
     g.verbose = !a.json;
     engine = make_cuda_engine(ctx, g);

@@ -115,7 +115,13 @@ class CudaEngine final : public StepEngine {
   float* param(std::vector<float>& v) { return v.empty() ? nullptr : pmap_.at(v.data()); }
   float* grad(std::vector<float>& v) { return v.empty() ? nullptr : gmap_.at(v.data()); }
   float* res(int64_t l) { return res_ + l * maxN_ * hp_.n_embd; }
-  Acts& acts(int64_t l) { return acts_[o_.recompute ? 0 : size_t(l)]; }
+  // The activation set of logical layer l: the one set with recomputation; else layer l's own
+  // among the top kept_ layers, the shared forward-only set (acts_[kept_]) below them.
+  Acts& acts(int64_t l) {
+    if (o_.recompute) return acts_[0];
+    const int64_t first = hp_.n_layer - kept_;
+    return acts_[size_t(l >= first ? l - first : kept_)];
+  }
   void forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out);
   void lin_fwd(const DevMat& W, cu::Operand inp, int64_t n, const float* bias, float* out);
   void lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Operand inp, int64_t n, DevMat& W, bool trainable,
@@ -157,6 +163,7 @@ class CudaEngine final : public StepEngine {
 
   // Workspace for micro-batches of up to maxN_ tokens.
   int64_t maxN_ = 0, head_chunk_ = 0, scratch_floats_ = 0;
+  int64_t kept_ = 0;  // layers (the top ones) whose activations are kept, without recomputation
   float* res_ = nullptr;                      // (L + 1, maxN, C)
   std::vector<Acts> acts_;                    // (L), or (1) with recomputation
   float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
@@ -319,7 +326,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   } else {
     dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF));
   }
-  acts_.resize(o_.recompute ? 1 : size_t(L));
+  kept_ = o_.kept_layers > 0 ? std::min(o_.kept_layers, L) : L;
+  acts_.resize(o_.recompute ? 1 : size_t(kept_ + (kept_ < L ? 1 : 0)));
   for (Acts& a : acts_) {
     a.rstd1 = arena_.of<float>(size_t(N));
     a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
@@ -558,6 +566,9 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     const bool embd_grad = mask.embd && !embd_->lut() && embd_->dW;
     const bool embd_scale_grad = mask.embd && mask.scales && embd_->lut() && embd_->dscale;
     const int64_t lowest = lowest_backward_layer(m, mask, embd_grad || embd_scale_grad);
+    PRIMAL_CHECK(o_.recompute || lowest >= L - kept_,
+                 "cuda engine: the backward must reach layer {}, but activations are kept for the top {} layers only",
+                 lowest, kept_);
     cu::fill_bytes_async(dx_, 0, size_t(N * C) * 4, s_);
     cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_);
     for (int64_t l = L - 1; l >= lowest; --l) {

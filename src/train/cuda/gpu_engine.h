@@ -26,6 +26,10 @@ struct GpuEngineOptions {
   bool recompute = false;     // per-layer activation recomputation
   int64_t head_chunk = 0;     // rows of logits at once; 0: kHeadChunk (deterministic) or 1024 (fast)
   bool verbose = false;       // print the device-memory breakdown
+  // Without recompute: the top kept_layers layers keep their activations for the backward, the
+  // ones below share one set (forward only; a backward that must reach them is refused).
+  // 0: every layer.
+  int64_t kept_layers = 0;
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
