@@ -3,6 +3,7 @@
 // parameter count of the named shapes against the real models.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/error.h"
@@ -67,6 +68,42 @@ TEST(MemoryPlan, ActivationsShrinkWithRecomputationAndMicroBatch) {
   EXPECT_EQ(item(full, "layer activations"), 2 * item(rc, "one layer's activations (recomputed)"));
   EXPECT_LT(full.relative_time, rc.relative_time);
   EXPECT_LT(full.relative_time, mb.relative_time);
+}
+
+// The activations are the CUDA engine's buffers (train/cuda/gpu_engine.cpp), by its formulas:
+// tiny_request is C 64, 4 heads of 16 (Q 64), 2 KV heads (KV 32), F 128, V 1000, 2 layers.
+TEST(MemoryPlan, CountsTheEnginesActivationsByHand) {
+  PlanRequest r = tiny_request();
+  const int64_t N = 4 * 32, C = 64, Q = 64, KV = 32, F = 128, NH = 4;
+  // bf16 mode: q, k, v, att, mid, rstd x 2, lse fp32; xn1, att copy, xn2, gate, up, h bf16.
+  r.act_bytes = 2;
+  const int64_t set16 = 4 * (2 * Q + 2 * KV + C + 2 + NH) + 2 * (2 * C + Q + 3 * F);
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "layer activations"), 2 * N * set16);
+  // fp32 mode: all of them fp32 (no copy of att).
+  r.act_bytes = 4;
+  const int64_t set32 = 4 * (2 * Q + 2 * KV + C + 2 + NH) + 4 * (2 * C + 3 * F);
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "layer activations"), 2 * N * set32);
+  // Every layer's residual stream, frozen or not; a frozen layer's forward uses one shared set.
+  EXPECT_EQ(item(measure_plan(r, 4, false, 1), "residual stream (fp32)"), N * C * 4 * 3);
+  EXPECT_EQ(item(measure_plan(r, 4, false, 1), "frozen layers' forward scratch"), N * set32);
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "frozen layers' forward scratch"), 0);
+  EXPECT_EQ(item(measure_plan(r, 4, true, 1), "frozen layers' forward scratch"), 0);
+  // The logits chunk: fp32, or bf16 (gradient in place) for the bf16 mode's LUT head.
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "logits chunk (fp32)"), std::min<int64_t>(r.head_chunk, N) * 1000 * 4);
+  r.act_bytes = 2;
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "logits chunk (bf16)"), std::min<int64_t>(r.head_chunk, N) * 1000 * 2);
+}
+
+// Each micro-batch's backward casts every trainable vote once: the cost model prices that pass, so
+// at equal memory one micro-batch with recomputation can beat two without it.
+TEST(MemoryPlan, PricesTheVoteCastOfEveryMicroBatch) {
+  PlanRequest r = tiny_request();  // 128 tokens a step: the cast pass dominates
+  const MemoryPlan one_rc = measure_plan(r, 4, true, 2), two = measure_plan(r, 2, false, 2);
+  EXPECT_EQ(two.accum, 2);
+  EXPECT_LT(one_rc.relative_time, two.relative_time);
+  r.batch = 8;  // 8192 tokens a step: recomputation (a third more) costs more than a second cast pass
+  r.seq = 1024;
+  EXPECT_LT(measure_plan(r, 4, false, 2).relative_time, measure_plan(r, 8, true, 2).relative_time);
 }
 
 TEST(MemoryPlan, ChoosesTheFastestPlanThatFits) {
