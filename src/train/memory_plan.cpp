@@ -173,15 +173,12 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
   c.add("workspace", bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)", chunk * V * (bf16_logits ? 2 : 4));
   // The GEMM scratch: the largest layer matrix dequantized (fp32 values; bf16 ones take half),
-  // at least a weight-gradient tile of the embeddings/head, and in the bf16 mode with T >= 512 the
-  // tensor-core attention's workspace (a whole sequence when that is at most 128 MiB).
+  // at least a weight-gradient tile of the embeddings/head, and in the bf16 mode the tensor-core
+  // attention's workspace (attn_gemm::trainer_workspace, as the engine).
   int64_t floats = lut_tile_rows(C) * C;
   for (const Shape& s : mats) floats = std::max(floats, s.O * s.I);
-  if (b16 && r.seq >= 512) {
-    const int64_t good = int64_t(attn_gemm::chunk_workspace(NH, hp.n_head_kv, r.seq, HS));
-    const int64_t least = int64_t(attn_gemm::chunk_workspace(1, 1, r.seq, HS));
-    floats = std::max(floats, (good <= (int64_t(128) << 20) ? good : least) / 4 + 1);
-  }
+  if (b16 && r.seq >= attn_gemm::kTrainerMinT)
+    floats = std::max(floats, int64_t(attn_gemm::trainer_workspace(r.seq, NH, hp.n_head_kv, HS)) / 4 + 1);
   c.add("workspace", "GEMM scratch (dequantized weights, weight gradients, attention)", floats * 4);
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);

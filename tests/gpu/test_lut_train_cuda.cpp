@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "gpu_testing.h"
+#include "lut_testing.h"
 #include "train/cuda/gpu_engine.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_train.h"
@@ -69,25 +70,6 @@ tr::Matrix make_matrix(DType type, int64_t O, int64_t I, int64_t G, uint32_t see
   if (s.size() > 2) s[s.size() / 2] = 0.0f;
   m.lut->scale = s;
   return m;
-}
-
-// A LutWeight's indices, scales and grid in device memory.
-struct DevLut {
-  cuda::DeviceBuffer idx, scale, grid;
-  cuda::LutTrainView view;
-};
-
-DevLut upload(const tr::LutWeight& L) {
-  DevLut d;
-  d.idx = to_device(L.idx);
-  d.scale = to_device(L.scale);
-  d.grid = to_device(L.grid);
-  d.view.type = L.type;
-  d.view.O = L.O, d.view.I = L.I, d.view.G = L.G;
-  d.view.idx = d.idx.as<uint8_t>();
-  d.view.scale = d.scale.as<float>();
-  d.view.grid = d.grid.as<float>();
-  return d;
 }
 
 std::vector<uint8_t> device_indices(const DevLut& d, size_t n) {

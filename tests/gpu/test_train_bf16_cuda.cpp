@@ -12,9 +12,12 @@
 
 #include "core/half.h"
 #include "gpu_testing.h"
+#include "lut_testing.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
+#include "quant/lut_grid.h"
+#include "train/lut_weight.h"
 
 using namespace gputest;
 
@@ -132,27 +135,18 @@ TEST(GpuTrainBf16, CrossEntropyIsTheFp32OneRounded) {
 TEST(GpuTrainBf16, LutLinearBf16OperandsMatchFp32WithinRounding) {
   REQUIRE_GPU();
   const int64_t O = 200, I = 96, N = 37, G = 32;
+  train::LutWeight L = train::LutWeight::make(DType::LUT4, O, I, G, nf4_grid(16), "test");
   std::mt19937 rng(9);
-  std::vector<uint8_t> idx(size_t(O * I / 2));
-  for (auto& b : idx) b = uint8_t(rng());
-  const auto scale = randn(size_t(O * I / G), 7, 0.05f);
-  std::vector<float> grid(16);
-  for (int k = 0; k < 16; ++k) grid[size_t(k)] = -1.0f + 2.0f * float(k) / 15.0f;
-  const auto idxd = to_device(idx), scd = to_device(scale), gdd = to_device(grid);
-  cuda::LutTrainView w;
-  w.type = DType::LUT4, w.O = O, w.I = I, w.G = G;
-  w.idx = idxd.as<uint8_t>(), w.scale = scd.as<float>(), w.grid = gdd.as<float>();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i) L.set(o, i, uint32_t(rng() % 16));
+  L.scale = randn(size_t(O * (I / G)), 7, 0.05f);
+  const DevLut dl = upload(L);
+  const cuda::LutTrainView& w = dl.view;
+  std::vector<float> W(size_t(O * I));  // the weights on the host, for the magnitudes
+  L.dequantize_rows(0, O, W.data());
   const auto xb = bf16_of(randn(size_t(N * I), 8)), db = bf16_of(randn(size_t(N * O), 10));
   const auto x = f32_of(xb), d = f32_of(db);
   const auto xd = to_device(x), xbd = to_device(xb), dd = to_device(d), dbd = to_device(db);
-  // The weights on the host, for the magnitudes.
-  std::vector<float> W(size_t(O * I));
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t i = 0; i < I; ++i) {
-      const uint8_t byte = idx[size_t((o * I + i) / 2)];
-      const int q = (i % 2) ? byte >> 4 : byte & 15;
-      W[size_t(o * I + i)] = scale[size_t(o * (I / G) + i / G)] * grid[size_t(q)];
-    }
   cuda::Blas blas;
   const int64_t S = O * I;
   auto sc = poisoned(size_t(S));

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gpu_testing.h"
+#include "lut_testing.h"
 #include "ops/cuda/train_step.h"
 #include "quant/lut_grid.h"
 #include "quant/lut_pack.h"
@@ -63,25 +64,6 @@ tr::LutWeight make_lut(DType type, int64_t O, int64_t I, int64_t G, uint32_t see
   w.scale = randn(size_t(O * (I / G)), seed + 1, 0.05f);
   w.scale.front() = 0.0f;
   return w;
-}
-
-// A LutWeight's indices, scales and grid in device memory.
-struct DevLut {
-  cuda::DeviceBuffer idx, scale, grid;
-  cuda::LutTrainView view;
-};
-
-DevLut upload(const tr::LutWeight& L) {
-  DevLut d;
-  d.idx = to_device(L.idx);
-  d.scale = to_device(L.scale);
-  d.grid = to_device(L.grid);
-  d.view.type = L.type;
-  d.view.O = L.O, d.view.I = L.I, d.view.G = L.G;
-  d.view.idx = d.idx.as<uint8_t>();
-  d.view.scale = d.scale.as<float>();
-  d.view.grid = d.grid.as<float>();
-  return d;
 }
 
 // AdamW::step's loop body (src/train/adamw.cpp), mirrored line for line on arrays: the reference

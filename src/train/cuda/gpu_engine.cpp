@@ -7,10 +7,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
+#include "ops/attention_gemm_layout.h"
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/buffer.h"
@@ -28,7 +30,6 @@ namespace cu = primal::cuda;
 namespace {
 
 constexpr int64_t kFastHeadChunk = 2048;
-constexpr int64_t kGemmAttentionMinT = 512;
 
 // Device allocations of the engine, with their total (what the engine adds to the device).
 class Arena {
@@ -79,8 +80,7 @@ struct DevLayer {
 // What a layer's backward reads (forward_backward.h Workspace::Layer), N = B*T tokens.
 // In the bf16 mode (--fast) the linear layers' inputs exist only as bf16 (xn1b, attb, xn2b, hb: the
 // GEMM operands of the forward and of the weight gradient; the norms and SwiGLU write them
-// directly, att is copied), and xn1, xn2, h point to backward workspace (dxn_, dh_) that the
-// bf16 mode never reads through them.
+// directly, att is copied); their fp32 pointers xn1, xn2, h are null there.
 struct Acts {
   float *xn1, *rstd1;   // (N, C), (N)
   float *q, *k, *v;     // (N, Q), (N, KV), (N, KV) after RoPE
@@ -134,15 +134,18 @@ class CudaEngine final : public StepEngine {
   // PRIMAL_TRAIN_PROFILE=1: the stream is synchronized after every op and the op's wall time
   // added to its category (a table on stderr when the engine ends); otherwise nothing happens.
   void mark(const char* category);
-  void mark(const std::string& category) { mark(category.c_str()); }
+  // mark("<stage_prefix_>: <stage>"); the name is only built when profiling.
+  void mark_stage(const char* stage) {
+    if (prof_) mark((std::string(stage_prefix_) + ": " + stage).c_str());
+  }
   const char* stage_prefix_ = "linear bwd";  // the profile's name for lut_train's stages
 
   EngineContext c_;
   GpuEngineOptions o_;
   bool bf16_ = false;  // native bf16 GEMM operands (--fast)
   // The tensor-core attention (attention_gemm.h) in the bf16 mode for sequences of at least
-  // kGemmAttentionMinT tokens; shorter ones keep the flash kernel, which takes the whole batch in
-  // one launch where the GEMM path makes a dozen cuBLAS calls per sequence.
+  // attn_gemm::kTrainerMinT tokens; shorter ones keep the flash kernel, which takes the whole batch
+  // in one launch where the GEMM path makes a dozen cuBLAS calls per sequence.
   bool gemm_attention_ = false;
   bool head_b16_ = false;  // bf16 mode with a LUT head: bf16 logits (logitsb_), no fp32 ones
   HParams hp_;
@@ -219,12 +222,7 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   const char* pe = std::getenv("PRIMAL_TRAIN_PROFILE");
   prof_ = pe && *pe && *pe != '0';
   if (prof_)
-    cu::set_stage_hook(
-        [](void* ctx, const char* stage) {
-          auto* e = static_cast<CudaEngine*>(ctx);
-          e->mark(std::string(e->stage_prefix_) + ": " + stage);
-        },
-        this);
+    cu::set_stage_hook([](void* ctx, const char* stage) { static_cast<CudaEngine*>(ctx)->mark_stage(stage); }, this);
   cu::set_train_math(o_.fast ? cu::TrainMath::Bf16 : cu::TrainMath::Fp32);
   bf16_ = o_.fast;
   free0_ = int64_t(cu::memory_info().first);
@@ -336,7 +334,7 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     if (bf16_) {
       a.gate = a.up = nullptr;
       a.gateb = b16(N * FF), a.upb = b16(N * FF);
-      a.xn1 = a.xn2 = dxn_, a.h = dh_;
+      a.xn1 = a.xn2 = a.h = nullptr;
       a.xn1b = b16(N * C), a.attb = b16(N * Q), a.xn2b = b16(N * C), a.hb = b16(N * FF);
     } else {
       a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF));
@@ -351,14 +349,9 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   int64_t sc = cu::lut_grad_scratch_floats(C);
   for (const auto& [mt, dm] : mats_)
     if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
-  gemm_attention_ = bf16_ && T >= kGemmAttentionMinT;
-  if (gemm_attention_) {
-    // The tensor-core attention works in the same scratch: at least one (sequence, head), a
-    // whole sequence when that costs at most 128 MiB (fewer, larger GEMMs).
-    const int64_t good = int64_t(cu::attention_gemm_good_workspace(T, NH, KVH, HS));
-    const int64_t least = int64_t(cu::attention_gemm_min_workspace(T, NH, KVH, HS));
-    sc = std::max(sc, (good <= (int64_t(128) << 20) ? good : least) / 4 + 1);
-  }
+  gemm_attention_ = bf16_ && T >= attn_gemm::kTrainerMinT;
+  if (gemm_attention_)  // the tensor-core attention works in the same scratch
+    sc = std::max(sc, int64_t(attn_gemm::trainer_workspace(T, NH, KVH, HS)) / 4 + 1);
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
@@ -437,7 +430,7 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Ope
   if (dinp) {
     if (W.lut()) cu::lut_linear_backward_input(*blas_, W.view, dout, n, dinp, accumulate, scratch_, scratch_floats_, s_);
     else cu::dense_linear_backward_input(*blas_, W.dense, W.host->O, W.host->I, dout.f32, n, dinp, accumulate, s_);
-    mark(std::string(stage_prefix_) + ": dinp");
+    mark_stage("dinp");
   }
   if (!trainable) return;
   if (W.lut()) {
@@ -578,7 +571,6 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       Acts& a = acts(l);
       if (o_.recompute) forward_layer(l, a, B, T, false);
       // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
-      // (bf16 mode: a.h and a.xn2 alias dh_ and dxn_, but only their bf16 copies are read.)
       bf16_copy(dxb_, dx_, N * C);
       lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
       mark("linear bwd");
