@@ -38,6 +38,7 @@
 #include "gpu_testing.h"
 #include "ops/cpu/attention_backward.h"
 #include "ops/cuda/attention_gemm.h"
+#include "ops/cuda/attention_mma.h"
 #include "ops/cuda/gemm.h"
 
 using namespace gputest;
@@ -96,6 +97,18 @@ Reference cpu_reference(const Shape& sh, const Inputs& in) {
 struct Results {
   std::vector<float> out, lse, dq, dk, dv;
 };
+
+// The forward by the tensor-core flash kernel (attention_mma.h) instead, outputs guarded.
+Results run_mma_forward(const Shape& sh, const Inputs& in, float fill = std::numeric_limits<float>::quiet_NaN()) {
+  const size_t nq = in.q.size(), nl = size_t(sh.B * sh.NH * sh.T);
+  const auto q = to_device(in.q), k = to_device(in.k), v = to_device(in.v);
+  auto out = guarded(nq, fill), lse = guarded(nl, fill);
+  cuda::attention_forward_mma(out.as<float>(), lse.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), sh.B,
+                              sh.T, sh.NH, sh.KVH, sh.HS, nullptr);
+  Results r;
+  r.out = unguard(out, nq, "out"), r.lse = unguard(lse, nl, "lse");
+  return r;
+}
 // The GPU forward, then the backward fed its out and lse, into outputs filled with `fill` and
 // guarded, with a workspace of ws_bytes (poisoned and guarded).
 Results run_gpu(cuda::Blas& blas, const Shape& sh, const Inputs& in, size_t ws_bytes,
@@ -248,5 +261,31 @@ TEST(GpuAttentionGemm, RefusesBadArguments) {
   EXPECT_THROW(cuda::attention_gemm_min_workspace(sh.T, 6, 4, sh.HS), Error);
   EXPECT_THROW(cuda::attention_gemm_good_workspace(sh.T, sh.NH, sh.KVH, 100), Error);
   ws.expect_guard_intact();  // a synchronizing copy: the accepted calls have finished
+  cuda::check_last_error();
+}
+
+// The tensor-core flash forward (attention_mma.h) rounds q, k, v and P to bf16 as the GEMM path
+// does, so it is held to the same bounds against the fp64 twin (the derivation above; P is
+// rounded relative to the running maximum instead of the final lse, a relative rounding all the
+// same); every head size it is built for, sequences that end inside a 64-key tile, GQA groups of
+// 1 to 6; bitwise identical on a second run into outputs that held zeros.
+TEST(GpuAttentionMma, ForwardMatchesCpuTwin) {
+  REQUIRE_GPU();
+  for (const Shape& sh : {Shape{2, 1, 4, 2, 64}, Shape{2, 77, 6, 6, 32}, Shape{2, 65, 6, 1, 128},
+                          Shape{2, 130, 12, 4, 64}, Shape{1, 257, 8, 2, 96}, Shape{2, 300, 12, 2, 128},
+                          Shape{1, 512, 4, 4, 64}}) {
+    SCOPED_TRACE(sh.str());
+    const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + sh.NH));
+    const Reference ref = cpu_reference(sh, in);
+    const Results got = run_mma_forward(sh, in);
+    const double rho = kUb / std::sqrt(3.0), e_s = std::sqrt(2.0) * rho * double(kSq) * kSk;
+    const double e_out = std::sqrt(e_s * e_s + 2 * rho * rho);
+    EXPECT_LE(rel_err(got.out, ref.out), 2 * e_out + fp32_sum_tol(sh.T)) << "out";
+    EXPECT_LE(rms_err(got.lse, ref.lse), 2 * e_s + fp32_sum_tol(sh.T)) << "lse";
+    const Results again = run_mma_forward(sh, in, 0.0f);
+    EXPECT_TRUE(same_bits(got.out, again.out)) << "out";
+    EXPECT_TRUE(same_bits(got.lse, again.lse)) << "lse";
+  }
+  EXPECT_THROW(cuda::attention_forward_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 1, 64, nullptr), Error);
   cuda::check_last_error();
 }

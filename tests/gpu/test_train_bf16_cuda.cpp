@@ -16,7 +16,9 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
+#include "ops/cuda/votes.h"
 #include "quant/lut_grid.h"
+#include "quant/lut_pack.h"
 #include "train/lut_weight.h"
 
 using namespace gputest;
@@ -183,4 +185,82 @@ TEST(GpuTrainBf16, LutLinearBf16OperandsMatchFp32WithinRounding) {
       const size_t k = size_t(t * I + i);
       ASSERT_LE(std::fabs(D16[k] - D32[k]), ub * mag + 1e-30) << "dinp " << t << " " << i;
     }
+}
+
+// The bf16 mode's vote cast (votes.cu grad_rows_fast_kernel: fp32 arithmetic, reciprocal gap
+// tables, a hash for the rounding draws) against the exact cast that the conformance tests hold to
+// the CPU, on the same tile and state. Both compute x = -lr U g / ((sqrt(rhat chat) + eps) s gap)
+// and add floor(x) or floor(x) + 1; x differs only by rounding, the draws differ, so every vote
+// may differ by at most 1 and the differences must average out (their sum within 5 standard
+// deviations of 0). dscale and the row EMA differ only by summation order.
+TEST(GpuTrainBf16, FastVoteCastIsTheExactCastWithinOneVote) {
+  REQUIRE_GPU();
+  struct Case { DType type; int64_t O, I, G; };
+  for (const Case& c : {Case{DType::LUT4, 300, 640, 32}, Case{DType::LUT4, 70, 1544, 8}, Case{DType::LUT3, 129, 512, 64},
+                        Case{DType::LUT8, 40, 2048, 128}}) {
+    SCOPED_TRACE(std::string(dtype_name(c.type)) + " O " + std::to_string(c.O) + " I " + std::to_string(c.I) + " G " +
+                 std::to_string(c.G));
+    const int64_t O = c.O, I = c.I, G = c.G, K = int64_t(1) << lut_bits(c.type);
+    train::LutWeight L = train::LutWeight::make(c.type, O, I, G, nf4_grid(int(K)), "test");
+    std::mt19937 rng(uint32_t(O + I));
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i) L.set(o, i, uint32_t(rng() % uint32_t(K)));
+    L.scale = randn(size_t(O * (I / G)), 3, 0.05f);
+    L.scale[5] = 0.0f;  // a group without scale casts nothing
+    const DevLut dl = upload(L);
+    std::vector<float> g = randn(size_t(O * I), 4, 1.0f);
+    std::fill(g.begin() + 2 * I, g.begin() + 3 * I, 0.0f);  // a row without gradient
+    for (int64_t i = 0; i < I; i += 5) g[size_t(I + i)] = 0.0f;
+    const auto dg = to_device(g);
+    cuda::VoteParams p;
+    p.rule = cuda::VoteRule::Momentum;
+    p.lr = 0.02;  // |x| of a few units, saturating some votes
+    p.seed = 11;
+    std::vector<int8_t> v0(static_cast<size_t>(O * I));
+    for (auto& x : v0) x = int8_t(int(rng() % 241) - 120);
+    std::vector<float> row_sq(static_cast<size_t>(O)), col_norm(static_cast<size_t>(I));
+    for (auto& x : row_sq) x = 0.5f + float(rng() % 1000) / 1000.0f;
+    for (auto& x : col_norm) x = 0.2f + float(rng() % 1000) / 500.0f;
+    const std::vector<float> ds0 = randn(size_t(O * (I / G)), 5, 1.0f);
+    std::vector<int8_t> votes[2];
+    std::vector<float> rows[2], dsc[2], dsc_only[2];
+    for (int fast = 0; fast < 2; ++fast) {
+      cuda::set_train_math(fast ? cuda::TrainMath::Bf16 : cuda::TrainMath::Fp32);
+      cuda::DeviceVotes dv = cuda::make_device_votes(dl.view, p, 3, nullptr);
+      dv.state.events = 4;
+      cuda::copy_to_device(dv.state.v8, v0.data(), v0.size());
+      cuda::copy_to_device(dv.state.row_sq, row_sq.data(), row_sq.size() * 4);
+      cuda::copy_to_device(dv.state.col_norm, col_norm.data(), col_norm.size() * 4);
+      auto ds = to_device(ds0), ds2 = to_device(ds0);
+      cuda::lut_grad_tiles(dl.view, dg.as<float>(), 0, O, ds.as<float>(), &dv.state, &p, nullptr);
+      cuda::lut_grad_tiles(dl.view, dg.as<float>(), 0, O, ds2.as<float>(), nullptr, nullptr, nullptr);
+      cuda::Stream::sync_stream(nullptr);
+      votes[fast] = to_host<int8_t>(dv.votes, v0.size());
+      rows[fast] = to_host<float>(dv.row_sq, row_sq.size());
+      dsc[fast] = to_host<float>(ds, ds0.size());
+      dsc_only[fast] = to_host<float>(ds2, ds0.size());
+    }
+    cuda::set_train_math(cuda::TrainMath::Fp32);
+    for (int64_t o = 0; o < O; ++o) {
+      EXPECT_NEAR(rows[1][size_t(o)], rows[0][size_t(o)], 1e-5 * rows[0][size_t(o)]) << "row_sq " << o;
+      for (int64_t gi = 0; gi < I / G; ++gi) {
+        double mag = std::fabs(ds0[size_t(o * (I / G) + gi)]);
+        for (int64_t i = gi * G; i < (gi + 1) * G; ++i) mag += std::fabs(g[size_t(o * I + i)] * L.grid[L.get(o, i)]);
+        const size_t k = size_t(o * (I / G) + gi);
+        ASSERT_NEAR(dsc[1][k], dsc[0][k], 4 * G * kU * mag) << "dscale " << o << " " << gi;
+        ASSERT_NEAR(dsc_only[1][k], dsc[0][k], 4 * G * kU * mag) << "dscale without votes " << o << " " << gi;
+      }
+    }
+    int64_t moved = 0, differ = 0, sum = 0;
+    for (size_t k = 0; k < v0.size(); ++k) {
+      const int d = int(votes[1][k]) - int(votes[0][k]);
+      ASSERT_LE(std::abs(d), 1) << "weight " << k << ": " << int(v0[k]) << " -> " << int(votes[0][k]) << " / "
+                                << int(votes[1][k]);
+      moved += votes[0][k] != v0[k], differ += d != 0, sum += d;
+      if (k / size_t(I) == 2 || L.scale[size_t(k / size_t(I) * size_t(I / G) + k % size_t(I) / size_t(G))] == 0.0f)
+        ASSERT_EQ(votes[1][k], v0[k]) << "weight " << k << " has no gradient or no scale";
+    }
+    EXPECT_GT(moved, int64_t(v0.size()) / 2) << "the exact cast moves few votes: the case tests little";
+    EXPECT_LE(double(std::abs(sum)), 5.0 * std::sqrt(double(differ)) + 1) << differ << " votes differ";
+  }
 }

@@ -260,6 +260,126 @@ __global__ void grad_rows_kernel(const Mat m, const Votes v, const CastArgs a, c
   }
 }
 
+// The bf16 mode's momentum cast (with dscale), a block of kFastThreads per row: the same rule as
+// grad_rows_kernel's `a.fast` branch, written for throughput (that kernel, a warp per row, was
+// instruction- and latency-bound: a warp per 8960-long row of w_down left most of the GPU idle,
+// and each weight paid a division, three grid loads from global memory and byte-wise vote and
+// index accesses). Here each thread takes 4 consecutive columns at a time (one float4 of the
+// gradient, of col_norm, one 32-bit word of int8 votes), the grid and the reciprocals of its
+// gaps sit in shared memory, and the row statistic is a block reduction in fp32. Two passes over
+// the row (its gradient is re-read from L1/L2): dscale and sum g^2, then the votes.
+// Preconditions (fast_cast_ok): momentum rule with int8 votes (or dscale alone), K <= 256,
+// I % 4 == 0, G / 4 a power of two up to 32.
+constexpr int kFastThreads = 128;
+constexpr int kFastMaxK = 256;
+
+bool fast_cast_ok(const LutTrainView& w, const CastArgs& a, const VoteParams* p) {
+  if (!a.fast || (a.cast && a.seed_rule)) return false;
+  if (a.cast && p->vote_bits != 8) return false;
+  const int64_t per = w.G / 4;  // chunks per scale group: a power of two up to a warp
+  return w.K() <= kFastMaxK && w.I % 4 == 0 && w.G % 4 == 0 && per <= 32 && (per & (per - 1)) == 0;
+}
+
+__device__ __forceinline__ float block_sum(float x, float* sh) {
+  for (int d = 16; d > 0; d /= 2) x += __shfl_xor_sync(0xffffffffu, x, d);
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
+  __syncthreads();  // sh may still be read from a previous call
+  if (lane == 0) sh[warp] = x;
+  __syncthreads();
+  float t = 0.0f;
+  for (int w = 0; w < kFastThreads / 32; ++w) t += sh[w];  // warp order: run-to-run deterministic
+  return t;
+}
+
+template <int B>
+__global__ void __launch_bounds__(kFastThreads) grad_rows_fast_kernel(const Mat m, const Votes v, const CastArgs a,
+                                                                       const float* dW, int64_t o0, int64_t rows,
+                                                                       float* dscale) {
+  __shared__ float grid[kFastMaxK], inv_up[kFastMaxK], inv_dn[kFastMaxK];
+  __shared__ float red[kFastThreads / 32];
+  if constexpr (B > 8) return;  // never launched (fast_cast_ok): LUT16's grid does not fit
+  const int K = int(m.K), I = int(m.I), G = int(m.G), chunks = I / 4, per = G / 4;
+  for (int q = int(threadIdx.x); q < K; q += kFastThreads) {
+    const float gq = m.grid[q];
+    grid[q] = gq;
+    // The gap in the direction of the change (the end of the grid takes its last gap).
+    inv_up[q] = 1.0f / (q < K - 1 ? m.grid[q + 1] - gq : gq - m.grid[q - 1]);
+    inv_dn[q] = 1.0f / (q > 0 ? gq - m.grid[q - 1] : m.grid[1] - gq);
+  }
+  __syncthreads();
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t o = o0 + r;
+    const float4* g4 = reinterpret_cast<const float4*>(dW + r * I);
+    const uint8_t* row = m.idx + o * m.row_bytes;
+    const float* sc = m.scale + o * m.groups;
+    // Pass 1: dscale (a group is `per` consecutive chunks, held by `per` consecutive lanes) and
+    // sum g^2.
+    float sq = 0.0f;
+    for (int base = 0; base < chunks; base += kFastThreads) {
+      const int c = base + int(threadIdx.x);
+      float part = 0.0f;
+      if (c < chunks) {
+        const float4 g = g4[c];
+        sq += g.x * g.x + g.y * g.y + g.z * g.z + g.w * g.w;
+        if (dscale) {
+          const int i = 4 * c;
+          part = g.x * grid[lut::get_index<B>(row, i)] + g.y * grid[lut::get_index<B>(row, i + 1)] +
+                 g.z * grid[lut::get_index<B>(row, i + 2)] + g.w * grid[lut::get_index<B>(row, i + 3)];
+        }
+      }
+      if (dscale) {  // every lane shuffles (groups lie wholly inside or outside the row)
+        for (int d = per / 2; d > 0; d /= 2) part += __shfl_xor_sync(0xffffffffu, part, d);
+        if (c < chunks && c % per == 0) dscale[o * m.groups + c / per] += part;
+      }
+    }
+    if (!a.cast) continue;
+    float stat = 1.0f;
+    if (a.sm) {
+      const float tot = block_sum(sq, red);
+      // r = float(b2 row_sq + (1 - b2) g2 / I); rhat = r / (1 - b2^(events + 1))
+      const float rs = float(a.beta2 * double(a.row_sq[o]) + (1.0 - a.beta2) * double(tot) / double(I));
+      __syncthreads();  // every thread has read row_sq[o]
+      if (threadIdx.x == 0) a.row_sq[o] = rs;
+      stat = float(double(rs) / a.bc);
+    }
+    // Pass 2: x = (-lr U) g / ((sqrt(rhat chat_i) + eps) s gap), stochastically rounded.
+    const float c0 = float(-a.lr * double(v.U)), epsf = float(a.eps), limf = float(2 * v.vmax);
+    if (c0 == 0.0f) continue;
+    const uint32_t key = [&] {
+      const CounterRng rng = CounterRng::from_prefix(a.prefix, uint64_t(o));
+      return uint32_t(rng.s0) ^ uint32_t(rng.s0 >> 32);
+    }();
+    const float4* cn4 = reinterpret_cast<const float4*>(a.col_norm);
+    char4* v4 = reinterpret_cast<char4*>(v.v8 + o * I);
+    for (int c = int(threadIdx.x); c < chunks; c += kFastThreads) {
+      const int i = 4 * c;
+      const float s = sc[i / G];
+      if (s == 0.0f) continue;
+      const float4 g = g4[c];
+      const float4 cn = a.sm ? cn4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+      char4 vv = v4[c];
+      const float gs[4] = {g.x, g.y, g.z, g.w}, cns[4] = {cn.x, cn.y, cn.z, cn.w};
+      int8_t* vp = reinterpret_cast<int8_t*>(&vv);
+      const float cs = c0 / s;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float gi = gs[e];
+        if (gi == 0.0f) continue;
+        const float denom = a.sm ? sqrtf(stat * cns[e]) + epsf : 1.0f;
+        const int q = int(lut::get_index<B>(row, i + e));
+        const bool up = (gi > 0) != (s > 0);  // the sign of the index change -lr g / s
+        float x = __fdividef(cs * gi * (up ? inv_up[q] : inv_dn[q]), denom);
+        x = x < -limf ? -limf : limf < x ? limf : x;
+        const float fl = floorf(x);
+        const int add = int(fl) + (fast_uniform(key, uint32_t(i + e)) < x - fl ? 1 : 0);
+        const int nv = int(vp[e]) + add;
+        vp[e] = int8_t(nv < -v.vmax ? -v.vmax : v.vmax < nv ? v.vmax : nv);
+      }
+      v4[c] = vv;
+    }
+  }
+}
+
 // The column sums of g^2 / O of each tile in dW (rows, I), rows in order within the tile, in
 // fp32 as votes.cpp: part[t, i] = sum_{r in tile t} (g[r, i] g[r, i]) inv_o. A thread per (t, i).
 __global__ void col_part_kernel(const float* dW, int64_t rows, int64_t I, int64_t R, float inv_o, float* part) {
@@ -529,10 +649,17 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
   }
   const Mat m = mat_of(w);
   const Votes v = votes_of(votes, params);
-  const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-#define PRIMAL_LAUNCH(B) grad_rows_kernel<B><<<blocks, lut::kThreads, 0, s>>>(m, v, a, dW, o0, rows, dscale)
-  PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+  if (fast_cast_ok(w, a, params)) {
+    const unsigned blocks = unsigned(std::min<int64_t>(rows, 16 * int64_t(sm_count())));
+#define PRIMAL_LAUNCH(B) grad_rows_fast_kernel<B><<<blocks, kFastThreads, 0, s>>>(m, v, a, dW, o0, rows, dscale)
+    PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
+  } else {
+    const unsigned blocks = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+#define PRIMAL_LAUNCH(B) grad_rows_kernel<B><<<blocks, lut::kThreads, 0, s>>>(m, v, a, dW, o0, rows, dscale)
+    PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+  }
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (a.sm) {
     const int64_t n_t = (rows + R - 1) / R;

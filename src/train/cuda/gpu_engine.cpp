@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "ops/attention_gemm_layout.h"
 #include "ops/cuda/attention_gemm.h"
+#include "ops/cuda/attention_mma.h"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/buffer.h"
 #include "ops/cuda/device.h"
@@ -131,9 +132,14 @@ class CudaEngine final : public StepEngine {
     if (bf16_) cu::to_bf16(dst, x, n, s_);
   }
   void note_memory();
-  // PRIMAL_TRAIN_PROFILE=1: the stream is synchronized after every op and the op's wall time
-  // added to its category (a table on stderr when the engine ends); otherwise nothing happens.
+  // PRIMAL_TRAIN_PROFILE=1: an event is recorded on the stream after every op, and the GPU time
+  // between it and the previous one is added to the op's category (flush_profile, at the ends of
+  // forward_backward, apply_votes and adam_step; a table on stderr when the engine ends). Events,
+  // not synchronizations: the profiled step runs as an unprofiled one, so the shares are those of
+  // real steps (a synchronization after every op added ~40% to a step, most of it to small ops).
+  // Without the variable nothing happens. mark(nullptr) starts a span that no category is charged.
   void mark(const char* category);
+  void flush_profile();
   // mark("<stage_prefix_>: <stage>"); the name is only built when profiling.
   void mark_stage(const char* stage) {
     if (prof_) mark((std::string(stage_prefix_) + ": " + stage).c_str());
@@ -147,6 +153,9 @@ class CudaEngine final : public StepEngine {
   // attn_gemm::kTrainerMinT tokens; shorter ones keep the flash kernel, which takes the whole batch
   // in one launch where the GEMM path makes a dozen cuBLAS calls per sequence.
   bool gemm_attention_ = false;
+  // The bf16 mode's forward attention: the tensor-core flash kernel (attention_mma.h) at every
+  // length (its lse feeds either backward); it keeps the (T, T) scores out of device memory.
+  bool mma_attention_ = false;
   bool head_b16_ = false;  // bf16 mode with a LUT head: bf16 logits (logitsb_), no fp32 ones
   HParams hp_;
   cu::Stream stream_;
@@ -186,27 +195,49 @@ class CudaEngine final : public StepEngine {
   std::vector<double> nll_host_;
   int64_t free0_ = 0, peak_ = 0;
   bool prof_ = false;
+  int64_t prof_steps_ = 0;  // steps begun; the first one's times are dropped (below)
   std::map<std::string, double> prof_s_;
-  std::chrono::steady_clock::time_point prof_t_;
+  std::vector<std::unique_ptr<cu::Event>> prof_ev_;  // recorded events, in order (a pool)
+  std::vector<std::string> prof_cat_;                // the category each event ends ("" none)
+  size_t prof_n_ = 0;                                // events recorded since the last flush
 };
 
 void CudaEngine::mark(const char* category) {
   if (!prof_) return;
-  stream_.sync();
-  const auto now = std::chrono::steady_clock::now();
-  if (category) prof_s_[category] += std::chrono::duration<double>(now - prof_t_).count();
-  prof_t_ = now;
+  if (prof_n_ == prof_ev_.size()) {
+    if (prof_n_ >= 8192) flush_profile();
+    if (prof_n_ == prof_ev_.size()) prof_ev_.push_back(std::make_unique<cu::Event>()), prof_cat_.emplace_back();
+  }
+  prof_ev_[prof_n_]->record(s_);
+  prof_cat_[prof_n_] = category ? category : "";
+  ++prof_n_;
+}
+
+void CudaEngine::flush_profile() {
+  if (!prof_ || prof_n_ == 0) return;
+  prof_ev_[prof_n_ - 1]->sync();
+  for (size_t i = 1; i < prof_n_; ++i)
+    if (!prof_cat_[i].empty()) prof_s_[prof_cat_[i]] += 1e-3 * double(prof_ev_[i]->ms_since(*prof_ev_[i - 1]));
+  std::swap(prof_ev_[0], prof_ev_[prof_n_ - 1]);  // the last event starts the next span
+  prof_cat_[0].clear();
+  prof_n_ = 1;
 }
 
 CudaEngine::~CudaEngine() {
   if (prof_) cu::set_stage_hook(nullptr, nullptr);
+  try {
+    flush_profile();
+  } catch (const std::exception&) {
+    prof_s_.clear();  // a failed stream: no table
+  }
   if (!prof_ || prof_s_.empty()) return;
   double total = 0;
   for (const auto& [k, v] : prof_s_) total += v;
   std::vector<std::pair<double, std::string>> rows;
   for (const auto& [k, v] : prof_s_) rows.push_back({v, k});
   std::sort(rows.rbegin(), rows.rend());
-  std::fprintf(stderr, "cuda engine profile (synchronized after every op), %.3f s in all:\n", total);
+  std::fprintf(stderr, "cuda engine profile (GPU time per op, from events; steps after the first), %.3f s in all:\n",
+               total);
   for (const auto& [v, k] : rows) std::fprintf(stderr, "  %-22s %9.3f s  %5.1f%%\n", k.c_str(), v, 100 * v / total);
 }
 
@@ -350,6 +381,7 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   for (const auto& [mt, dm] : mats_)
     if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
   gemm_attention_ = bf16_ && T >= attn_gemm::kTrainerMinT;
+  mma_attention_ = bf16_ && cu::attention_mma_supports(HS);
   if (gemm_attention_)  // the tensor-core attention works in the same scratch
     sc = std::max(sc, int64_t(attn_gemm::trainer_workspace(T, NH, KVH, HS)) / 4 + 1);
   scratch_floats_ = sc;
@@ -411,6 +443,9 @@ void CudaEngine::note_memory() {
 }
 
 void CudaEngine::begin_step(int64_t step, double sched) {
+  // The first step loads kernel modules and runs cuBLAS's heuristics: it would be charged to
+  // whichever op came first, so the profile starts with the second.
+  if (prof_ && ++prof_steps_ == 2) flush_profile(), prof_s_.clear();
   c_.votes->begin_step(step, sched);  // the host twin keeps step and schedule (checkpoints)
   vp_ = gpu_vote_params(c_.votes->config(), c_.votes->governor(), step, sched);
   for (auto& [mt, d] : mats_)
@@ -464,7 +499,9 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   cu::rope_forward_train(a.q, B, T, NH, 0, rope_, s_);
   cu::rope_forward_train(a.k, B, T, KVH, 0, rope_, s_);
   mark(ew);
-  if (gemm_attention_)  // tensor cores (cuBLAS bf16 GEMMs) over the free GEMM scratch
+  if (mma_attention_)  // tensor cores, scores in registers (flash)
+    cu::attention_forward_mma(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
+  else if (gemm_attention_)  // tensor cores (cuBLAS bf16 GEMMs) over the free GEMM scratch
     cu::attention_forward_gemm(*blas_, a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, scratch_,
                                size_t(scratch_floats_) * 4, s_);
   else
@@ -629,6 +666,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     mark("embedding bwd");
   }
   stream_.sync();
+  flush_profile();
   for (int64_t t = 0; t < N; ++t) loss.nll += nll_host_[size_t(t)];
   note_memory();
   return loss;
@@ -648,6 +686,7 @@ StepStats CudaEngine::apply_votes(const std::function<bool(const Matrix&)>& trai
   cu::copy_to_host_async(&flips, flips_, 8, s_);
   stream_.sync();
   mark("votes apply");
+  flush_profile();
   st.flips = int64_t(flips);
   // VoteEngine::apply's governor.
   const VoteConfig& vc = c_.votes->config();
@@ -699,6 +738,7 @@ double CudaEngine::adam_step(double sched, const std::function<bool(const FloatP
     cu::adamw_update(d.p, d.g, d.m, d.v, d.n, a, s_);
   }
   mark("adamw");
+  flush_profile();
   return norm;
 }
 

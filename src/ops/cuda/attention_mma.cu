@@ -1,0 +1,211 @@
+// The tensor-core flash attention forward (attention_mma.h).
+//
+// mma.sync.m16n8k16 (bf16 in, fp32 accumulators) fragments, lane = 4 g + t:
+//   A (16 x 16, row major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+//   B (16 x 8, k x n):      b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
+//   C (16 x 8):             c0, c1 = C[g][2t], C[g][2t+1];  c2, c3 = C[g+8][2t], C[g+8][2t+1]
+// (the lower half of a 32-bit register holds the lower index). S = Q K^T takes B[dim][key] =
+// K[key][dim]: a pair of dims of one key, contiguous in K's rows. O = P V takes A = P, whose
+// fragments are exactly the accumulators of two adjacent S tiles, and B[key][dim] = V[key][dim]:
+// a pair of keys of one dim, contiguous in V transposed (Vt), which is how V is staged.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "ops/cuda/attention_mma.h"
+#include "ops/cuda/check.cuh"
+
+namespace primal::cuda {
+namespace {
+
+constexpr int kRows = 64;    // queries per block (16 per warp)
+constexpr int kKeys = 64;    // keys per tile
+constexpr int kThreads = 128;
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One block: queries q0 .. q0+63 of head h of sequence b. D = HS.
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float* __restrict__ q,
+                                                                    const float* __restrict__ k,
+                                                                    const float* __restrict__ v, float* out, float* lse,
+                                                                    int T, int NH, int KVH, float scale_log2) {
+  constexpr int KP = D + 8;      // Ks row pitch (bf16): conflict-free fragment loads
+  constexpr int VP = kKeys + 8;  // Vt row pitch
+  __shared__ __align__(16) __nv_bfloat16 Ks[kKeys * KP];
+  __shared__ __align__(16) __nv_bfloat16 Vt[D * VP];
+  const int qt = int(gridDim.x) - 1 - int(blockIdx.x);  // the longest rows first
+  const int h = int(blockIdx.y), b = int(blockIdx.z), kvh = h / (NH / KVH);
+  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
+  const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
+  const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
+  const float* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const float* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+
+  // The warp's 16 query rows as A fragments (bf16), straight from global memory.
+  uint32_t qa[D / 16][4];
+  {
+    const float* qr0 = q + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
+    const float* qr1 = qr0 + 8 * qstride;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int c = 16 * kk + 2 * t;
+      const float2 x0 = r0 < T ? *reinterpret_cast<const float2*>(qr0 + c) : make_float2(0.f, 0.f);
+      const float2 x1 = r1 < T ? *reinterpret_cast<const float2*>(qr1 + c) : make_float2(0.f, 0.f);
+      const float2 x2 = r0 < T ? *reinterpret_cast<const float2*>(qr0 + c + 8) : make_float2(0.f, 0.f);
+      const float2 x3 = r1 < T ? *reinterpret_cast<const float2*>(qr1 + c + 8) : make_float2(0.f, 0.f);
+      qa[kk][0] = pack_bf16(x0.x, x0.y), qa[kk][1] = pack_bf16(x1.x, x1.y);
+      qa[kk][2] = pack_bf16(x2.x, x2.y), qa[kk][3] = pack_bf16(x3.x, x3.y);
+    }
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // running max (base 2), lane-partial sums
+
+  for (int j = 0; j <= qt; ++j) {
+    const int k0 = j * kKeys;
+    __syncthreads();  // the previous tile's fragments are consumed
+    // K tile, row major: a thread per 4 consecutive dims of one key (coalesced).
+    for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
+      const int row = idx / (D / 4), c4 = idx % (D / 4);
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (k0 + row < T) x = *reinterpret_cast<const float4*>(kb + int64_t(k0 + row) * kstride + 4 * c4);
+      uint2 w;
+      w.x = pack_bf16(x.x, x.y), w.y = pack_bf16(x.z, x.w);
+      *reinterpret_cast<uint2*>(Ks + row * KP + 4 * c4) = w;
+    }
+    // V tile, transposed: consecutive threads take consecutive keys (conflict-free stores).
+    for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
+      const int row = idx % kKeys, c4 = idx / kKeys;
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (k0 + row < T) x = *reinterpret_cast<const float4*>(vb + int64_t(k0 + row) * kstride + 4 * c4);
+      Vt[(4 * c4 + 0) * VP + row] = __float2bfloat16_rn(x.x);
+      Vt[(4 * c4 + 1) * VP + row] = __float2bfloat16_rn(x.y);
+      Vt[(4 * c4 + 2) * VP + row] = __float2bfloat16_rn(x.z);
+      Vt[(4 * c4 + 3) * VP + row] = __float2bfloat16_rn(x.w);
+    }
+    __syncthreads();
+
+    // S = Q K^T: 16 queries x 64 keys per warp, 8 tiles of 8 keys.
+    float s[kKeys / 8][4];
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      const __nv_bfloat16* kr = Ks + (8 * n + g) * KP + 2 * t;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kr + 16 * kk);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(kr + 16 * kk + 8);
+        mma_bf16(s[n], qa[kk], b0, b1);
+      }
+    }
+    // Scale to base 2, mask (causal and the end of the sequence), the tile's row maxima.
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+    const bool diag = j == qt || k0 + kKeys > T;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[n][e] * scale_log2;
+        if (diag) {
+          const int key = k0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
+          if (key > row || key >= T) x = -INFINITY;
+        }
+        s[n][e] = x;
+        if (e < 2) mx0 = fmaxf(mx0, x);
+        else mx1 = fmaxf(mx1, x);
+      }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    // Every row has key 0 <= row in tile 0, so the maxima are finite from the first tile on
+    // (rows past the end of the sequence see unmasked keys too; they are not written).
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    const float a0 = exp2f(m0 - n0), a1 = exp2f(m1 - n1);
+    m0 = n0, m1 = n1;
+    l0 *= a0, l1 *= a1;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] *= a0, o[n][1] *= a0, o[n][2] *= a1, o[n][3] *= a1;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) {
+      s[n][0] = exp2f(s[n][0] - n0), s[n][1] = exp2f(s[n][1] - n0);
+      s[n][2] = exp2f(s[n][2] - n1), s[n][3] = exp2f(s[n][3] - n1);
+      l0 += s[n][0] + s[n][1], l1 += s[n][2] + s[n][3];
+    }
+    // O += P V, 16 keys per k-step: P's fragments are the accumulators of S tiles 2kk, 2kk + 1.
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const __nv_bfloat16* vr = Vt + (8 * n + g) * VP + 16 * kk + 2 * t;
+        mma_bf16(o[n], pa, *reinterpret_cast<const uint32_t*>(vr), *reinterpret_cast<const uint32_t*>(vr + 8));
+      }
+    }
+  }
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  constexpr float kLn2 = 0.6931471805599453f;
+  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+  if (r0 < T) {
+    float* orow = out + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<float2*>(orow + 8 * n + 2 * t) = make_float2(o[n][0] * i0, o[n][1] * i0);
+    if (t == 0) lse[(int64_t(b) * NH + h) * T + r0] = (m0 + log2f(l0)) * kLn2;
+  }
+  if (r1 < T) {
+    float* orow = out + (int64_t(b) * T + r1) * qstride + int64_t(h) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<float2*>(orow + 8 * n + 2 * t) = make_float2(o[n][2] * i1, o[n][3] * i1);
+    if (t == 0) lse[(int64_t(b) * NH + h) * T + r1] = (m1 + log2f(l1)) * kLn2;
+  }
+}
+
+}  // namespace
+
+bool attention_mma_supports(int64_t HS) { return HS == 32 || HS == 64 || HS == 96 || HS == 128; }
+
+void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
+                           int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s) {
+  PRIMAL_CHECK(out && lse && q && k && v, "attention_forward_mma: a null pointer");
+  PRIMAL_CHECK(B > 0 && T > 0 && KVH > 0 && NH % KVH == 0, "attention_forward_mma: B {} T {} NH {} KVH {}", B, T, NH,
+               KVH);
+  PRIMAL_CHECK(attention_mma_supports(HS), "attention_forward_mma: head size {} (32, 64, 96, 128)", HS);
+  PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "attention_forward_mma: B {} T {} NH {} too large", B,
+               T, NH);
+  const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
+  const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HS)));
+#define PRIMAL_LAUNCH(D)                                                                                         \
+  flash_forward_mma_kernel<D><<<grid, kThreads, 0, s>>>(q, k, v, out, lse, int(T), int(NH), int(KVH), scale_log2)
+  switch (HS) {
+    case 32: PRIMAL_LAUNCH(32); break;
+    case 64: PRIMAL_LAUNCH(64); break;
+    case 96: PRIMAL_LAUNCH(96); break;
+    default: PRIMAL_LAUNCH(128); break;
+  }
+#undef PRIMAL_LAUNCH
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace primal::cuda

@@ -1,0 +1,31 @@
+// Causal GQA attention forward for training on the tensor cores, flash style: the same semantics
+// and layouts as attention_forward_train (attention_train.h) and attention_forward_gemm
+// (attention_gemm.h), whose lse the backward of either kind accepts:
+//   s_j = q . k_j / sqrt(HS) for keys j <= t,  out = sum_j softmax(s)_j v_j,  lse = log sum_j exp(s_j).
+//
+// Why: the bf16 mode's GEMM attention writes and reads the (T, T) scores of every head in device
+// memory (fp32 S, bf16 P: ~150 MB per sequence and layer at T 1024), so it runs at HBM speed, far
+// from the tensor cores; the fp32 flash kernel avoids that traffic but runs on the CUDA cores.
+// This kernel keeps S in registers: a block of 4 warps takes 64 queries of one head (16 a warp)
+// and walks the key tiles up to the diagonal (64 keys each, staged in shared memory as bf16, V
+// transposed), S = Q K^T and O += P V by mma.sync m16n8k16 (bf16 operands, fp32 accumulation),
+// an online softmax in base 2 in between (FlashAttention-2's loop).
+//
+// Precision: q, k, v and P are rounded to bf16 (unit roundoff 2^-8), every sum runs in fp32: the
+// errors of attention_forward_gemm (tests/gpu/test_attention_gemm_cuda.cpp holds both to the same
+// bound against the fp64 CPU twin). No atomics: bitwise identical from run to run.
+#pragma once
+#include <cstdint>
+
+#include "ops/cuda/buffer.h"
+
+namespace primal::cuda {
+
+// Head sizes the kernel is built for (16 | HS, HS <= 128): 32, 64, 96, 128.
+bool attention_mma_supports(int64_t HS);
+
+// out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS) fp32; lse: (B, NH, T). out and lse are written.
+void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
+                           int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s);
+
+}  // namespace primal::cuda
