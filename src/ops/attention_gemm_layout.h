@@ -55,14 +55,4 @@ inline size_t chunk_workspace(int64_t n, int64_t segs, int64_t T, int64_t HS) {
   return f > b ? f : b;
 }
 
-// The trainer's choice (CUDA engine and memory planner alike): the tensor-core attention for
-// sequences of at least kTrainerMinT tokens (below, the flash kernel, one launch for the whole
-// batch, was faster), in a workspace of a whole sequence when that is at most 128 MiB (fewer,
-// larger GEMMs), else of one (sequence, head).
-constexpr int64_t kTrainerMinT = 512;
-inline size_t trainer_workspace(int64_t T, int64_t NH, int64_t KVH, int64_t HS) {
-  const size_t whole = chunk_workspace(NH, KVH, T, HS);
-  return whole <= (size_t(128) << 20) ? whole : chunk_workspace(1, 1, T, HS);
-}
-
 }  // namespace primal::attn_gemm

@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "model/synth.h"
-#include "ops/attention_gemm_layout.h"
 #include "train/model.h"
 
 namespace primal::train {
@@ -153,7 +152,6 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // need them, bf16 copies of the GEMM inputs), 4 its fp32 mode.
   const int64_t N = micro_batch * r.seq;
   const bool b16 = r.act_bytes == 2;
-  const int64_t HS = hp.head_dim;
   // Per token of one layer: q, k, v, att, mid, rstd1, rstd2, lse (fp32); bf16 mode: xn1, att (a
   // copy), xn2, gate, up, h in bf16; fp32 mode: xn1, xn2, gate, up, h in fp32.
   const int64_t layer_set = 4 * (2 * Q + 2 * KV + C + 2 + NH) + (b16 ? 2 * (2 * C + Q + 3 * F) : 4 * (2 * C + 3 * F));
@@ -173,13 +171,11 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
   c.add("workspace", bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)", chunk * V * (bf16_logits ? 2 : 4));
   // The GEMM scratch: the largest layer matrix dequantized (fp32 values; bf16 ones take half),
-  // at least a weight-gradient tile of the embeddings/head, and in the bf16 mode the tensor-core
-  // attention's workspace (attn_gemm::trainer_workspace, as the engine).
+  // at least a weight-gradient tile of the embeddings/head. (Both modes' attention kernels are
+  // flash kernels: no workspace.)
   int64_t floats = lut_tile_rows(C) * C;
   for (const Shape& s : mats) floats = std::max(floats, s.O * s.I);
-  if (b16 && r.seq >= attn_gemm::kTrainerMinT)
-    floats = std::max(floats, int64_t(attn_gemm::trainer_workspace(r.seq, NH, hp.n_head_kv, HS)) / 4 + 1);
-  c.add("workspace", "GEMM scratch (dequantized weights, weight gradients, attention)", floats * 4);
+  c.add("workspace", "GEMM scratch (dequantized weights, weight gradients)", floats * 4);
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);
   c.add("workspace", "CUDA context, cuBLAS handle and kernels", kDeviceOverhead);

@@ -98,8 +98,8 @@ struct Results {
   std::vector<float> out, lse, dq, dk, dv;
 };
 
-// The forward by the tensor-core flash kernel (attention_mma.h) instead, outputs guarded.
-Results run_mma_forward(const Shape& sh, const Inputs& in, float fill = std::numeric_limits<float>::quiet_NaN()) {
+// The forward and backward by the tensor-core flash kernels (attention_mma.h) instead, outputs guarded.
+Results run_mma(const Shape& sh, const Inputs& in, float fill = std::numeric_limits<float>::quiet_NaN()) {
   const size_t nq = in.q.size(), nl = size_t(sh.B * sh.NH * sh.T);
   const auto q = to_device(in.q), k = to_device(in.k), v = to_device(in.v);
   auto out = guarded(nq, fill), lse = guarded(nl, fill);
@@ -107,6 +107,14 @@ Results run_mma_forward(const Shape& sh, const Inputs& in, float fill = std::num
                               sh.T, sh.NH, sh.KVH, sh.HS, nullptr);
   Results r;
   r.out = unguard(out, nq, "out"), r.lse = unguard(lse, nl, "lse");
+  // The backward fed that forward's out and lse (the trainer's chain).
+  const size_t nk = in.k.size();
+  const auto dout = to_device(in.dout);
+  auto dq = guarded(nq, fill), dk = guarded(nk, fill), dv = guarded(nk, fill);
+  cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(), out.as<float>(),
+                               q.as<float>(), k.as<float>(), v.as<float>(), lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH,
+                               sh.HS, nullptr);
+  r.dq = unguard(dq, nq, "dq"), r.dk = unguard(dk, nk, "dk"), r.dv = unguard(dv, nk, "dv");
   return r;
 }
 // The GPU forward, then the backward fed its out and lse, into outputs filled with `fill` and
@@ -264,12 +272,12 @@ TEST(GpuAttentionGemm, RefusesBadArguments) {
   cuda::check_last_error();
 }
 
-// The tensor-core flash forward (attention_mma.h) rounds q, k, v and P to bf16 as the GEMM path
-// does, so it is held to the same bounds against the fp64 twin (the derivation above; P is
-// rounded relative to the running maximum instead of the final lse, a relative rounding all the
-// same); every head size it is built for, sequences that end inside a 64-key tile, GQA groups of
-// 1 to 6; bitwise identical on a second run into outputs that held zeros.
-TEST(GpuAttentionMma, ForwardMatchesCpuTwin) {
+// The tensor-core flash kernels (attention_mma.h) round q, k, v, dout, P and dS to bf16 as the GEMM
+// path does, so they are held to the same bounds against the fp64 twin (the derivation above; the
+// forward rounds P relative to the running maximum instead of the final lse, a relative rounding
+// all the same); every head size they are built for, sequences that end inside a 64-key tile, GQA
+// groups of 1 to 6; bitwise identical on a second run into outputs that held zeros.
+TEST(GpuAttentionMma, MatchesCpuTwin) {
   REQUIRE_GPU();
   for (const Shape& sh : {Shape{2, 1, 4, 2, 64}, Shape{2, 77, 6, 6, 32}, Shape{2, 65, 6, 1, 128},
                           Shape{2, 130, 12, 4, 64}, Shape{1, 257, 8, 2, 96}, Shape{2, 300, 12, 2, 128},
@@ -277,14 +285,17 @@ TEST(GpuAttentionMma, ForwardMatchesCpuTwin) {
     SCOPED_TRACE(sh.str());
     const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + sh.NH));
     const Reference ref = cpu_reference(sh, in);
-    const Results got = run_mma_forward(sh, in);
+    const Results got = run_mma(sh, in);
     const double rho = kUb / std::sqrt(3.0), e_s = std::sqrt(2.0) * rho * double(kSq) * kSk;
     const double e_out = std::sqrt(e_s * e_s + 2 * rho * rho);
     EXPECT_LE(rel_err(got.out, ref.out), 2 * e_out + fp32_sum_tol(sh.T)) << "out";
     EXPECT_LE(rms_err(got.lse, ref.lse), 2 * e_s + fp32_sum_tol(sh.T)) << "lse";
-    const Results again = run_mma_forward(sh, in, 0.0f);
-    EXPECT_TRUE(same_bits(got.out, again.out)) << "out";
-    EXPECT_TRUE(same_bits(got.lse, again.lse)) << "lse";
+    const int64_t G = sh.NH / sh.KVH;
+    const double e_dq = std::sqrt(2 * e_out * e_out + 4 * rho * rho);
+    EXPECT_LE(rel_err(got.dv, ref.dv), 2 * e_out + fp32_sum_tol(G * sh.T)) << "dv";
+    EXPECT_LE(err_vs(got.dq, ref.dq, ref.mdq), 2 * e_dq + fp32_sum_tol(sh.T)) << "dq";
+    EXPECT_LE(err_vs(got.dk, ref.dk, ref.mdk), 2 * e_dq + fp32_sum_tol(G * sh.T)) << "dk";
+    expect_same_bits(got, run_mma(sh, in, 0.0f));
   }
   EXPECT_THROW(cuda::attention_forward_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 1, 64, nullptr), Error);
   cuda::check_last_error();

@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops/cuda/attention_mma.h"
@@ -182,6 +183,317 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float
   }
 }
 
+// ---- backward ----------------------------------------------------------------------------------
+//
+// Three kernels, no atomics (every sum in a fixed order: bitwise identical from run to run):
+//  1. Dv[b, h, t] = dout . out (fp32), stored in dq[b, t, h, 0], the one element of dq that only
+//     kernel 3's block for that row reads and later overwrites;
+//  2. dk, dv per (sequence, KV head, tile of 64 keys), 16 keys a warp, walking the query tiles
+//     from the diagonal to the end for every query head of the group:
+//       S^T = K Q^T, P^T = exp2(S^T log2e / sqrt(HS) - lse2), dV += P^T dO,
+//       dP^T = V dO^T, dS^T = P^T (dP^T - Dv), dK += dS^T Q;
+//  3. dq per (sequence, head, tile of 64 queries), 16 queries a warp, over the key tiles up to
+//     the diagonal: S = Q K^T, P, dP = dO V^T, dS = P (dP - Dv), dQ += dS K.
+// Operands are staged as bf16 in shared memory, row major where a product reads pairs along the
+// head dimension and transposed where it reads pairs along the queries (Q^T, dO^T) or keys (K^T).
+// 32 queries at a time in kernel 2 keep its four accumulator sets (dK, dV, S^T, dP^T) within the
+// register file at HS 128.
+
+constexpr int kSub = 32;  // queries per inner step of kernel 2
+
+__global__ void dv_rows_kernel(const float* dout, const float* out, float* dq, int64_t rows, int HS, int T, int NH) {
+  const int lane = int(threadIdx.x & 31);
+  for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
+       r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
+    // r = (b T + t) NH + h: the row of q's layout.
+    const float* a = dout + r * HS;
+    const float* o = out + r * HS;
+    float x = 0.0f;
+    for (int d = lane; d < HS; d += 32) x += a[d] * o[d];
+    for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+    if (lane == 0) dq[r * HS] = x;
+  }
+}
+
+// Stages rows r0 .. r0+63 (of stride `stride` floats, HS = D contiguous) as bf16: row major into
+// `rm` (pitch KP) and, when `tr` is not null, transposed into `tr` (pitch VP); rows past T are 0.
+template <int D>
+__device__ __forceinline__ void stage_tile(const float* base, int64_t stride, int r0, int T, __nv_bfloat16* rm,
+                                           __nv_bfloat16* tr) {
+  constexpr int KP = D + 8, VP = kKeys + 8;
+  for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
+    const int row = idx / (D / 4), c4 = idx % (D / 4);
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r0 + row < T) x = *reinterpret_cast<const float4*>(base + int64_t(r0 + row) * stride + 4 * c4);
+    uint2 w;
+    w.x = pack_bf16(x.x, x.y), w.y = pack_bf16(x.z, x.w);
+    *reinterpret_cast<uint2*>(rm + row * KP + 4 * c4) = w;
+  }
+  if (!tr) return;
+  for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
+    const int row = idx % kKeys, c4 = idx / kKeys;  // consecutive threads, consecutive rows
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r0 + row < T) x = *reinterpret_cast<const float4*>(base + int64_t(r0 + row) * stride + 4 * c4);
+    tr[(4 * c4 + 0) * VP + row] = __float2bfloat16_rn(x.x);
+    tr[(4 * c4 + 1) * VP + row] = __float2bfloat16_rn(x.y);
+    tr[(4 * c4 + 2) * VP + row] = __float2bfloat16_rn(x.z);
+    tr[(4 * c4 + 3) * VP + row] = __float2bfloat16_rn(x.w);
+  }
+}
+
+// The A fragment of rows row0 .. row0+15, k-step kk, of a row-major bf16 tile with pitch P.
+__device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16* tile, int P, int row0, int kk, int g,
+                                       int t) {
+  const __nv_bfloat16* p = tile + (row0 + g) * P + 16 * kk + 2 * t;
+  a[0] = *reinterpret_cast<const uint32_t*>(p);
+  a[1] = *reinterpret_cast<const uint32_t*>(p + 8 * P);
+  a[2] = *reinterpret_cast<const uint32_t*>(p + 8);
+  a[3] = *reinterpret_cast<const uint32_t*>(p + 8 * P + 8);
+}
+
+template <int D>
+constexpr size_t dkdv_smem() {
+  return size_t(4 * kKeys * (D + 8) + 2 * D * (kKeys + 8)) * 2 + 2 * kKeys * sizeof(float);
+}
+template <int D>
+constexpr size_t dq_smem() {
+  return size_t(4 * kKeys * (D + 8) + D * (kKeys + 8)) * 2;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* __restrict__ q,
+                                                                 const float* __restrict__ k,
+                                                                 const float* __restrict__ v,
+                                                                 const float* __restrict__ dout,
+                                                                 const float* __restrict__ lse, const float* dvec,
+                                                                 float* dk, float* dv, int T, int NH, int KVH,
+                                                                 float scale, float scale_log2) {
+  constexpr int KP = D + 8, VP = kKeys + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* Vs = Ks + kKeys * KP;
+  __nv_bfloat16* Qs = Vs + kKeys * KP;
+  __nv_bfloat16* Os = Qs + kKeys * KP;  // dO
+  __nv_bfloat16* Qt = Os + kKeys * KP;
+  __nv_bfloat16* Ot = Qt + D * VP;
+  float* lse2 = reinterpret_cast<float*>(Ot + D * VP);  // (64) lse log2e of the tile's queries
+  float* dvs = lse2 + kKeys;                             // (64) Dv of the tile's queries
+  const int kt = int(gridDim.x) - 1 - int(blockIdx.x);   // the tiles with the most queries first
+  const int kvh = int(blockIdx.y), b = int(blockIdx.z), G = NH / KVH;
+  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
+  const int k0 = kt * kKeys, n_qt = (T + kRows - 1) / kRows;
+  const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
+  const float* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const float* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  stage_tile<D>(kb, kstride, k0, T, Ks, nullptr);
+  stage_tile<D>(vb, kstride, k0, T, Vs, nullptr);
+  float dK[D / 8][4], dV[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.0f;
+  const int key_a = k0 + 16 * warp + g, key_b = key_a + 8;  // this lane's two keys
+
+  for (int hh = 0; hh < G; ++hh) {
+    const int h = kvh * G + hh;
+    const float* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
+    const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
+    for (int qt = kt; qt < n_qt; ++qt) {
+      const int q0 = qt * kRows;
+      __syncthreads();  // the previous tile is consumed (and K, V staged, the first time)
+      stage_tile<D>(qb, qstride, q0, T, Qs, Qt);
+      stage_tile<D>(ob, qstride, q0, T, Os, Ot);
+      for (int i = int(threadIdx.x); i < kRows; i += kThreads) {
+        const int tq = q0 + i;
+        // Rows past the end: lse +inf, so P = 0 there.
+        lse2[i] = tq < T ? lse[(int64_t(b) * NH + h) * T + tq] * 1.4426950408889634f : INFINITY;
+        dvs[i] = tq < T ? dvec[((int64_t(b) * T + tq) * NH + h) * D] : 0.0f;
+      }
+      __syncthreads();
+      const bool diag = qt == kt;
+#pragma unroll
+      for (int sub = 0; sub < kRows / kSub; ++sub) {
+        const int s0 = sub * kSub;
+        float st[kSub / 8][4], dpt[kSub / 8][4];
+#pragma unroll
+        for (int n = 0; n < kSub / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t ka[4], va[4];
+          load_a(ka, Ks, KP, 16 * warp, kk, g, t);
+          load_a(va, Vs, KP, 16 * warp, kk, g, t);
+#pragma unroll
+          for (int n = 0; n < kSub / 8; ++n) {
+            const __nv_bfloat16* qr = Qs + (s0 + 8 * n + g) * KP + 16 * kk + 2 * t;
+            const __nv_bfloat16* orr = Os + (s0 + 8 * n + g) * KP + 16 * kk + 2 * t;
+            mma_bf16(st[n], ka, *reinterpret_cast<const uint32_t*>(qr), *reinterpret_cast<const uint32_t*>(qr + 8));
+            mma_bf16(dpt[n], va, *reinterpret_cast<const uint32_t*>(orr), *reinterpret_cast<const uint32_t*>(orr + 8));
+          }
+        }
+        // P^T and dS^T in place (S^T's accumulators: rows = keys key_a / key_b, columns = queries).
+#pragma unroll
+        for (int n = 0; n < kSub / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = s0 + 8 * n + 2 * t + (e & 1), key = e < 2 ? key_a : key_b;
+            float p = exp2f(st[n][e] * scale_log2 - lse2[qi]);
+            if ((diag && q0 + qi < key) || key >= T) p = 0.0f;
+            st[n][e] = p;
+            dpt[n][e] = p * (dpt[n][e] - dvs[qi]);
+          }
+        // dV += P^T dO and dK += dS^T Q over the 32 queries (2 k-steps of 16).
+#pragma unroll
+        for (int kk = 0; kk < kSub / 16; ++kk) {
+          const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                  pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                  pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+          const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                  pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                  pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            const __nv_bfloat16* orr = Ot + (8 * n + g) * VP + s0 + 16 * kk + 2 * t;
+            const __nv_bfloat16* qr = Qt + (8 * n + g) * VP + s0 + 16 * kk + 2 * t;
+            mma_bf16(dV[n], pa, *reinterpret_cast<const uint32_t*>(orr), *reinterpret_cast<const uint32_t*>(orr + 8));
+            mma_bf16(dK[n], da, *reinterpret_cast<const uint32_t*>(qr), *reinterpret_cast<const uint32_t*>(qr + 8));
+          }
+        }
+      }
+    }
+  }
+  // dk and dv rows key_a, key_b of KV head kvh.
+  float* dkb = dk + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  float* dvb = dv + int64_t(b) * T * kstride + int64_t(kvh) * D;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int c = 8 * n + 2 * t;
+    if (key_a < T) {
+      *reinterpret_cast<float2*>(dkb + int64_t(key_a) * kstride + c) = make_float2(dK[n][0] * scale, dK[n][1] * scale);
+      *reinterpret_cast<float2*>(dvb + int64_t(key_a) * kstride + c) = make_float2(dV[n][0], dV[n][1]);
+    }
+    if (key_b < T) {
+      *reinterpret_cast<float2*>(dkb + int64_t(key_b) * kstride + c) = make_float2(dK[n][2] * scale, dK[n][3] * scale);
+      *reinterpret_cast<float2*>(dvb + int64_t(key_b) * kstride + c) = make_float2(dV[n][2], dV[n][3]);
+    }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const float* __restrict__ q,
+                                                               const float* __restrict__ k,
+                                                               const float* __restrict__ v,
+                                                               const float* __restrict__ dout,
+                                                               const float* __restrict__ lse, float* dq, int T, int NH,
+                                                               int KVH, float scale, float scale_log2) {
+  constexpr int KP = D + 8, VP = kKeys + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* Os = Qs + kRows * KP;  // dO
+  __nv_bfloat16* Ks = Os + kRows * KP;
+  __nv_bfloat16* Vs = Ks + kKeys * KP;
+  __nv_bfloat16* Kt = Vs + kKeys * KP;
+  const int qt = int(gridDim.x) - 1 - int(blockIdx.x);
+  const int h = int(blockIdx.y), b = int(blockIdx.z), kvh = h / (NH / KVH);
+  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
+  const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
+  const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
+  const float* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
+  const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
+  const float* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const float* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  float* dqb = dq + int64_t(b) * T * qstride + int64_t(h) * D;
+  // This lane's rows: lse in base 2 and Dv (read from dq before anything overwrites it: only
+  // this block writes these rows of dq, at its end).
+  const float l2a = r0 < T ? lse[(int64_t(b) * NH + h) * T + r0] * 1.4426950408889634f : INFINITY;
+  const float l2b = r1 < T ? lse[(int64_t(b) * NH + h) * T + r1] * 1.4426950408889634f : INFINITY;
+  const float dva = r0 < T ? dqb[int64_t(r0) * qstride] : 0.0f;
+  const float dvb = r1 < T ? dqb[int64_t(r1) * qstride] : 0.0f;
+  stage_tile<D>(qb, qstride, q0, T, Qs, nullptr);
+  stage_tile<D>(ob, qstride, q0, T, Os, nullptr);
+  float dQ[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
+
+  for (int j = 0; j <= qt; ++j) {
+    const int k0 = j * kKeys;
+    __syncthreads();
+    stage_tile<D>(kb, kstride, k0, T, Ks, Kt);
+    stage_tile<D>(vb, kstride, k0, T, Vs, nullptr);
+    __syncthreads();
+    float s[kKeys / 8][4], dp[kKeys / 8][4];
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[4], oa[4];
+      load_a(qa, Qs, KP, 16 * warp, kk, g, t);
+      load_a(oa, Os, KP, 16 * warp, kk, g, t);
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+        const __nv_bfloat16* kr = Ks + (8 * n + g) * KP + 16 * kk + 2 * t;
+        const __nv_bfloat16* vr = Vs + (8 * n + g) * KP + 16 * kk + 2 * t;
+        mma_bf16(s[n], qa, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
+        mma_bf16(dp[n], oa, *reinterpret_cast<const uint32_t*>(vr), *reinterpret_cast<const uint32_t*>(vr + 8));
+      }
+    }
+    const bool diag = j == qt || k0 + kKeys > T;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
+        float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? l2a : l2b));
+        if (diag && (key > row || key >= T)) p = 0.0f;
+        s[n][e] = p * (dp[n][e] - (e < 2 ? dva : dvb));  // dS
+      }
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint32_t da[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const __nv_bfloat16* kr = Kt + (8 * n + g) * VP + 16 * kk + 2 * t;
+        mma_bf16(dQ[n], da, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    }
+  }
+  __syncthreads();  // every lane of the block has read its Dv (from dq) before any row is written
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int c = 8 * n + 2 * t;
+    if (r0 < T)
+      *reinterpret_cast<float2*>(dqb + int64_t(r0) * qstride + c) = make_float2(dQ[n][0] * scale, dQ[n][1] * scale);
+    if (r1 < T)
+      *reinterpret_cast<float2*>(dqb + int64_t(r1) * qstride + c) = make_float2(dQ[n][2] * scale, dQ[n][3] * scale);
+  }
+}
+
+template <int D>
+void backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q, const float* k,
+              const float* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, cudaStream_t s) {
+  const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
+  const int64_t rows = B * T * NH;
+  dv_rows_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
+      dout, out, dq, rows, D, int(T), int(NH));
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  // Opt in to more than 48 KB of shared memory (once per instantiation; cheap to repeat).
+  constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();
+  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s1)));
+  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(flash_dq_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s2)));
+  const unsigned tiles = unsigned((T + kRows - 1) / kRows);
+  flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(KVH), unsigned(B)), kThreads, s1, s>>>(
+      q, k, v, dout, lse, dq, dk, dv, int(T), int(NH), int(KVH), scale, scale_log2);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
+      q, k, v, dout, lse, dq, int(T), int(NH), int(KVH), scale, scale_log2);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 bool attention_mma_supports(int64_t HS) { return HS == 32 || HS == 64 || HS == 96 || HS == 128; }
@@ -206,6 +518,27 @@ void attention_forward_mma(float* out, float* lse, const float* q, const float* 
   }
 #undef PRIMAL_LAUNCH
   PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace primal::cuda
+
+namespace primal::cuda {
+
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
+                            const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
+                            int64_t KVH, int64_t HS, cudaStream_t s) {
+  PRIMAL_CHECK(dq && dk && dv && dout && out && q && k && v && lse, "attention_backward_mma: a null pointer");
+  PRIMAL_CHECK(B > 0 && T > 0 && KVH > 0 && NH % KVH == 0, "attention_backward_mma: B {} T {} NH {} KVH {}", B, T,
+               NH, KVH);
+  PRIMAL_CHECK(attention_mma_supports(HS), "attention_backward_mma: head size {} (32, 64, 96, 128)", HS);
+  PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "attention_backward_mma: B {} T {} NH {} too large",
+               B, T, NH);
+  switch (HS) {
+    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
+    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
+    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
+    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
+  }
 }
 
 }  // namespace primal::cuda

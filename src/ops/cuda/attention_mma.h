@@ -1,4 +1,4 @@
-// Causal GQA attention forward for training on the tensor cores, flash style: the same semantics
+// Causal GQA attention for training on the tensor cores, flash style (forward and backward): the same semantics
 // and layouts as attention_forward_train (attention_train.h) and attention_forward_gemm
 // (attention_gemm.h), whose lse the backward of either kind accepts:
 //   s_j = q . k_j / sqrt(HS) for keys j <= t,  out = sum_j softmax(s)_j v_j,  lse = log sum_j exp(s_j).
@@ -27,5 +27,15 @@ bool attention_mma_supports(int64_t HS);
 // out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS) fp32; lse: (B, NH, T). out and lse are written.
 void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
                            int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s);
+
+// The backward, as attention_backward (attention_train.h): dq: (B, T, NH, HS), dk, dv: (B, T, KVH,
+// HS) overwritten; dout, out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS); lse: (B, NH, T) from a
+// forward of any kind. Three kernels (attention_mma.cu): D = dout . out per row, kept in dq until
+// dq is written; dk, dv per tile of 64 keys over the group's query heads; dq per tile of 64
+// queries. q, k, v, dout, P and dS are rounded to bf16, sums in fp32 (the GEMM path's errors).
+// dq must not overlap any input.
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
+                            const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
+                            int64_t KVH, int64_t HS, cudaStream_t s);
 
 }  // namespace primal::cuda

@@ -382,12 +382,23 @@ __global__ void __launch_bounds__(kFastThreads) grad_rows_fast_kernel(const Mat 
 
 // The column sums of g^2 / O of each tile in dW (rows, I), rows in order within the tile, in
 // fp32 as votes.cpp: part[t, i] = sum_{r in tile t} (g[r, i] g[r, i]) inv_o. A thread per (t, i).
+// The rows' values are loaded 8 at a time before they are added (in order): 8 loads in flight per
+// thread instead of a load-add chain (few threads: one per column of a tile).
 __global__ void col_part_kernel(const float* dW, int64_t rows, int64_t I, int64_t R, float inv_o, float* part) {
+  constexpr int kBatch = 8;
   const int64_t n_t = (rows + R - 1) / R, total = n_t * I;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = k / I, i = k - t * I, r1 = (t + 1) * R < rows ? (t + 1) * R : rows;
     float p = 0.0f;
-    for (int64_t r = t * R; r < r1; ++r) {
+    int64_t r = t * R;
+    for (; r + kBatch <= r1; r += kBatch) {
+      float x[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) x[u] = dW[(r + u) * I + i];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) p = __fadd_rn(p, __fmul_rn(__fmul_rn(x[u], x[u]), inv_o));
+    }
+    for (; r < r1; ++r) {
       const float x = dW[r * I + i];
       p = __fadd_rn(p, __fmul_rn(__fmul_rn(x, x), inv_o));
     }
@@ -442,6 +453,25 @@ __global__ void col_norm_kernel(const float* col_sq, int64_t I, float* col_norm)
     col_norm[i] = mean > 0 ? float(__ddiv_rn(double(col_sq[i]), mean)) : 1.0f;
 }
 
+// The bf16 mode's col_norm: the mean by a block reduction (every thread sums a strided share in
+// fp64, then the warps' totals in warp order: run-to-run deterministic, not the CPU's order) instead
+// of one thread's chain, which took 7-20 us per backward call.
+constexpr int kNormThreads = 1024;
+
+__global__ void __launch_bounds__(kNormThreads) col_norm_fast_kernel(const float* col_sq, int64_t I, float* col_norm) {
+  __shared__ double part[kNormThreads / 32];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < I; i += kNormThreads) s += double(col_sq[i]);
+  for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+  __syncthreads();
+  double tot = 0;
+  for (int w = 0; w < kNormThreads / 32; ++w) tot += part[w];
+  const double mean = tot / double(I);
+  for (int64_t i = threadIdx.x; i < I; i += kNormThreads)
+    col_norm[i] = mean > 0 ? float(double(col_sq[i]) / mean) : 1.0f;
+}
+
 __global__ void fill_kernel(float* p, int64_t n, float value) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
     p[k] = value;
@@ -488,6 +518,50 @@ __global__ void apply_momentum_kernel(const Mat m, const Votes v, int noise, int
         v.set(k, int32_t(x));
       }
     }
+  }
+  add_count(local, flips);
+}
+
+// Momentum without noise or cooldown, int8 votes, I % 8 == 0 (apply_fast_ok): the same integer
+// steps as apply_momentum_kernel, so the same indices, votes and flip count, but a thread per 8
+// consecutive weights reads their votes as one 64-bit word and leaves at once when none of them
+// reaches a unit (|v| < U = 64): the common case, which the byte-wise kernel paid a division and
+// an index read for. 8 weights are whole packing groups for every width up to 8 bits.
+bool apply_fast_ok(const LutTrainView& w, const VoteParams& p) {
+  return p.rule == VoteRule::Momentum && p.noise == 0 && p.cooldown == 0 && p.vote_bits == 8 && w.I % 8 == 0 &&
+         w.bits() <= 8;
+}
+
+template <int B>
+__global__ void apply_momentum_fast_kernel(const Mat m, int8_t* votes, unsigned long long* flips) {
+  constexpr int32_t U = 64;  // VoteParams::units() of int8 votes
+  const int64_t I8 = m.I / 8, total = m.O * I8;
+  unsigned long long local = 0;
+  for (int64_t k8 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k8 < total; k8 += int64_t(gridDim.x) * blockDim.x) {
+    uint2 word = reinterpret_cast<const uint2*>(votes)[k8];
+    int8_t* v = reinterpret_cast<int8_t*>(&word);
+    bool any = false;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) any |= v[e] >= U || v[e] <= -U;
+    if (!any) continue;
+    const int64_t o = k8 / I8, i0 = (k8 - o * I8) * 8;
+    uint8_t* row = m.idx + o * m.row_bytes;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      int32_t x = v[e];
+      const int32_t q = x / U;  // truncates toward zero, as C++ on the CPU
+      if (q == 0) continue;
+      const int64_t cur = lut::get_index<B>(row, i0 + e), want = cur + q;
+      const int64_t next = want < 0 ? 0 : m.K - 1 < want ? m.K - 1 : want, moved = next - cur;
+      x -= int32_t(moved) * U;
+      if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
+      if (moved != 0) {
+        lut::set_index<B>(row, i0 + e, uint32_t(next));
+        ++local;
+      }
+      v[e] = int8_t(x);
+    }
+    reinterpret_cast<uint2*>(votes)[k8] = word;
   }
   add_count(local, flips);
 }
@@ -677,7 +751,8 @@ void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, c
     col_sq_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq);
     PRIMAL_CUDA_CHECK_LAUNCH();
     ++st.events;
-    col_norm_kernel<<<1, lut::kThreads, 0, s>>>(st.col_sq, w.I, st.col_norm);
+    if (train_math() == TrainMath::Bf16) col_norm_fast_kernel<<<1, kNormThreads, 0, s>>>(st.col_sq, w.I, st.col_norm);
+    else col_norm_kernel<<<1, lut::kThreads, 0, s>>>(st.col_sq, w.I, st.col_norm);
     PRIMAL_CUDA_CHECK_LAUNCH();
   }
   ++st.events_this_step;
@@ -692,6 +767,14 @@ void lut_votes_apply(const LutTrainView& w, VoteState& st, const VoteParams& p, 
   const Votes v = votes_of(&st, &p);
   const uint64_t step = uint64_t(p.step), id = uint64_t(st.id);
   const uint64_t noise_prefix = rng_key_prefix(p.seed, step, id, kNoise);
+  if (apply_fast_ok(w, p)) {
+    const int blocks = lut::blocks_for(w.O * w.I / 8);
+#define PRIMAL_LAUNCH(B) apply_momentum_fast_kernel<B><<<blocks, lut::kThreads, 0, s>>>(m, st.v8, flips)
+    PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (p.rule == VoteRule::Momentum) {
 #define PRIMAL_LAUNCH(B)                                                                                      \
   apply_momentum_kernel<B><<<unsigned(std::min<int64_t>(w.O, 32 * int64_t(sm_count()))), lut::kThreads, 0, s>>>( \

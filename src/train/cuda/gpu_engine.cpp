@@ -12,8 +12,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "ops/attention_gemm_layout.h"
-#include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/buffer.h"
@@ -149,12 +147,10 @@ class CudaEngine final : public StepEngine {
   EngineContext c_;
   GpuEngineOptions o_;
   bool bf16_ = false;  // native bf16 GEMM operands (--fast)
-  // The tensor-core attention (attention_gemm.h) in the bf16 mode for sequences of at least
-  // attn_gemm::kTrainerMinT tokens; shorter ones keep the flash kernel, which takes the whole batch
-  // in one launch where the GEMM path makes a dozen cuBLAS calls per sequence.
-  bool gemm_attention_ = false;
-  // The bf16 mode's forward attention: the tensor-core flash kernel (attention_mma.h) at every
-  // length (its lse feeds either backward); it keeps the (T, T) scores out of device memory.
+  // The bf16 mode's attention: the tensor-core flash kernels (attention_mma.h), forward and
+  // backward, at every length; the fp32 mode keeps the CUDA-core flash kernels (attention_train.h),
+  // the CPU's twin. (The cuBLAS attention of attention_gemm.h, which this replaced in the trainer,
+  // wrote the (T, T) scores to device memory and ran at HBM speed.)
   bool mma_attention_ = false;
   bool head_b16_ = false;  // bf16 mode with a LUT head: bf16 logits (logitsb_), no fp32 ones
   HParams hp_;
@@ -380,10 +376,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   int64_t sc = cu::lut_grad_scratch_floats(C);
   for (const auto& [mt, dm] : mats_)
     if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
-  gemm_attention_ = bf16_ && T >= attn_gemm::kTrainerMinT;
-  mma_attention_ = bf16_ && cu::attention_mma_supports(HS);
-  if (gemm_attention_)  // the tensor-core attention works in the same scratch
-    sc = std::max(sc, int64_t(attn_gemm::trainer_workspace(T, NH, KVH, HS)) / 4 + 1);
+  mma_attention_ = bf16_;
+  PRIMAL_CHECK(!mma_attention_ || cu::attention_mma_supports(HS), "--fast: head size {} is not supported", HS);
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
@@ -499,11 +493,8 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   cu::rope_forward_train(a.q, B, T, NH, 0, rope_, s_);
   cu::rope_forward_train(a.k, B, T, KVH, 0, rope_, s_);
   mark(ew);
-  if (mma_attention_)  // tensor cores, scores in registers (flash)
+  if (mma_attention_)
     cu::attention_forward_mma(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
-  else if (gemm_attention_)  // tensor cores (cuBLAS bf16 GEMMs) over the free GEMM scratch
-    cu::attention_forward_gemm(*blas_, a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, scratch_,
-                               size_t(scratch_floats_) * 4, s_);
   else
     cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
   bf16_copy(a.attb, a.att, N * NH * HS);
@@ -623,9 +614,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       bf16_copy(dxb_, dx_, N * C);
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
-      if (gemm_attention_)
-        cu::attention_backward_gemm(*blas_, dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS,
-                                    scratch_, size_t(scratch_floats_) * 4, s_);
+      if (mma_attention_)
+        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
