@@ -99,7 +99,8 @@ struct Results {
 };
 
 // The forward and backward by the tensor-core flash kernels (attention_mma.h) instead, outputs guarded.
-Results run_mma(const Shape& sh, const Inputs& in, float fill = std::numeric_limits<float>::quiet_NaN()) {
+Results run_mma(const Shape& sh, const Inputs& in, float fill = std::numeric_limits<float>::quiet_NaN(),
+               bool per_head = false) {
   const size_t nq = in.q.size(), nl = size_t(sh.B * sh.NH * sh.T);
   const auto q = to_device(in.q), k = to_device(in.k), v = to_device(in.v);
   auto out = guarded(nq, fill), lse = guarded(nl, fill);
@@ -111,9 +112,12 @@ Results run_mma(const Shape& sh, const Inputs& in, float fill = std::numeric_lim
   const size_t nk = in.k.size();
   const auto dout = to_device(in.dout);
   auto dq = guarded(nq, fill), dk = guarded(nk, fill), dv = guarded(nk, fill);
+  // per_head: the workspace of the GQA heads' shares (poisoned; its guard checked below).
+  auto ws = guarded(per_head ? 2 * nq : 1, fill);
   cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(), out.as<float>(),
                                q.as<float>(), k.as<float>(), v.as<float>(), lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH,
-                               sh.HS, nullptr);
+                               sh.HS, nullptr, per_head ? ws.as<float>() : nullptr, per_head ? 2 * nq : 0);
+  unguard(ws, per_head ? 2 * nq : 1, "workspace");
   r.dq = unguard(dq, nq, "dq"), r.dk = unguard(dk, nk, "dk"), r.dv = unguard(dv, nk, "dv");
   return r;
 }
@@ -296,6 +300,14 @@ TEST(GpuAttentionMma, MatchesCpuTwin) {
     EXPECT_LE(err_vs(got.dq, ref.dq, ref.mdq), 2 * e_dq + fp32_sum_tol(sh.T)) << "dq";
     EXPECT_LE(err_vs(got.dk, ref.dk, ref.mdk), 2 * e_dq + fp32_sum_tol(G * sh.T)) << "dk";
     expect_same_bits(got, run_mma(sh, in, 0.0f));
+    if (G > 1) {  // each query head's share of dk, dv in the workspace, then summed over the group
+      SCOPED_TRACE("a block per query head");
+      const Results ph = run_mma(sh, in, std::numeric_limits<float>::quiet_NaN(), true);
+      EXPECT_TRUE(same_bits(ph.out, got.out) && same_bits(ph.lse, got.lse) && same_bits(ph.dq, got.dq));
+      EXPECT_LE(rel_err(ph.dv, ref.dv), 2 * e_out + fp32_sum_tol(G * sh.T)) << "dv";
+      EXPECT_LE(err_vs(ph.dk, ref.dk, ref.mdk), 2 * e_dq + fp32_sum_tol(G * sh.T)) << "dk";
+      expect_same_bits(ph, run_mma(sh, in, 0.0f, true));
+    }
   }
   EXPECT_THROW(cuda::attention_forward_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 1, 64, nullptr), Error);
   cuda::check_last_error();

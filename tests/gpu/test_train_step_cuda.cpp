@@ -397,3 +397,48 @@ TEST(GpuTrainStep, RefusesBadArguments) {
   EXPECT_THROW(cuda::adamw_update(buf.as<float>(), nullptr, buf.as<float>(), buf.as<float>(), 4, {}, nullptr), Error);
   EXPECT_THROW(cuda::add_inplace(buf.as<float>(), buf.as<float>(), -1, nullptr), Error);
 }
+
+// The batched sums and updates (one launch for many tensors, as the engine's AdamW step) equal
+// the per-tensor calls bit for bit: tensors of 0, 1, odd and multi-block sizes, both update forms.
+TEST(GpuTrainStep, BatchesEqualPerTensorCallsBitwise) {
+  REQUIRE_GPU();
+  const std::vector<int64_t> sizes = {5, 0, 1, 257, 100003, 3, 2048 * 1024 + 1, 64};
+  std::vector<cuda::DeviceBuffer> g, p1, m1, v1, p2, m2, v2;
+  std::vector<cuda::SumSquaresItem> sq;
+  std::vector<cuda::AdamItem> items;
+  auto out1 = to_device(std::vector<double>(sizes.size(), std::nan("")));
+  auto out2 = to_device(std::vector<double>(sizes.size(), std::nan("")));
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    const size_t n = size_t(sizes[k]);
+    g.push_back(to_device(randn(n, uint32_t(10 + k), 0.1f)));
+    const auto p = randn(n, uint32_t(20 + k)), m = randn(n, uint32_t(30 + k), 0.01f);
+    auto v = randn(n, uint32_t(40 + k), 0.01f);
+    for (auto& x : v) x = x * x;
+    p1.push_back(to_device(p)), m1.push_back(to_device(m)), v1.push_back(to_device(v));
+    p2.push_back(to_device(p)), m2.push_back(to_device(m)), v2.push_back(to_device(v));
+    sq.push_back({g[k].as<float>(), sizes[k], out2.as<double>() + k});
+    cuda::AdamArgs a;
+    a.clip_scale = 0.7, a.bc1 = 0.1, a.bc2 = 0.05, a.lr = 1e-3, a.wd = 0.1, a.relative = k % 2 == 1;
+    cuda::AdamItem it;
+    it.p = p2[k].as<float>(), it.g = g[k].as<float>(), it.m = m2[k].as<float>(), it.v = v2[k].as<float>();
+    it.n = sizes[k], it.a = a;
+    items.push_back(it);
+    auto scratch = to_device(std::vector<double>(size_t(cuda::sum_squares_scratch(sizes[k])), 0.0));
+    cuda::sum_squares(g[k].as<float>(), sizes[k], out1.as<double>() + k, scratch.as<double>(), nullptr);
+    cuda::adamw_update(p1[k].as<float>(), g[k].as<float>(), m1[k].as<float>(), v1[k].as<float>(), sizes[k], a, nullptr);
+  }
+  cuda::DeviceBuffer desc(cuda::batch_desc_bytes(sizes.size()));
+  auto scratch = to_device(std::vector<double>(size_t(cuda::sum_squares_batch_scratch(sq)), std::nan("")));
+  cuda::sum_squares_batch(sq, scratch.as<double>(), desc.data(), nullptr);
+  cuda::adamw_update_batch(items, desc.data(), nullptr);
+  const auto s1 = to_host<double>(out1, sizes.size()), s2 = to_host<double>(out2, sizes.size());
+  EXPECT_EQ(std::memcmp(s1.data(), s2.data(), s1.size() * sizeof(double)), 0);
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    SCOPED_TRACE(sizes[k]);
+    const size_t n = size_t(sizes[k]);
+    EXPECT_EQ(to_host<float>(p1[k], n), to_host<float>(p2[k], n)) << "p";
+    EXPECT_EQ(to_host<float>(m1[k], n), to_host<float>(m2[k], n)) << "m";
+    EXPECT_EQ(to_host<float>(v1[k], n), to_host<float>(v2[k], n)) << "v";
+  }
+  EXPECT_GT(s1[6], 0.0);
+}

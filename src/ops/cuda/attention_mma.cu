@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
                                                                  const float* __restrict__ dout,
                                                                  const float* __restrict__ lse, const float* dvec,
                                                                  float* dk, float* dv, int T, int NH, int KVH,
-                                                                 float scale, float scale_log2) {
+                                                                 bool per_head, float scale, float scale_log2) {
   constexpr int KP = D + 8, VP = kKeys + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -279,7 +279,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
   float* lse2 = reinterpret_cast<float*>(Ot + D * VP);  // (64) lse log2e of the tile's queries
   float* dvs = lse2 + kKeys;                             // (64) Dv of the tile's queries
   const int kt = int(gridDim.x) - 1 - int(blockIdx.x);   // the tiles with the most queries first
-  const int kvh = int(blockIdx.y), b = int(blockIdx.z), G = NH / KVH;
+  // blockIdx.y: a KV head whose group's query heads the block walks in order (dk, dv written), or
+  // (per_head) one query head, whose share of dk, dv goes to its own slot of dk, dv laid out as q
+  // (B, T, NH, HS), summed over the group by sum_group_kernel.
+  const int G = NH / KVH, h_first = per_head ? int(blockIdx.y) : int(blockIdx.y) * G, n_heads = per_head ? 1 : G;
+  const int kvh = h_first / G, b = int(blockIdx.z);
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
   const int k0 = kt * kKeys, n_qt = (T + kRows - 1) / kRows;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
@@ -294,8 +298,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
     for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.0f;
   const int key_a = k0 + 16 * warp + g, key_b = key_a + 8;  // this lane's two keys
 
-  for (int hh = 0; hh < G; ++hh) {
-    const int h = kvh * G + hh;
+  for (int hh = 0; hh < n_heads; ++hh) {
+    const int h = h_first + hh;
     const float* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
     const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
     for (int qt = kt; qt < n_qt; ++qt) {
@@ -363,19 +367,20 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
       }
     }
   }
-  // dk and dv rows key_a, key_b of KV head kvh.
-  float* dkb = dk + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  float* dvb = dv + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  // dk and dv rows key_a, key_b of KV head kvh (or of query head h_first's slot).
+  const int64_t ostride = per_head ? qstride : kstride;
+  float* dkb = dk + int64_t(b) * T * ostride + int64_t(per_head ? h_first : kvh) * D;
+  float* dvb = dv + int64_t(b) * T * ostride + int64_t(per_head ? h_first : kvh) * D;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     const int c = 8 * n + 2 * t;
     if (key_a < T) {
-      *reinterpret_cast<float2*>(dkb + int64_t(key_a) * kstride + c) = make_float2(dK[n][0] * scale, dK[n][1] * scale);
-      *reinterpret_cast<float2*>(dvb + int64_t(key_a) * kstride + c) = make_float2(dV[n][0], dV[n][1]);
+      *reinterpret_cast<float2*>(dkb + int64_t(key_a) * ostride + c) = make_float2(dK[n][0] * scale, dK[n][1] * scale);
+      *reinterpret_cast<float2*>(dvb + int64_t(key_a) * ostride + c) = make_float2(dV[n][0], dV[n][1]);
     }
     if (key_b < T) {
-      *reinterpret_cast<float2*>(dkb + int64_t(key_b) * kstride + c) = make_float2(dK[n][2] * scale, dK[n][3] * scale);
-      *reinterpret_cast<float2*>(dvb + int64_t(key_b) * kstride + c) = make_float2(dV[n][2], dV[n][3]);
+      *reinterpret_cast<float2*>(dkb + int64_t(key_b) * ostride + c) = make_float2(dK[n][2] * scale, dK[n][3] * scale);
+      *reinterpret_cast<float2*>(dvb + int64_t(key_b) * ostride + c) = make_float2(dV[n][2], dV[n][3]);
     }
   }
 }
@@ -473,9 +478,26 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const float* __r
   }
 }
 
+// dst[b, t, kvh, :] = sum over hh < G, in order, of src[b, t, kvh G + hh, :] (src laid out as q).
+__global__ void sum_group_kernel(const float* src, float* dst, int64_t rows, int G, int HS) {
+  // rows = B T KVH; a thread per 4 values of a row.
+  const int64_t per = HS / 4, total = rows * per;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = k / per, c = k - r * per;
+    const float4* p = reinterpret_cast<const float4*>(src + r * G * HS) + c;
+    float4 acc = p[0];
+    for (int hh = 1; hh < G; ++hh) {
+      const float4 x = p[hh * per];
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+    }
+    reinterpret_cast<float4*>(dst + r * HS)[c] = acc;
+  }
+}
+
 template <int D>
 void backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q, const float* k,
-              const float* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, cudaStream_t s) {
+              const float* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
+              size_t ws_floats, cudaStream_t s) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH;
   dv_rows_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
@@ -486,9 +508,24 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const float* o
   PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s1)));
   PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(flash_dq_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s2)));
   const unsigned tiles = unsigned((T + kRows - 1) / kRows);
-  flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(KVH), unsigned(B)), kThreads, s1, s>>>(
-      q, k, v, dout, lse, dq, dk, dv, int(T), int(NH), int(KVH), scale, scale_log2);
+  // A block per (key tile, query head) when the group has several heads and the workspace holds
+  // their shares: a block per KV head walks all G heads of its group in turn (a 6-head group at T
+  // 1024 gave 256 blocks, the first ones with 96 query tiles to walk).
+  const int64_t nq = B * T * NH * D;
+  const bool per_head = NH > KVH && ws && ws_floats >= size_t(2 * nq);
+  float* out_k = per_head ? ws : dk;
+  float* out_v = per_head ? ws + nq : dv;
+  flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
+      q, k, v, dout, lse, dq, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2);
   PRIMAL_CUDA_CHECK_LAUNCH();
+  if (per_head) {
+    const int64_t rows = B * T * KVH;
+    const int blocks = int(std::min<int64_t>((rows * D / 4 + 255) / 256, 16 * int64_t(sm_count())));
+    sum_group_kernel<<<blocks, 256, 0, s>>>(out_k, dk, rows, int(NH / KVH), int(D));
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    sum_group_kernel<<<blocks, 256, 0, s>>>(out_v, dv, rows, int(NH / KVH), int(D));
+    PRIMAL_CUDA_CHECK_LAUNCH();
+  }
   flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
       q, k, v, dout, lse, dq, int(T), int(NH), int(KVH), scale, scale_log2);
   PRIMAL_CUDA_CHECK_LAUNCH();
@@ -526,7 +563,7 @@ namespace primal::cuda {
 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
-                            int64_t KVH, int64_t HS, cudaStream_t s) {
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats) {
   PRIMAL_CHECK(dq && dk && dv && dout && out && q && k && v && lse, "attention_backward_mma: a null pointer");
   PRIMAL_CHECK(B > 0 && T > 0 && KVH > 0 && NH % KVH == 0, "attention_backward_mma: B {} T {} NH {} KVH {}", B, T,
                NH, KVH);
@@ -534,10 +571,10 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
   PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "attention_backward_mma: B {} T {} NH {} too large",
                B, T, NH);
   switch (HS) {
-    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
-    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
-    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
-    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, s); break;
+    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
+    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
+    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
+    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
   }
 }
 

@@ -33,9 +33,12 @@ void attention_forward_mma(float* out, float* lse, const float* q, const float* 
 // forward of any kind. Three kernels (attention_mma.cu): D = dout . out per row, kept in dq until
 // dq is written; dk, dv per tile of 64 keys over the group's query heads; dq per tile of 64
 // queries. q, k, v, dout, P and dS are rounded to bf16, sums in fp32 (the GEMM path's errors).
-// dq must not overlap any input.
+// dq must not overlap any input. ws (optional): with 2 B T NH HS floats and a GQA group of several
+// query heads, each head's share of dk, dv is computed by its own blocks into ws and the group's
+// shares are then summed in head order (more blocks, the same sums in a fixed order); ws overlaps
+// no argument.
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
-                            int64_t KVH, int64_t HS, cudaStream_t s);
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
 
 }  // namespace primal::cuda

@@ -2,6 +2,9 @@
 // LUT token-embedding gather, the gradient's sum of squares and AdamW. Every floating-point
 // operation is an explicitly rounded intrinsic (__fadd_rn, __dmul_rn, ...): nvcc would otherwise
 // contract a * b + c into an FMA, which the CPU (x86-64 without -march) never does.
+#include <algorithm>
+#include <vector>
+
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/train_step.h"
@@ -90,8 +93,9 @@ __global__ void __launch_bounds__(kSsThreads) ss_final_kernel(const double* part
 //   relative:  p = (p - ((lr * |p|) * u)) - ((lr * wd) * p)
 //   else:      p = p - (lr * (u + (wd * p)))
 // m and v are stored as float(m), float(v); u uses the unrounded fp64 m and v, as the CPU.
-__global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, int64_t n, const AdamArgs a) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+__device__ __forceinline__ void adamw_element(float* p, const float* grad, float* m, float* v, int64_t i,
+                                              const AdamArgs& a) {
+  {
     const double g = __dmul_rn(double(grad[i]), a.clip_scale);
     const double mi = __dadd_rn(__dmul_rn(a.b1, double(m[i])), __dmul_rn(__dsub_rn(1.0, a.b1), g));
     const double vi = __dadd_rn(__dmul_rn(a.b2, double(v[i])), __dmul_rn(__dmul_rn(__dsub_rn(1.0, a.b2), g), g));
@@ -104,6 +108,65 @@ __global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, in
                                 : __dsub_rn(pi, __dmul_rn(a.lr, __dadd_rn(u, __dmul_rn(a.wd, pi))));
     p[i] = __double2float_rn(r);
   }
+}
+
+__global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, int64_t n, const AdamArgs a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    adamw_element(p, grad, m, v, i, a);
+}
+
+// ---- batches -----------------------------------------------------------------------------------
+
+// One tensor of a batch: its items' pointers and its blocks [block0, block0 + nb) of the launch.
+struct BatchDesc {
+  const float* g;
+  float *p, *m, *v;
+  int64_t n, block0, nb;
+  double* out;
+  AdamArgs a;
+};
+
+// The tensor that owns launch block b (descriptors in block order).
+__device__ __forceinline__ int desc_of(const BatchDesc* d, int count, int64_t b) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (d[mid].block0 <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// ss_partial_kernel for every tensor: block b of tensor k is its block b - block0 of nb.
+__global__ void __launch_bounds__(kSsThreads) ss_partial_batch_kernel(const BatchDesc* d, int count, double* partial) {
+  __shared__ double s[kSsThreads];
+  const BatchDesc& t = d[desc_of(d, count, blockIdx.x)];
+  const int64_t lb = int64_t(blockIdx.x) - t.block0;
+  double acc = 0.0;
+  for (int64_t i = lb * kSsThreads + threadIdx.x; i < t.n; i += t.nb * kSsThreads) {
+    const double x = double(t.g[i]);
+    acc = __dadd_rn(acc, __dmul_rn(x, x));
+  }
+  s[threadIdx.x] = acc;
+  const double total = block_tree_sum(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// ss_final_kernel for every tensor: block k sums tensor k's partials.
+__global__ void __launch_bounds__(kSsThreads) ss_final_batch_kernel(const BatchDesc* d, const double* partial) {
+  __shared__ double s[kSsThreads];
+  const BatchDesc& t = d[blockIdx.x];
+  double acc = 0.0;
+  for (int64_t b = threadIdx.x; b < t.nb; b += kSsThreads) acc = __dadd_rn(acc, partial[t.block0 + b]);
+  s[threadIdx.x] = acc;
+  const double total = block_tree_sum(s);
+  if (threadIdx.x == 0) *t.out = total;
+}
+
+__global__ void adamw_batch_kernel(const BatchDesc* d, int count) {
+  const BatchDesc& t = d[desc_of(d, count, blockIdx.x)];
+  const int64_t lb = int64_t(blockIdx.x) - t.block0;
+  for (int64_t i = lb * blockDim.x + threadIdx.x; i < t.n; i += t.nb * blockDim.x) adamw_element(t.p, t.g, t.m, t.v, i, t.a);
 }
 
 }  // namespace
@@ -146,6 +209,59 @@ void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, co
   if (n == 0) return;
   PRIMAL_CHECK(p && grad && m && v, "adamw_update: a null pointer");
   adamw_kernel<<<lut::blocks_for(n), lut::kThreads, 0, s>>>(p, grad, m, v, n, a);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace primal::cuda
+
+namespace primal::cuda {
+
+size_t batch_desc_bytes(size_t count) { return std::max<size_t>(1, count) * sizeof(BatchDesc); }
+
+int64_t sum_squares_batch_scratch(const std::vector<SumSquaresItem>& items) {
+  int64_t b = 0;
+  for (const SumSquaresItem& it : items) b += ss_blocks(it.n);
+  return std::max<int64_t>(1, b);
+}
+
+void sum_squares_batch(const std::vector<SumSquaresItem>& items, double* scratch, void* desc, cudaStream_t s) {
+  if (items.empty()) return;
+  PRIMAL_CHECK(scratch && desc, "sum_squares_batch: a null pointer");
+  std::vector<BatchDesc> d(items.size());
+  int64_t b = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const SumSquaresItem& it = items[k];
+    PRIMAL_CHECK(it.n >= 0 && it.out && (it.g || it.n == 0), "sum_squares_batch: item {}", k);
+    d[k] = BatchDesc{it.g, nullptr, nullptr, nullptr, it.n, b, ss_blocks(it.n), it.out, AdamArgs{}};
+    b += d[k].nb;
+  }
+  PRIMAL_CHECK(b < (int64_t(1) << 31) && items.size() < (size_t(1) << 31), "sum_squares_batch: {} blocks", b);
+  copy_to_device_async(desc, d.data(), d.size() * sizeof(BatchDesc), s);
+  const auto* dd = static_cast<const BatchDesc*>(desc);
+  ss_partial_batch_kernel<<<unsigned(b), kSsThreads, 0, s>>>(dd, int(items.size()), scratch);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  ss_final_batch_kernel<<<unsigned(items.size()), kSsThreads, 0, s>>>(dd, scratch);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void adamw_update_batch(const std::vector<AdamItem>& items, void* desc, cudaStream_t s) {
+  std::vector<BatchDesc> d;
+  d.reserve(items.size());
+  int64_t b = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const AdamItem& it = items[k];
+    PRIMAL_CHECK(it.n >= 0, "adamw_update_batch: item {} n {}", k, it.n);
+    if (it.n == 0) continue;
+    PRIMAL_CHECK(it.p && it.g && it.m && it.v, "adamw_update_batch: item {}: a null pointer", k);
+    const int64_t nb = lut::blocks_for(it.n);  // adamw_update's grid (any grid gives the same bits)
+    d.push_back(BatchDesc{it.g, it.p, it.m, it.v, it.n, b, nb, nullptr, it.a});
+    b += nb;
+  }
+  if (d.empty()) return;
+  PRIMAL_CHECK(desc, "adamw_update_batch: no descriptor memory");
+  PRIMAL_CHECK(b < (int64_t(1) << 31), "adamw_update_batch: {} blocks", b);
+  copy_to_device_async(desc, d.data(), d.size() * sizeof(BatchDesc), s);
+  adamw_batch_kernel<<<unsigned(b), lut::kThreads, 0, s>>>(static_cast<const BatchDesc*>(desc), int(d.size()));
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -7,7 +7,9 @@
 //   adamw_update        AdamW::step's per-element update (fp64, same expression)
 // All pointers are device memory; every call is asynchronous on `s` unless it says otherwise.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ops/cuda/buffer.h"
 #include "ops/cuda/lut_train.h"
@@ -42,5 +44,27 @@ struct AdamArgs {
   bool relative = false;       // the LUT-scale form
 };
 void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, const AdamArgs& a, cudaStream_t s);
+
+// The same two steps for many tensors at once, bit for bit what the calls above give tensor by
+// tensor (each tensor keeps its own blocks and reduction tree), in two launches for the sums and
+// one for the updates instead of three per tensor (a model has hundreds of small scale and norm
+// tensors: the launches, not the bytes, were the cost). desc: device memory of
+// batch_desc_bytes(count) bytes for the descriptors, which these calls upload on s.
+struct SumSquaresItem {
+  const float* g = nullptr;  // (n)
+  int64_t n = 0;
+  double* out = nullptr;     // one double (device)
+};
+struct AdamItem {
+  float *p = nullptr, *m = nullptr, *v = nullptr;  // (n) each
+  const float* g = nullptr;                        // (n)
+  int64_t n = 0;
+  AdamArgs a;
+};
+size_t batch_desc_bytes(size_t count);
+// scratch: (sum_squares_batch_scratch(items)) doubles.
+int64_t sum_squares_batch_scratch(const std::vector<SumSquaresItem>& items);
+void sum_squares_batch(const std::vector<SumSquaresItem>& items, double* scratch, void* desc, cudaStream_t s);
+void adamw_update_batch(const std::vector<AdamItem>& items, void* desc, cudaStream_t s);
 
 }  // namespace primal::cuda

@@ -186,7 +186,8 @@ class CudaEngine final : public StepEngine {
   double* nll_ = nullptr;                     // (maxN)
   int32_t *tokens_ = nullptr, *targets_ = nullptr, *flag_ = nullptr;  // (maxN), (maxN), (1)
   int32_t* csr_ = nullptr;                    // (3 maxN + 1) LUT-embedding positions by token
-  double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares scratch
+  double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares_batch scratch
+  void* batch_desc_ = nullptr;                    // descriptors of the batched AdamW kernels
   unsigned long long* flips_ = nullptr;       // (1)
   std::vector<double> nll_host_;
   int64_t free0_ = 0, peak_ = 0;
@@ -319,10 +320,11 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     d.v = arena_.copy(fp.v);
     dparams_.push_back(d);
   }
-  int64_t ss_max = 1;
-  for (const DevParam& d : dparams_) ss_max = std::max(ss_max, cu::sum_squares_scratch(d.n));
+  std::vector<cu::SumSquaresItem> all_sq;
+  for (const DevParam& d : dparams_) all_sq.push_back({d.g, d.n, nullptr});
   ss_ = arena_.of<double>(std::max<size_t>(1, dparams_.size()));
-  ss_scratch_ = arena_.of<double>(size_t(ss_max));
+  ss_scratch_ = arena_.of<double>(size_t(cu::sum_squares_batch_scratch(all_sq)));
+  batch_desc_ = arena_.of<unsigned char>(cu::batch_desc_bytes(dparams_.size()));
   flips_ = arena_.of<unsigned long long>(1);
 
   // RoPE frequencies.
@@ -614,8 +616,9 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       bf16_copy(dxb_, dx_, N * C);
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
-      if (mma_attention_)
-        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
+      if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the GQA heads' shares
+        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_, dh_,
+                                   size_t(N * FF));
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
@@ -695,10 +698,13 @@ double CudaEngine::adam_step(double sched, const std::function<bool(const FloatP
   mark(nullptr);
   std::vector<FloatParam>& ps = c_.adam->params();
   std::vector<char> on(ps.size());
+  std::vector<cu::SumSquaresItem> sq;
   for (size_t k = 0; k < ps.size(); ++k) {
     on[k] = trainable(ps[k]);
-    if (on[k]) cu::sum_squares(dparams_[k].g, dparams_[k].n, ss_ + k, ss_scratch_, s_);
+    if (on[k]) sq.push_back({dparams_[k].g, dparams_[k].n, ss_ + k});
   }
+  // Every tensor's sum in two launches (bitwise the per-tensor sum_squares).
+  cu::sum_squares_batch(sq, ss_scratch_, batch_desc_, s_);
   std::vector<double> ss(ps.size(), 0.0);
   if (!ps.empty()) cu::copy_to_host_async(ss.data(), ss_, ss.size() * 8, s_);
   stream_.sync();
@@ -708,6 +714,7 @@ double CudaEngine::adam_step(double sched, const std::function<bool(const FloatP
   const double norm = std::sqrt(total);
   const AdamConfig& cfg = c_.adam->config();
   const double clip = (cfg.clip > 0 && norm > cfg.clip) ? cfg.clip / norm : 1.0;
+  std::vector<cu::AdamItem> items;
   for (size_t k = 0; k < ps.size(); ++k) {
     if (!on[k]) continue;
     FloatParam& fp = ps[k];
@@ -725,8 +732,11 @@ double CudaEngine::adam_step(double sched, const std::function<bool(const FloatP
                             : 0.0;
     a.eps = cfg.eps;
     const DevParam& d = dparams_[k];
-    cu::adamw_update(d.p, d.g, d.m, d.v, d.n, a, s_);
+    cu::AdamItem it;
+    it.p = d.p, it.g = d.g, it.m = d.m, it.v = d.v, it.n = d.n, it.a = a;
+    items.push_back(it);
   }
+  cu::adamw_update_batch(items, batch_desc_, s_);  // one launch (bitwise adamw_update per tensor)
   mark("adamw");
   flush_profile();
   return norm;
