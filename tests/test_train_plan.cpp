@@ -91,7 +91,8 @@ TEST(MemoryPlan, CountsTheEnginesActivationsByHand) {
   // The logits chunk: fp32, or bf16 (gradient in place) for the bf16 mode's LUT head.
   EXPECT_EQ(item(measure_plan(r, 4, false, 2), "logits chunk (fp32)"), std::min<int64_t>(r.head_chunk, N) * 1000 * 4);
   r.act_bytes = 2;
-  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "logits chunk (bf16)"), std::min<int64_t>(r.head_chunk, N) * 1000 * 2);
+  // bf16 rows 1008 apart: V = 1000 rounded up to 16 (32-byte aligned GEMM rows).
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "logits chunk (bf16)"), std::min<int64_t>(r.head_chunk, N) * 1008 * 2);
 }
 
 // Each micro-batch's backward casts every trainable vote once: the cost model prices that pass, so

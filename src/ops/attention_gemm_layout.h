@@ -1,6 +1,7 @@
-// The workspace layout of the tensor-core training attention (ops/cuda/attention_gemm.h): plain
-// host arithmetic, so that the memory planner (train/memory_plan.cpp) counts the same bytes the
-// kernels use. A chunk is n query heads in `segs` segments (one KV head each) of one sequence;
+// The workspace layout of the cuBLAS training attention (ops/cuda/attention_gemm.h), as plain host
+// arithmetic (attention_gemm_min_workspace / good_workspace are built on it; the trainer no longer
+// uses this attention, so the memory planner no longer counts it). A chunk is n query heads in
+// `segs` segments (one KV head each) of one sequence;
 // 2-byte values are bf16, every region starts at a multiple of kAttnAlign bytes.
 #pragma once
 #include <cstddef>

@@ -4,6 +4,7 @@
 // kernel's output. The bf16 GEMMs are held to a derived tolerance instead.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -127,6 +128,27 @@ TEST(GpuTrainBf16, CrossEntropyIsTheFp32OneRounded) {
   EXPECT_EQ(L32[3], 0.0);
   EXPECT_EQ(first_diff(to_host<uint16_t>(xbd, x.size()), bf16_of(g32)), -1) << "in place";
   EXPECT_EQ(first_diff(to_host<uint16_t>(gb2, x.size()), bf16_of(g32)), -1) << "from fp32 logits";
+  // Rows ld = 50264 apart (the engine's aligned stride for an odd vocabulary): the same losses and
+  // gradient bits, the padding left as it was.
+  const int64_t ld = (V + 15) / 16 * 16;
+  std::vector<uint16_t> padded(size_t(n * ld), 0x7FC1);
+  for (int64_t r = 0; r < n; ++r) std::copy(xb.begin() + r * V, xb.begin() + (r + 1) * V, padded.begin() + r * ld);
+  auto pd = to_device(padded);
+  auto lp = to_device(std::vector<double>(size_t(n), std::nan(""))), lp2 = to_device(std::vector<double>(size_t(n), std::nan("")));
+  cuda::cross_entropy_rows_bf16(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, lp2.as<double>(), nullptr, ld);
+  cuda::cross_entropy_backward_rows_bf16_inplace(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, 0.25, lp.as<double>(),
+                                                 nullptr, ld);
+  for (const auto* other : {&lp, &lp2}) {
+    const auto L = to_host<double>(*other, size_t(n));
+    EXPECT_EQ(std::memcmp(L.data(), L32.data(), L.size() * 8), 0) << "strided rows";
+  }
+  const auto P = to_host<uint16_t>(pd, padded.size()), G = bf16_of(g32);
+  for (int64_t r = 0; r < n; ++r) {
+    ASSERT_TRUE(std::equal(G.begin() + r * V, G.begin() + (r + 1) * V, P.begin() + r * ld)) << "strided row " << r;
+    for (int64_t c = V; c < ld; ++c) ASSERT_EQ(P[size_t(r * ld + c)], 0x7FC1) << "padding of row " << r;
+  }
+  EXPECT_THROW(cuda::cross_entropy_rows_bf16(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, lp2.as<double>(), nullptr, V - 1),
+               Error);
 }
 
 // The LUT linear layer with bf16 operands (forward, bf16-output forward, dinp) against the fp32

@@ -8,9 +8,12 @@
 // Query head h reads K/V head h / G, G = NH / KVH.
 //
 // Why: attention_train.cu is a flash kernel on the CUDA cores in fp32 (the deterministic fp32
-// mode's attention); this is the bf16 fast mode's, built from cuBLAS bf16 GEMMs with fp32
-// accumulation (tensor cores) and a few small fp32 kernels, at the price of the (T, T) score
+// mode's attention); this was the bf16 fast mode's first tensor-core attention, built from cuBLAS
+// bf16 GEMMs with fp32 accumulation and a few small fp32 kernels, at the price of the (T, T) score
 // matrices of a chunk of heads in a workspace and of the causally masked half computed for nothing.
+// The trainer now uses the flash kernels of attention_mma.h (same rounding, scores never leave the
+// registers: 2-4x faster); this one stays as an independent tensor-core reference that the tests
+// hold to the same bounds.
 //
 // Method, per chunk = one sequence b and a run of consecutive query heads, in "segments" of gh
 // heads that share a KV head (gh = G, several groups per chunk, when the workspace holds a whole

@@ -278,15 +278,17 @@ void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t 
 }
 
 void lut_linear_forward_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* inp, int64_t N, uint16_t* out,
-                                 float* scratch, int64_t scratch_floats, cudaStream_t s) {
+                                 float* scratch, int64_t scratch_floats, cudaStream_t s, int64_t ldo) {
   check_lut_view(w, "lut_linear_forward_bf16_out");
   PRIMAL_CHECK(N > 0 && inp && out && scratch, "lut_linear_forward_bf16_out: N {} or a null pointer", N);
+  PRIMAL_CHECK(ldo == 0 || ldo >= w.O, "lut_linear_forward_bf16_out: row stride {} below {} rows", ldo, w.O);
   const int64_t O = w.O, I = w.I, rows_max = chunk_rows(w, 2 * scratch_floats, "lut_linear_forward_bf16_out");
+  const int64_t ld = ldo > 0 ? ldo : O;
   auto* wb = reinterpret_cast<uint16_t*>(scratch);
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
     const int64_t rows = std::min(rows_max, O - o0);
     dequantize_rows_bf16(w, o0, rows, wb, s);
-    gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, N, I, wb, I, inp, I, 0.0f, out + o0, O, s, true);
+    gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, N, I, wb, I, inp, I, 0.0f, out + o0, ld, s, true);
   }
 }
 
@@ -296,7 +298,8 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
   PRIMAL_CHECK(N > 0 && (dout.f32 || dout.bf16) && dinp && scratch, "lut_linear_backward_input: N {} or a null pointer",
                N);
   const bool b16 = native_bf16(dout);
-  const int64_t O = w.O, I = w.I;
+  const int64_t O = w.O, I = w.I, ldd = dout.ld > 0 ? dout.ld : O;
+  PRIMAL_CHECK(ldd >= O, "lut_linear_backward_input: row stride {} below {} rows", ldd, O);
   const int64_t rows_max = chunk_rows(w, b16 ? 2 * scratch_floats : scratch_floats, "lut_linear_backward_input");
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
     const int64_t rows = std::min(rows_max, O - o0);
@@ -306,10 +309,10 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
     if (b16) {
       auto* wb = reinterpret_cast<uint16_t*>(scratch);
       dequantize_rows_bf16(w, o0, rows, wb, s);
-      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, wb, I, dout.bf16 + o0, O, beta, dinp, I, s);
+      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, wb, I, dout.bf16 + o0, ldd, beta, dinp, I, s);
     } else {
       lut_dequantize_rows(w, o0, rows, scratch, s);
-      sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout.f32 + o0, O, beta, dinp, I, s);
+      sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout.f32 + o0, ldd, beta, dinp, I, s);
     }
   }
 }
@@ -321,7 +324,8 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   PRIMAL_CHECK(N > 0 && (b16 || (dout.f32 && inp.f32)) && (!g.dbias || dout.f32),
                "lut_linear_backward_weight: N {} or a null pointer", N);
   PRIMAL_CHECK(!g.votes || g.params, "lut_linear_backward_weight: votes without their parameters");
-  const int64_t O = w.O, I = w.I;
+  const int64_t O = w.O, I = w.I, ldd = dout.ld > 0 ? dout.ld : O;
+  PRIMAL_CHECK(ldd >= O && (!g.dbias || ldd == O), "lut_linear_backward_weight: row stride {} for {} rows", ldd, O);
   if (g.dbias) {
     launch_dbias(dout.f32, N, O, g.dbias, s);
     stage("dbias");
@@ -341,8 +345,8 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   for (int64_t o0 = 0; o0 < O; o0 += rows) {
     rows = O - o0 <= scratch_floats / I ? O - o0 : rows_max;
     // Column-major: dW^T (I x rows, ld I) = inp^T (I x N) dout[:, o0 .. o0+rows] (N x rows, ld O).
-    if (b16) gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, O, 0.0f, scratch, I, s);
-    else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, O, 0.0f, scratch, I, s);
+    if (b16) gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, scratch, I, s);
+    else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, ldd, 0.0f, scratch, I, s);
     stage("dW gemm");
     lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
     stage("vote cast");

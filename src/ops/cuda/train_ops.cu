@@ -219,13 +219,13 @@ __global__ void __launch_bounds__(32 * kEmbWarps)
 template <bool kBackward, class In = float>
 __global__ void __launch_bounds__(kLossThreads)
     cross_entropy_kernel(const In* logits, float* grad, const int32_t* targets, int64_t V, double scale,
-                         double* loss, __nv_bfloat16* gbf = nullptr) {
+                         double* loss, __nv_bfloat16* gbf = nullptr, int64_t ld = 0) {
   __shared__ float fscratch[32];
   __shared__ double dscratch[32];
-  const int64_t row = blockIdx.x;
-  const In* x = logits + row * V;
-  float* gx = kBackward && !gbf ? grad + row * V : nullptr;
-  __nv_bfloat16* gb = kBackward && gbf ? gbf + row * V : nullptr;
+  const int64_t row = blockIdx.x, stride = ld > 0 ? ld : V;  // row stride of logits and gradient
+  const In* x = logits + row * stride;
+  float* gx = kBackward && !gbf ? grad + row * stride : nullptr;
+  __nv_bfloat16* gb = kBackward && gbf ? gbf + row * stride : nullptr;
   const int32_t y = targets[row];
   if (y < 0 || y >= V) {  // the same for the whole block: it leaves before any barrier
     const bool bad = y >= V;
@@ -415,20 +415,23 @@ void cross_entropy_backward_rows_bf16(const float* logits, uint16_t* grad, const
 }
 
 void cross_entropy_rows_bf16(const uint16_t* logits, const int32_t* targets, int64_t n, int64_t V, double* loss,
-                             cudaStream_t s) {
+                             cudaStream_t s, int64_t ld) {
   check_rows("cross-entropy", n, V);
+  PRIMAL_CHECK(ld == 0 || ld >= V, "cross-entropy: row stride {} below {} columns", ld, V);
   if (n == 0) return;
   cross_entropy_kernel<false, __nv_bfloat16><<<unsigned(n), kLossThreads, 0, s>>>(
-      reinterpret_cast<const __nv_bfloat16*>(logits), nullptr, targets, V, 0.0, loss);
+      reinterpret_cast<const __nv_bfloat16*>(logits), nullptr, targets, V, 0.0, loss, nullptr, ld);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
 void cross_entropy_backward_rows_bf16_inplace(uint16_t* logits, const int32_t* targets, int64_t n, int64_t V,
-                                              double scale, double* loss, cudaStream_t s) {
+                                              double scale, double* loss, cudaStream_t s, int64_t ld) {
   check_rows("cross-entropy", n, V);
+  PRIMAL_CHECK(ld == 0 || ld >= V, "cross-entropy: row stride {} below {} columns", ld, V);
   if (n == 0) return;
   auto* x = reinterpret_cast<__nv_bfloat16*>(logits);
-  cross_entropy_kernel<true, __nv_bfloat16><<<unsigned(n), kLossThreads, 0, s>>>(x, nullptr, targets, V, scale, loss, x);
+  cross_entropy_kernel<true, __nv_bfloat16><<<unsigned(n), kLossThreads, 0, s>>>(x, nullptr, targets, V, scale, loss, x,
+                                                                                 ld);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -121,11 +121,12 @@ void cross_entropy_backward_rows(float* logits, const int32_t* targets, int64_t 
 void cross_entropy_backward_rows_bf16(const float* logits, uint16_t* grad, const int32_t* targets, int64_t n,
                                       int64_t V, double scale, double* loss, cudaStream_t s);
 // bf16 logits (n, V) (the fast mode's head writes them so; the loss is then that of the bf16-rounded
-// logits, as PyTorch's autocast): the loss, and the loss with the bf16 gradient in place.
+// logits, as PyTorch's autocast): the loss, and the loss with the bf16 gradient in place. ld: the
+// rows' stride (>= V; 0: V), so that rows can start 32-byte aligned when V is odd.
 void cross_entropy_rows_bf16(const uint16_t* logits, const int32_t* targets, int64_t n, int64_t V, double* loss,
-                             cudaStream_t s);
+                             cudaStream_t s, int64_t ld = 0);
 void cross_entropy_backward_rows_bf16_inplace(uint16_t* logits, const int32_t* targets, int64_t n, int64_t V,
-                                              double scale, double* loss, cudaStream_t s);
+                                              double scale, double* loss, cudaStream_t s, int64_t ld = 0);
 
 // Distillation. logits, teacher: (n, V); loss: (n) fp64 written,
 //   kl = sum_j p_j (log p_j - log q_j),  p = softmax(teacher), q = softmax(logits),

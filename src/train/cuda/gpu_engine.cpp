@@ -180,7 +180,8 @@ class CudaEngine final : public StepEngine {
   // bf16 mode: the GEMM operand copies of the gradients and of the head's input (xnfb_).
   uint16_t *dxb_ = nullptr, *dgb_ = nullptr, *dub_ = nullptr;  // (N, C), (N, F) x 2
   uint16_t *dqb_ = nullptr, *dkb_ = nullptr, *dvb_ = nullptr;  // (N, Q), (N, KV) x 2
-  uint16_t *xnfb_ = nullptr, *logitsb_ = nullptr;              // (N, C), (head_chunk, V) bf16 logits
+  uint16_t *xnfb_ = nullptr, *logitsb_ = nullptr;              // (N, C), (head_chunk, ldl_) bf16 logits
+  int64_t ldl_ = 0;  // bf16 logits' row stride: V rounded up to 16 (an odd vocabulary misaligned the GEMMs)
   float* logits_ = nullptr;                   // (head_chunk, V)
   float* scratch_ = nullptr;                  // (scratch_floats) GEMM operand / weight-gradient tiles
   double* nll_ = nullptr;                     // (maxN)
@@ -371,7 +372,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     }
   }
   head_b16_ = bf16_ && head_->lut();
-  if (head_b16_) logitsb_ = b16(head_chunk_ * V);
+  ldl_ = (V + 15) / 16 * 16;
+  if (head_b16_) logitsb_ = b16(head_chunk_ * ldl_);
   else logits_ = arena_.of<float>(size_t(head_chunk_ * V));
   // The GEMM scratch: the largest layer matrix whole (one dequantization and one GEMM per call),
   // at least one weight-gradient tile of the head.
@@ -565,19 +567,21 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     // A LUT head in the bf16 mode: bf16 logits, the loss from them and the bf16 gradient in their
     // place (PyTorch autocast's arithmetic; a third of the fp32 chunk's memory, so chunks 4x as
     // long at the same memory: a quarter of the head's vote-cast passes). Otherwise fp32 logits.
-    if (head_b16_) cu::lut_linear_forward_bf16_out(*blas_, head_->view, xin.bf16, n, logitsb_, scratch_, scratch_floats_, s_);
+    if (head_b16_)
+      cu::lut_linear_forward_bf16_out(*blas_, head_->view, xin.bf16, n, logitsb_, scratch_, scratch_floats_, s_, ldl_);
     else lin_fwd(*head_, xin, n, nullptr, logits_);
     mark("head fwd");
     if (!train) {
-      if (head_b16_) cu::cross_entropy_rows_bf16(logitsb_, targets_ + c0, n, V, nll_ + c0, s_);
+      if (head_b16_) cu::cross_entropy_rows_bf16(logitsb_, targets_ + c0, n, V, nll_ + c0, s_, ldl_);
       else cu::cross_entropy_rows(logits_, targets_ + c0, n, V, nll_ + c0, s_);
       mark("head loss");
       continue;
     }
-    if (head_b16_) cu::cross_entropy_backward_rows_bf16_inplace(logitsb_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_);
+    if (head_b16_)
+      cu::cross_entropy_backward_rows_bf16_inplace(logitsb_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_, ldl_);
     else cu::cross_entropy_backward_rows(logits_, targets_ + c0, n, V, loss_scale, nll_ + c0, s_);
     mark("head loss");
-    const cu::Operand dlogits = head_b16_ ? cu::Operand(nullptr, logitsb_) : cu::Operand(logits_);
+    const cu::Operand dlogits = head_b16_ ? cu::Operand(nullptr, logitsb_, ldl_) : cu::Operand(logits_);
     lin_bwd(dxnf_ + c0 * C, false, dlogits, xin, n, *head_, false, false, nullptr);
     if (head_tr) lin_bwd(nullptr, false, dlogits, xin, n, *head_, true, mask.scales, nullptr);
   }
