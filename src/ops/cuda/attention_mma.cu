@@ -251,6 +251,31 @@ __device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16* tile,
   a[3] = *reinterpret_cast<const uint32_t*>(p + 8 * P + 8);
 }
 
+// The backward's paired products over the head dimension, for a warp's 16 rows row0_a.. of the
+// row-major tiles A1, A2 against NT tiles of 8 rows row0_b.. of the row-major tiles B1, B2 (all
+// pitch P): acc1[n] = A1 B1^T, acc2[n] = A2 B2^T (S and dP, or their transposes).
+template <int D, int NT>
+__device__ __forceinline__ void mma_pair(float (&acc1)[NT][4], float (&acc2)[NT][4], const __nv_bfloat16* A1,
+                                         const __nv_bfloat16* A2, const __nv_bfloat16* B1, const __nv_bfloat16* B2,
+                                         int P, int row0_a, int row0_b, int g, int t) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc1[n][e] = acc2[n][e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a1[4], a2[4];
+    load_a(a1, A1, P, row0_a, kk, g, t);
+    load_a(a2, A2, P, row0_a, kk, g, t);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int off = (row0_b + 8 * n + g) * P + 16 * kk + 2 * t;
+      mma_bf16(acc1[n], a1, *reinterpret_cast<const uint32_t*>(B1 + off), *reinterpret_cast<const uint32_t*>(B1 + off + 8));
+      mma_bf16(acc2[n], a2, *reinterpret_cast<const uint32_t*>(B2 + off), *reinterpret_cast<const uint32_t*>(B2 + off + 8));
+    }
+  }
+}
+
 template <int D>
 constexpr size_t dkdv_smem() {
   return size_t(4 * kKeys * (D + 8) + 2 * D * (kKeys + 8)) * 2 + 2 * kKeys * sizeof(float);
@@ -318,24 +343,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
 #pragma unroll
       for (int sub = 0; sub < kRows / kSub; ++sub) {
         const int s0 = sub * kSub;
-        float st[kSub / 8][4], dpt[kSub / 8][4];
-#pragma unroll
-        for (int n = 0; n < kSub / 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          uint32_t ka[4], va[4];
-          load_a(ka, Ks, KP, 16 * warp, kk, g, t);
-          load_a(va, Vs, KP, 16 * warp, kk, g, t);
-#pragma unroll
-          for (int n = 0; n < kSub / 8; ++n) {
-            const __nv_bfloat16* qr = Qs + (s0 + 8 * n + g) * KP + 16 * kk + 2 * t;
-            const __nv_bfloat16* orr = Os + (s0 + 8 * n + g) * KP + 16 * kk + 2 * t;
-            mma_bf16(st[n], ka, *reinterpret_cast<const uint32_t*>(qr), *reinterpret_cast<const uint32_t*>(qr + 8));
-            mma_bf16(dpt[n], va, *reinterpret_cast<const uint32_t*>(orr), *reinterpret_cast<const uint32_t*>(orr + 8));
-          }
-        }
+        float st[kSub / 8][4], dpt[kSub / 8][4];  // S^T = K Q^T, dP^T = V dO^T
+        mma_pair<D>(st, dpt, Ks, Vs, Qs, Os, KP, 16 * warp, s0, g, t);
         // P^T and dS^T in place (S^T's accumulators: rows = keys key_a / key_b, columns = queries).
 #pragma unroll
         for (int n = 0; n < kSub / 8; ++n)
@@ -427,24 +436,8 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const float* __r
     stage_tile<D>(kb, kstride, k0, T, Ks, Kt);
     stage_tile<D>(vb, kstride, k0, T, Vs, nullptr);
     __syncthreads();
-    float s[kKeys / 8][4], dp[kKeys / 8][4];
-#pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[4], oa[4];
-      load_a(qa, Qs, KP, 16 * warp, kk, g, t);
-      load_a(oa, Os, KP, 16 * warp, kk, g, t);
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-        const __nv_bfloat16* kr = Ks + (8 * n + g) * KP + 16 * kk + 2 * t;
-        const __nv_bfloat16* vr = Vs + (8 * n + g) * KP + 16 * kk + 2 * t;
-        mma_bf16(s[n], qa, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
-        mma_bf16(dp[n], oa, *reinterpret_cast<const uint32_t*>(vr), *reinterpret_cast<const uint32_t*>(vr + 8));
-      }
-    }
+    float s[kKeys / 8][4], dp[kKeys / 8][4];  // S = Q K^T, dP = dO V^T
+    mma_pair<D>(s, dp, Qs, Os, Ks, Vs, KP, 16 * warp, 0, g, t);
     const bool diag = j == qt || k0 + kKeys > T;
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
