@@ -75,9 +75,9 @@ TEST(MemoryPlan, ActivationsShrinkWithRecomputationAndMicroBatch) {
 TEST(MemoryPlan, CountsTheEnginesActivationsByHand) {
   PlanRequest r = tiny_request();
   const int64_t N = 4 * 32, C = 64, Q = 64, KV = 32, F = 128, NH = 4;
-  // bf16 mode: q, k, v, att, mid, rstd x 2, lse fp32; xn1, att copy, xn2, gate, up, h bf16.
+  // bf16 mode: mid, rstd x 2, lse fp32; q, k, v, att, xn1, xn2, gate, up, h bf16.
   r.act_bytes = 2;
-  const int64_t set16 = 4 * (2 * Q + 2 * KV + C + 2 + NH) + 2 * (2 * C + Q + 3 * F);
+  const int64_t set16 = 4 * (C + 2 + NH) + 2 * (2 * Q + 2 * KV + 2 * C + 3 * F);
   EXPECT_EQ(item(measure_plan(r, 4, false, 2), "layer activations"), 2 * N * set16);
   // fp32 mode: all of them fp32 (no copy of att).
   r.act_bytes = 4;

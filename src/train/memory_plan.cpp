@@ -152,9 +152,10 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // need them, bf16 copies of the GEMM inputs), 4 its fp32 mode.
   const int64_t N = micro_batch * r.seq;
   const bool b16 = r.act_bytes == 2;
-  // Per token of one layer: q, k, v, att, mid, rstd1, rstd2, lse (fp32); bf16 mode: xn1, att (a
-  // copy), xn2, gate, up, h in bf16; fp32 mode: xn1, xn2, gate, up, h in fp32.
-  const int64_t layer_set = 4 * (2 * Q + 2 * KV + C + 2 + NH) + (b16 ? 2 * (2 * C + Q + 3 * F) : 4 * (2 * C + 3 * F));
+  // Per token of one layer: mid, rstd1, rstd2, lse (fp32); bf16 mode: q, k, v, att, xn1, xn2, gate,
+  // up, h in bf16; fp32 mode: q, k, v, att, xn1, xn2, gate, up, h in fp32.
+  const int64_t layer_set =
+      4 * (C + 2 + NH) + (b16 ? 2 * (2 * Q + 2 * KV + 2 * C + 3 * F) : 4 * (2 * Q + 2 * KV + 2 * C + 3 * F));
   const int64_t kept_layers = recompute ? 1 : trainable_layers;
   c.add("activations", "residual stream (fp32)", N * C * 4 * (L + 1));
   c.add("activations", recompute ? "one layer's activations (recomputed)" : "layer activations",

@@ -154,6 +154,34 @@ void expect_within_bounds(const Shape& sh, const Results& got, const Reference& 
   EXPECT_LE(err_vs(got.dk, ref.dk, ref.mdk), 2 * e_dq + fp32_sum_tol(G * sh.T)) << "dk";
 }
 
+// The flash kernels on bf16 q, k, v (the bf16 trainer's activations: here the fp32 inputs rounded
+// to nearest even), out bf16; results widened to fp32 (out from its bf16 bits).
+Results run_mma_bf16(const Shape& sh, const Inputs& in) {
+  auto b16 = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+    return b;
+  };
+  const size_t nq = in.q.size(), nk = in.k.size(), nl = size_t(sh.B * sh.NH * sh.T);
+  const auto q = to_device(b16(in.q)), k = to_device(b16(in.k)), v = to_device(b16(in.v));
+  const auto dout = to_device(in.dout);
+  auto out = to_device(std::vector<uint16_t>(nq + 64, 0xFFFF));
+  auto lse = guarded(nl), dq = guarded(nq), dk = guarded(nk), dv = guarded(nk);
+  cuda::attention_forward_mma(out.as<uint16_t>(), lse.as<float>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
+                              sh.B, sh.T, sh.NH, sh.KVH, sh.HS, nullptr);
+  cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(), out.as<uint16_t>(),
+                               q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(), lse.as<float>(), sh.B, sh.T, sh.NH,
+                               sh.KVH, sh.HS, nullptr);
+  const auto ob = to_host<uint16_t>(out, nq + 64);
+  for (size_t i = nq; i < ob.size(); ++i) EXPECT_EQ(ob[i], 0xFFFF) << "bf16 out written past its end";
+  Results r;
+  r.out.resize(nq);
+  for (size_t i = 0; i < nq; ++i) r.out[i] = bf16_to_f32(ob[i]);
+  r.lse = unguard(lse, nl, "lse");
+  r.dq = unguard(dq, nq, "dq"), r.dk = unguard(dk, nk, "dk"), r.dv = unguard(dv, nk, "dv");
+  return r;
+}
+
 bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
   return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
 }
@@ -296,6 +324,19 @@ TEST(GpuAttentionMma, MatchesCpuTwin) {
     const Results got = run_mma(sh, in);
     expect_within_bounds(sh, got, ref);
     expect_same_bits(got, run_mma(sh, in, 0.0f));
+    {  // bf16 q, k, v in, bf16 out: the forward is the fp32-input one bit for bit (it rounds its
+       // inputs to the same bf16 values), out rounded; the backward's D comes from the bf16 out
+       // (one more rounding of relative 2^-9 in D: within the same bounds)
+      SCOPED_TRACE("bf16 activations");
+      const Results hb = run_mma_bf16(sh, in);
+      EXPECT_TRUE(same_bits(hb.lse, got.lse)) << "lse";
+      std::vector<float> rounded(got.out.size());
+      for (size_t i = 0; i < rounded.size(); ++i) rounded[i] = bf16_to_f32(f32_to_bf16(got.out[i]));
+      EXPECT_TRUE(same_bits(hb.out, rounded)) << "out";
+      Results cmp = hb;
+      cmp.out = got.out;  // the bounds' out is the fp32 one (checked above); dq, dk, dv are the bf16 run's
+      expect_within_bounds(sh, cmp, ref);
+    }
     if (sh.NH > sh.KVH) {  // each query head's share of dk, dv in the workspace, then summed over the group
       SCOPED_TRACE("a block per query head");
       const Results ph = run_mma(sh, in, std::numeric_limits<float>::quiet_NaN(), true);
@@ -304,6 +345,7 @@ TEST(GpuAttentionMma, MatchesCpuTwin) {
       expect_same_bits(ph, run_mma(sh, in, 0.0f, true));
     }
   }
-  EXPECT_THROW(cuda::attention_forward_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, 2, 1, 64, nullptr), Error);
+  const float* none = nullptr;
+  EXPECT_THROW(cuda::attention_forward_mma(nullptr, nullptr, none, none, none, 1, 8, 2, 1, 64, nullptr), Error);
   cuda::check_last_error();
 }

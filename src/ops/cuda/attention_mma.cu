@@ -37,11 +37,33 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Inputs are fp32 (rounded to bf16 here) or bf16 (the bf16 mode's activations, taken as they are):
+// pairs and quads of consecutive values as packed bf16.
+__device__ __forceinline__ uint32_t load_pair(const float* p) {
+  const float2 x = *reinterpret_cast<const float2*>(p);
+  return pack_bf16(x.x, x.y);
+}
+__device__ __forceinline__ uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint2 load_quad(const float* p) {
+  const float4 x = *reinterpret_cast<const float4*>(p);
+  return make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+}
+__device__ __forceinline__ uint2 load_quad(const __nv_bfloat16* p) { return *reinterpret_cast<const uint2*>(p); }
+__device__ __forceinline__ __nv_bfloat16 half_of(uint32_t w, int hi) {
+  const uint16_t b = uint16_t(hi ? w >> 16 : w & 0xFFFFu);
+  return *reinterpret_cast<const __nv_bfloat16*>(&b);
+}
+// Stores a row pair of the output.
+__device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+
 // One block: queries q0 .. q0+63 of head h of sequence b. D = HS.
-template <int D>
-__global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float* __restrict__ q,
-                                                                    const float* __restrict__ k,
-                                                                    const float* __restrict__ v, float* out, float* lse,
+template <int D, class In, class Out>
+__global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* __restrict__ q,
+                                                                    const In* __restrict__ k,
+                                                                    const In* __restrict__ v, Out* out, float* lse,
                                                                     int T, int NH, int KVH, float scale_log2) {
   constexpr int KP = D + 8;      // Ks row pitch (bf16): conflict-free fragment loads
   constexpr int VP = kKeys + 8;  // Vt row pitch
@@ -52,23 +74,19 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
   const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
-  const float* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const float* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const In* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const In* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
 
   // The warp's 16 query rows as A fragments (bf16), straight from global memory.
   uint32_t qa[D / 16][4];
   {
-    const float* qr0 = q + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
-    const float* qr1 = qr0 + 8 * qstride;
+    const In* qr0 = q + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
+    const In* qr1 = qr0 + 8 * qstride;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int c = 16 * kk + 2 * t;
-      const float2 x0 = r0 < T ? *reinterpret_cast<const float2*>(qr0 + c) : make_float2(0.f, 0.f);
-      const float2 x1 = r1 < T ? *reinterpret_cast<const float2*>(qr1 + c) : make_float2(0.f, 0.f);
-      const float2 x2 = r0 < T ? *reinterpret_cast<const float2*>(qr0 + c + 8) : make_float2(0.f, 0.f);
-      const float2 x3 = r1 < T ? *reinterpret_cast<const float2*>(qr1 + c + 8) : make_float2(0.f, 0.f);
-      qa[kk][0] = pack_bf16(x0.x, x0.y), qa[kk][1] = pack_bf16(x1.x, x1.y);
-      qa[kk][2] = pack_bf16(x2.x, x2.y), qa[kk][3] = pack_bf16(x3.x, x3.y);
+      qa[kk][0] = r0 < T ? load_pair(qr0 + c) : 0u, qa[kk][1] = r1 < T ? load_pair(qr1 + c) : 0u;
+      qa[kk][2] = r0 < T ? load_pair(qr0 + c + 8) : 0u, qa[kk][3] = r1 < T ? load_pair(qr1 + c + 8) : 0u;
     }
   }
   float o[D / 8][4];
@@ -82,21 +100,17 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float
     // K tile, row major: a thread per 4 consecutive dims of one key (coalesced).
     for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
       const int row = idx / (D / 4), c4 = idx % (D / 4);
-      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (k0 + row < T) x = *reinterpret_cast<const float4*>(kb + int64_t(k0 + row) * kstride + 4 * c4);
-      uint2 w;
-      w.x = pack_bf16(x.x, x.y), w.y = pack_bf16(x.z, x.w);
+      const uint2 w = k0 + row < T ? load_quad(kb + int64_t(k0 + row) * kstride + 4 * c4) : make_uint2(0u, 0u);
       *reinterpret_cast<uint2*>(Ks + row * KP + 4 * c4) = w;
     }
     // V tile, transposed: consecutive threads take consecutive keys (conflict-free stores).
     for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
       const int row = idx % kKeys, c4 = idx / kKeys;
-      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (k0 + row < T) x = *reinterpret_cast<const float4*>(vb + int64_t(k0 + row) * kstride + 4 * c4);
-      Vt[(4 * c4 + 0) * VP + row] = __float2bfloat16_rn(x.x);
-      Vt[(4 * c4 + 1) * VP + row] = __float2bfloat16_rn(x.y);
-      Vt[(4 * c4 + 2) * VP + row] = __float2bfloat16_rn(x.z);
-      Vt[(4 * c4 + 3) * VP + row] = __float2bfloat16_rn(x.w);
+      const uint2 w = k0 + row < T ? load_quad(vb + int64_t(k0 + row) * kstride + 4 * c4) : make_uint2(0u, 0u);
+      Vt[(4 * c4 + 0) * VP + row] = half_of(w.x, 0);
+      Vt[(4 * c4 + 1) * VP + row] = half_of(w.x, 1);
+      Vt[(4 * c4 + 2) * VP + row] = half_of(w.y, 0);
+      Vt[(4 * c4 + 3) * VP + row] = half_of(w.y, 1);
     }
     __syncthreads();
 
@@ -168,17 +182,15 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float
   constexpr float kLn2 = 0.6931471805599453f;
   const float i0 = 1.0f / l0, i1 = 1.0f / l1;
   if (r0 < T) {
-    float* orow = out + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
+    Out* orow = out + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<float2*>(orow + 8 * n + 2 * t) = make_float2(o[n][0] * i0, o[n][1] * i0);
+    for (int n = 0; n < D / 8; ++n) store_pair(orow + 8 * n + 2 * t, o[n][0] * i0, o[n][1] * i0);
     if (t == 0) lse[(int64_t(b) * NH + h) * T + r0] = (m0 + log2f(l0)) * kLn2;
   }
   if (r1 < T) {
-    float* orow = out + (int64_t(b) * T + r1) * qstride + int64_t(h) * D;
+    Out* orow = out + (int64_t(b) * T + r1) * qstride + int64_t(h) * D;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<float2*>(orow + 8 * n + 2 * t) = make_float2(o[n][2] * i1, o[n][3] * i1);
+    for (int n = 0; n < D / 8; ++n) store_pair(orow + 8 * n + 2 * t, o[n][2] * i1, o[n][3] * i1);
     if (t == 0) lse[(int64_t(b) * NH + h) * T + r1] = (m1 + log2f(l1)) * kLn2;
   }
 }
@@ -201,15 +213,19 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const float
 
 constexpr int kSub = 32;  // queries per inner step of kernel 2
 
-__global__ void dv_rows_kernel(const float* dout, const float* out, float* dq, int64_t rows, int HS, int T, int NH) {
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class In>
+__global__ void dv_rows_kernel(const float* dout, const In* out, float* dq, int64_t rows, int HS, int T, int NH) {
   const int lane = int(threadIdx.x & 31);
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
        r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
     // r = (b T + t) NH + h: the row of q's layout.
     const float* a = dout + r * HS;
-    const float* o = out + r * HS;
+    const In* o = out + r * HS;
     float x = 0.0f;
-    for (int d = lane; d < HS; d += 32) x += a[d] * o[d];
+    for (int d = lane; d < HS; d += 32) x += a[d] * to_f(o[d]);
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
     if (lane == 0) dq[r * HS] = x;
   }
@@ -217,27 +233,23 @@ __global__ void dv_rows_kernel(const float* dout, const float* out, float* dq, i
 
 // Stages rows r0 .. r0+63 (of stride `stride` floats, HS = D contiguous) as bf16: row major into
 // `rm` (pitch KP) and, when `tr` is not null, transposed into `tr` (pitch VP); rows past T are 0.
-template <int D>
-__device__ __forceinline__ void stage_tile(const float* base, int64_t stride, int r0, int T, __nv_bfloat16* rm,
+template <int D, class In>
+__device__ __forceinline__ void stage_tile(const In* base, int64_t stride, int r0, int T, __nv_bfloat16* rm,
                                            __nv_bfloat16* tr) {
   constexpr int KP = D + 8, VP = kKeys + 8;
   for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
     const int row = idx / (D / 4), c4 = idx % (D / 4);
-    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (r0 + row < T) x = *reinterpret_cast<const float4*>(base + int64_t(r0 + row) * stride + 4 * c4);
-    uint2 w;
-    w.x = pack_bf16(x.x, x.y), w.y = pack_bf16(x.z, x.w);
+    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
     *reinterpret_cast<uint2*>(rm + row * KP + 4 * c4) = w;
   }
   if (!tr) return;
   for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
     const int row = idx % kKeys, c4 = idx / kKeys;  // consecutive threads, consecutive rows
-    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (r0 + row < T) x = *reinterpret_cast<const float4*>(base + int64_t(r0 + row) * stride + 4 * c4);
-    tr[(4 * c4 + 0) * VP + row] = __float2bfloat16_rn(x.x);
-    tr[(4 * c4 + 1) * VP + row] = __float2bfloat16_rn(x.y);
-    tr[(4 * c4 + 2) * VP + row] = __float2bfloat16_rn(x.z);
-    tr[(4 * c4 + 3) * VP + row] = __float2bfloat16_rn(x.w);
+    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
+    tr[(4 * c4 + 0) * VP + row] = half_of(w.x, 0);
+    tr[(4 * c4 + 1) * VP + row] = half_of(w.x, 1);
+    tr[(4 * c4 + 2) * VP + row] = half_of(w.y, 0);
+    tr[(4 * c4 + 3) * VP + row] = half_of(w.y, 1);
   }
 }
 
@@ -285,10 +297,10 @@ constexpr size_t dq_smem() {
   return size_t(4 * kKeys * (D + 8) + D * (kKeys + 8)) * 2;
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* __restrict__ q,
-                                                                 const float* __restrict__ k,
-                                                                 const float* __restrict__ v,
+template <int D, class In>
+__global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const In* __restrict__ q,
+                                                                 const In* __restrict__ k,
+                                                                 const In* __restrict__ v,
                                                                  const float* __restrict__ dout,
                                                                  const float* __restrict__ lse, const float* dvec,
                                                                  float* dk, float* dv, int T, int NH, int KVH,
@@ -312,8 +324,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
   const int k0 = kt * kKeys, n_qt = (T + kRows - 1) / kRows;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
-  const float* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const float* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const In* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const In* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
   stage_tile<D>(kb, kstride, k0, T, Ks, nullptr);
   stage_tile<D>(vb, kstride, k0, T, Vs, nullptr);
   float dK[D / 8][4], dV[D / 8][4];
@@ -325,7 +337,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
 
   for (int hh = 0; hh < n_heads; ++hh) {
     const int h = h_first + hh;
-    const float* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
+    const In* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
     const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
     for (int qt = kt; qt < n_qt; ++qt) {
       const int q0 = qt * kRows;
@@ -394,10 +406,10 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const float* _
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const float* __restrict__ q,
-                                                               const float* __restrict__ k,
-                                                               const float* __restrict__ v,
+template <int D, class In>
+__global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const In* __restrict__ q,
+                                                               const In* __restrict__ k,
+                                                               const In* __restrict__ v,
                                                                const float* __restrict__ dout,
                                                                const float* __restrict__ lse, float* dq, int T, int NH,
                                                                int KVH, float scale, float scale_log2) {
@@ -413,10 +425,10 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const float* __r
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
   const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
-  const float* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
+  const In* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
   const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
-  const float* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const float* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const In* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const In* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
   float* dqb = dq + int64_t(b) * T * qstride + int64_t(h) * D;
   // This lane's rows: lse in base 2 and Dv (read from dq before anything overwrites it: only
   // this block writes these rows of dq, at its end).
@@ -487,9 +499,9 @@ __global__ void sum_group_kernel(const float* src, float* dst, int64_t rows, int
   }
 }
 
-template <int D>
-void backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q, const float* k,
-              const float* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
+template <int D, class In>
+void backward(float* dq, float* dk, float* dv, const float* dout, const In* out, const In* q, const In* k,
+              const In* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
               size_t ws_floats, cudaStream_t s) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH;
@@ -498,8 +510,10 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const float* o
   PRIMAL_CUDA_CHECK_LAUNCH();
   // Opt in to more than 48 KB of shared memory (once per instantiation; cheap to repeat).
   constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();
-  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s1)));
-  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(flash_dq_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s2)));
+  PRIMAL_CUDA_CHECK(
+      cudaFuncSetAttribute(flash_dkdv_mma_kernel<D, In>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s1)));
+  PRIMAL_CUDA_CHECK(
+      cudaFuncSetAttribute(flash_dq_mma_kernel<D, In>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s2)));
   const unsigned tiles = unsigned((T + kRows - 1) / kRows);
   // A block per (key tile, query head) when the group has several heads and the workspace holds
   // their shares: a block per KV head walks all G heads of its group in turn (a 6-head group at T
@@ -508,7 +522,7 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const float* o
   const bool per_head = NH > KVH && ws && ws_floats >= size_t(2 * nq);
   float* out_k = per_head ? ws : dk;
   float* out_v = per_head ? ws + nq : dv;
-  flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
+  flash_dkdv_mma_kernel<D, In><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
       q, k, v, dout, lse, dq, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2);
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (per_head) {
@@ -519,7 +533,7 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const float* o
     sum_group_kernel<<<blocks, 256, 0, s>>>(out_v, dv, rows, int(NH / KVH), int(D));
     PRIMAL_CUDA_CHECK_LAUNCH();
   }
-  flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
+  flash_dq_mma_kernel<D, In><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
       q, k, v, dout, lse, dq, int(T), int(NH), int(KVH), scale, scale_log2);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
@@ -528,18 +542,25 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const float* o
 
 bool attention_mma_supports(int64_t HS) { return HS == 32 || HS == 64 || HS == 96 || HS == 128; }
 
-void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
-                           int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s) {
-  PRIMAL_CHECK(out && lse && q && k && v, "attention_forward_mma: a null pointer");
-  PRIMAL_CHECK(B > 0 && T > 0 && KVH > 0 && NH % KVH == 0, "attention_forward_mma: B {} T {} NH {} KVH {}", B, T, NH,
-               KVH);
-  PRIMAL_CHECK(attention_mma_supports(HS), "attention_forward_mma: head size {} (32, 64, 96, 128)", HS);
-  PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "attention_forward_mma: B {} T {} NH {} too large", B,
-               T, NH);
+namespace {
+
+void check_args(const void* a, const void* b, const void* c, const void* d, const void* e, int64_t B, int64_t T,
+                int64_t NH, int64_t KVH, int64_t HS, const char* what) {
+  PRIMAL_CHECK(a && b && c && d && e, "{}: a null pointer", what);
+  PRIMAL_CHECK(B > 0 && T > 0 && KVH > 0 && NH % KVH == 0, "{}: B {} T {} NH {} KVH {}", what, B, T, NH, KVH);
+  PRIMAL_CHECK(attention_mma_supports(HS), "{}: head size {} (32, 64, 96, 128)", what, HS);
+  PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "{}: B {} T {} NH {} too large", what, B, T, NH);
+}
+
+template <class In, class Out>
+void forward(Out* out, float* lse, const In* q, const In* k, const In* v, int64_t B, int64_t T, int64_t NH,
+             int64_t KVH, int64_t HS, cudaStream_t s) {
+  check_args(out, lse, q, k, v, B, T, NH, KVH, HS, "attention_forward_mma");
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HS)));
-#define PRIMAL_LAUNCH(D)                                                                                         \
-  flash_forward_mma_kernel<D><<<grid, kThreads, 0, s>>>(q, k, v, out, lse, int(T), int(NH), int(KVH), scale_log2)
+#define PRIMAL_LAUNCH(D)                                                                            \
+  flash_forward_mma_kernel<D, In, Out><<<grid, kThreads, 0, s>>>(q, k, v, out, lse, int(T), int(NH), int(KVH), \
+                                                                scale_log2)
   switch (HS) {
     case 32: PRIMAL_LAUNCH(32); break;
     case 64: PRIMAL_LAUNCH(64); break;
@@ -550,25 +571,44 @@ void attention_forward_mma(float* out, float* lse, const float* q, const float* 
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace primal::cuda
-
-namespace primal::cuda {
-
-void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
-                            const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
-                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats) {
-  PRIMAL_CHECK(dq && dk && dv && dout && out && q && k && v && lse, "attention_backward_mma: a null pointer");
-  PRIMAL_CHECK(B > 0 && T > 0 && KVH > 0 && NH % KVH == 0, "attention_backward_mma: B {} T {} NH {} KVH {}", B, T,
-               NH, KVH);
-  PRIMAL_CHECK(attention_mma_supports(HS), "attention_backward_mma: head size {} (32, 64, 96, 128)", HS);
-  PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "attention_backward_mma: B {} T {} NH {} too large",
-               B, T, NH);
+template <class In>
+void backward_any(float* dq, float* dk, float* dv, const float* dout, const In* out, const In* q, const In* k,
+                  const In* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
+                  cudaStream_t s, float* ws, size_t ws_floats) {
+  check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
+  check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   switch (HS) {
     case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
     case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
     case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
     default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
   }
+}
+
+const __nv_bfloat16* bf(const uint16_t* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+
+}  // namespace
+
+void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
+                           int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s) {
+  forward(out, lse, q, k, v, B, T, NH, KVH, HS, s);
+}
+
+void attention_forward_mma(uint16_t* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                           int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s) {
+  forward(reinterpret_cast<__nv_bfloat16*>(out), lse, bf(q), bf(k), bf(v), B, T, NH, KVH, HS, s);
+}
+
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
+                            const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats) {
+  backward_any(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, HS, s, ws, ws_floats);
+}
+
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
+                            const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats) {
+  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats);
 }
 
 }  // namespace primal::cuda

@@ -27,6 +27,10 @@ bool attention_mma_supports(int64_t HS);
 // out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS) fp32; lse: (B, NH, T). out and lse are written.
 void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
                            int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s);
+// The same on bf16 q, k, v (the bf16 trainer's activations), out written as bf16: bitwise the fp32
+// function's results on the same values (it rounds its inputs to these bf16 values), out rounded.
+void attention_forward_mma(uint16_t* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                           int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s);
 
 // The backward, as attention_backward (attention_train.h): dq: (B, T, NH, HS), dk, dv: (B, T, KVH,
 // HS) overwritten; dout, out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS); lse: (B, NH, T) from a
@@ -39,6 +43,10 @@ void attention_forward_mma(float* out, float* lse, const float* q, const float* 
 // no argument.
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
+// The same with bf16 out, q, k, v (D = dout . out from the bf16 out).
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
+                            const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
 
 }  // namespace primal::cuda

@@ -82,8 +82,9 @@ struct DevLayer {
 // directly, att is copied); their fp32 pointers xn1, xn2, h are null there.
 struct Acts {
   float *xn1, *rstd1;   // (N, C), (N)
-  float *q, *k, *v;     // (N, Q), (N, KV), (N, KV) after RoPE
-  float *att, *lse;     // (N, Q), (B, NH, T)
+  float *q, *k, *v;     // (N, Q), (N, KV), (N, KV) after RoPE (fp32 mode; null in the bf16 mode)
+  float *att, *lse;     // (N, Q) (fp32 mode; null in the bf16 mode), (B, NH, T)
+  uint16_t *qb = nullptr, *kb = nullptr, *vb = nullptr;  // bf16 mode: q, k, v after RoPE (N, Q), (N, KV) x 2
   float *mid;           // (N, C)
   float *xn2, *rstd2;   // (N, C), (N)
   float *gate, *up, *h; // (N, F) each
@@ -358,8 +359,14 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   acts_.resize(o_.recompute ? 1 : size_t(kept_ + (kept_ < L ? 1 : 0)));
   for (Acts& a : acts_) {
     a.rstd1 = arena_.of<float>(size_t(N));
-    a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
-    a.att = arena_.of<float>(size_t(N * Q)), a.lse = arena_.of<float>(size_t(N * NH));
+    a.lse = arena_.of<float>(size_t(N * NH));
+    if (bf16_) {  // q, k, v, att only as bf16 (the flash kernels' operands; a.attb below)
+      a.q = a.k = a.v = a.att = nullptr;
+      a.qb = b16(N * Q), a.kb = b16(N * KV), a.vb = b16(N * KV);
+    } else {
+      a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
+      a.att = arena_.of<float>(size_t(N * Q));
+    }
     a.mid = arena_.of<float>(size_t(N * C)), a.rstd2 = arena_.of<float>(size_t(N));
     if (bf16_) {
       a.gate = a.up = nullptr;
@@ -490,18 +497,26 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   if (bf16_) cu::rmsnorm_forward_train_bf16(a.xn1b, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
   else cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
   mark(ew);
-  lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, a.q);
-  lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, a.k);
-  lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, a.v);
+  // The bf16 mode keeps q, k, v as bf16 only: the GEMMs write fp32 into the backward's q/k/v
+  // gradient buffers (free in the forward, and in a recomputation: the layer above has consumed
+  // them), RoPE runs there in fp32, then the bf16 copies.
+  float* q = bf16_ ? dq_ : a.q;
+  float* k = bf16_ ? dk_ : a.k;
+  float* v = bf16_ ? dv_ : a.v;
+  lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, q);
+  lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
+  lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
   mark(lf);
-  cu::rope_forward_train(a.q, B, T, NH, 0, rope_, s_);
-  cu::rope_forward_train(a.k, B, T, KVH, 0, rope_, s_);
+  cu::rope_forward_train(q, B, T, NH, 0, rope_, s_);
+  cu::rope_forward_train(k, B, T, KVH, 0, rope_, s_);
+  bf16_copy(a.qb, q, N * NH * HS);
+  bf16_copy(a.kb, k, N * KVH * HS);
+  bf16_copy(a.vb, v, N * KVH * HS);
   mark(ew);
-  if (mma_attention_)
-    cu::attention_forward_mma(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
+  if (mma_attention_)  // bf16 in, bf16 out
+    cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
   else
     cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
-  bf16_copy(a.attb, a.att, N * NH * HS);
   mark(need_out ? "attention fwd" : "recompute: attention");
   lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
   mark(lf);
@@ -621,7 +636,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
       if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the GQA heads' shares
-        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_, dh_,
+        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
                                    size_t(N * FF));
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
