@@ -180,6 +180,7 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   for (const Shape& s : mats) floats = std::max(floats, s.O * s.I);
   c.add("workspace", "GEMM scratch (dequantized weights, weight gradients)", floats * 4);
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
+  c.add("workspace", "RoPE cos/sin table", r.seq * (hp.rope_dim > 0 ? hp.rope_dim : hp.head_dim) * 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);
   c.add("workspace", "CUDA context, cuBLAS handle and kernels", kDeviceOverhead);
 

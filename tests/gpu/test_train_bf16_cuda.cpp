@@ -219,7 +219,7 @@ TEST(GpuTrainBf16, FastVoteCastIsTheExactCastWithinOneVote) {
   REQUIRE_GPU();
   struct Case { DType type; int64_t O, I, G; };
   for (const Case& c : {Case{DType::LUT4, 300, 640, 32}, Case{DType::LUT4, 70, 1544, 8}, Case{DType::LUT3, 129, 512, 64},
-                        Case{DType::LUT8, 40, 2048, 128}}) {
+                        Case{DType::LUT8, 40, 2048, 128}, Case{DType::LUT4, 20, 2304, 64}}) {
     SCOPED_TRACE(std::string(dtype_name(c.type)) + " O " + std::to_string(c.O) + " I " + std::to_string(c.I) + " G " +
                  std::to_string(c.G));
     const int64_t O = c.O, I = c.I, G = c.G, K = int64_t(1) << lut_bits(c.type);

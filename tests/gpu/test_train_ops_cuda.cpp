@@ -199,6 +199,26 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
           const double tol = 8 * kU * (std::fabs(x[i]) + std::fabs(x[i - size_t(e) + size_t(partner)]));
           ASSERT_NEAR(got[i], ref[i], tol) << i;
         }
+        // With the cos/sin table of the positions (the trainer's): the same bits; with the bf16
+        // copy (every dimension rotated): each value rounded to nearest even.
+        const int64_t len = k.pos0 + k.T;
+        auto table = to_device(std::vector<float>(size_t(len * k.n_rot), std::nanf("")));
+        cuda::rope_table(table.as<float>(), len, p, nullptr);
+        p.cos_sin = table.as<float>(), p.table_len = len;
+        auto xt = to_device(x);
+        const bool whole = k.n_rot == k.HS;
+        auto xb = to_device(std::vector<uint16_t>(x.size(), 0xFFFF));
+        cuda::rope_rotate(xt.as<float>(), k.B, k.T, k.NH, k.pos0, p, inverse, nullptr,
+                          whole ? xb.as<uint16_t>() : nullptr);
+        const auto got_t = to_host<float>(xt, x.size());
+        ASSERT_EQ(std::memcmp(got_t.data(), got.data(), got.size() * sizeof(float)), 0) << "with the table";
+        if (whole) {
+          const auto b = to_host<uint16_t>(xb, x.size());
+          for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(b[i], f32_to_bf16(got[i])) << "bf16 copy " << i;
+        } else {
+          EXPECT_THROW(cuda::rope_rotate(xt.as<float>(), k.B, k.T, k.NH, k.pos0, p, inverse, nullptr, xb.as<uint16_t>()),
+                       Error);
+        }
       }
     }
   }

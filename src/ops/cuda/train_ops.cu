@@ -128,19 +128,35 @@ __global__ void __launch_bounds__(32 * kDwRowGroups)
 // One thread per (sequence and token bt, pair i), looping over the heads: the fp64 cos/sin of
 // the angle are formed once for n_heads rotations. Pair i: elements (i, i + half) under NeoX,
 // (2i, 2i + 1) otherwise; a warp covers consecutive pairs of one token (coalesced).
+// float(cos), float(sin) of the angle pos * inv_freq[i] in fp64 (the CPU's values).
+__device__ __forceinline__ void rope_cs(const double* inv_freq, int64_t pos, int64_t i, float* c, float* s) {
+  const double ang = double(pos) * inv_freq[i];
+  *c = float(cos(ang)), *s = float(sin(ang));
+}
+
+__global__ void rope_table_kernel(float* cs, int64_t T, int64_t half, const double* inv_freq) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < T * half; k += int64_t(gridDim.x) * blockDim.x)
+    rope_cs(inv_freq, k / half, k % half, cs + 2 * k, cs + 2 * k + 1);
+}
+
 __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
-                                   bool neox, const double* inv_freq, int64_t pos0, bool inverse) {
+                                   bool neox, const double* inv_freq, const float* table, int64_t pos0, bool inverse,
+                                   __nv_bfloat16* xb) {
   const int64_t step = neox ? 1 : 2, other = neox ? half : 1;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * half;
        k += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t bt = k / half, i = k % half;
-    const double ang = double(pos0 + bt % T) * inv_freq[i];
-    const float c = float(cos(ang)), sn = float(sin(ang)), s = inverse ? -sn : sn;
+    const int64_t bt = k / half, i = k % half, pos = pos0 + bt % T;
+    float c, sn;
+    if (table) c = table[2 * (pos * half + i)], sn = table[2 * (pos * half + i) + 1];
+    else rope_cs(inv_freq, pos, i, &c, &sn);
+    const float s = inverse ? -sn : sn;
     for (int64_t h = 0; h < n_heads; ++h) {
-      float* v = x + (bt * n_heads + h) * HS + i * step;
+      const int64_t off = (bt * n_heads + h) * HS + i * step;
+      float* v = x + off;
       const float a = v[0], b = v[other];
-      v[0] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-      v[other] = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+      const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+      v[0] = r0, v[other] = r1;
+      if (xb) xb[off] = __float2bfloat16_rn(r0), xb[off + other] = __float2bfloat16_rn(r1);
     }
   }
 }
@@ -331,16 +347,27 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
+void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_t s) {
+  PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.inv_freq && cos_sin && T >= 0, "rope_table: bad arguments");
+  const int64_t half = p.n_rot / 2;
+  if (T == 0) return;
+  rope_table_kernel<<<grid_for(T * half), 256, 0, s>>>(cos_sin, T, half, p.inv_freq);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s) {
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.n_rot <= p.head_dim && p.inv_freq,
                "rope: inconsistent parameters (HS {}, n_rot {})", p.head_dim, p.n_rot);
   PRIMAL_CHECK(B >= 0 && T >= 0 && n_heads >= 0 && pos0 >= 0, "rope: invalid shape ({}, {}, {}) at {}", B, T,
                n_heads, pos0);
+  PRIMAL_CHECK(!out_bf16 || p.n_rot == p.head_dim, "rope: a bf16 copy needs every dimension rotated (n_rot {} of {})",
+               p.n_rot, p.head_dim);
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
-  rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, pos0,
-                                                 inverse);
+  const float* table = p.cos_sin && pos0 + T <= p.table_len ? p.cos_sin : nullptr;
+  rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
+                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16));
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -49,23 +49,33 @@ struct RopeTrainParams {
   const double* inv_freq = nullptr;  // (n_rot/2) fp64: cpu::RopeParams::inv_freq uploaded as is, so
                                      // that theta, linear scaling and per-pair divisors (llama3
                                      // rope_freqs) enter exactly as on the CPU (cpu::rope_inv_freq)
+  // Optional (rope_table): (table_len, n_rot/2) pairs float(cos), float(sin) of pos * inv_freq[i]
+  // for positions 0 .. table_len-1, the values the kernel would compute (same fp64 expressions), so
+  // that a rotation reads them instead of evaluating fp64 cos and sin per pair (most of its time).
+  const float* cos_sin = nullptr;
+  int64_t table_len = 0;
 };
+
+// cos_sin: (T, n_rot/2, 2) filled for positions 0..T-1 (p.cos_sin is not read).
+void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_t s);
 
 // x: (B, T, n_heads, HS), B sequences rotated in place; token t of every sequence at position
 // pos0 + t. The angle pos * inv_freq[i] in fp64, its cos and sin rounded to fp32, the rotation in
 // fp32 without fused multiply-adds: the CPU's values. inverse rotates by -angle (the backward).
+// out_bf16 (optional, n_rot == HS): the rotated values also written as bf16 (B, T, n_heads, HS),
+// the bf16 mode's copy without a pass of its own.
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s);
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr);
 
 // x: (B, T, n_heads, HS) rotated in place (the trainer passes pos0 = 0: positions 0..T-1).
 inline void rope_forward_train(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0,
-                               const RopeTrainParams& p, cudaStream_t s) {
-  rope_rotate(x, B, T, n_heads, pos0, p, false, s);
+                               const RopeTrainParams& p, cudaStream_t s, uint16_t* out_bf16 = nullptr) {
+  rope_rotate(x, B, T, n_heads, pos0, p, false, s, out_bf16);
 }
 // dx: (B, T, n_heads, HS), the gradient of the rotated values in, of the inputs out (in place).
 inline void rope_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                          cudaStream_t s) {
-  rope_rotate(dx, B, T, n_heads, pos0, p, true, s);
+                          cudaStream_t s, uint16_t* out_bf16 = nullptr) {
+  rope_rotate(dx, B, T, n_heads, pos0, p, true, s, out_bf16);
 }
 
 // ---- SwiGLU ------------------------------------------------------------------------------------

@@ -351,6 +351,8 @@ __global__ void __launch_bounds__(kFastThreads) grad_rows_fast_kernel(const Mat 
     }();
     const float4* cn4 = reinterpret_cast<const float4*>(a.col_norm);
     char4* v4 = reinterpret_cast<char4*>(v.v8 + o * I);
+    // (pass 2 re-reads the row from L1/L2: holding it in registers between the passes measured
+    // slower on seed-500m, more registers per thread leaving fewer resident blocks)
     for (int c = int(threadIdx.x); c < chunks; c += kFastThreads) {
       const int i = 4 * c;
       const float s = sc[i / G];
@@ -469,6 +471,42 @@ __global__ void __launch_bounds__(kNormThreads) col_norm_fast_kernel(const float
   for (int w = 0; w < kNormThreads / 32; ++w) tot += part[w];
   const double mean = tot / double(I);
   for (int64_t i = threadIdx.x; i < I; i += kNormThreads)
+    col_norm[i] = mean > 0 ? float(double(col_sq[i]) / mean) : 1.0f;
+}
+
+// The bf16 mode's col_sq_kernel and col_norm_fast_kernel in one block (a backward call's tail was
+// two launches of a few microseconds each, 170 times a step): each thread updates its columns'
+// EMA, then the block's mean as col_norm_fast_kernel's, then col_norm. For matrices whose tile
+// sums are few (n_tiles I <= kColStatsMax, at most 64 loads a thread): larger ones keep the two
+// kernels (one block reading seed-500m's w_down partials, 249K values, was slower than both).
+constexpr int64_t kColStatsMax = int64_t(1) << 16;
+
+__global__ void __launch_bounds__(kNormThreads) col_stats_fast_kernel(const float* part, int64_t n_tiles, int64_t I,
+                                                                      double b2, float* col_sq, float* col_norm) {
+  __shared__ double red[kNormThreads / 32];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < I; i += kNormThreads) {
+    double c = 0;
+    int64_t t = 0;
+    for (; t + 16 <= n_tiles; t += 16) {  // 16 loads in flight, then their sum
+      float y[16];
+#pragma unroll
+      for (int u = 0; u < 16; ++u) y[u] = part[(t + u) * I + i];
+#pragma unroll
+      for (int u = 0; u < 16; ++u) c += double(y[u]);
+    }
+    for (; t < n_tiles; ++t) c += double(part[t * I + i]);
+    const float x = float(b2 * double(col_sq[i]) + (1.0 - b2) * c);
+    col_sq[i] = x;
+    s += double(x);
+  }
+  for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+  __syncthreads();
+  double tot = 0;
+  for (int w = 0; w < kNormThreads / 32; ++w) tot += red[w];
+  const double mean = tot / double(I);
+  for (int64_t i = threadIdx.x; i < I; i += kNormThreads)  // the columns this thread wrote
     col_norm[i] = mean > 0 ? float(double(col_sq[i]) / mean) : 1.0f;
 }
 
@@ -748,6 +786,13 @@ void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, c
   check_state(w, st, p, "lut_votes_done");
   if (p.moments()) {
     const int64_t R = lut_train_tile_rows(w.I), n_tiles = (w.O + R - 1) / R;
+    if (train_math() == TrainMath::Bf16 && n_tiles * w.I <= kColStatsMax) {
+      col_stats_fast_kernel<<<1, kNormThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq, st.col_norm);
+      PRIMAL_CUDA_CHECK_LAUNCH();
+      ++st.events;
+      ++st.events_this_step;
+      return;
+    }
     col_sq_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq);
     PRIMAL_CUDA_CHECK_LAUNCH();
     ++st.events;

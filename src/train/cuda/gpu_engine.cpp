@@ -334,6 +334,11 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   rope_.n_rot = m.rope.n_rot;
   rope_.neox = m.rope.neox;
   rope_.inv_freq = arena_.copy(m.rope.inv_freq);
+  // The cos/sin table of every position a micro-batch can hold (bitwise the per-pair fp64 values).
+  rope_.table_len = std::max<int64_t>(1, c.max_seq);
+  float* cs = arena_.of<float>(size_t(rope_.table_len * rope_.n_rot));
+  cu::rope_table(cs, rope_.table_len, rope_, s_);
+  rope_.cos_sin = cs;
 
   // Workspace.
   const int64_t B = std::max<int64_t>(1, c.max_batch), T = std::max<int64_t>(1, c.max_seq);
@@ -507,10 +512,10 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
   lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
   mark(lf);
-  cu::rope_forward_train(q, B, T, NH, 0, rope_, s_);
-  cu::rope_forward_train(k, B, T, KVH, 0, rope_, s_);
-  bf16_copy(a.qb, q, N * NH * HS);
-  bf16_copy(a.kb, k, N * KVH * HS);
+  const bool fuse = bf16_ && rope_.n_rot == HS;  // RoPE writes the bf16 copies too
+  cu::rope_forward_train(q, B, T, NH, 0, rope_, s_, fuse ? a.qb : nullptr);
+  cu::rope_forward_train(k, B, T, KVH, 0, rope_, s_, fuse ? a.kb : nullptr);
+  if (!fuse) bf16_copy(a.qb, q, N * NH * HS), bf16_copy(a.kb, k, N * KVH * HS);
   bf16_copy(a.vb, v, N * KVH * HS);
   mark(ew);
   if (mma_attention_)  // bf16 in, bf16 out
@@ -641,10 +646,10 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
-      cu::rope_backward(dq_, B, T, NH, 0, rope_, s_);
-      cu::rope_backward(dk_, B, T, KVH, 0, rope_, s_);
-      bf16_copy(dqb_, dq_, N * NH * HS);
-      bf16_copy(dkb_, dk_, N * KVH * HS);
+      const bool fuse = bf16_ && rope_.n_rot == HS;  // RoPE writes the bf16 copies too
+      cu::rope_backward(dq_, B, T, NH, 0, rope_, s_, fuse ? dqb_ : nullptr);
+      cu::rope_backward(dk_, B, T, KVH, 0, rope_, s_, fuse ? dkb_ : nullptr);
+      if (!fuse) bf16_copy(dqb_, dq_, N * NH * HS), bf16_copy(dkb_, dk_, N * KVH * HS);
       bf16_copy(dvb_, dv_, N * KVH * HS);
       mark("norm/swiglu/rope bwd");
       lin_bwd(dxn_, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
