@@ -170,9 +170,8 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   c.add("workspace", "backward scratch", N * scratch);
   const int64_t chunk = std::min(r.head_chunk, N);
   const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
-  // bf16 logits' rows are V rounded up to 16 apart (aligned GEMM rows), as the engine's.
   c.add("workspace", bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)",
-        bf16_logits ? chunk * ((V + 15) / 16 * 16) * 2 : chunk * V * 4);
+        bf16_logits ? chunk * bf16_logits_stride(V) * 2 : chunk * V * 4);
   // The GEMM scratch: the largest layer matrix dequantized (fp32 values; bf16 ones take half),
   // at least a weight-gradient tile of the embeddings/head. (Both modes' attention kernels are
   // flash kernels: no workspace.)

@@ -93,6 +93,11 @@ MemoryPlan choose_plan(const PlanRequest& r);
 
 // "8GiB", "512MiB", "1.5G", "2000000000" -> bytes. Throws on anything else.
 int64_t parse_bytes(const std::string& s);
+
+// The CUDA engine's bf16 logits rows are this many values apart: V rounded up to 16, so that every
+// row of the head's bf16 GEMM output is 32-byte aligned (an odd vocabulary otherwise ran those
+// GEMMs at a third of the speed). The engine allocates and the planner counts by it.
+inline int64_t bf16_logits_stride(int64_t V) { return (V + 15) / 16 * 16; }
 std::string format_bytes(int64_t bytes);  // "7.43 GiB"
 
 // A named shape of `primal synth` (model/synth.h: qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b,

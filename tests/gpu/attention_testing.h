@@ -1,19 +1,29 @@
 // What the training-attention GPU tests share (test_attention_train_cuda, test_attention_gemm_cuda):
 // NaN-poisoned outputs with sentinel guards, norm-relative errors, the term magnitudes M_dq and
 // M_dk that dq and dk are measured against (see test_attention_train_cuda.cpp's header), and the
-// random inputs. Shape: any struct with B, T, NH, KVH, HS.
+// random inputs, and the attention Shape they take.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "gpu_testing.h"
 
 namespace attntest {
 using namespace gputest;
+
+// A batch of B sequences of T tokens, NH query heads over KVH KV heads of size HS.
+struct Shape {
+  int64_t B, T, NH, KVH, HS;
+  std::string str() const {
+    return "B " + std::to_string(B) + " T " + std::to_string(T) + " NH " + std::to_string(NH) + " KVH " +
+           std::to_string(KVH) + " HS " + std::to_string(HS);
+  }
+};
 
 constexpr float kSq = 1.5f, kSk = 1.5f;  // rms of q and k: scores of rms 2.25, peaked softmax rows
 constexpr size_t kGuard = 64;            // floats past every output, which no kernel may write

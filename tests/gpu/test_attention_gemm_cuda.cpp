@@ -46,15 +46,8 @@ using namespace attntest;
 
 namespace {
 
-struct Shape {
-  int64_t B, T, NH, KVH, HS;
-  std::string str() const {
-    return "B " + std::to_string(B) + " T " + std::to_string(T) + " NH " + std::to_string(NH) + " KVH " +
-           std::to_string(KVH) + " HS " + std::to_string(HS);
-  }
-  size_t min_ws() const { return cuda::attention_gemm_min_workspace(T, NH, KVH, HS); }
-  size_t good_ws() const { return cuda::attention_gemm_good_workspace(T, NH, KVH, HS); }
-};
+size_t min_ws(const Shape& sh) { return cuda::attention_gemm_min_workspace(sh.T, sh.NH, sh.KVH, sh.HS); }
+size_t good_ws(const Shape& sh) { return cuda::attention_gemm_good_workspace(sh.T, sh.NH, sh.KVH, sh.HS); }
 
 constexpr double kUb = 1.0 / 256.0;      // bf16 unit roundoff 2^-8
 constexpr size_t kWsGuard = 256;  // bytes past the workspace, which no kernel may write
@@ -205,7 +198,7 @@ TEST(GpuAttentionGemm, MatchesCpuTwin) {
     SCOPED_TRACE(sh.str());
     const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + sh.NH));
     const Reference ref = cpu_reference(sh, in);
-    expect_within_bounds(sh, run_gpu(blas, sh, in, sh.good_ws()), ref);
+    expect_within_bounds(sh, run_gpu(blas, sh, in, good_ws(sh)), ref);
   }
 }
 
@@ -218,7 +211,7 @@ TEST(GpuAttentionGemm, BitwiseDeterministic) {
   cuda::Blas blas;
   const Shape sh{2, 100, 6, 2, 64};
   const Inputs in = make_inputs(sh, 99);
-  for (size_t ws : {sh.good_ws(), sh.min_ws()}) {
+  for (size_t ws : {good_ws(sh), min_ws(sh)}) {
     SCOPED_TRACE("workspace " + std::to_string(ws));
     const Results a = run_gpu(blas, sh, in, ws);
     const Results b = run_gpu(blas, sh, in, ws, 0.0f);
@@ -241,13 +234,13 @@ TEST(GpuAttentionGemm, ChunkingKeepsResults) {
   const Shape sh{2, 100, 12, 2, 64};
   const Inputs in = make_inputs(sh, 7);
   const Reference ref = cpu_reference(sh, in);
-  const Results good = run_gpu(blas, sh, in, sh.good_ws());
-  ASSERT_LT(sh.min_ws(), sh.good_ws());
+  const Results good = run_gpu(blas, sh, in, good_ws(sh));
+  ASSERT_LT(min_ws(sh), good_ws(sh));
   const double tol = kUb / 8;
   const double tol_lse = 4 * (fp32_sum_tol(sh.HS) * double(kSq) * kSk + 2 * kU * rms(ref.lse));
-  for (size_t ws : {sh.min_ws(), 2 * sh.min_ws(), 3 * sh.min_ws(), sh.good_ws() / 2, sh.good_ws() - 1}) {
-    SCOPED_TRACE("workspace " + std::to_string(ws) + " of " + std::to_string(sh.good_ws()));
-    ASSERT_GE(ws, sh.min_ws());
+  for (size_t ws : {min_ws(sh), 2 * min_ws(sh), 3 * min_ws(sh), good_ws(sh) / 2, good_ws(sh) - 1}) {
+    SCOPED_TRACE("workspace " + std::to_string(ws) + " of " + std::to_string(good_ws(sh)));
+    ASSERT_GE(ws, min_ws(sh));
     const Results got = run_gpu(blas, sh, in, ws);
     EXPECT_LE(rel_err(got.out, widen(good.out)), tol) << "out";
     EXPECT_LE(rms_err(got.lse, widen(good.lse)), tol_lse) << "lse";
@@ -256,7 +249,7 @@ TEST(GpuAttentionGemm, ChunkingKeepsResults) {
     EXPECT_LE(err_vs(got.dk, widen(good.dk), ref.mdk), tol) << "dk";
   }
   // More than a whole sequence changes nothing: the same chunks, the same bits.
-  expect_same_bits(good, run_gpu(blas, sh, in, sh.good_ws() + 4096));
+  expect_same_bits(good, run_gpu(blas, sh, in, good_ws(sh) + 4096));
 }
 
 // A workspace below the minimum (the message names it), a null or misaligned one, query heads
@@ -271,7 +264,7 @@ TEST(GpuAttentionGemm, RefusesBadArguments) {
   const auto q = to_device(in.q), k = to_device(in.k), v = to_device(in.v), dout = to_device(in.dout);
   auto out = guarded(nq, 0.0f), lse = guarded(nl, 0.0f), dq = guarded(nq, 0.0f), dk = guarded(nk, 0.0f),
        dv = guarded(nk, 0.0f);
-  const size_t need = sh.min_ws();
+  const size_t need = min_ws(sh);
   Workspace ws(need + 64);
   char* wsp = static_cast<char*>(ws.buf.data());
   const auto fwd = [&](void* w, size_t bytes, int64_t NH, int64_t KVH, int64_t HS, const float* qp) {

@@ -44,14 +44,6 @@ using namespace attntest;
 
 namespace {
 
-struct Shape {
-  int64_t B, T, NH, KVH, HS;
-  std::string str() const {
-    return "B " + std::to_string(B) + " T " + std::to_string(T) + " NH " + std::to_string(NH) + " KVH " +
-           std::to_string(KVH) + " HS " + std::to_string(HS);
-  }
-};
-
 struct Results {
   std::vector<float> out, lse, dq, dk, dv;
 };

@@ -59,6 +59,30 @@ __device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
+// Stages rows r0 .. r0+63 (of stride `stride` values, HS = D contiguous) as bf16: row major into
+// `rm` (pitch D + 8) and transposed into `tr` (pitch kKeys + 8), each when not null (the forward's
+// K and V, the backward's tiles); rows past T are 0. The transposed copy has consecutive threads
+// take consecutive rows (conflict-free 2-byte stores).
+template <int D, class In>
+__device__ __forceinline__ void stage_tile(const In* base, int64_t stride, int r0, int T, __nv_bfloat16* rm,
+                                           __nv_bfloat16* tr) {
+  constexpr int KP = D + 8, VP = kKeys + 8;
+  for (int idx = int(threadIdx.x); rm && idx < kKeys * D / 4; idx += kThreads) {
+    const int row = idx / (D / 4), c4 = idx % (D / 4);
+    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
+    *reinterpret_cast<uint2*>(rm + row * KP + 4 * c4) = w;
+  }
+  if (!tr) return;
+  for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
+    const int row = idx % kKeys, c4 = idx / kKeys;
+    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
+    tr[(4 * c4 + 0) * VP + row] = half_of(w.x, 0);
+    tr[(4 * c4 + 1) * VP + row] = half_of(w.x, 1);
+    tr[(4 * c4 + 2) * VP + row] = half_of(w.y, 0);
+    tr[(4 * c4 + 3) * VP + row] = half_of(w.y, 1);
+  }
+}
+
 // One block: queries q0 .. q0+63 of head h of sequence b. D = HS.
 template <int D, class In, class Out>
 __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* __restrict__ q,
@@ -97,21 +121,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* _
   for (int j = 0; j <= qt; ++j) {
     const int k0 = j * kKeys;
     __syncthreads();  // the previous tile's fragments are consumed
-    // K tile, row major: a thread per 4 consecutive dims of one key (coalesced).
-    for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
-      const int row = idx / (D / 4), c4 = idx % (D / 4);
-      const uint2 w = k0 + row < T ? load_quad(kb + int64_t(k0 + row) * kstride + 4 * c4) : make_uint2(0u, 0u);
-      *reinterpret_cast<uint2*>(Ks + row * KP + 4 * c4) = w;
-    }
-    // V tile, transposed: consecutive threads take consecutive keys (conflict-free stores).
-    for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
-      const int row = idx % kKeys, c4 = idx / kKeys;
-      const uint2 w = k0 + row < T ? load_quad(vb + int64_t(k0 + row) * kstride + 4 * c4) : make_uint2(0u, 0u);
-      Vt[(4 * c4 + 0) * VP + row] = half_of(w.x, 0);
-      Vt[(4 * c4 + 1) * VP + row] = half_of(w.x, 1);
-      Vt[(4 * c4 + 2) * VP + row] = half_of(w.y, 0);
-      Vt[(4 * c4 + 3) * VP + row] = half_of(w.y, 1);
-    }
+    stage_tile<D>(kb, kstride, k0, T, Ks, nullptr);  // K row major
+    stage_tile<D>(vb, kstride, k0, T, nullptr, Vt);  // V transposed
     __syncthreads();
 
     // S = Q K^T: 16 queries x 64 keys per warp, 8 tiles of 8 keys.
@@ -217,7 +228,7 @@ __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <class In>
-__global__ void dv_rows_kernel(const float* dout, const In* out, float* dq, int64_t rows, int HS, int T, int NH) {
+__global__ void dv_rows_kernel(const float* dout, const In* out, float* dq, int64_t rows, int HS) {
   const int lane = int(threadIdx.x & 31);
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
        r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
@@ -228,28 +239,6 @@ __global__ void dv_rows_kernel(const float* dout, const In* out, float* dq, int6
     for (int d = lane; d < HS; d += 32) x += a[d] * to_f(o[d]);
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
     if (lane == 0) dq[r * HS] = x;
-  }
-}
-
-// Stages rows r0 .. r0+63 (of stride `stride` floats, HS = D contiguous) as bf16: row major into
-// `rm` (pitch KP) and, when `tr` is not null, transposed into `tr` (pitch VP); rows past T are 0.
-template <int D, class In>
-__device__ __forceinline__ void stage_tile(const In* base, int64_t stride, int r0, int T, __nv_bfloat16* rm,
-                                           __nv_bfloat16* tr) {
-  constexpr int KP = D + 8, VP = kKeys + 8;
-  for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
-    const int row = idx / (D / 4), c4 = idx % (D / 4);
-    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
-    *reinterpret_cast<uint2*>(rm + row * KP + 4 * c4) = w;
-  }
-  if (!tr) return;
-  for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
-    const int row = idx % kKeys, c4 = idx / kKeys;  // consecutive threads, consecutive rows
-    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
-    tr[(4 * c4 + 0) * VP + row] = half_of(w.x, 0);
-    tr[(4 * c4 + 1) * VP + row] = half_of(w.x, 1);
-    tr[(4 * c4 + 2) * VP + row] = half_of(w.y, 0);
-    tr[(4 * c4 + 3) * VP + row] = half_of(w.y, 1);
   }
 }
 
@@ -506,7 +495,7 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const In* out,
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH;
   dv_rows_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
-      dout, out, dq, rows, D, int(T), int(NH));
+      dout, out, dq, rows, D);
   PRIMAL_CUDA_CHECK_LAUNCH();
   // Opt in to more than 48 KB of shared memory (once per instantiation; cheap to repeat).
   constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();

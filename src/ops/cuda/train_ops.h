@@ -69,13 +69,13 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
 
 // x: (B, T, n_heads, HS) rotated in place (the trainer passes pos0 = 0: positions 0..T-1).
 inline void rope_forward_train(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0,
-                               const RopeTrainParams& p, cudaStream_t s, uint16_t* out_bf16 = nullptr) {
-  rope_rotate(x, B, T, n_heads, pos0, p, false, s, out_bf16);
+                               const RopeTrainParams& p, cudaStream_t s) {
+  rope_rotate(x, B, T, n_heads, pos0, p, false, s);
 }
 // dx: (B, T, n_heads, HS), the gradient of the rotated values in, of the inputs out (in place).
 inline void rope_backward(float* dx, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                          cudaStream_t s, uint16_t* out_bf16 = nullptr) {
-  rope_rotate(dx, B, T, n_heads, pos0, p, true, s, out_bf16);
+                          cudaStream_t s) {
+  rope_rotate(dx, B, T, n_heads, pos0, p, true, s);
 }
 
 // ---- SwiGLU ------------------------------------------------------------------------------------

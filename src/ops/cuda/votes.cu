@@ -455,49 +455,37 @@ __global__ void col_norm_kernel(const float* col_sq, int64_t I, float* col_norm)
     col_norm[i] = mean > 0 ? float(__ddiv_rn(double(col_sq[i]), mean)) : 1.0f;
 }
 
-// The bf16 mode's col_norm: the mean by a block reduction (every thread sums a strided share in
-// fp64, then the warps' totals in warp order: run-to-run deterministic, not the CPU's order) instead
-// of one thread's chain, which took 7-20 us per backward call.
+// The bf16 mode's end of a backward call in one block of kNormThreads: with `fold`, each thread
+// first folds its columns' tile sums into col_sq's EMA (col_sq_kernel's job, for matrices whose
+// tile sums are few: n_tiles I <= kColStatsMax, at most 64 loads a thread; one block reading
+// seed-500m's w_down partials, 249K values, was slower than col_sq_kernel's many blocks); then
+// col_norm = col_sq / mean(col_sq), the mean by a block reduction (every thread sums a strided
+// share in fp64, the warps' totals added in warp order: run-to-run deterministic, not the CPU's
+// order) instead of one thread's chain, which took 7-20 us per backward call.
 constexpr int kNormThreads = 1024;
-
-__global__ void __launch_bounds__(kNormThreads) col_norm_fast_kernel(const float* col_sq, int64_t I, float* col_norm) {
-  __shared__ double part[kNormThreads / 32];
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < I; i += kNormThreads) s += double(col_sq[i]);
-  for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
-  __syncthreads();
-  double tot = 0;
-  for (int w = 0; w < kNormThreads / 32; ++w) tot += part[w];
-  const double mean = tot / double(I);
-  for (int64_t i = threadIdx.x; i < I; i += kNormThreads)
-    col_norm[i] = mean > 0 ? float(double(col_sq[i]) / mean) : 1.0f;
-}
-
-// The bf16 mode's col_sq_kernel and col_norm_fast_kernel in one block (a backward call's tail was
-// two launches of a few microseconds each, 170 times a step): each thread updates its columns'
-// EMA, then the block's mean as col_norm_fast_kernel's, then col_norm. For matrices whose tile
-// sums are few (n_tiles I <= kColStatsMax, at most 64 loads a thread): larger ones keep the two
-// kernels (one block reading seed-500m's w_down partials, 249K values, was slower than both).
 constexpr int64_t kColStatsMax = int64_t(1) << 16;
 
-__global__ void __launch_bounds__(kNormThreads) col_stats_fast_kernel(const float* part, int64_t n_tiles, int64_t I,
-                                                                      double b2, float* col_sq, float* col_norm) {
+__global__ void __launch_bounds__(kNormThreads) col_stats_fast_kernel(bool fold, const float* part, int64_t n_tiles,
+                                                                      int64_t I, double b2, float* col_sq,
+                                                                      float* col_norm) {
   __shared__ double red[kNormThreads / 32];
   double s = 0;
   for (int64_t i = threadIdx.x; i < I; i += kNormThreads) {
-    double c = 0;
-    int64_t t = 0;
-    for (; t + 16 <= n_tiles; t += 16) {  // 16 loads in flight, then their sum
-      float y[16];
+    float x = col_sq[i];
+    if (fold) {
+      double c = 0;
+      int64_t t = 0;
+      for (; t + 16 <= n_tiles; t += 16) {  // 16 loads in flight, then their sum
+        float y[16];
 #pragma unroll
-      for (int u = 0; u < 16; ++u) y[u] = part[(t + u) * I + i];
+        for (int u = 0; u < 16; ++u) y[u] = part[(t + u) * I + i];
 #pragma unroll
-      for (int u = 0; u < 16; ++u) c += double(y[u]);
+        for (int u = 0; u < 16; ++u) c += double(y[u]);
+      }
+      for (; t < n_tiles; ++t) c += double(part[t * I + i]);
+      x = float(b2 * double(x) + (1.0 - b2) * c);
+      col_sq[i] = x;
     }
-    for (; t < n_tiles; ++t) c += double(part[t * I + i]);
-    const float x = float(b2 * double(col_sq[i]) + (1.0 - b2) * c);
-    col_sq[i] = x;
     s += double(x);
   }
   for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
@@ -506,7 +494,7 @@ __global__ void __launch_bounds__(kNormThreads) col_stats_fast_kernel(const floa
   double tot = 0;
   for (int w = 0; w < kNormThreads / 32; ++w) tot += red[w];
   const double mean = tot / double(I);
-  for (int64_t i = threadIdx.x; i < I; i += kNormThreads)  // the columns this thread wrote
+  for (int64_t i = threadIdx.x; i < I; i += kNormThreads)  // the columns this thread read (and wrote)
     col_norm[i] = mean > 0 ? float(double(col_sq[i]) / mean) : 1.0f;
 }
 
@@ -786,19 +774,16 @@ void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, c
   check_state(w, st, p, "lut_votes_done");
   if (p.moments()) {
     const int64_t R = lut_train_tile_rows(w.I), n_tiles = (w.O + R - 1) / R;
-    if (train_math() == TrainMath::Bf16 && n_tiles * w.I <= kColStatsMax) {
-      col_stats_fast_kernel<<<1, kNormThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq, st.col_norm);
+    const bool fast = train_math() == TrainMath::Bf16, fold = fast && n_tiles * w.I <= kColStatsMax;
+    if (!fold) {
+      col_sq_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq);
       PRIMAL_CUDA_CHECK_LAUNCH();
-      ++st.events;
-      ++st.events_this_step;
-      return;
     }
-    col_sq_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(st.col_part, n_tiles, w.I, p.beta2, st.col_sq);
-    PRIMAL_CUDA_CHECK_LAUNCH();
-    ++st.events;
-    if (train_math() == TrainMath::Bf16) col_norm_fast_kernel<<<1, kNormThreads, 0, s>>>(st.col_sq, w.I, st.col_norm);
+    if (fast)
+      col_stats_fast_kernel<<<1, kNormThreads, 0, s>>>(fold, st.col_part, n_tiles, w.I, p.beta2, st.col_sq, st.col_norm);
     else col_norm_kernel<<<1, lut::kThreads, 0, s>>>(st.col_sq, w.I, st.col_norm);
     PRIMAL_CUDA_CHECK_LAUNCH();
+    ++st.events;
   }
   ++st.events_this_step;
 }

@@ -3,7 +3,6 @@
 #include "train/cuda/gpu_engine.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -22,6 +21,7 @@
 #include "ops/cuda/train_ops.h"
 #include "ops/cuda/train_step.h"
 #include "ops/cuda/votes.h"
+#include "train/memory_plan.h"
 #include "train/train_config.h"
 
 namespace primal::train {
@@ -129,6 +129,13 @@ class CudaEngine final : public StepEngine {
   // The bf16 copy of x (n values) in dst, in the bf16 mode; nothing otherwise.
   void bf16_copy(uint16_t* dst, const float* x, int64_t n) {
     if (bf16_) cu::to_bf16(dst, x, n, s_);
+  }
+  // RoPE (inverse: its backward) on x (B, T, heads, HS) in place, and in the bf16 mode x's bf16 copy
+  // xb, written by the RoPE kernel itself when every dimension rotates (else converted after).
+  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse) {
+    const bool fused = bf16_ && rope_.n_rot == hp_.head_dim;
+    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr);
+    if (!fused) bf16_copy(xb, x, B * T * heads * hp_.head_dim);
   }
   void note_memory();
   // PRIMAL_TRAIN_PROFILE=1: an event is recorded on the stream after every op, and the GPU time
@@ -384,7 +391,7 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     }
   }
   head_b16_ = bf16_ && head_->lut();
-  ldl_ = (V + 15) / 16 * 16;
+  ldl_ = bf16_logits_stride(V);
   if (head_b16_) logitsb_ = b16(head_chunk_ * ldl_);
   else logits_ = arena_.of<float>(size_t(head_chunk_ * V));
   // The GEMM scratch: the largest layer matrix whole (one dequantization and one GEMM per call),
@@ -512,10 +519,8 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
   lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
   mark(lf);
-  const bool fuse = bf16_ && rope_.n_rot == HS;  // RoPE writes the bf16 copies too
-  cu::rope_forward_train(q, B, T, NH, 0, rope_, s_, fuse ? a.qb : nullptr);
-  cu::rope_forward_train(k, B, T, KVH, 0, rope_, s_, fuse ? a.kb : nullptr);
-  if (!fuse) bf16_copy(a.qb, q, N * NH * HS), bf16_copy(a.kb, k, N * KVH * HS);
+  rope(q, a.qb, B, T, NH, false);
+  rope(k, a.kb, B, T, KVH, false);
   bf16_copy(a.vb, v, N * KVH * HS);
   mark(ew);
   if (mma_attention_)  // bf16 in, bf16 out
@@ -646,10 +651,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
-      const bool fuse = bf16_ && rope_.n_rot == HS;  // RoPE writes the bf16 copies too
-      cu::rope_backward(dq_, B, T, NH, 0, rope_, s_, fuse ? dqb_ : nullptr);
-      cu::rope_backward(dk_, B, T, KVH, 0, rope_, s_, fuse ? dkb_ : nullptr);
-      if (!fuse) bf16_copy(dqb_, dq_, N * NH * HS), bf16_copy(dkb_, dk_, N * KVH * HS);
+      rope(dq_, dqb_, B, T, NH, true);
+      rope(dk_, dkb_, B, T, KVH, true);
       bf16_copy(dvb_, dv_, N * KVH * HS);
       mark("norm/swiglu/rope bwd");
       lin_bwd(dxn_, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
