@@ -106,11 +106,12 @@ Results run_mma(const Shape& sh, const Inputs& in, float fill = std::numeric_lim
   const auto dout = to_device(in.dout);
   auto dq = guarded(nq, fill), dk = guarded(nk, fill), dv = guarded(nk, fill);
   // per_head: the workspace of the GQA heads' shares (poisoned; its guard checked below).
-  auto ws = guarded(per_head ? 2 * nq : 1, fill);
+  const size_t nws = per_head ? cuda::attention_backward_mma_workspace(sh.B, sh.T, sh.NH, sh.HS, true) : 1;
+  auto ws = guarded(nws, fill);
   cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(), out.as<float>(),
                                q.as<float>(), k.as<float>(), v.as<float>(), lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH,
-                               sh.HS, nullptr, per_head ? ws.as<float>() : nullptr, per_head ? 2 * nq : 0);
-  unguard(ws, per_head ? 2 * nq : 1, "workspace");
+                               sh.HS, nullptr, per_head ? ws.as<float>() : nullptr, per_head ? nws : 0);
+  unguard(ws, nws, "workspace");
   r.dq = unguard(dq, nq, "dq"), r.dk = unguard(dk, nk, "dk"), r.dv = unguard(dv, nk, "dv");
   return r;
 }

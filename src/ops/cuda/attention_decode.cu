@@ -28,11 +28,6 @@ namespace {
 // tg1000: 2: 865, 1: 928 (the keys re-read per head come from L2).
 constexpr int kChunk = 32, kWarps = 4, kMaxHeads = 1;
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = unsigned(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 template <int HS>
 struct DecodeSmem {

@@ -1,13 +1,11 @@
-// The tensor-core flash attention forward (attention_mma.h).
+// The tensor-core flash attention, forward and backward (attention_mma.h).
 //
-// mma.sync.m16n8k16 (bf16 in, fp32 accumulators) fragments, lane = 4 g + t:
-//   A (16 x 16, row major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
-//   B (16 x 8, k x n):      b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
-//   C (16 x 8):             c0, c1 = C[g][2t], C[g][2t+1];  c2, c3 = C[g+8][2t], C[g+8][2t+1]
-// (the lower half of a 32-bit register holds the lower index). S = Q K^T takes B[dim][key] =
-// K[key][dim]: a pair of dims of one key, contiguous in K's rows. O = P V takes A = P, whose
-// fragments are exactly the accumulators of two adjacent S tiles, and B[key][dim] = V[key][dim]:
-// a pair of keys of one dim, contiguous in V transposed (Vt), which is how V is staged.
+// Fragments and loads: mma.cuh. S = Q K^T takes B[dim][key] = K[key][dim] from K's row-major
+// tile (load_b_nk); O = P V takes A = P, whose fragments are exactly the accumulators of two
+// adjacent S tiles, and B[key][dim] = V[key][dim] by the transposing load (load_b_kn). Every
+// operand is staged once, row major, in shared memory (bf16, rows padded by 16 bytes) by cp.async
+// straight from the bf16 activations, the next tile's copies in flight while the current one is
+// multiplied (two stages).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -16,103 +14,79 @@
 
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/check.cuh"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/lut_train.h"
+#include "ops/cuda/mma.cuh"
 
 namespace primal::cuda {
 namespace {
 
+using bf16 = __nv_bfloat16;
+using mma::load_a;
+using mma::load_b_kn;
+using mma::load_b_nk;
+using mma::mma_bf16;
+using mma::pack_bf16;
+
 constexpr int kRows = 64;    // queries per block (16 per warp)
 constexpr int kKeys = 64;    // keys per tile
 constexpr int kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+// A staged tile: 64 rows of D bf16, pitch D + 8.
+template <int D>
+constexpr int tile_elems() {
+  return kKeys * (D + 8);
 }
 
-// Inputs are fp32 (rounded to bf16 here) or bf16 (the bf16 mode's activations, taken as they are):
-// pairs and quads of consecutive values as packed bf16.
-__device__ __forceinline__ uint32_t load_pair(const float* p) {
-  const float2 x = *reinterpret_cast<const float2*>(p);
-  return pack_bf16(x.x, x.y);
+// Issues the copies of rows r0 .. r0+63 (row stride `stride` elements, D contiguous) into dst;
+// rows at or past T are zero-filled.
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* base, int64_t stride, int r0, int T) {
+  constexpr int P = D + 8, chunks = D / 8;  // 16-byte chunks per row
+  for (int c = int(threadIdx.x); c < kKeys * chunks; c += kThreads) {
+    const int row = c / chunks, col = 8 * (c % chunks);
+    const bool ok = r0 + row < T;
+    cp_async16(dst + row * P + col, base + (ok ? int64_t(r0 + row) * stride + col : 0), ok);
+  }
 }
-__device__ __forceinline__ uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-__device__ __forceinline__ uint2 load_quad(const float* p) {
-  const float4 x = *reinterpret_cast<const float4*>(p);
-  return make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
-}
-__device__ __forceinline__ uint2 load_quad(const __nv_bfloat16* p) { return *reinterpret_cast<const uint2*>(p); }
-__device__ __forceinline__ __nv_bfloat16 half_of(uint32_t w, int hi) {
-  const uint16_t b = uint16_t(hi ? w >> 16 : w & 0xFFFFu);
-  return *reinterpret_cast<const __nv_bfloat16*>(&b);
-}
-// Stores a row pair of the output.
+
 __device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
-__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
+__device__ __forceinline__ void store_pair(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
-// Stages rows r0 .. r0+63 (of stride `stride` values, HS = D contiguous) as bf16: row major into
-// `rm` (pitch D + 8) and transposed into `tr` (pitch kKeys + 8), each when not null (the forward's
-// K and V, the backward's tiles); rows past T are 0. The transposed copy has consecutive threads
-// take consecutive rows (conflict-free 2-byte stores).
-template <int D, class In>
-__device__ __forceinline__ void stage_tile(const In* base, int64_t stride, int r0, int T, __nv_bfloat16* rm,
-                                           __nv_bfloat16* tr) {
-  constexpr int KP = D + 8, VP = kKeys + 8;
-  for (int idx = int(threadIdx.x); rm && idx < kKeys * D / 4; idx += kThreads) {
-    const int row = idx / (D / 4), c4 = idx % (D / 4);
-    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
-    *reinterpret_cast<uint2*>(rm + row * KP + 4 * c4) = w;
-  }
-  if (!tr) return;
-  for (int idx = int(threadIdx.x); idx < kKeys * D / 4; idx += kThreads) {
-    const int row = idx % kKeys, c4 = idx / kKeys;
-    const uint2 w = r0 + row < T ? load_quad(base + int64_t(r0 + row) * stride + 4 * c4) : make_uint2(0u, 0u);
-    tr[(4 * c4 + 0) * VP + row] = half_of(w.x, 0);
-    tr[(4 * c4 + 1) * VP + row] = half_of(w.x, 1);
-    tr[(4 * c4 + 2) * VP + row] = half_of(w.y, 0);
-    tr[(4 * c4 + 3) * VP + row] = half_of(w.y, 1);
-  }
+// One block: queries q0 .. q0+63 of head h of sequence b. D = HS. Shared memory: Q, then two
+// stages of K and V.
+template <int D>
+constexpr size_t forward_smem() {
+  return size_t(5 * tile_elems<D>()) * 2;
 }
 
-// One block: queries q0 .. q0+63 of head h of sequence b. D = HS.
-template <int D, class In, class Out>
-__global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* __restrict__ q,
-                                                                    const In* __restrict__ k,
-                                                                    const In* __restrict__ v, Out* out, float* lse,
+template <int D, class Out>
+__global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const bf16* __restrict__ q,
+                                                                    const bf16* __restrict__ k,
+                                                                    const bf16* __restrict__ v, Out* out, float* lse,
                                                                     int T, int NH, int KVH, float scale_log2) {
-  constexpr int KP = D + 8;      // Ks row pitch (bf16): conflict-free fragment loads
-  constexpr int VP = kKeys + 8;  // Vt row pitch
-  __shared__ __align__(16) __nv_bfloat16 Ks[kKeys * KP];
-  __shared__ __align__(16) __nv_bfloat16 Vt[D * VP];
+  constexpr int P = D + 8, TE = tile_elems<D>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Ks = Qs + TE;      // stage j & 1 at Ks + (j & 1) TE
+  bf16* Vs = Ks + 2 * TE;
   const int qt = int(gridDim.x) - 1 - int(blockIdx.x);  // the longest rows first
   const int h = int(blockIdx.y), b = int(blockIdx.z), kvh = h / (NH / KVH);
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
   const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
-  const In* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const In* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const bf16* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const bf16* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
 
-  // The warp's 16 query rows as A fragments (bf16), straight from global memory.
-  uint32_t qa[D / 16][4];
-  {
-    const In* qr0 = q + (int64_t(b) * T + r0) * qstride + int64_t(h) * D;
-    const In* qr1 = qr0 + 8 * qstride;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int c = 16 * kk + 2 * t;
-      qa[kk][0] = r0 < T ? load_pair(qr0 + c) : 0u, qa[kk][1] = r1 < T ? load_pair(qr1 + c) : 0u;
-      qa[kk][2] = r0 < T ? load_pair(qr0 + c + 8) : 0u, qa[kk][3] = r1 < T ? load_pair(qr1 + c + 8) : 0u;
-    }
-  }
+  load_tile<D>(Qs, q + int64_t(b) * T * qstride + int64_t(h) * D, qstride, q0, T);
+  load_tile<D>(Ks, kb, kstride, 0, T);
+  load_tile<D>(Vs, vb, kstride, 0, T);
+  cp_async_commit();
+
+  uint32_t qa[D / 16][4];  // the warp's 16 query rows as A fragments
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -120,24 +94,35 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* _
 
   for (int j = 0; j <= qt; ++j) {
     const int k0 = j * kKeys;
-    __syncthreads();  // the previous tile's fragments are consumed
-    stage_tile<D>(kb, kstride, k0, T, Ks, nullptr);  // K row major
-    stage_tile<D>(vb, kstride, k0, T, nullptr, Vt);  // V transposed
+    if (j < qt) {  // the next tile into the other stage (consumed by the previous iteration)
+      load_tile<D>(Ks + ((j + 1) & 1) * TE, kb, kstride, k0 + kKeys, T);
+      load_tile<D>(Vs + ((j + 1) & 1) * TE, vb, kstride, k0 + kKeys, T);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    const bf16* Kc = Ks + (j & 1) * TE;
+    const bf16* Vc = Vs + (j & 1) * TE;
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) load_a(qa[kk], Qs, P, 16 * warp, 16 * kk, lane);
+    }
 
     // S = Q K^T: 16 queries x 64 keys per warp, 8 tiles of 8 keys.
     float s[kKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-      const __nv_bfloat16* kr = Ks + (8 * n + g) * KP + 2 * t;
+    for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kr + 16 * kk);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(kr + 16 * kk + 8);
-        mma_bf16(s[n], qa[kk], b0, b1);
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; n += 2) {
+        uint32_t kb4[4];
+        load_b_nk(kb4, Kc, P, 8 * n, 16 * kk, lane);
+        mma_bf16(s[n], qa[kk], kb4[0], kb4[1]);
+        mma_bf16(s[n + 1], qa[kk], kb4[2], kb4[3]);
       }
-    }
     // Scale to base 2, mask (causal and the end of the sequence), the tile's row maxima.
     float mx0 = -INFINITY, mx1 = -INFINITY;
     const bool diag = j == qt || k0 + kKeys > T;
@@ -179,11 +164,14 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* _
                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const __nv_bfloat16* vr = Vt + (8 * n + g) * VP + 16 * kk + 2 * t;
-        mma_bf16(o[n], pa, *reinterpret_cast<const uint32_t*>(vr), *reinterpret_cast<const uint32_t*>(vr + 8));
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t vb4[4];
+        load_b_kn(vb4, Vc, P, 16 * kk, 8 * n, lane);
+        mma_bf16(o[n], pa, vb4[0], vb4[1]);
+        mma_bf16(o[n + 1], pa, vb4[2], vb4[3]);
       }
     }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -209,173 +197,201 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const In* _
 // ---- backward ----------------------------------------------------------------------------------
 //
 // Three kernels, no atomics (every sum in a fixed order: bitwise identical from run to run):
-//  1. Dv[b, h, t] = dout . out (fp32), stored in dq[b, t, h, 0], the one element of dq that only
-//     kernel 3's block for that row reads and later overwrites;
+//  1. per query row: Dv = dout . out (fp32), lse in base 2, and dout rounded to bf16, into the
+//     workspace (BwdWs) where the other two stage them with cp.async;
 //  2. dk, dv per (sequence, KV head, tile of 64 keys), 16 keys a warp, walking the query tiles
 //     from the diagonal to the end for every query head of the group:
 //       S^T = K Q^T, P^T = exp2(S^T log2e / sqrt(HS) - lse2), dV += P^T dO,
 //       dP^T = V dO^T, dS^T = P^T (dP^T - Dv), dK += dS^T Q;
 //  3. dq per (sequence, head, tile of 64 queries), 16 queries a warp, over the key tiles up to
 //     the diagonal: S = Q K^T, P, dP = dO V^T, dS = P (dP - Dv), dQ += dS K.
-// Operands are staged as bf16 in shared memory, row major where a product reads pairs along the
-// head dimension and transposed where it reads pairs along the queries (Q^T, dO^T) or keys (K^T).
-// 32 queries at a time in kernel 2 keep its four accumulator sets (dK, dV, S^T, dP^T) within the
-// register file at HS 128.
+// Every operand is one row-major tile: the products that read pairs along the queries (P^T dO,
+// dS^T Q) or keys (dS K) take them by the transposing load. 32 queries at a time in kernel 2
+// keep its four accumulator sets (dK, dV, S^T, dP^T) within the register file at HS 128.
 
 constexpr int kSub = 32;  // queries per inner step of kernel 2
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+// The backward's workspace (floats, 16-byte aligned parts): dout in bf16 (B, T, NH, HS), lse2
+// and Dv (B, NH, Tp) with Tp = T rounded up to 4 (each row 16-byte aligned); then, optionally,
+// each query head's share of dk and dv (2 B T NH HS).
+struct BwdWs {
+  bf16* dob = nullptr;
+  float* lse2 = nullptr;
+  float* dvec = nullptr;
+  int Tp = 0;
+};
+int64_t padded_t(int64_t T) { return (T + 3) / 4 * 4; }
+int64_t ws_base_floats(int64_t B, int64_t T, int64_t NH, int64_t HS) {
+  return B * T * NH * HS / 2 + 2 * B * NH * padded_t(T);
+}
+BwdWs carve(float* ws, int64_t B, int64_t T, int64_t NH, int64_t HS) {
+  BwdWs w;
+  w.dob = reinterpret_cast<bf16*>(ws);
+  w.lse2 = ws + B * T * NH * HS / 2;
+  w.dvec = w.lse2 + B * NH * padded_t(T);
+  w.Tp = int(padded_t(T));
+  return w;
+}
 
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+
+// A warp per row r = (b T + t) NH + h of q's layout.
 template <class In>
-__global__ void dv_rows_kernel(const float* dout, const In* out, float* dq, int64_t rows, int HS) {
+__global__ void bwd_prep_kernel(const float* dout, const In* out, const float* lse, BwdWs w, int64_t rows, int T,
+                                int NH, int HS) {
   const int lane = int(threadIdx.x & 31);
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
        r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
-    // r = (b T + t) NH + h: the row of q's layout.
     const float* a = dout + r * HS;
     const In* o = out + r * HS;
     float x = 0.0f;
-    for (int d = lane; d < HS; d += 32) x += a[d] * to_f(o[d]);
+    for (int d = lane; d < HS; d += 32) {
+      const float ad = a[d];
+      x += ad * to_f(o[d]);
+      w.dob[r * HS + d] = __float2bfloat16_rn(ad);
+    }
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-    if (lane == 0) dq[r * HS] = x;
-  }
-}
-
-// The A fragment of rows row0 .. row0+15, k-step kk, of a row-major bf16 tile with pitch P.
-__device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16* tile, int P, int row0, int kk, int g,
-                                       int t) {
-  const __nv_bfloat16* p = tile + (row0 + g) * P + 16 * kk + 2 * t;
-  a[0] = *reinterpret_cast<const uint32_t*>(p);
-  a[1] = *reinterpret_cast<const uint32_t*>(p + 8 * P);
-  a[2] = *reinterpret_cast<const uint32_t*>(p + 8);
-  a[3] = *reinterpret_cast<const uint32_t*>(p + 8 * P + 8);
-}
-
-// The backward's paired products over the head dimension, for a warp's 16 rows row0_a.. of the
-// row-major tiles A1, A2 against NT tiles of 8 rows row0_b.. of the row-major tiles B1, B2 (all
-// pitch P): acc1[n] = A1 B1^T, acc2[n] = A2 B2^T (S and dP, or their transposes).
-template <int D, int NT>
-__device__ __forceinline__ void mma_pair(float (&acc1)[NT][4], float (&acc2)[NT][4], const __nv_bfloat16* A1,
-                                         const __nv_bfloat16* A2, const __nv_bfloat16* B1, const __nv_bfloat16* B2,
-                                         int P, int row0_a, int row0_b, int g, int t) {
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc1[n][e] = acc2[n][e] = 0.0f;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a1[4], a2[4];
-    load_a(a1, A1, P, row0_a, kk, g, t);
-    load_a(a2, A2, P, row0_a, kk, g, t);
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      const int off = (row0_b + 8 * n + g) * P + 16 * kk + 2 * t;
-      mma_bf16(acc1[n], a1, *reinterpret_cast<const uint32_t*>(B1 + off), *reinterpret_cast<const uint32_t*>(B1 + off + 8));
-      mma_bf16(acc2[n], a2, *reinterpret_cast<const uint32_t*>(B2 + off), *reinterpret_cast<const uint32_t*>(B2 + off + 8));
+    if (lane == 0) {
+      const int64_t h = r % NH, bt = r / NH, b = bt / T, tq = bt - b * T;
+      const int64_t i = (b * NH + h) * w.Tp + tq;
+      w.dvec[i] = x;
+      w.lse2[i] = lse[(b * NH + h) * T + tq] * kLog2e;
     }
   }
 }
 
+// Issues the copies of 64 values of a (B, NH, Tp) row from q0 (chunks past Tp zero-filled).
+__device__ __forceinline__ void load_row64(float* dst, const float* row, int q0, int Tp, int c) {
+  const bool ok = q0 + 4 * c < Tp;
+  cp_async16(dst + 4 * c, row + (ok ? q0 + 4 * c : 0), ok);
+}
+
 template <int D>
 constexpr size_t dkdv_smem() {
-  return size_t(4 * kKeys * (D + 8) + 2 * D * (kKeys + 8)) * 2 + 2 * kKeys * sizeof(float);
+  return size_t(6 * tile_elems<D>()) * 2 + 4 * kRows * sizeof(float);
 }
 template <int D>
 constexpr size_t dq_smem() {
-  return size_t(4 * kKeys * (D + 8) + D * (kKeys + 8)) * 2;
+  return size_t(6 * tile_elems<D>()) * 2;
 }
 
-template <int D, class In>
-__global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const In* __restrict__ q,
-                                                                 const In* __restrict__ k,
-                                                                 const In* __restrict__ v,
-                                                                 const float* __restrict__ dout,
-                                                                 const float* __restrict__ lse, const float* dvec,
-                                                                 float* dk, float* dv, int T, int NH, int KVH,
-                                                                 bool per_head, float scale, float scale_log2) {
-  constexpr int KP = D + 8, VP = kKeys + 8;
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                                                 const bf16* __restrict__ v, const BwdWs w, float* dk,
+                                                                 float* dv, int T, int NH, int KVH, bool per_head,
+                                                                 float scale, float scale_log2) {
+  constexpr int P = D + 8, TE = tile_elems<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* Vs = Ks + kKeys * KP;
-  __nv_bfloat16* Qs = Vs + kKeys * KP;
-  __nv_bfloat16* Os = Qs + kKeys * KP;  // dO
-  __nv_bfloat16* Qt = Os + kKeys * KP;
-  __nv_bfloat16* Ot = Qt + D * VP;
-  float* lse2 = reinterpret_cast<float*>(Ot + D * VP);  // (64) lse log2e of the tile's queries
-  float* dvs = lse2 + kKeys;                             // (64) Dv of the tile's queries
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + TE;
+  bf16* Qs = Vs + TE;       // two stages: Qs + stage TE
+  bf16* Os = Qs + 2 * TE;   // dO, two stages
+  float* lse2 = reinterpret_cast<float*>(Os + 2 * TE);  // (2, 64) lse log2e of the tile's queries
+  float* dvs = lse2 + 2 * kRows;                         // (2, 64) Dv of the tile's queries
   const int kt = int(gridDim.x) - 1 - int(blockIdx.x);   // the tiles with the most queries first
   // blockIdx.y: a KV head whose group's query heads the block walks in order (dk, dv written), or
   // (per_head) one query head, whose share of dk, dv goes to its own slot of dk, dv laid out as q
   // (B, T, NH, HS), summed over the group by sum_group_kernel.
   const int G = NH / KVH, h_first = per_head ? int(blockIdx.y) : int(blockIdx.y) * G, n_heads = per_head ? 1 : G;
   const int kvh = h_first / G, b = int(blockIdx.z);
-  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
-  const int k0 = kt * kKeys, n_qt = (T + kRows - 1) / kRows;
+  const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, t = lane & 3;
+  const int k0 = kt * kKeys, n_qt = (T + kRows - 1) / kRows, per = n_qt - kt, steps = n_heads * per;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
-  const In* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const In* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  stage_tile<D>(kb, kstride, k0, T, Ks, nullptr);
-  stage_tile<D>(vb, kstride, k0, T, Vs, nullptr);
+  load_tile<D>(Ks, k + int64_t(b) * T * kstride + int64_t(kvh) * D, kstride, k0, T);
+  load_tile<D>(Vs, v + int64_t(b) * T * kstride + int64_t(kvh) * D, kstride, k0, T);
+  // Step i: query tile kt + i % per of head h_first + i / per, into stage i & 1.
+  const auto issue = [&](int i) {
+    const int h = h_first + i / per, q0 = (kt + i % per) * kRows, st = i & 1;
+    const int64_t off = int64_t(b) * T * qstride + int64_t(h) * D;
+    load_tile<D>(Qs + st * TE, q + off, qstride, q0, T);
+    load_tile<D>(Os + st * TE, w.dob + off, qstride, q0, T);
+    const int64_t row = (int64_t(b) * NH + h) * w.Tp;
+    for (int c = int(threadIdx.x); c < 2 * kRows / 4; c += kThreads)
+      c < kRows / 4 ? load_row64(lse2 + st * kRows, w.lse2 + row, q0, w.Tp, c)
+                    : load_row64(dvs + st * kRows, w.dvec + row, q0, w.Tp, c - kRows / 4);
+    cp_async_commit();
+  };
+  issue(0);  // (with K and V in the same group)
   float dK[D / 8][4], dV[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.0f;
-  const int key_a = k0 + 16 * warp + g, key_b = key_a + 8;  // this lane's two keys
+  const int key_a = k0 + 16 * warp + (lane >> 2), key_b = key_a + 8;  // this lane's two keys
 
-  for (int hh = 0; hh < n_heads; ++hh) {
-    const int h = h_first + hh;
-    const In* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
-    const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
-    for (int qt = kt; qt < n_qt; ++qt) {
-      const int q0 = qt * kRows;
-      __syncthreads();  // the previous tile is consumed (and K, V staged, the first time)
-      stage_tile<D>(qb, qstride, q0, T, Qs, Qt);
-      stage_tile<D>(ob, qstride, q0, T, Os, Ot);
-      for (int i = int(threadIdx.x); i < kRows; i += kThreads) {
-        const int tq = q0 + i;
-        // Rows past the end: lse +inf, so P = 0 there.
-        lse2[i] = tq < T ? lse[(int64_t(b) * NH + h) * T + tq] * 1.4426950408889634f : INFINITY;
-        dvs[i] = tq < T ? dvec[((int64_t(b) * T + tq) * NH + h) * D] : 0.0f;
+  for (int i = 0; i < steps; ++i) {
+    if (i + 1 < steps) {
+      issue(i + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int st = i & 1, q0 = (kt + i % per) * kRows;
+    const bf16* Qc = Qs + st * TE;
+    const bf16* Oc = Os + st * TE;
+    const float* l2 = lse2 + st * kRows;
+    const float* dvc = dvs + st * kRows;
+    const bool edge = q0 == k0 || q0 + kRows > T || k0 + kKeys > T;  // the diagonal or the end
+#pragma unroll
+    for (int sub = 0; sub < kRows / kSub; ++sub) {
+      const int s0 = sub * kSub;
+      // S^T = K Q^T, dP^T = V dO^T over the head dimension.
+      float sT[kSub / 8][4], dpT[kSub / 8][4];
+#pragma unroll
+      for (int n = 0; n < kSub / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sT[n][e] = dpT[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ka[4], va[4];
+        load_a(ka, Ks, P, 16 * warp, 16 * kk, lane);
+        load_a(va, Vs, P, 16 * warp, 16 * kk, lane);
+#pragma unroll
+        for (int n = 0; n < kSub / 8; n += 2) {
+          uint32_t qb4[4], ob4[4];
+          load_b_nk(qb4, Qc, P, s0 + 8 * n, 16 * kk, lane);
+          load_b_nk(ob4, Oc, P, s0 + 8 * n, 16 * kk, lane);
+          mma_bf16(sT[n], ka, qb4[0], qb4[1]);
+          mma_bf16(dpT[n], va, ob4[0], ob4[1]);
+          mma_bf16(sT[n + 1], ka, qb4[2], qb4[3]);
+          mma_bf16(dpT[n + 1], va, ob4[2], ob4[3]);
+        }
       }
-      __syncthreads();
-      const bool diag = qt == kt;
+      // P^T and dS^T in place (rows = keys key_a / key_b, columns = queries).
 #pragma unroll
-      for (int sub = 0; sub < kRows / kSub; ++sub) {
-        const int s0 = sub * kSub;
-        float st[kSub / 8][4], dpt[kSub / 8][4];  // S^T = K Q^T, dP^T = V dO^T
-        mma_pair<D>(st, dpt, Ks, Vs, Qs, Os, KP, 16 * warp, s0, g, t);
-        // P^T and dS^T in place (S^T's accumulators: rows = keys key_a / key_b, columns = queries).
+      for (int n = 0; n < kSub / 8; ++n)
 #pragma unroll
-        for (int n = 0; n < kSub / 8; ++n)
+        for (int e = 0; e < 4; ++e) {
+          const int qi = s0 + 8 * n + 2 * t + (e & 1), key = e < 2 ? key_a : key_b;
+          const float p = exp2f(sT[n][e] * scale_log2 - l2[qi]);
+          const bool dead = edge && (q0 + qi < key || key >= T || q0 + qi >= T);
+          sT[n][e] = dead ? 0.0f : p;
+          dpT[n][e] = dead ? 0.0f : p * (dpT[n][e] - dvc[qi]);
+        }
+      // dV += P^T dO and dK += dS^T Q over the 32 queries (2 k-steps of 16).
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qi = s0 + 8 * n + 2 * t + (e & 1), key = e < 2 ? key_a : key_b;
-            float p = exp2f(st[n][e] * scale_log2 - lse2[qi]);
-            if ((diag && q0 + qi < key) || key >= T) p = 0.0f;
-            st[n][e] = p;
-            dpt[n][e] = p * (dpt[n][e] - dvs[qi]);
-          }
-        // dV += P^T dO and dK += dS^T Q over the 32 queries (2 k-steps of 16).
+      for (int kk = 0; kk < kSub / 16; ++kk) {
+        const uint32_t pa[4] = {pack_bf16(sT[2 * kk][0], sT[2 * kk][1]), pack_bf16(sT[2 * kk][2], sT[2 * kk][3]),
+                                pack_bf16(sT[2 * kk + 1][0], sT[2 * kk + 1][1]),
+                                pack_bf16(sT[2 * kk + 1][2], sT[2 * kk + 1][3])};
+        const uint32_t da[4] = {pack_bf16(dpT[2 * kk][0], dpT[2 * kk][1]), pack_bf16(dpT[2 * kk][2], dpT[2 * kk][3]),
+                                pack_bf16(dpT[2 * kk + 1][0], dpT[2 * kk + 1][1]),
+                                pack_bf16(dpT[2 * kk + 1][2], dpT[2 * kk + 1][3])};
 #pragma unroll
-        for (int kk = 0; kk < kSub / 16; ++kk) {
-          const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                                  pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                  pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-          const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
-                                  pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                                  pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            const __nv_bfloat16* orr = Ot + (8 * n + g) * VP + s0 + 16 * kk + 2 * t;
-            const __nv_bfloat16* qr = Qt + (8 * n + g) * VP + s0 + 16 * kk + 2 * t;
-            mma_bf16(dV[n], pa, *reinterpret_cast<const uint32_t*>(orr), *reinterpret_cast<const uint32_t*>(orr + 8));
-            mma_bf16(dK[n], da, *reinterpret_cast<const uint32_t*>(qr), *reinterpret_cast<const uint32_t*>(qr + 8));
-          }
+        for (int n = 0; n < D / 8; n += 2) {
+          uint32_t ob4[4], qb4[4];
+          load_b_kn(ob4, Oc, P, s0 + 16 * kk, 8 * n, lane);
+          load_b_kn(qb4, Qc, P, s0 + 16 * kk, 8 * n, lane);
+          mma_bf16(dV[n], pa, ob4[0], ob4[1]);
+          mma_bf16(dV[n + 1], pa, ob4[2], ob4[3]);
+          mma_bf16(dK[n], da, qb4[0], qb4[1]);
+          mma_bf16(dK[n + 1], da, qb4[2], qb4[3]);
         }
       }
     }
+    __syncthreads();  // this stage is consumed before step i + 2 refills it
   }
   // dk and dv rows key_a, key_b of KV head kvh (or of query head h_first's slot).
   const int64_t ostride = per_head ? qstride : kstride;
@@ -385,90 +401,113 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const In* __re
   for (int n = 0; n < D / 8; ++n) {
     const int c = 8 * n + 2 * t;
     if (key_a < T) {
-      *reinterpret_cast<float2*>(dkb + int64_t(key_a) * ostride + c) = make_float2(dK[n][0] * scale, dK[n][1] * scale);
-      *reinterpret_cast<float2*>(dvb + int64_t(key_a) * ostride + c) = make_float2(dV[n][0], dV[n][1]);
+      store_pair(dkb + int64_t(key_a) * ostride + c, dK[n][0] * scale, dK[n][1] * scale);
+      store_pair(dvb + int64_t(key_a) * ostride + c, dV[n][0], dV[n][1]);
     }
     if (key_b < T) {
-      *reinterpret_cast<float2*>(dkb + int64_t(key_b) * ostride + c) = make_float2(dK[n][2] * scale, dK[n][3] * scale);
-      *reinterpret_cast<float2*>(dvb + int64_t(key_b) * ostride + c) = make_float2(dV[n][2], dV[n][3]);
+      store_pair(dkb + int64_t(key_b) * ostride + c, dK[n][2] * scale, dK[n][3] * scale);
+      store_pair(dvb + int64_t(key_b) * ostride + c, dV[n][2], dV[n][3]);
     }
   }
 }
 
-template <int D, class In>
-__global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const In* __restrict__ q,
-                                                               const In* __restrict__ k,
-                                                               const In* __restrict__ v,
-                                                               const float* __restrict__ dout,
-                                                               const float* __restrict__ lse, float* dq, int T, int NH,
-                                                               int KVH, float scale, float scale_log2) {
-  constexpr int KP = D + 8, VP = kKeys + 8;
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                                               const bf16* __restrict__ v, const BwdWs w, float* dq,
+                                                               int T, int NH, int KVH, float scale, float scale_log2) {
+  constexpr int P = D + 8, TE = tile_elems<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* Os = Qs + kRows * KP;  // dO
-  __nv_bfloat16* Ks = Os + kRows * KP;
-  __nv_bfloat16* Vs = Ks + kKeys * KP;
-  __nv_bfloat16* Kt = Vs + kKeys * KP;
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Os = Qs + TE;      // dO
+  bf16* Ks = Os + TE;      // two stages
+  bf16* Vs = Ks + 2 * TE;  // two stages
   const int qt = int(gridDim.x) - 1 - int(blockIdx.x);
   const int h = int(blockIdx.y), b = int(blockIdx.z), kvh = h / (NH / KVH);
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
   const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
-  const In* qb = q + int64_t(b) * T * qstride + int64_t(h) * D;
-  const float* ob = dout + int64_t(b) * T * qstride + int64_t(h) * D;
-  const In* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const In* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  float* dqb = dq + int64_t(b) * T * qstride + int64_t(h) * D;
-  // This lane's rows: lse in base 2 and Dv (read from dq before anything overwrites it: only
-  // this block writes these rows of dq, at its end).
-  const float l2a = r0 < T ? lse[(int64_t(b) * NH + h) * T + r0] * 1.4426950408889634f : INFINITY;
-  const float l2b = r1 < T ? lse[(int64_t(b) * NH + h) * T + r1] * 1.4426950408889634f : INFINITY;
-  const float dva = r0 < T ? dqb[int64_t(r0) * qstride] : 0.0f;
-  const float dvb = r1 < T ? dqb[int64_t(r1) * qstride] : 0.0f;
-  stage_tile<D>(qb, qstride, q0, T, Qs, nullptr);
-  stage_tile<D>(ob, qstride, q0, T, Os, nullptr);
+  const int64_t qoff = int64_t(b) * T * qstride + int64_t(h) * D;
+  const bf16* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  const bf16* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
+  load_tile<D>(Qs, q + qoff, qstride, q0, T);
+  load_tile<D>(Os, w.dob + qoff, qstride, q0, T);
+  load_tile<D>(Ks, kb, kstride, 0, T);
+  load_tile<D>(Vs, vb, kstride, 0, T);
+  cp_async_commit();
+  // This lane's rows: lse in base 2 and Dv.
+  const int64_t row = (int64_t(b) * NH + h) * w.Tp;
+  const float l2a = r0 < T ? w.lse2[row + r0] : 0.0f, l2b = r1 < T ? w.lse2[row + r1] : 0.0f;
+  const float dva = r0 < T ? w.dvec[row + r0] : 0.0f, dvb = r1 < T ? w.dvec[row + r1] : 0.0f;
   float dQ[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
 
   for (int j = 0; j <= qt; ++j) {
     const int k0 = j * kKeys;
+    if (j < qt) {
+      load_tile<D>(Ks + ((j + 1) & 1) * TE, kb, kstride, k0 + kKeys, T);
+      load_tile<D>(Vs + ((j + 1) & 1) * TE, vb, kstride, k0 + kKeys, T);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    stage_tile<D>(kb, kstride, k0, T, Ks, Kt);
-    stage_tile<D>(vb, kstride, k0, T, Vs, nullptr);
-    __syncthreads();
+    const bf16* Kc = Ks + (j & 1) * TE;
+    const bf16* Vc = Vs + (j & 1) * TE;
     float s[kKeys / 8][4], dp[kKeys / 8][4];  // S = Q K^T, dP = dO V^T
-    mma_pair<D>(s, dp, Qs, Os, Ks, Vs, KP, 16 * warp, 0, g, t);
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[4], oa[4];
+      load_a(qa, Qs, P, 16 * warp, 16 * kk, lane);
+      load_a(oa, Os, P, 16 * warp, 16 * kk, lane);
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; n += 2) {
+        uint32_t kb4[4], vb4[4];
+        load_b_nk(kb4, Kc, P, 8 * n, 16 * kk, lane);
+        load_b_nk(vb4, Vc, P, 8 * n, 16 * kk, lane);
+        mma_bf16(s[n], qa, kb4[0], kb4[1]);
+        mma_bf16(dp[n], oa, vb4[0], vb4[1]);
+        mma_bf16(s[n + 1], qa, kb4[2], kb4[3]);
+        mma_bf16(dp[n + 1], oa, vb4[2], vb4[3]);
+      }
+    }
     const bool diag = j == qt || k0 + kKeys > T;
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = k0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
-        float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? l2a : l2b));
-        if (diag && (key > row || key >= T)) p = 0.0f;
-        s[n][e] = p * (dp[n][e] - (e < 2 ? dva : dvb));  // dS
+        const int key = k0 + 8 * n + 2 * t + (e & 1), r = e < 2 ? r0 : r1;
+        const float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? l2a : l2b));
+        const bool dead = diag && (key > r || key >= T);
+        s[n][e] = dead ? 0.0f : p * (dp[n][e] - (e < 2 ? dva : dvb));  // dS
       }
+    // dQ += dS K, 16 keys per k-step.
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
       const uint32_t da[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const __nv_bfloat16* kr = Kt + (8 * n + g) * VP + 16 * kk + 2 * t;
-        mma_bf16(dQ[n], da, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t kb4[4];
+        load_b_kn(kb4, Kc, P, 16 * kk, 8 * n, lane);
+        mma_bf16(dQ[n], da, kb4[0], kb4[1]);
+        mma_bf16(dQ[n + 1], da, kb4[2], kb4[3]);
       }
     }
+    __syncthreads();
   }
-  __syncthreads();  // every lane of the block has read its Dv (from dq) before any row is written
+  float* dqb = dq + qoff;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     const int c = 8 * n + 2 * t;
-    if (r0 < T)
-      *reinterpret_cast<float2*>(dqb + int64_t(r0) * qstride + c) = make_float2(dQ[n][0] * scale, dQ[n][1] * scale);
-    if (r1 < T)
-      *reinterpret_cast<float2*>(dqb + int64_t(r1) * qstride + c) = make_float2(dQ[n][2] * scale, dQ[n][3] * scale);
+    if (r0 < T) store_pair(dqb + int64_t(r0) * qstride + c, dQ[n][0] * scale, dQ[n][1] * scale);
+    if (r1 < T) store_pair(dqb + int64_t(r1) * qstride + c, dQ[n][2] * scale, dQ[n][3] * scale);
   }
 }
 
@@ -488,48 +527,61 @@ __global__ void sum_group_kernel(const float* src, float* dst, int64_t rows, int
   }
 }
 
-template <int D, class In>
-void backward(float* dq, float* dk, float* dv, const float* dout, const In* out, const In* q, const In* k,
-              const In* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
+// Opts a kernel in to more than 48 KB of dynamic shared memory (once per instantiation).
+template <class K>
+void allow_smem(K kernel, size_t bytes) {
+  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+template <int D, class OutT>
+void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
+              const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
               size_t ws_floats, cudaStream_t s) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
-  const int64_t rows = B * T * NH;
-  dv_rows_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
-      dout, out, dq, rows, D);
+  const int64_t rows = B * T * NH, nq = rows * D, base = ws_base_floats(B, T, NH, D);
+  DeviceBuffer own;  // the caller gave no room: the workspace's required part here (tests)
+  if (!ws || ws_floats < size_t(base)) {
+    own = DeviceBuffer(size_t(base) * sizeof(float));
+    ws = own.as<float>(), ws_floats = size_t(base);
+  }
+  const BwdWs w = carve(ws, B, T, NH, D);
+  bwd_prep_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
+      dout, out, lse, w, rows, int(T), int(NH), D);
   PRIMAL_CUDA_CHECK_LAUNCH();
-  // Opt in to more than 48 KB of shared memory (once per instantiation; cheap to repeat).
   constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();
-  PRIMAL_CUDA_CHECK(
-      cudaFuncSetAttribute(flash_dkdv_mma_kernel<D, In>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s1)));
-  PRIMAL_CUDA_CHECK(
-      cudaFuncSetAttribute(flash_dq_mma_kernel<D, In>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s2)));
+  allow_smem(flash_dkdv_mma_kernel<D>, s1);
+  allow_smem(flash_dq_mma_kernel<D>, s2);
   const unsigned tiles = unsigned((T + kRows - 1) / kRows);
   // A block per (key tile, query head) when the group has several heads and the workspace holds
   // their shares: a block per KV head walks all G heads of its group in turn (a 6-head group at T
   // 1024 gave 256 blocks, the first ones with 96 query tiles to walk).
-  const int64_t nq = B * T * NH * D;
-  const bool per_head = NH > KVH && ws && ws_floats >= size_t(2 * nq);
-  float* out_k = per_head ? ws : dk;
-  float* out_v = per_head ? ws + nq : dv;
-  flash_dkdv_mma_kernel<D, In><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
-      q, k, v, dout, lse, dq, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2);
+  const bool per_head = NH > KVH && ws_floats >= size_t(base + 2 * nq);
+  float* out_k = per_head ? ws + base : dk;
+  float* out_v = per_head ? ws + base + nq : dv;
+  flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
+      q, k, v, w, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2);
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (per_head) {
-    const int64_t rows = B * T * KVH;
-    const int blocks = int(std::min<int64_t>((rows * D / 4 + 255) / 256, 16 * int64_t(sm_count())));
-    sum_group_kernel<<<blocks, 256, 0, s>>>(out_k, dk, rows, int(NH / KVH), int(D));
+    const int64_t kv_rows = B * T * KVH;
+    const int blocks = int(std::min<int64_t>((kv_rows * D / 4 + 255) / 256, 16 * int64_t(sm_count())));
+    sum_group_kernel<<<blocks, 256, 0, s>>>(out_k, dk, kv_rows, int(NH / KVH), int(D));
     PRIMAL_CUDA_CHECK_LAUNCH();
-    sum_group_kernel<<<blocks, 256, 0, s>>>(out_v, dv, rows, int(NH / KVH), int(D));
+    sum_group_kernel<<<blocks, 256, 0, s>>>(out_v, dv, kv_rows, int(NH / KVH), int(D));
     PRIMAL_CUDA_CHECK_LAUNCH();
   }
-  flash_dq_mma_kernel<D, In><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
-      q, k, v, dout, lse, dq, int(T), int(NH), int(KVH), scale, scale_log2);
+  flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
+      q, k, v, w, dq, int(T), int(NH), int(KVH), scale, scale_log2);
   PRIMAL_CUDA_CHECK_LAUNCH();
+  if (own.data()) PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s));  // before `own` is freed
 }
 
 }  // namespace
 
 bool attention_mma_supports(int64_t HS) { return HS == 32 || HS == 64 || HS == 96 || HS == 128; }
+
+size_t attention_backward_mma_workspace(int64_t B, int64_t T, int64_t NH, int64_t HS, bool gqa_shares) {
+  return size_t(ws_base_floats(B, T, NH, HS) + (gqa_shares ? 2 * B * T * NH * HS : 0));
+}
 
 namespace {
 
@@ -540,16 +592,23 @@ void check_args(const void* a, const void* b, const void* c, const void* d, cons
   PRIMAL_CHECK(attention_mma_supports(HS), "{}: head size {} (32, 64, 96, 128)", what, HS);
   PRIMAL_CHECK(T < (int64_t(1) << 30) && B < 65536 && NH < 65536, "{}: B {} T {} NH {} too large", what, B, T, NH);
 }
+// cp.async copies 16 bytes: the bf16 tensors' bases must be 16-byte aligned (rows are: HS % 8 == 0).
+void check_aligned(const void* p, const char* what) {
+  PRIMAL_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "{}: a bf16 tensor not 16-byte aligned", what);
+}
 
-template <class In, class Out>
-void forward(Out* out, float* lse, const In* q, const In* k, const In* v, int64_t B, int64_t T, int64_t NH,
+template <class Out>
+void forward(Out* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B, int64_t T, int64_t NH,
              int64_t KVH, int64_t HS, cudaStream_t s) {
   check_args(out, lse, q, k, v, B, T, NH, KVH, HS, "attention_forward_mma");
+  check_aligned(q, "attention_forward_mma"), check_aligned(k, "attention_forward_mma");
+  check_aligned(v, "attention_forward_mma");
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HS)));
-#define PRIMAL_LAUNCH(D)                                                                            \
-  flash_forward_mma_kernel<D, In, Out><<<grid, kThreads, 0, s>>>(q, k, v, out, lse, int(T), int(NH), int(KVH), \
-                                                                scale_log2)
+#define PRIMAL_LAUNCH(D)                                                                                       \
+  allow_smem(flash_forward_mma_kernel<D, Out>, forward_smem<D>());                                           \
+  flash_forward_mma_kernel<D, Out><<<grid, kThreads, forward_smem<D>(), s>>>(q, k, v, out, lse, int(T), int(NH), \
+                                                                            int(KVH), scale_log2)
   switch (HS) {
     case 32: PRIMAL_LAUNCH(32); break;
     case 64: PRIMAL_LAUNCH(64); break;
@@ -560,12 +619,14 @@ void forward(Out* out, float* lse, const In* q, const In* k, const In* v, int64_
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-template <class In>
-void backward_any(float* dq, float* dk, float* dv, const float* dout, const In* out, const In* q, const In* k,
-                  const In* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
+template <class OutT>
+void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
+                  const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
                   cudaStream_t s, float* ws, size_t ws_floats) {
   check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
+  check_aligned(q, "attention_backward_mma"), check_aligned(k, "attention_backward_mma");
+  check_aligned(v, "attention_backward_mma"), check_aligned(ws, "attention_backward_mma (workspace)");
   switch (HS) {
     case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
     case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
@@ -574,24 +635,41 @@ void backward_any(float* dq, float* dk, float* dv, const float* dout, const In* 
   }
 }
 
-const __nv_bfloat16* bf(const uint16_t* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+const bf16* bf(const uint16_t* p) { return reinterpret_cast<const bf16*>(p); }
+
+// fp32 inputs: rounded to bf16 copies first (the values the kernels would round them to).
+DeviceBuffer bf16_copy(const float* x, int64_t n, cudaStream_t s) {
+  DeviceBuffer b(size_t(n) * 2);
+  to_bf16(b.as<uint16_t>(), x, n, s);
+  return b;
+}
 
 }  // namespace
 
 void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
                            int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s) {
-  forward(out, lse, q, k, v, B, T, NH, KVH, HS, s);
+  check_args(out, lse, q, k, v, B, T, NH, KVH, HS, "attention_forward_mma");
+  const DeviceBuffer qb = bf16_copy(q, B * T * NH * HS, s), kb = bf16_copy(k, B * T * KVH * HS, s),
+                     vb = bf16_copy(v, B * T * KVH * HS, s);
+  forward(out, lse, qb.as<bf16>(), kb.as<bf16>(), vb.as<bf16>(), B, T, NH, KVH, HS, s);
+  PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s));  // the copies are freed on return
 }
 
 void attention_forward_mma(uint16_t* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                            int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s) {
-  forward(reinterpret_cast<__nv_bfloat16*>(out), lse, bf(q), bf(k), bf(v), B, T, NH, KVH, HS, s);
+  forward(reinterpret_cast<bf16*>(out), lse, bf(q), bf(k), bf(v), B, T, NH, KVH, HS, s);
 }
 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats) {
-  backward_any(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, HS, s, ws, ws_floats);
+  check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
+  check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
+  const DeviceBuffer qb = bf16_copy(q, B * T * NH * HS, s), kb = bf16_copy(k, B * T * KVH * HS, s),
+                     vb = bf16_copy(v, B * T * KVH * HS, s);
+  backward_any(dq, dk, dv, dout, out, qb.as<bf16>(), kb.as<bf16>(), vb.as<bf16>(), lse, B, T, NH, KVH, HS, s, ws,
+               ws_floats);
+  PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,

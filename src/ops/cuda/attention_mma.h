@@ -7,9 +7,10 @@
 // memory (fp32 S, bf16 P: ~150 MB per sequence and layer at T 1024), so it runs at HBM speed, far
 // from the tensor cores; the fp32 flash kernel avoids that traffic but runs on the CUDA cores.
 // This kernel keeps S in registers: a block of 4 warps takes 64 queries of one head (16 a warp)
-// and walks the key tiles up to the diagonal (64 keys each, staged in shared memory as bf16, V
-// transposed), S = Q K^T and O += P V by mma.sync m16n8k16 (bf16 operands, fp32 accumulation),
-// an online softmax in base 2 in between (FlashAttention-2's loop).
+// and walks the key tiles up to the diagonal (64 keys each, staged in shared memory as bf16 by
+// cp.async, the next tile's copies in flight during the current tile's products), S = Q K^T and
+// O += P V by mma.sync m16n8k16 (bf16 operands from ldmatrix, fp32 accumulation), an online
+// softmax in base 2 in between (FlashAttention-2's loop).
 //
 // Precision: q, k, v and P are rounded to bf16 (unit roundoff 2^-8), every sum runs in fp32: the
 // errors of attention_forward_gemm (tests/gpu/test_attention_gemm_cuda.cpp holds both to the same
@@ -27,20 +28,24 @@ bool attention_mma_supports(int64_t HS);
 // out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS) fp32; lse: (B, NH, T). out and lse are written.
 void attention_forward_mma(float* out, float* lse, const float* q, const float* k, const float* v, int64_t B,
                            int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s);
-// The same on bf16 q, k, v (the bf16 trainer's activations), out written as bf16: bitwise the fp32
-// function's results on the same values (it rounds its inputs to these bf16 values), out rounded.
+// The same on bf16 q, k, v (the bf16 trainer's activations; 16-byte aligned), out written as bf16:
+// bitwise the fp32 function's results on the same values (it rounds its inputs to these bf16
+// values), out rounded.
 void attention_forward_mma(uint16_t* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                            int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s);
 
 // The backward, as attention_backward (attention_train.h): dq: (B, T, NH, HS), dk, dv: (B, T, KVH,
 // HS) overwritten; dout, out, q: (B, T, NH, HS); k, v: (B, T, KVH, HS); lse: (B, NH, T) from a
-// forward of any kind. Three kernels (attention_mma.cu): D = dout . out per row, kept in dq until
-// dq is written; dk, dv per tile of 64 keys over the group's query heads; dq per tile of 64
-// queries. q, k, v, dout, P and dS are rounded to bf16, sums in fp32 (the GEMM path's errors).
-// dq must not overlap any input. ws (optional): with 2 B T NH HS floats and a GQA group of several
-// query heads, each head's share of dk, dv is computed by its own blocks into ws and the group's
-// shares are then summed in head order (more blocks, the same sums in a fixed order); ws overlaps
-// no argument.
+// forward of any kind. Three kernels (attention_mma.cu): per query row D = dout . out, lse in
+// base 2 and dout rounded to bf16, into the workspace; dk, dv per tile of 64 keys over the group's
+// query heads; dq per tile of 64 queries. q, k, v, dout, P and dS are rounded to bf16, sums in fp32
+// (the GEMM path's errors). ws: attention_backward_mma_workspace(B, T, NH, HS, false) floats or
+// more, 16-byte aligned (null or less: the function allocates that much itself, synchronizing the
+// stream before it returns); with the `true` size and a GQA group of several query heads, each
+// head's share of dk, dv is computed by its own blocks into ws and the group's shares are then
+// summed in head order (more blocks, the same sums in a fixed order). ws overlaps no argument.
+// The fp32-input overloads round q, k, v to bf16 copies first (and synchronize the stream).
+size_t attention_backward_mma_workspace(int64_t B, int64_t T, int64_t NH, int64_t HS, bool gqa_shares);
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);

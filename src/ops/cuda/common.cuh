@@ -43,4 +43,16 @@ __device__ __forceinline__ float rms_scale(double sum_sq, int64_t n, float eps) 
   return float(1.0 / sqrt(sum_sq / double(n) + double(eps)));
 }
 
+// 16 bytes global -> shared without passing through registers (sm_80+); !valid: zero-filled (no
+// bytes read). Completion: cp_async_commit groups the copies issued so far, cp_async_wait<N>
+// waits until at most N groups are pending (then __syncthreads before other threads read).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 }  // namespace primal::cuda

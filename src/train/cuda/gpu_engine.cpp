@@ -401,6 +401,9 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
   mma_attention_ = bf16_;
   PRIMAL_CHECK(!mma_attention_ || cu::attention_mma_supports(HS), "--fast: head size {} is not supported", HS);
+  // The flash backward's workspace (bf16 dout, lse, D) lives in dh_, free during attention.
+  PRIMAL_CHECK(!mma_attention_ || size_t(N * FF) >= cu::attention_backward_mma_workspace(B, T, NH, HS, false),
+               "--fast: the FFN width {} is too small to hold the attention backward's workspace", FF);
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
@@ -645,7 +648,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       bf16_copy(dxb_, dx_, N * C);
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
-      if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the GQA heads' shares
+      if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the workspace
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
                                    size_t(N * FF));
       else
