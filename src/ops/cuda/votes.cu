@@ -560,6 +560,7 @@ bool apply_fast_ok(const LutTrainView& w, const VoteParams& p) {
 
 template <int B>
 __global__ void apply_momentum_fast_kernel(const Mat m, int8_t* votes, unsigned long long* flips) {
+  if constexpr (B > 8) return;  // never launched (apply_fast_ok)
   constexpr int32_t U = 64;  // VoteParams::units() of int8 votes
   const int64_t I8 = m.I / 8, total = m.O * I8;
   unsigned long long local = 0;
@@ -571,22 +572,31 @@ __global__ void apply_momentum_fast_kernel(const Mat m, int8_t* votes, unsigned 
     for (int e = 0; e < 8; ++e) any |= v[e] >= U || v[e] <= -U;
     if (!any) continue;
     const int64_t o = k8 / I8, i0 = (k8 - o * I8) * 8;
-    uint8_t* row = m.idx + o * m.row_bytes;
+    // The 8 indices are B whole bytes (LSB first, quant/lut_pack.h): read once, changed in a
+    // register, written once, instead of a byte read-modify-write per changed index.
+    uint8_t* bytes = m.idx + o * m.row_bytes + i0 / 8 * B;
+    uint64_t pk = 0;
+#pragma unroll
+    for (int b = 0; b < B; ++b) pk |= uint64_t(bytes[b]) << (8 * b);
+    const uint64_t pk0 = pk, mask = (uint64_t(1) << B) - 1;
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       int32_t x = v[e];
       const int32_t q = x / U;  // truncates toward zero, as C++ on the CPU
       if (q == 0) continue;
-      const int64_t cur = lut::get_index<B>(row, i0 + e), want = cur + q;
+      const int64_t cur = int64_t((pk >> (B * e)) & mask), want = cur + q;
       const int64_t next = want < 0 ? 0 : m.K - 1 < want ? m.K - 1 : want, moved = next - cur;
       x -= int32_t(moved) * U;
       if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
       if (moved != 0) {
-        lut::set_index<B>(row, i0 + e, uint32_t(next));
+        pk = (pk & ~(mask << (B * e))) | (uint64_t(next) << (B * e));
         ++local;
       }
       v[e] = int8_t(x);
     }
+    if (pk != pk0)
+#pragma unroll
+      for (int b = 0; b < B; ++b) bytes[b] = uint8_t(pk >> (8 * b));
     reinterpret_cast<uint2*>(votes)[k8] = word;
   }
   add_count(local, flips);
