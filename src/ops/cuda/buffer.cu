@@ -58,6 +58,7 @@ Event::~Event() {
 }
 void Event::record(cudaStream_t s) { PRIMAL_CUDA_CHECK(cudaEventRecord(e_, s)); }
 void Event::sync() const { PRIMAL_CUDA_CHECK(cudaEventSynchronize(e_)); }
+void Event::wait_in(cudaStream_t s) const { PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, e_, 0)); }
 float Event::ms_since(const Event& start) const {
   float ms = 0;
   PRIMAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start.e_, e_));

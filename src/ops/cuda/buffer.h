@@ -74,6 +74,7 @@ class Event {
   Event& operator=(const Event&) = delete;
   void record(cudaStream_t s);
   void sync() const;
+  void wait_in(cudaStream_t s) const;  // work queued on s after this waits for the event
   cudaEvent_t get() const { return e_; }
   // Milliseconds from `start` to this event (both recorded and complete).
   float ms_since(const Event& start) const;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -198,7 +199,14 @@ class CudaEngine final : public StepEngine {
   double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares_batch scratch
   void* batch_desc_ = nullptr;                    // descriptors of the batched AdamW kernels
   unsigned long long* flips_ = nullptr;       // (1)
-  std::vector<double> nll_host_;
+  // The batch's way in and the losses' way out: page-locked host buffers (truly asynchronous
+  // copies), the tokens uploaded on their own stream, which the compute stream waits for by an
+  // event. (The batch arrives with the call, the loader having prefetched it on its thread, so
+  // the upload cannot overlap this step's compute: 64 KB, ~10 us.)
+  cu::PinnedBuffer staging_;   // (2 maxN) int32: inputs, then targets
+  cu::PinnedBuffer nll_host_;  // (maxN) fp64
+  cu::Stream copy_stream_;
+  cu::Event tokens_ready_;
   int64_t free0_ = 0, peak_ = 0;
   bool prof_ = false;
   int64_t prof_steps_ = 0;  // steps begun; the first one's times are dropped (below)
@@ -407,7 +415,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
-  nll_host_.resize(size_t(N));
+  staging_ = cu::PinnedBuffer(size_t(2 * N) * sizeof(int32_t));
+  nll_host_ = cu::PinnedBuffer(size_t(N) * sizeof(double));
   tokens_ = arena_.of<int32_t>(size_t(N)), targets_ = arena_.of<int32_t>(size_t(N)), flag_ = arena_.of<int32_t>(1);
   csr_ = arena_.of<int32_t>(size_t(3 * N + 1));
   stream_.sync();
@@ -573,8 +582,14 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     loss.count += targets[t] >= 0;
   }
   mark(nullptr);
-  cu::copy_to_device_async(tokens_, inputs, size_t(N) * 4, s_);
-  cu::copy_to_device_async(targets_, targets, size_t(N) * 4, s_);
+  // (The staging buffer is free: the previous call ended with a synchronization.)
+  int32_t* staged = staging_.as<int32_t>();
+  std::memcpy(staged, inputs, size_t(N) * 4);
+  std::memcpy(staged + N, targets, size_t(N) * 4);
+  cu::copy_to_device_async(tokens_, staged, size_t(N) * 4, copy_stream_.get());
+  cu::copy_to_device_async(targets_, staged + N, size_t(N) * 4, copy_stream_.get());
+  tokens_ready_.record(copy_stream_.get());
+  tokens_ready_.wait_in(s_);
 
   // Forward (forward_layers).
   if (embd_->lut()) cu::lut_embedding_rows(res(0), tokens_, N, embd_->view, s_);
@@ -614,7 +629,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     if (head_tr) lin_bwd(nullptr, false, dlogits, xin, n, *head_, true, mask.scales, nullptr);
   }
   stage_prefix_ = "linear bwd";
-  cu::copy_to_host_async(nll_host_.data(), nll_, size_t(N) * 8, s_);
+  cu::copy_to_host_async(nll_host_.data(), nll_, size_t(N) * 8, s_);  // read after the final sync
 
   if (train) {
     // The lowest logical layer the gradient must reach (forward_backward.cpp).
@@ -690,7 +705,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
   }
   stream_.sync();
   flush_profile();
-  for (int64_t t = 0; t < N; ++t) loss.nll += nll_host_[size_t(t)];
+  for (int64_t t = 0; t < N; ++t) loss.nll += nll_host_.as<double>()[t];
   note_memory();
   return loss;
 }
