@@ -51,6 +51,24 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* base, int64_t s
   }
 }
 
+// The key/value pipeline of the forward and dq kernels, at iteration j of 0 .. last: issues the
+// copies of tile j + 1 into the other stage (which iteration j - 1 consumed before its closing
+// barrier) unless j is the last, then waits until tile j has landed for every thread.
+template <int D>
+__device__ __forceinline__ void kv_pipeline_step(bf16* Ks, bf16* Vs, const bf16* kb, const bf16* vb, int64_t kstride,
+                                                 int j, int last, int T) {
+  constexpr int TE = tile_elems<D>();
+  if (j < last) {
+    load_tile<D>(Ks + ((j + 1) & 1) * TE, kb, kstride, (j + 1) * kKeys, T);
+    load_tile<D>(Vs + ((j + 1) & 1) * TE, vb, kstride, (j + 1) * kKeys, T);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 __device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 __device__ __forceinline__ void store_pair(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
@@ -94,15 +112,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const bf16*
 
   for (int j = 0; j <= qt; ++j) {
     const int k0 = j * kKeys;
-    if (j < qt) {  // the next tile into the other stage (consumed by the previous iteration)
-      load_tile<D>(Ks + ((j + 1) & 1) * TE, kb, kstride, k0 + kKeys, T);
-      load_tile<D>(Vs + ((j + 1) & 1) * TE, vb, kstride, k0 + kKeys, T);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    kv_pipeline_step<D>(Ks, Vs, kb, vb, kstride, j, qt, T);
     const bf16* Kc = Ks + (j & 1) * TE;
     const bf16* Vc = Vs + (j & 1) * TE;
     if (j == 0) {
@@ -267,6 +277,35 @@ __device__ __forceinline__ void load_row64(float* dst, const float* row, int q0,
   cp_async16(dst + 4 * c, row + (ok ? q0 + 4 * c : 0), ok);
 }
 
+// The backward's paired products over the head dimension, for a warp's 16 rows m0.. of the
+// row-major tiles A1, A2 against NT tiles of 8 rows n0.. of the row-major tiles B1, B2 (all pitch
+// P): acc1 = A1 B1^T, acc2 = A2 B2^T (S and dP, or their transposes), each summed over the head
+// dimension in order.
+template <int D, int NT>
+__device__ __forceinline__ void mma_pair(float (&acc1)[NT][4], float (&acc2)[NT][4], const bf16* A1, const bf16* A2,
+                                         const bf16* B1, const bf16* B2, int P, int m0, int n0, int lane) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc1[n][e] = acc2[n][e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a1[4], a2[4];
+    load_a(a1, A1, P, m0, 16 * kk, lane);
+    load_a(a2, A2, P, m0, 16 * kk, lane);
+#pragma unroll
+    for (int n = 0; n < NT; n += 2) {
+      uint32_t b1[4], b2[4];
+      load_b_nk(b1, B1, P, n0 + 8 * n, 16 * kk, lane);
+      load_b_nk(b2, B2, P, n0 + 8 * n, 16 * kk, lane);
+      mma_bf16(acc1[n], a1, b1[0], b1[1]);
+      mma_bf16(acc2[n], a2, b2[0], b2[1]);
+      mma_bf16(acc1[n + 1], a1, b1[2], b1[3]);
+      mma_bf16(acc2[n + 1], a2, b2[2], b2[3]);
+    }
+  }
+}
+
 template <int D>
 constexpr size_t dkdv_smem() {
   return size_t(6 * tile_elems<D>()) * 2 + 4 * kRows * sizeof(float);
@@ -337,28 +376,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
 #pragma unroll
     for (int sub = 0; sub < kRows / kSub; ++sub) {
       const int s0 = sub * kSub;
-      // S^T = K Q^T, dP^T = V dO^T over the head dimension.
-      float sT[kSub / 8][4], dpT[kSub / 8][4];
-#pragma unroll
-      for (int n = 0; n < kSub / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sT[n][e] = dpT[n][e] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ka[4], va[4];
-        load_a(ka, Ks, P, 16 * warp, 16 * kk, lane);
-        load_a(va, Vs, P, 16 * warp, 16 * kk, lane);
-#pragma unroll
-        for (int n = 0; n < kSub / 8; n += 2) {
-          uint32_t qb4[4], ob4[4];
-          load_b_nk(qb4, Qc, P, s0 + 8 * n, 16 * kk, lane);
-          load_b_nk(ob4, Oc, P, s0 + 8 * n, 16 * kk, lane);
-          mma_bf16(sT[n], ka, qb4[0], qb4[1]);
-          mma_bf16(dpT[n], va, ob4[0], ob4[1]);
-          mma_bf16(sT[n + 1], ka, qb4[2], qb4[3]);
-          mma_bf16(dpT[n + 1], va, ob4[2], ob4[3]);
-        }
-      }
+      float sT[kSub / 8][4], dpT[kSub / 8][4];  // S^T = K Q^T, dP^T = V dO^T
+      mma_pair<D>(sT, dpT, Ks, Vs, Qc, Oc, P, 16 * warp, s0, lane);
       // P^T and dS^T in place (rows = keys key_a / key_b, columns = queries).
 #pragma unroll
       for (int n = 0; n < kSub / 8; ++n)
@@ -444,38 +463,11 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __re
 
   for (int j = 0; j <= qt; ++j) {
     const int k0 = j * kKeys;
-    if (j < qt) {
-      load_tile<D>(Ks + ((j + 1) & 1) * TE, kb, kstride, k0 + kKeys, T);
-      load_tile<D>(Vs + ((j + 1) & 1) * TE, vb, kstride, k0 + kKeys, T);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    kv_pipeline_step<D>(Ks, Vs, kb, vb, kstride, j, qt, T);
     const bf16* Kc = Ks + (j & 1) * TE;
     const bf16* Vc = Vs + (j & 1) * TE;
     float s[kKeys / 8][4], dp[kKeys / 8][4];  // S = Q K^T, dP = dO V^T
-#pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[4], oa[4];
-      load_a(qa, Qs, P, 16 * warp, 16 * kk, lane);
-      load_a(oa, Os, P, 16 * warp, 16 * kk, lane);
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; n += 2) {
-        uint32_t kb4[4], vb4[4];
-        load_b_nk(kb4, Kc, P, 8 * n, 16 * kk, lane);
-        load_b_nk(vb4, Vc, P, 8 * n, 16 * kk, lane);
-        mma_bf16(s[n], qa, kb4[0], kb4[1]);
-        mma_bf16(dp[n], oa, vb4[0], vb4[1]);
-        mma_bf16(s[n + 1], qa, kb4[2], kb4[3]);
-        mma_bf16(dp[n + 1], oa, vb4[2], vb4[3]);
-      }
-    }
+    mma_pair<D>(s, dp, Qs, Os, Kc, Vc, P, 16 * warp, 0, lane);
     const bool diag = j == qt || k0 + kKeys > T;
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
