@@ -51,6 +51,27 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* base, int64_t s
   }
 }
 
+// The A fragment of k-step kk (columns 16 kk .. 16 kk + 15) from the fp32 accumulators of the two
+// 8-column mma tiles 2 kk, 2 kk + 1 (their layouts coincide), rounded to bf16: P or dS as an operand.
+template <int NT>
+__device__ __forceinline__ void acc_to_a(uint32_t a[4], const float (&acc)[NT][4], int kk) {
+  a[0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]), a[1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]), a[3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+// acc (16 x D) += A (16 x 16) B, B being rows k0 .. k0+15 of a row-major [k][n] tile (pitch P):
+// O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K.
+template <int D>
+__device__ __forceinline__ void mma_rows_kn(float (&acc)[D / 8][4], const uint32_t a[4], const bf16* tile, int P, int k0,
+                                            int lane) {
+#pragma unroll
+  for (int n = 0; n < D / 8; n += 2) {
+    uint32_t b[4];
+    load_b_kn(b, tile, P, k0, 8 * n, lane);
+    mma_bf16(acc[n], a, b[0], b[1]);
+    mma_bf16(acc[n + 1], a, b[2], b[3]);
+  }
+}
+
 // The key/value pipeline of the forward and dq kernels, at iteration j of 0 .. last: issues the
 // copies of tile j + 1 into the other stage (which iteration j - 1 consumed before its closing
 // barrier) unless j is the last, then waits until tile j has landed for every thread.
@@ -170,16 +191,9 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const bf16*
     // O += P V, 16 keys per k-step: P's fragments are the accumulators of S tiles 2kk, 2kk + 1.
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int n = 0; n < D / 8; n += 2) {
-        uint32_t vb4[4];
-        load_b_kn(vb4, Vc, P, 16 * kk, 8 * n, lane);
-        mma_bf16(o[n], pa, vb4[0], vb4[1]);
-        mma_bf16(o[n + 1], pa, vb4[2], vb4[3]);
-      }
+      uint32_t pa[4];
+      acc_to_a(pa, s, kk);
+      mma_rows_kn<D>(o, pa, Vc, P, 16 * kk, lane);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -392,12 +406,10 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
       // dV += P^T dO and dK += dS^T Q over the 32 queries (2 k-steps of 16).
 #pragma unroll
       for (int kk = 0; kk < kSub / 16; ++kk) {
-        const uint32_t pa[4] = {pack_bf16(sT[2 * kk][0], sT[2 * kk][1]), pack_bf16(sT[2 * kk][2], sT[2 * kk][3]),
-                                pack_bf16(sT[2 * kk + 1][0], sT[2 * kk + 1][1]),
-                                pack_bf16(sT[2 * kk + 1][2], sT[2 * kk + 1][3])};
-        const uint32_t da[4] = {pack_bf16(dpT[2 * kk][0], dpT[2 * kk][1]), pack_bf16(dpT[2 * kk][2], dpT[2 * kk][3]),
-                                pack_bf16(dpT[2 * kk + 1][0], dpT[2 * kk + 1][1]),
-                                pack_bf16(dpT[2 * kk + 1][2], dpT[2 * kk + 1][3])};
+        uint32_t pa[4], da[4];
+        acc_to_a(pa, sT, kk);
+        acc_to_a(da, dpT, kk);
+        // (both products in one loop, their loads interleaved: two mma_rows_kn calls spilled)
 #pragma unroll
         for (int n = 0; n < D / 8; n += 2) {
           uint32_t ob4[4], qb4[4];
@@ -481,16 +493,9 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __re
     // dQ += dS K, 16 keys per k-step.
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t da[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int n = 0; n < D / 8; n += 2) {
-        uint32_t kb4[4];
-        load_b_kn(kb4, Kc, P, 16 * kk, 8 * n, lane);
-        mma_bf16(dQ[n], da, kb4[0], kb4[1]);
-        mma_bf16(dQ[n + 1], da, kb4[2], kb4[3]);
-      }
+      uint32_t da[4];
+      acc_to_a(da, s, kk);
+      mma_rows_kn<D>(dQ, da, Kc, P, 16 * kk, lane);
     }
     __syncthreads();
   }
