@@ -215,6 +215,13 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
         if (whole) {
           const auto b = to_host<uint16_t>(xb, x.size());
           for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(b[i], f32_to_bf16(got[i])) << "bf16 copy " << i;
+          // The bf16 copy alone (write_f32 false): the same copy, x untouched.
+          auto xo = to_device(x);
+          auto xb2 = to_device(std::vector<uint16_t>(x.size(), 0xFFFF));
+          cuda::rope_rotate(xo.as<float>(), k.B, k.T, k.NH, k.pos0, p, inverse, nullptr, xb2.as<uint16_t>(), false);
+          EXPECT_EQ(to_host<uint16_t>(xb2, x.size()), b) << "bf16 copy alone";
+          const auto xo_h = to_host<float>(xo, x.size());
+          EXPECT_EQ(std::memcmp(xo_h.data(), x.data(), x.size() * sizeof(float)), 0) << "x written";
         } else {
           EXPECT_THROW(cuda::rope_rotate(xt.as<float>(), k.B, k.T, k.NH, k.pos0, p, inverse, nullptr, xb.as<uint16_t>()),
                        Error);

@@ -84,7 +84,7 @@ __global__ void swiglu_forward_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat
 // dot = sum_j dy_j w_j x_j in fp64 (each term rounded as the CPU rounds it).
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_backward_dx_kernel(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
-                               int64_t C) {
+                               int64_t C, __nv_bfloat16* dinp_bf16) {
   __shared__ double scratch[32];
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;
@@ -96,8 +96,11 @@ __global__ void __launch_bounds__(kRowThreads)
   dot = block_sum(dot, scratch);
   const double r = double(rstd[t]);
   const float a = float(r), b = float(r * r * r * dot / double(C));
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
-    dx[c] = __fadd_rn(dx[c], __fsub_rn(__fmul_rn(a, __fmul_rn(dy[c], w[c])), __fmul_rn(b, x[c])));
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float v = __fadd_rn(dx[c], __fsub_rn(__fmul_rn(a, __fmul_rn(dy[c], w[c])), __fmul_rn(b, x[c])));
+    dx[c] = v;
+    if (dinp_bf16) dinp_bf16[t * C + c] = __float2bfloat16_rn(v);
+  }
 }
 
 // Block (32, kDwRowGroups) per 32 columns: lane = column, warp g = the rows g, g + 32, ... summed
@@ -141,7 +144,7 @@ __global__ void rope_table_kernel(float* cs, int64_t T, int64_t half, const doub
 
 __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                    bool neox, const double* inv_freq, const float* table, int64_t pos0, bool inverse,
-                                   __nv_bfloat16* xb) {
+                                   __nv_bfloat16* xb, bool write_f32) {
   const int64_t step = neox ? 1 : 2, other = neox ? half : 1;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * half;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -155,7 +158,7 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
       float* v = x + off;
       const float a = v[0], b = v[other];
       const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-      v[0] = r0, v[other] = r1;
+      if (write_f32) v[0] = r0, v[other] = r1;
       if (xb) xb[off] = __float2bfloat16_rn(r0), xb[off + other] = __float2bfloat16_rn(r1);
     }
   }
@@ -336,10 +339,11 @@ void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16
 }
 
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int64_t N, int64_t C, cudaStream_t s) {
+                      const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16) {
   check_rows("rmsnorm backward", N, C);
   if (N == 0) return;
-  rmsnorm_backward_dx_kernel<<<unsigned(N), kRowThreads, 0, s>>>(dinp, dout, inp, weight, rstd, C);
+  rmsnorm_backward_dx_kernel<<<unsigned(N), kRowThreads, 0, s>>>(dinp, dout, inp, weight, rstd, C,
+                                                                 reinterpret_cast<__nv_bfloat16*>(dinp_bf16));
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (!dweight) return;
   rmsnorm_backward_dw_kernel<<<unsigned((C + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(dweight, dout, inp, rstd, N,
@@ -356,18 +360,19 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 }
 
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s, uint16_t* out_bf16) {
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16, bool write_f32) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.n_rot <= p.head_dim && p.inv_freq,
                "rope: inconsistent parameters (HS {}, n_rot {})", p.head_dim, p.n_rot);
   PRIMAL_CHECK(B >= 0 && T >= 0 && n_heads >= 0 && pos0 >= 0, "rope: invalid shape ({}, {}, {}) at {}", B, T,
                n_heads, pos0);
   PRIMAL_CHECK(!out_bf16 || p.n_rot == p.head_dim, "rope: a bf16 copy needs every dimension rotated (n_rot {} of {})",
                p.n_rot, p.head_dim);
+  PRIMAL_CHECK(write_f32 || out_bf16, "rope: no output (write_f32 false without a bf16 copy)");
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
   const float* table = p.cos_sin && pos0 + T <= p.table_len ? p.cos_sin : nullptr;
   rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
-                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16));
+                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -37,8 +37,10 @@ void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, co
 // partial sums in the order g = 0..31 before rounding to fp32 once: a fixed order, so the result
 // is bitwise reproducible (it may differ from the CPU's row-by-row fp64 sum in the last fp64
 // bits, which the fp32 rounding hides but for rare ties).
+// dinp_bf16 (N, C), when non-null: the updated dinp rounded to bf16 as to_bf16 rounds it (the bf16
+// mode's GEMM operand, written in the same pass).
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int64_t N, int64_t C, cudaStream_t s);
+                      const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16 = nullptr);
 
 // ---- RoPE --------------------------------------------------------------------------------------
 // The rotation of cpu::RopeParams with the frequencies on the device.
@@ -63,9 +65,10 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 // pos0 + t. The angle pos * inv_freq[i] in fp64, its cos and sin rounded to fp32, the rotation in
 // fp32 without fused multiply-adds: the CPU's values. inverse rotates by -angle (the backward).
 // out_bf16 (optional, n_rot == HS): the rotated values also written as bf16 (B, T, n_heads, HS),
-// the bf16 mode's copy without a pass of its own.
+// the bf16 mode's copy without a pass of its own; with write_f32 false only there (x is left as it
+// was: for callers that read only the bf16 copy).
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr);
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr, bool write_f32 = true);
 
 // x: (B, T, n_heads, HS) rotated in place (the trainer passes pos0 = 0: positions 0..T-1).
 inline void rope_forward_train(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0,
