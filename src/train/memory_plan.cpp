@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "model/synth.h"
+#include "ops/cuda/cast_workspace.h"
 #include "train/model.h"
 
 namespace primal::train {
@@ -56,8 +57,10 @@ void count_lut(Counter& c, const PlanRequest& r, Shape s, bool trainable) {
   c.add("persistent", "votes", n * (r.vote_bits / 8));
   if (r.cooldown) c.add("persistent", "cooldown counters", n);
   c.add("persistent", "scale gradients + AdamW m, v", ns * 12);
-  // row_sq (O), col_sq and col_norm (I), and the per-tile column sums of a backward call.
-  const int64_t tiles = (s.O + lut_tile_rows(s.I) - 1) / lut_tile_rows(s.I);
+  // row_sq (O), col_sq and col_norm (I), and the per-tile column sums of a backward call (none
+  // where the bf16 cast forms them in its workspace: ops/cuda/cast_workspace.h).
+  const bool no_part = r.act_bytes == 2 && r.vote_bits == 8 && cuda::cast_fast_serves(s.I, r.group, r.lut_bits);
+  const int64_t tiles = no_part ? 0 : (s.O + lut_tile_rows(s.I) - 1) / lut_tile_rows(s.I);
   if (r.momentum) c.add("persistent", "momentum row/column state", (s.O + 2 * s.I + tiles * s.I) * 4);
 }
 
@@ -178,6 +181,14 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   int64_t floats = lut_tile_rows(C) * C;
   for (const Shape& s : mats) floats = std::max(floats, s.O * s.I);
   c.add("workspace", "GEMM scratch (dequantized weights, weight gradients)", floats * 4);
+  // The bf16 vote cast's column sums (ops/cuda/cast_workspace.h), for the longest row of a voting
+  // matrix.
+  if (b16 && r.momentum) {
+    int64_t I_max = 0;
+    for (const Shape& s : mats) I_max = std::max(I_max, s.I);
+    if (r.train_embeddings) I_max = std::max(I_max, C);
+    c.add("workspace", "vote cast column sums", cuda::cast_workspace_bytes(I_max));
+  }
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
   c.add("workspace", "RoPE cos/sin table", r.seq * (hp.rope_dim > 0 ? hp.rope_dim : hp.head_dim) * 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);

@@ -341,14 +341,20 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   // chunk_rows).
   const int64_t align = std::lcm(R, int64_t(16));
   const int64_t rows_max = scratch_floats / I >= align ? scratch_floats / I / align * align : (scratch_floats / tile) * R;
+  // The bf16 mode writes the weight gradient as bf16 where the bf16 cast serves the matrix (half
+  // the bytes through memory; PyTorch's autocast keeps weight gradients of bf16 weights in bf16).
+  const bool dw_b16 = b16 && lut_grad_tiles_bf16_ok(w, g.votes, g.params);
   int64_t rows = 0;
   for (int64_t o0 = 0; o0 < O; o0 += rows) {
     rows = O - o0 <= scratch_floats / I ? O - o0 : rows_max;
     // Column-major: dW^T (I x rows, ld I) = inp^T (I x N) dout[:, o0 .. o0+rows] (N x rows, ld O).
-    if (b16) gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, scratch, I, s);
+    if (b16)
+      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, scratch, I, s,
+                dw_b16);
     else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, ldd, 0.0f, scratch, I, s);
     stage("dW gemm");
-    lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
+    if (dw_b16) lut_grad_tiles_bf16(w, reinterpret_cast<uint16_t*>(scratch), o0, rows, g.dscale, g.votes, g.params, s);
+    else lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
     stage("vote cast");
   }
   if (g.votes) lut_votes_done(w, *g.votes, *g.params, s);

@@ -16,24 +16,19 @@
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/rng.cuh"
 #include "ops/cuda/votes.h"
+#include "ops/cuda/votes_common.cuh"
 
 namespace primal::cuda {
 namespace {
 
+using vk::add_count;
+using vk::CastArgs;
+using vk::fast_uniform;
+using vk::Mat;
+using vk::mat_of;
+
 // Purposes of the random streams (votes.cpp).
 constexpr uint64_t kRound = 1, kNoise = 2, kFlip = 3;
-
-// The matrix, as the kernels read it.
-struct Mat {
-  uint8_t* idx;        // (O, row_bytes)
-  const float* scale;  // (O, groups)
-  const float* grid;   // (K)
-  int64_t O, I, G, groups, row_bytes, K;
-};
-
-Mat mat_of(const LutTrainView& w) {
-  return {w.idx, w.scale, w.grid, w.O, w.I, w.G, w.groups(), w.row_bytes(), w.K()};
-}
 
 // The votes and cooldowns of one matrix (absent members null).
 struct Votes {
@@ -59,26 +54,6 @@ __device__ __forceinline__ int32_t sat(int64_t v, int64_t vmax) {
   return int32_t(v < -vmax ? -vmax : vmax < v ? vmax : v);
 }
 
-// The bf16 mode's rounding draws: a 32-bit integer hash (lowbias32) of the row's key and the
-// column, a third of the 64-bit splitmix stream's instructions (the cast is instruction-bound);
-// the fp32 mode keeps the CPU's stream.
-__device__ __forceinline__ float fast_uniform(uint32_t key, uint32_t i) {
-  uint32_t x = key + i * 0x9E3779B9u;
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return float(x >> 8) * (1.0f / 16777216.0f);
-}
-
-// One atomic per warp; integer sums are exact in any order, so the total is deterministic.
-// Every lane of the warp must call it.
-__device__ __forceinline__ void add_count(unsigned long long local, unsigned long long* total) {
-  for (int off = 16; off > 0; off /= 2) local += __shfl_xor_sync(0xffffffffu, local, off);
-  if ((threadIdx.x & 31) == 0 && local) atomicAdd(total, local);
-}
-
 // Exclusive prefix sum of x over the block (blockDim.x a multiple of 32); *total: the block's
 // sum. Every thread of the block must call it. warp_tot: 32 ints of shared memory.
 __device__ int block_exclusive_scan(int x, int* warp_tot, int* total) {
@@ -102,20 +77,6 @@ __device__ int block_exclusive_scan(int x, int* warp_tot, int* total) {
 }
 
 // ---- the cast of a tile (VoteEngine::tile and linear.cpp's dscale) ------------------------------
-
-struct CastArgs {
-  bool cast;            // votes are cast (else dscale only)
-  bool fast;            // the bf16 mode: the momentum cast's per-weight arithmetic in fp32 (below)
-  bool seed_rule;       // seed rule, else momentum
-  bool sm;              // momentum with second moments
-  double lr;            // cfg.lr * sched * lr_mult
-  double beta2, eps;
-  double bc;            // 1 - beta2^(events + 1), the bias correction of rhat
-  double sensitivity;   // the governor's k
-  uint64_t prefix;      // key prefix of the rounding stream (seed, step, id, kRound << 32 | events_this_step)
-  float* row_sq;        // (O)
-  const float* col_norm;  // (I)
-};
 
 // A warp per row o = o0 + r of the tile(s) dW (rows, I), kRowsPerBlock rows per block:
 //  - dscale[o, g] += float(sum_{i in g} double(dW[o, i]) * double(grid[idx[o, i]])), a lane per
@@ -560,46 +521,18 @@ bool apply_fast_ok(const LutTrainView& w, const VoteParams& p) {
 
 template <int B>
 __global__ void apply_momentum_fast_kernel(const Mat m, int8_t* votes, unsigned long long* flips) {
-  if constexpr (B > 8) return;  // never launched (apply_fast_ok)
-  constexpr int32_t U = 64;  // VoteParams::units() of int8 votes
-  const int64_t I8 = m.I / 8, total = m.O * I8;
-  unsigned long long local = 0;
-  for (int64_t k8 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k8 < total; k8 += int64_t(gridDim.x) * blockDim.x) {
-    uint2 word = reinterpret_cast<const uint2*>(votes)[k8];
-    int8_t* v = reinterpret_cast<int8_t*>(&word);
-    bool any = false;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) any |= v[e] >= U || v[e] <= -U;
-    if (!any) continue;
-    const int64_t o = k8 / I8, i0 = (k8 - o * I8) * 8;
-    // The 8 indices are B whole bytes (LSB first, quant/lut_pack.h): read once, changed in a
-    // register, written once, instead of a byte read-modify-write per changed index.
-    uint8_t* bytes = m.idx + o * m.row_bytes + i0 / 8 * B;
-    uint64_t pk = 0;
-#pragma unroll
-    for (int b = 0; b < B; ++b) pk |= uint64_t(bytes[b]) << (8 * b);
-    const uint64_t pk0 = pk, mask = (uint64_t(1) << B) - 1;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      int32_t x = v[e];
-      const int32_t q = x / U;  // truncates toward zero, as C++ on the CPU
-      if (q == 0) continue;
-      const int64_t cur = int64_t((pk >> (B * e)) & mask), want = cur + q;
-      const int64_t next = want < 0 ? 0 : m.K - 1 < want ? m.K - 1 : want, moved = next - cur;
-      x -= int32_t(moved) * U;
-      if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
-      if (moved != 0) {
-        pk = (pk & ~(mask << (B * e))) | (uint64_t(next) << (B * e));
-        ++local;
-      }
-      v[e] = int8_t(x);
+  if constexpr (B <= 8) {  // (LUT16 is never launched: apply_fast_ok)
+    const int64_t I8 = m.I / 8, total = m.O * I8;
+    unsigned long long local = 0;
+    for (int64_t k8 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k8 < total; k8 += int64_t(gridDim.x) * blockDim.x) {
+      uint2 word = reinterpret_cast<const uint2*>(votes)[k8];
+      if (!vk::any_unit(word)) continue;
+      const int64_t o = k8 / I8, i0 = (k8 - o * I8) * 8;
+      local += unsigned(vk::apply8<B>(word, m.idx + o * m.row_bytes + i0 / 8 * B, m.K));
+      reinterpret_cast<uint2*>(votes)[k8] = word;
     }
-    if (pk != pk0)
-#pragma unroll
-      for (int b = 0; b < B; ++b) bytes[b] = uint8_t(pk >> (8 * b));
-    reinterpret_cast<uint2*>(votes)[k8] = word;
+    add_count(local, flips);
   }
-  add_count(local, flips);
 }
 
 // Seed rule, pass 1 (a thread per weight): the jitter (draw i + 1 of the row's noise stream)
@@ -686,7 +619,7 @@ void check_state(const LutTrainView& w, const VoteState& st, const VoteParams& p
   PRIMAL_CHECK(p.vote_bits == 8 || p.vote_bits == 16, "{}: vote bits {}", what, p.vote_bits);
   PRIMAL_CHECK(p.vote_bits == 8 ? (st.v8 != nullptr) : (st.v16 != nullptr), "{}: no int{} votes", what, p.vote_bits);
   PRIMAL_CHECK(p.cooldown == 0 || st.cool, "{}: a cooldown of {} without cooldown counters", what, p.cooldown);
-  PRIMAL_CHECK(!p.moments() || (st.row_sq && st.col_sq && st.col_norm && st.col_part),
+  PRIMAL_CHECK(!p.moments() || (st.row_sq && st.col_sq && st.col_norm && (st.col_part || st.ws)),
                "{}: second moments without their buffers", what);
   PRIMAL_CHECK(p.consensus >= 1 && p.noise >= 0 && p.noise <= p.vmax() && p.cooldown >= 0 && p.cooldown <= 255,
                "{}: consensus {} noise {} cooldown {}", what, p.consensus, p.noise, p.cooldown);
@@ -694,7 +627,8 @@ void check_state(const LutTrainView& w, const VoteState& st, const VoteParams& p
 
 }  // namespace
 
-DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_t id, cudaStream_t s) {
+DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_t id, cudaStream_t s,
+                              bool column_workspace) {
   check_lut_view(w, "make_device_votes");
   PRIMAL_CHECK(p.vote_bits == 8 || p.vote_bits == 16, "make_device_votes: vote bits {}", p.vote_bits);
   DeviceVotes d;
@@ -714,16 +648,17 @@ DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_
     d.row_sq = DeviceBuffer(size_t(w.O) * sizeof(float));
     d.col_sq = DeviceBuffer(size_t(w.I) * sizeof(float));
     d.col_norm = DeviceBuffer(size_t(w.I) * sizeof(float));
-    d.col_part = DeviceBuffer(size_t(n_tiles * w.I) * sizeof(float));
+    const bool no_part = column_workspace && p.vote_bits == 8 && cast_fast_serves(w.I, w.G, w.bits());
+    if (!no_part) d.col_part = DeviceBuffer(size_t(n_tiles * w.I) * sizeof(float));
     fill_bytes_async(d.row_sq.data(), 0, d.row_sq.size(), s);
     fill_bytes_async(d.col_sq.data(), 0, d.col_sq.size(), s);
-    fill_bytes_async(d.col_part.data(), 0, d.col_part.size(), s);
+    if (!no_part) fill_bytes_async(d.col_part.data(), 0, d.col_part.size(), s);
     fill_kernel<<<lut::blocks_for(w.I), lut::kThreads, 0, s>>>(d.col_norm.as<float>(), w.I, 1.0f);
     PRIMAL_CUDA_CHECK_LAUNCH();
     d.state.row_sq = d.row_sq.as<float>();
     d.state.col_sq = d.col_sq.as<float>();
     d.state.col_norm = d.col_norm.as<float>();
-    d.state.col_part = d.col_part.as<float>();
+    d.state.col_part = no_part ? nullptr : d.col_part.as<float>();
   }
   d.sums = DeviceBuffer(2 * sizeof(unsigned long long));
   fill_bytes_async(d.sums.data(), 0, d.sums.size(), s);
@@ -731,14 +666,11 @@ DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_
   return d;
 }
 
-void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t rows, float* dscale, VoteState* votes,
-                    const VoteParams* params, cudaStream_t s) {
-  check_lut_view(w, "lut_grad_tiles");
-  const int64_t O = w.O, I = w.I, R = lut_train_tile_rows(I);
-  PRIMAL_CHECK(dW && o0 >= 0 && rows > 0 && o0 + rows <= O && o0 % R == 0 && (rows % R == 0 || o0 + rows == O),
-               "lut_grad_tiles: rows {}..{} of {} are not whole tiles of {} rows", o0, o0 + rows, O, R);
+namespace {
+
+// lut_grad_tiles' scalars (CastArgs) of a call on (votes, params), formed with the CPU's expressions.
+CastArgs cast_args(const LutTrainView& w, VoteState* votes, const VoteParams* params) {
   PRIMAL_CHECK(!votes || params, "lut_grad_tiles: votes without their parameters");
-  if (!dscale && !votes) return;
   CastArgs a{};
   a.cast = votes != nullptr;
   a.fast = train_math() == TrainMath::Bf16;
@@ -757,6 +689,39 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
     a.row_sq = votes->row_sq;
     a.col_norm = votes->col_norm;
   }
+  return a;
+}
+
+void check_tiles(const LutTrainView& w, const void* dW, int64_t o0, int64_t rows) {
+  const int64_t O = w.O, R = lut_train_tile_rows(w.I);
+  PRIMAL_CHECK(dW && o0 >= 0 && rows > 0 && o0 + rows <= O && o0 % R == 0 && (rows % R == 0 || o0 + rows == O),
+               "lut_grad_tiles: rows {}..{} of {} are not whole tiles of {} rows", o0, o0 + rows, O, R);
+}
+
+}  // namespace
+
+bool lut_grad_tiles_bf16_ok(const LutTrainView& w, VoteState* votes, const VoteParams* params) {
+  check_lut_view(w, "lut_grad_tiles_bf16_ok");
+  return train_math() == TrainMath::Bf16 && cast_rows_fast_ok(w, cast_args(w, votes, params), votes, params);
+}
+
+void lut_grad_tiles_bf16(const LutTrainView& w, const uint16_t* dW, int64_t o0, int64_t rows, float* dscale,
+                         VoteState* votes, const VoteParams* params, cudaStream_t s) {
+  check_lut_view(w, "lut_grad_tiles_bf16");
+  check_tiles(w, dW, o0, rows);
+  if (!dscale && !votes) return;
+  PRIMAL_CHECK(cast_rows_fast(w, cast_args(w, votes, params), votes, params, nullptr, dW, o0, rows, dscale, s),
+               "lut_grad_tiles_bf16: the bf16 cast does not serve this matrix (lut_grad_tiles_bf16_ok)");
+}
+
+void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t rows, float* dscale, VoteState* votes,
+                    const VoteParams* params, cudaStream_t s) {
+  check_lut_view(w, "lut_grad_tiles");
+  const int64_t O = w.O, I = w.I, R = lut_train_tile_rows(I);
+  check_tiles(w, dW, o0, rows);
+  if (!dscale && !votes) return;
+  const CastArgs a = cast_args(w, votes, params);
+  if (cast_rows_fast(w, a, votes, params, dW, nullptr, o0, rows, dscale, s)) return;
   const Mat m = mat_of(w);
   const Votes v = votes_of(votes, params);
   if (fast_cast_ok(w, a, params)) {
@@ -772,6 +737,8 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
   }
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (a.sm) {
+    PRIMAL_CHECK(votes->col_part, "lut_grad_tiles: no per-tile column sums (the matrix was set up for the bf16 "
+                                  "cast's workspace, which does not serve this call)");
     const int64_t n_t = (rows + R - 1) / R;
     col_part_kernel<<<lut::blocks_for(n_t * I), lut::kThreads, 0, s>>>(dW, rows, I, R, 1.0f / float(O),
                                                                        votes->col_part + (o0 / R) * I);
@@ -782,7 +749,10 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
 void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, cudaStream_t s) {
   check_lut_view(w, "lut_votes_done");
   check_state(w, st, p, "lut_votes_done");
-  if (p.moments()) {
+  if (p.moments() && st.folded) {  // the bf16 cast's fold formed col_sq and col_norm
+    st.folded = false;
+    ++st.events;
+  } else if (p.moments()) {
     const int64_t R = lut_train_tile_rows(w.I), n_tiles = (w.O + R - 1) / R;
     const bool fast = train_math() == TrainMath::Bf16, fold = fast && n_tiles * w.I <= kColStatsMax;
     if (!fold) {

@@ -23,8 +23,10 @@
 // The bias correction's pow is evaluated on the host, with the CPU's library.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "ops/cuda/buffer.h"
+#include "ops/cuda/cast_workspace.h"
 #include "ops/cuda/lut_train.h"
 
 namespace primal::cuda {
@@ -56,6 +58,26 @@ struct VoteParams {
   bool moments() const { return rule == VoteRule::Momentum && second_moment; }
 };
 
+// The bf16 mode's column statistic, worked out inside the cast (votes_fast.cu): each block of a
+// cast launch sums g^2 / O over its rows per column (part), a fold adds the blocks' sums
+// (acc, over the launches of one backward call) and, after the call's last rows, forms col_sq's
+// EMA and col_norm. One workspace serves every matrix: a backward call uses it from its first
+// cast to its last fold, and calls follow one another on one stream.
+struct CastWorkspace {
+  float* part = nullptr;         // (kCastBlocksMax, I_max) one launch's per-block column sums
+  double* acc = nullptr;         // (I_max) their running total over the launches of a call
+  double* block_sums = nullptr;  // (I_max / 32 + 1) the final fold's per-block sums of col_sq
+  unsigned* counter = nullptr;   // (1) the final fold's finished blocks (0 between folds)
+  int64_t I_max = 0;             // the longest row it serves
+};
+// The workspace laid out in mem (cast_workspace_bytes(I_max) bytes, 16-byte aligned; its counter
+// zeroed on s).
+CastWorkspace cast_workspace_at(void* mem, int64_t I_max, cudaStream_t s);
+
+// PRIMAL_VOTES_V1=1 (read once): the bf16 mode keeps votes.cu's first kernels (the cast from an fp32
+// weight gradient with per-tile column sums, the apply matrix by matrix), for comparisons.
+bool votes_v1();
+
 // The votes of one LUT matrix (device pointers, host counters): train::LutVotes.
 struct VoteState {
   int64_t id = 0;                  // tensor number, keys the random streams
@@ -66,6 +88,8 @@ struct VoteState {
   float* col_sq = nullptr;         // (I) EMA of the column mean of g^2
   float* col_norm = nullptr;       // (I) chat / mean(chat) for the next backward call
   float* col_part = nullptr;       // (ceil(O / R), I) this call's column sums of g^2 / O, per tile
+  const CastWorkspace* ws = nullptr;  // the bf16 mode's column workspace (instead of col_part)
+  bool folded = false;             // this call's column statistic is formed (the bf16 cast's fold)
   unsigned long long* sums = nullptr;  // (2) seed rule's apply: sums of |v| and v^2 (scratch)
   int64_t events = 0;              // backward calls folded into the EMAs (bias correction)
   int64_t events_this_step = 0;    // backward calls of this step (keys the rounding stream)
@@ -79,7 +103,10 @@ struct DeviceVotes {
   DeviceBuffer votes, cool, row_sq, col_sq, col_norm, col_part, sums;
   VoteState state;
 };
-DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_t id, cudaStream_t s);
+// column_workspace: the caller attaches a CastWorkspace (state.ws) and runs the bf16 mode, so a
+// matrix that the bf16 cast serves (cast_fast_serves) gets no col_part of its own.
+DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_t id, cudaStream_t s,
+                              bool column_workspace = false);
 
 // Stage 2 of the weight gradient (lut_train.h), VoteEngine::tile for the tiles of rows
 // o0 .. o0+rows-1 (o0 a multiple of R; rows a multiple of R or reaching O):
@@ -89,6 +116,14 @@ DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_
 void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t rows, float* dscale, VoteState* votes,
                     const VoteParams* params, cudaStream_t s);
 
+// The bf16 mode's stage 2 from a bf16 weight gradient (the GEMM writing bf16: half the bytes
+// written and read): as lut_grad_tiles in the bf16 mode, for the matrices that
+// lut_grad_tiles_bf16_ok accepts (votes_fast.cu's cast: momentum with int8 votes or dscale alone,
+// up to 8 bits, I and G multiples of 8, G <= 256, rows up to 10240).
+bool lut_grad_tiles_bf16_ok(const LutTrainView& w, VoteState* votes, const VoteParams* params);
+void lut_grad_tiles_bf16(const LutTrainView& w, const uint16_t* dW, int64_t o0, int64_t rows, float* dscale,
+                         VoteState* votes, const VoteParams* params, cudaStream_t s);
+
 // VoteEngine::done after the last tile of one backward call: the column EMA, events and
 // col_norm (momentum with second moments), and events_this_step.
 void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, cudaStream_t s);
@@ -97,5 +132,17 @@ void lut_votes_done(const LutTrainView& w, VoteState& st, const VoteParams& p, c
 // state are updated in place; the number of changed indices is added to *flips (device).
 void lut_votes_apply(const LutTrainView& w, VoteState& st, const VoteParams& p, unsigned long long* flips,
                      cudaStream_t s);
+
+// lut_votes_apply for many matrices: those that the fast momentum apply serves (int8 votes, no
+// noise or cooldown, I % 8 == 0, up to 8 bits) in one launch per index width, the others one by
+// one. desc: apply_batch_desc_bytes(items) bytes of device memory. Same indices, votes and flip
+// count as lut_votes_apply on each.
+struct ApplyItem {
+  LutTrainView w;
+  VoteState* st;
+};
+size_t apply_batch_desc_bytes(size_t items);
+void lut_votes_apply_batch(const std::vector<ApplyItem>& items, const VoteParams& p, unsigned long long* flips,
+                           void* desc, cudaStream_t s);
 
 }  // namespace primal::cuda

@@ -127,15 +127,19 @@ class CudaEngine final : public StepEngine {
   void lin_fwd(const DevMat& W, cu::Operand inp, int64_t n, const float* bias, float* out);
   void lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Operand inp, int64_t n, DevMat& W, bool trainable,
                bool scales, float* dbias);
+  // Where the norms' backward writes dx_'s bf16 copy (the next linear backward's operand): dxb_ in
+  // the bf16 mode, nowhere otherwise.
+  uint16_t* dxb16() const { return bf16_ ? dxb_ : nullptr; }
   // The bf16 copy of x (n values) in dst, in the bf16 mode; nothing otherwise.
   void bf16_copy(uint16_t* dst, const float* x, int64_t n) {
     if (bf16_) cu::to_bf16(dst, x, n, s_);
   }
   // RoPE (inverse: its backward) on x (B, T, heads, HS) in place, and in the bf16 mode x's bf16 copy
-  // xb, written by the RoPE kernel itself when every dimension rotates (else converted after).
-  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse) {
+  // xb, written by the RoPE kernel itself when every dimension rotates (else converted after); the
+  // fused kernel writes only xb unless the rotated fp32 values are read (need_f32: a bias gradient).
+  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, bool need_f32 = false) {
     const bool fused = bf16_ && rope_.n_rot == hp_.head_dim;
-    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr);
+    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32);
     if (!fused) bf16_copy(xb, x, B * T * heads * hp_.head_dim);
   }
   void note_memory();
@@ -173,7 +177,8 @@ class CudaEngine final : public StepEngine {
   DevMat* embd_ = nullptr;
   DevMat* head_ = nullptr;
   float *out_norm_ = nullptr, *g_out_norm_ = nullptr;
-  std::vector<std::pair<float*, int64_t>> grad_bufs_;  // zeroed at every step
+  float* grads_ = nullptr;   // (grad_floats_) every float gradient, zeroed at every step
+  int64_t grad_floats_ = 0;
   std::vector<DevParam> dparams_;
   cu::RopeTrainParams rope_;
   cu::VoteParams vp_;
@@ -198,6 +203,8 @@ class CudaEngine final : public StepEngine {
   int32_t* csr_ = nullptr;                    // (3 maxN + 1) LUT-embedding positions by token
   double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares_batch scratch
   void* batch_desc_ = nullptr;                    // descriptors of the batched AdamW kernels
+  void* apply_desc_ = nullptr;                    // descriptors of the batched vote apply
+  cu::CastWorkspace cast_ws_;                     // the bf16 cast's column statistic (votes.h)
   unsigned long long* flips_ = nullptr;       // (1)
   // The batch's way in and the losses' way out: page-locked host buffers (truly asynchronous
   // copies), the tokens uploaded on their own stream, which the compute stream waits for by an
@@ -276,19 +283,24 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim;
   const int64_t Q = NH * HS, KV = KVH * HS, FF = hp_.n_ff, V = hp_.n_vocab, L = hp_.n_layer;
 
-  // Float gradients: one device buffer per host gradient vector (Grads::allocate decided which).
+  // Float gradients: a slice of one device block per host gradient vector (Grads::allocate decided
+  // which), so that a step zeroes them all in one fill (a fill per vector was ~200 a step).
   Grads<float>& g = *c.grads;
-  auto add_grad = [&](std::vector<float>& v) {
-    if (v.empty()) return;
-    float* d = arena_.of<float>(v.size());
-    gmap_[v.data()] = d;
-    grad_bufs_.push_back({d, int64_t(v.size())});
-  };
-  add_grad(g.tok_embd.dW), add_grad(g.tok_embd.dscale), add_grad(g.output_norm), add_grad(g.output.dW),
-      add_grad(g.output.dscale);
+  std::vector<std::vector<float>*> gvs = {&g.tok_embd.dW, &g.tok_embd.dscale, &g.output_norm, &g.output.dW,
+                                          &g.output.dscale};
   for (LayerGrad<float>& lg : g.layers) {
-    for (auto* v : {&lg.attn_norm, &lg.ffn_norm, &lg.bq, &lg.bk, &lg.bv}) add_grad(*v);
-    for (MatGrad<float>* mg : lg.matrices()) add_grad(mg->dW), add_grad(mg->dscale);
+    for (auto* v : {&lg.attn_norm, &lg.ffn_norm, &lg.bq, &lg.bk, &lg.bv}) gvs.push_back(v);
+    for (MatGrad<float>* mg : lg.matrices()) gvs.push_back(&mg->dW), gvs.push_back(&mg->dscale);
+  }
+  constexpr size_t kGradAlign = 64;  // floats: every slice 256-byte aligned
+  size_t grad_floats = 0;
+  for (const std::vector<float>* v : gvs) grad_floats += (v->size() + kGradAlign - 1) / kGradAlign * kGradAlign;
+  grads_ = arena_.of<float>(grad_floats);
+  grad_floats_ = int64_t(grad_floats);
+  for (size_t at = 0; std::vector<float>* v : gvs) {
+    if (v->empty()) continue;
+    gmap_[v->data()] = grads_ + at;
+    at += (v->size() + kGradAlign - 1) / kGradAlign * kGradAlign;
   }
 
   // Parameters, matrices, votes.
@@ -327,6 +339,16 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
       (*dm[k])->dscale = grad(gm[k]->dscale);
     }
   }
+  // The bf16 mode's vote cast forms the column statistic in one workspace for every matrix.
+  int64_t I_max = 0;
+  for (const auto& [mt, dm] : mats_)
+    if (dm->votes) I_max = std::max(I_max, dm->view.I);
+  if (bf16_ && I_max > 0) {
+    cast_ws_ = cu::cast_workspace_at(arena_.of<unsigned char>(size_t(cu::cast_workspace_bytes(I_max))), I_max, s_);
+    for (auto& [mt, dm] : mats_)
+      if (dm->votes) dm->votes->state.ws = &cast_ws_;
+  }
+  apply_desc_ = arena_.of<unsigned char>(cu::apply_batch_desc_bytes(mats_.size()));
   // AdamW's parameters, in its order, with their moments.
   for (FloatParam& fp : c.adam->params()) {
     DevParam d;
@@ -450,7 +472,9 @@ DevMat* CudaEngine::upload_matrix(Matrix& m) {
   d.hv = c_.votes->find(&m);
   if (d.hv) {
     const cu::VoteParams p = gpu_vote_params(c_.votes->config(), c_.votes->governor(), 0, 1.0);
-    d.votes = std::make_unique<cu::DeviceVotes>(cu::make_device_votes(d.view, p, d.hv->id, s_));
+    // The bf16 mode attaches the cast's column workspace (below): no per-tile column sums.
+    d.votes = std::make_unique<cu::DeviceVotes>(
+        cu::make_device_votes(d.view, p, d.hv->id, s_, bf16_ && !cu::votes_v1()));
     // The host state (zero at the start, a checkpoint's on resume) replaces the fresh one.
     cu::VoteState& st = d.votes->state;
     const LutVotes& h = *d.hv;
@@ -479,7 +503,7 @@ void CudaEngine::begin_step(int64_t step, double sched) {
   vp_ = gpu_vote_params(c_.votes->config(), c_.votes->governor(), step, sched);
   for (auto& [mt, d] : mats_)
     if (d->votes) d->votes->state.begin_step();
-  for (const auto& [ptr, n] : grad_bufs_) cu::fill_bytes_async(ptr, 0, size_t(n) * 4, s_);
+  if (grads_) cu::fill_bytes_async(grads_, 0, size_t(grad_floats_) * 4, s_);
 }
 
 void CudaEngine::lin_fwd(const DevMat& W, cu::Operand inp, int64_t n, const float* bias, float* out) {
@@ -529,11 +553,14 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   float* v = bf16_ ? dv_ : a.v;
   lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, q);
   lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
-  lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
+  // v without a bias goes straight out of its GEMM as bf16 (the only copy the bf16 mode reads).
+  const bool v_b16 = bf16_ && !w.bv;
+  if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
+  else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
   mark(lf);
   rope(q, a.qb, B, T, NH, false);
   rope(k, a.kb, B, T, KVH, false);
-  bf16_copy(a.vb, v, N * KVH * HS);
+  if (!v_b16) bf16_copy(a.vb, v, N * KVH * HS);
   mark(ew);
   if (mma_attention_)  // bf16 in, bf16 out
     cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
@@ -640,7 +667,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
                  "cuda engine: the backward must reach layer {}, but activations are kept for the top {} layers only",
                  lowest, kept_);
     cu::fill_bytes_async(dx_, 0, size_t(N * C) * 4, s_);
-    cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_);
+    cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_, dxb16());
     for (int64_t l = L - 1; l >= lowest; --l) {
       const int64_t p = m.layer_of[size_t(l)];
       DevLayer& w = layers_[size_t(p)];
@@ -648,7 +675,6 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       Acts& a = acts(l);
       if (o_.recompute) forward_layer(l, a, B, T, false);
       // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
-      bf16_copy(dxb_, dx_, N * C);
       lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
       mark("linear bwd");
       if (bf16_) cu::swiglu_backward_bf16(dgb_, dub_, dh_, a.gateb, a.upb, N * FF, s_);
@@ -657,10 +683,9 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       lin_bwd(dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
       lin_bwd(dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
       mark("linear bwd");
-      cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_);
+      cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_, dxb16());
       mark("norm/swiglu/rope bwd");
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
-      bf16_copy(dxb_, dx_, N * C);
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
       if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the workspace
@@ -669,15 +694,15 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
-      rope(dq_, dqb_, B, T, NH, true);
-      rope(dk_, dkb_, B, T, KVH, true);
+      rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq);  // the bias gradient reads the fp32 values
+      rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk);
       bf16_copy(dvb_, dv_, N * KVH * HS);
       mark("norm/swiglu/rope bwd");
       lin_bwd(dxn_, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
       lin_bwd(dxn_, true, {dk_, dkb_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
       lin_bwd(dxn_, true, {dv_, dvb_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
       mark("linear bwd");
-      cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_);
+      cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16());
       mark("norm/swiglu/rope bwd");
     }
     if (embd_grad) cu::embedding_backward(embd_->dW, dx_, tokens_, N, V, C, s_);
@@ -714,12 +739,14 @@ StepStats CudaEngine::apply_votes(const std::function<bool(const Matrix&)>& trai
   StepStats st;
   mark(nullptr);
   cu::fill_bytes_async(flips_, 0, 8, s_);
+  std::vector<cu::ApplyItem> items;
   for (LutVotes& hv : c_.votes->states()) {
     if (!trainable(*hv.m)) continue;
     DevMat& d = *mats_.at(hv.m);
     st.weights += hv.m->O * hv.m->I;
-    cu::lut_votes_apply(d.view, d.votes->state, vp_, flips_, s_);
+    items.push_back({d.view, &d.votes->state});
   }
+  cu::lut_votes_apply_batch(items, vp_, flips_, apply_desc_, s_);  // (per matrix: lut_votes_apply)
   unsigned long long flips = 0;
   cu::copy_to_host_async(&flips, flips_, 8, s_);
   stream_.sync();

@@ -1,0 +1,133 @@
+// What the vote kernels of votes.cu (the CPU's twin and the first bf16 kernels) and votes_fast.cu
+// (the bf16 mode's cast and apply) share: the matrix as a kernel reads it, the arguments of a cast,
+// the bf16 mode's rounding draws and the flip counter.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ops/cuda/lut_train.h"
+
+namespace primal::cuda::vk {
+
+// The matrix, as the kernels read it.
+struct Mat {
+  uint8_t* idx;        // (O, row_bytes)
+  const float* scale;  // (O, groups)
+  const float* grid;   // (K)
+  int64_t O, I, G, groups, row_bytes, K;
+};
+
+inline Mat mat_of(const LutTrainView& w) {
+  return {w.idx, w.scale, w.grid, w.O, w.I, w.G, w.groups(), w.row_bytes(), w.K()};
+}
+
+// One cast launch's scalars, formed on the host with the CPU's expressions (votes.h).
+struct CastArgs {
+  bool cast;            // votes are cast (else dscale only)
+  bool fast;            // the bf16 mode: the momentum cast's per-weight arithmetic in fp32
+  bool seed_rule;       // seed rule, else momentum
+  bool sm;              // momentum with second moments
+  double lr;            // cfg.lr * sched * lr_mult
+  double beta2, eps;
+  double bc;            // 1 - beta2^(events + 1), the bias correction of rhat
+  double sensitivity;   // the governor's k
+  uint64_t prefix;      // key prefix of the rounding stream (seed, step, id, kRound << 32 | events_this_step)
+  float* row_sq;        // (O)
+  const float* col_norm;  // (I)
+};
+
+// The bf16 mode's rounding draws: a 32-bit integer hash (lowbias32) of the row's key and the
+// column, a third of the 64-bit splitmix stream's instructions (the cast is instruction-bound);
+// the fp32 mode keeps the CPU's stream.
+__device__ __forceinline__ float fast_uniform(uint32_t key, uint32_t i) {
+  uint32_t x = key + i * 0x9E3779B9u;
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return float(x >> 8) * (1.0f / 16777216.0f);
+}
+
+// One atomic per warp; integer sums are exact in any order, so the total is deterministic.
+// Every lane of the warp must call it.
+__device__ __forceinline__ void add_count(unsigned long long local, unsigned long long* total) {
+  for (int off = 16; off > 0; off /= 2) local += __shfl_xor_sync(0xffffffffu, local, off);
+  if ((threadIdx.x & 31) == 0 && local) atomicAdd(total, local);
+}
+
+// The momentum apply of 8 consecutive weights with int8 votes (U = 64), without noise or
+// cooldown, in two steps: any_unit(word) says whether a vote of the 8 in `word` reaches a unit
+// (the common case is none: the caller then touches nothing else); apply8 moves their indices,
+// `bytes` being their B packed index bytes (LSB first, quant/lut_pack.h), updates the votes in
+// `word` and returns how many indices moved. The same integer steps as votes.cu's
+// apply_momentum_kernel.
+constexpr int32_t kUnits8 = 64;  // VoteParams::units() of int8 votes
+
+__device__ __forceinline__ bool any_unit(uint2 word) {
+  const int8_t* v = reinterpret_cast<const int8_t*>(&word);
+  bool any = false;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) any |= v[e] >= kUnits8 || v[e] <= -kUnits8;
+  return any;
+}
+
+template <int B>
+__device__ __forceinline__ int apply8(uint2& word, uint8_t* bytes, int64_t K) {
+  constexpr int32_t U = kUnits8;
+  int8_t* v = reinterpret_cast<int8_t*>(&word);
+  // Read once, changed in a register, written once, instead of a byte read-modify-write per index
+  // (one 32-bit word for 4-bit indices: 4-byte aligned where rows are a multiple of 8 long).
+  uint64_t pk = 0;
+  if constexpr (B == 4) {
+    if ((reinterpret_cast<uintptr_t>(bytes) & 3) == 0) pk = *reinterpret_cast<const uint32_t*>(bytes);
+    else
+#pragma unroll
+      for (int b = 0; b < B; ++b) pk |= uint64_t(bytes[b]) << (8 * b);
+  } else {
+#pragma unroll
+    for (int b = 0; b < B; ++b) pk |= uint64_t(bytes[b]) << (8 * b);
+  }
+  const uint64_t pk0 = pk, mask = (uint64_t(1) << B) - 1;
+  int moved_n = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    int32_t x = v[e];
+    const int32_t q = x / U;  // truncates toward zero, as C++ on the CPU
+    if (q == 0) continue;
+    const int64_t cur = int64_t((pk >> (B * e)) & mask), want = cur + q;
+    const int64_t next = want < 0 ? 0 : K - 1 < want ? K - 1 : want, moved = next - cur;
+    x -= int32_t(moved) * U;
+    if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
+    if (moved != 0) {
+      pk = (pk & ~(mask << (B * e))) | (uint64_t(next) << (B * e));
+      ++moved_n;
+    }
+    v[e] = int8_t(x);
+  }
+  if (pk != pk0) {
+    if (B == 4 && (reinterpret_cast<uintptr_t>(bytes) & 3) == 0) {
+      *reinterpret_cast<uint32_t*>(bytes) = uint32_t(pk);
+    } else {
+#pragma unroll
+      for (int b = 0; b < B; ++b) bytes[b] = uint8_t(pk >> (8 * b));
+    }
+  }
+  return moved_n;
+}
+
+}  // namespace primal::cuda::vk
+
+namespace primal::cuda {
+struct VoteState;
+struct VoteParams;
+// votes_fast.cu: the bf16 mode's cast of rows o0 .. o0+rows-1 (lut_grad_tiles), with the column
+// statistic in st->ws (its fold, and after the call's last rows col_sq and col_norm: st->folded);
+// false, with nothing launched, where its preconditions do not hold.
+// Whether cast_rows_fast serves (w, a, st, p).
+bool cast_rows_fast_ok(const LutTrainView& w, const vk::CastArgs& a, const VoteState* st, const VoteParams* p);
+// dW: fp32 rows, or dWb: bf16 rows (the other null).
+bool cast_rows_fast(const LutTrainView& w, const vk::CastArgs& a, VoteState* st, const VoteParams* p, const float* dW,
+                    const uint16_t* dWb, int64_t o0, int64_t rows, float* dscale, cudaStream_t s);
+}  // namespace primal::cuda
