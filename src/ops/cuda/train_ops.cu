@@ -20,6 +20,7 @@ namespace {
 constexpr int kRowThreads = 256;    // one block per row of an (N, C) activation
 constexpr int kLossThreads = 512;   // one block per row of logits (V up to ~150k: ~300 per thread)
 constexpr int kDwRowGroups = 32;    // warps of an rmsnorm weight-gradient block, one row group each
+constexpr int64_t kDwSlabRows = 256;  // rows of a slab of the weight gradient (8 a warp)
 constexpr int kEmbBuckets = 64;     // vocabulary buckets (id mod 64) of the embedding backward
 constexpr int kEmbWarps = 8;        // buckets (warps) per block of the embedding backward
 constexpr int32_t kNoBadToken = 0x7f7f7f7f;  // the flag's start value: what memset(0x7f) writes
@@ -103,25 +104,36 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// Block (32, kDwRowGroups) per 32 columns: lane = column, warp g = the rows g, g + 32, ... summed
-// in fp64 in increasing order; then warp 0 adds the partial sums of g = 0..31 in order and rounds
-// once. Loads are coalesced (a warp reads 32 consecutive floats of a row) and no atomics are
-// used: the order is fixed by the shape alone.
+// Block (32, kDwRowGroups) per 32 columns and slab of rows [t0, t1) (t0 = blockIdx.y * R): lane =
+// column, warp g = the rows t0 + g, t0 + g + 32, ... summed in fp64 in increasing order; then warp 0
+// adds the partial sums of g = 0..31 in order: rounded once into dw (one slab, slab_out null) or
+// written to slab_out[blockIdx.y, c] for rmsnorm_dw_fold_kernel. Loads are coalesced (a warp reads
+// 32 consecutive floats of a row) and no atomics are used: the order is fixed by the shape alone.
 __global__ void __launch_bounds__(32 * kDwRowGroups)
     rmsnorm_backward_dw_kernel(float* dw, const float* dout, const float* inp, const float* rstd, int64_t N,
-                               int64_t C) {
+                               int64_t C, int64_t R, double* slab_out) {
   __shared__ double part[kDwRowGroups][33];  // 33: the column reads of warp 0 avoid bank conflicts
   const int lane = threadIdx.x, g = threadIdx.y;
-  const int64_t c = int64_t(blockIdx.x) * 32 + lane;
+  const int64_t c = int64_t(blockIdx.x) * 32 + lane, t0 = int64_t(blockIdx.y) * R, t1 = t0 + R < N ? t0 + R : N;
   double s = 0;
   if (c < C)
-    for (int64_t t = g; t < N; t += kDwRowGroups)
+    for (int64_t t = t0 + g; t < t1; t += kDwRowGroups)
       s = __dadd_rn(s, __dmul_rn(__dmul_rn(double(dout[t * C + c]), double(inp[t * C + c])), double(rstd[t])));
   part[g][lane] = s;
   __syncthreads();
   if (g == 0 && c < C) {
     double total = 0;
     for (int k = 0; k < kDwRowGroups; ++k) total += part[k][lane];
+    if (slab_out) slab_out[int64_t(blockIdx.y) * C + c] = total;
+    else dw[c] += float(total);
+  }
+}
+
+// dw[c] += float(sum over the slabs s = 0 .. S-1 of slab[s, c]), in order.
+__global__ void rmsnorm_dw_fold_kernel(float* dw, const double* slab, int64_t S, int64_t C) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < C; c += int64_t(gridDim.x) * blockDim.x) {
+    double total = 0;
+    for (int64_t k = 0; k < S; ++k) total += slab[k * C + c];
     dw[c] += float(total);
   }
 }
@@ -160,6 +172,55 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
       const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
       if (write_f32) v[0] = r0, v[other] = r1;
       if (xb) xb[off] = __float2bfloat16_rn(r0), xb[off + other] = __float2bfloat16_rn(r1);
+    }
+  }
+}
+
+// rope_rotate_kernel with the cos/sin table, two consecutive frequencies i, i + 1 a thread (half
+// even): 16- or 8-byte loads and stores instead of 4-byte ones, the same products (same bits).
+// Layout: neox pairs (i, i + half), else adjacent pairs (2 i, 2 i + 1).
+__device__ __forceinline__ void rot2(float a, float b, float c, float s, float& r0, float& r1) {
+  r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+__device__ __forceinline__ uint32_t bf16x2(float lo, float hi) {
+  return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+         uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
+}
+
+__global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
+                                    bool neox, const float* table, int64_t pos0, bool inverse, __nv_bfloat16* xb,
+                                    bool write_f32) {
+  const int64_t h2 = half / 2, per_bt = n_heads * h2;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * per_bt;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    // A thread per (token, head, frequency pair): every head in parallel (a thread looping over the
+    // heads left the kernel latency-bound).
+    const int64_t bt = k / per_bt, h = k / h2 - bt * n_heads, i = 2 * (k % h2), pos = pos0 + bt % T;
+    const float4 cs = *reinterpret_cast<const float4*>(table + 2 * (pos * half + i));  // c_i s_i c_i+1 s_i+1
+    const float s0 = inverse ? -cs.y : cs.y, s1 = inverse ? -cs.w : cs.w;
+    {
+      float* v = x + (bt * n_heads + h) * HS;
+      float r0, r1, r2, r3;  // the rotated pairs (r0, r1) of i and (r2, r3) of i + 1
+      if (neox) {
+        const float2 a = *reinterpret_cast<const float2*>(v + i), b = *reinterpret_cast<const float2*>(v + half + i);
+        rot2(a.x, b.x, cs.x, s0, r0, r1);
+        rot2(a.y, b.y, cs.z, s1, r2, r3);
+        if (write_f32) {
+          *reinterpret_cast<float2*>(v + i) = make_float2(r0, r2);
+          *reinterpret_cast<float2*>(v + half + i) = make_float2(r1, r3);
+        }
+        if (xb) {
+          uint32_t* o = reinterpret_cast<uint32_t*>(xb + (bt * n_heads + h) * HS);
+          o[i / 2] = bf16x2(r0, r2), o[(half + i) / 2] = bf16x2(r1, r3);
+        }
+      } else {
+        const float4 a = *reinterpret_cast<const float4*>(v + 2 * i);
+        rot2(a.x, a.y, cs.x, s0, r0, r1);
+        rot2(a.z, a.w, cs.z, s1, r2, r3);
+        if (write_f32) *reinterpret_cast<float4*>(v + 2 * i) = make_float4(r0, r1, r2, r3);
+        if (xb)
+          *reinterpret_cast<uint2*>(xb + (bt * n_heads + h) * HS + 2 * i) = make_uint2(bf16x2(r0, r1), bf16x2(r2, r3));
+      }
     }
   }
 }
@@ -339,17 +400,26 @@ void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16
 }
 
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16) {
+                      const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16,
+                      double* dw_scratch) {
   check_rows("rmsnorm backward", N, C);
   if (N == 0) return;
   rmsnorm_backward_dx_kernel<<<unsigned(N), kRowThreads, 0, s>>>(dinp, dout, inp, weight, rstd, C,
                                                                  reinterpret_cast<__nv_bfloat16*>(dinp_bf16));
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (!dweight) return;
-  rmsnorm_backward_dw_kernel<<<unsigned((C + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(dweight, dout, inp, rstd, N,
-                                                                                        C);
+  // With a scratch the rows are summed in slabs of kDwSlabRows by blocks of their own, then the
+  // slabs in order (a block per 32 columns alone, 40 blocks on seed-500m, was latency-bound).
+  const int64_t S = dw_scratch ? (N + kDwSlabRows - 1) / kDwSlabRows : 1, R = dw_scratch ? kDwSlabRows : N;
+  rmsnorm_backward_dw_kernel<<<dim3(unsigned((C + 31) / 32), unsigned(S)), dim3(32, kDwRowGroups), 0, s>>>(
+      dweight, dout, inp, rstd, N, C, R, dw_scratch);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  if (!dw_scratch) return;
+  rmsnorm_dw_fold_kernel<<<grid_for(C), 256, 0, s>>>(dweight, dw_scratch, S, C);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
+
+int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C) { return (N + kDwSlabRows - 1) / kDwSlabRows * C; }
 
 void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_t s) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.inv_freq && cos_sin && T >= 0, "rope_table: bad arguments");
@@ -371,6 +441,12 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
   const float* table = p.cos_sin && pos0 + T <= p.table_len ? p.cos_sin : nullptr;
+  if (table && half % 2 == 0 && p.head_dim % 4 == 0) {  // (HS % 4: the vector accesses stay aligned)
+    rope_rotate2_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, table, pos0,
+                                                       inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    return;
+  }
   rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
                                                  pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32);
   PRIMAL_CUDA_CHECK_LAUNCH();

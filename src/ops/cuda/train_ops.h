@@ -38,9 +38,13 @@ void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, co
 // is bitwise reproducible (it may differ from the CPU's row-by-row fp64 sum in the last fp64
 // bits, which the fp32 rounding hides but for rare ties).
 // dinp_bf16 (N, C), when non-null: the updated dinp rounded to bf16 as to_bf16 rounds it (the bf16
-// mode's GEMM operand, written in the same pass).
+// mode's GEMM operand, written in the same pass). dw_scratch (rmsnorm_dw_scratch_doubles(N, C)),
+// when non-null: dweight's rows are summed in slabs of 256 (each as above), then the slabs in order,
+// a fixed order still (its fp64 association differs from the one-slab sum's, so the last bits may).
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16 = nullptr);
+                      const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16 = nullptr,
+                      double* dw_scratch = nullptr);
+int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C);
 
 // ---- RoPE --------------------------------------------------------------------------------------
 // The rotation of cpu::RopeParams with the frequencies on the device.

@@ -98,8 +98,8 @@ struct FastArgs {
 // + gridDim.x, ... (each block's rows in increasing order): dscale (when non-null), and with
 // a.cast the momentum votes: x = (-lr U) g / ((sqrt(rhat) sqrt(chat_i) + eps) s gap),
 // stochastically rounded. part (non-null with a.cast && a.sm): (gridDim.x, I) the block's column
-// sums of g^2 / O over its rows. Dynamic shared memory: I floats for those sums (when part), I
-// floats of sqrt(col_norm) (when a.cast && a.sm). Per row the only serial chain is the loads, one
+// sums of g^2 / O over its rows. Dynamic shared memory (CPT > 1): I floats for those sums (when
+// part), I floats of sqrt(col_norm) (when a.cast && a.sm). Per row the only serial chain is the loads, one
 // block reduction and the arithmetic: the rounding key and row_sq are fetched with the loads, and
 // every thread forms the row statistic itself (the same fp32 operations, so the same bits).
 template <class GT, int B, int CPT>
@@ -114,8 +114,24 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
   const int T = int(blockDim.x), tid = int(threadIdx.x), I = int(m.I), chunks = I >> 3, K = int(m.K);
   const int per = int(m.G) >> 3, lshift = __ffs(per) - 1;  // chunks per scale group (a power of two)
   const bool sm_cast = a.cast && a.sm;
-  float* colsum = reinterpret_cast<float*>(dyn);  // (I) when part
-  float* scn = colsum + (part ? I : 0);           // (I) when sm_cast
+  // A thread's columns are the same in every row: with one chunk a thread (kRegs) their column sums
+  // and sqrt(col_norm) live in its registers (no shared-memory set-up before the first row, no
+  // barrier); with more, in shared memory.
+  constexpr bool kRegs = CPT == 1;
+  float* colsum = reinterpret_cast<float*>(dyn);              // (I) when part && !kRegs
+  float* scn = colsum + (part && !kRegs ? I : 0);             // (I) when sm_cast && !kRegs
+  float creg[CPT][8], sreg[CPT][8];                           // kRegs: the column sums, sqrt(col_norm)
+  if constexpr (kRegs) {
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) {
+      const int c = tid + k * T;
+      float4 n0 = make_float4(1.f, 1.f, 1.f, 1.f), n1 = n0;
+      if (sm_cast && c < chunks) load_chunk(a.col_norm, c, n0, n1);
+      const float n[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) creg[k][e] = 0.0f, sreg[k][e] = sqrtf(n[e]);
+    }
+  }
   for (int q = tid; q < K; q += T) {
     const float gq = m.grid[q];
     grid_sh[q] = gq;
@@ -123,9 +139,9 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
     inv_sh[2 * q + 1] = 1.0f / (q < K - 1 ? m.grid[q + 1] - gq : gq - m.grid[q - 1]);
     inv_sh[2 * q] = 1.0f / (q > 0 ? gq - m.grid[q - 1] : m.grid[1] - gq);
   }
-  if (part)
+  if (part && !kRegs)
     for (int i = tid; i < I; i += T) colsum[i] = 0.0f;
-  if (sm_cast)
+  if (sm_cast && !kRegs)
     for (int i = tid; i < I; i += T) scn[i] = sqrtf(a.col_norm[i]);
   __syncthreads();
   const bool cast = a.cast && f.c0 != 0.0f;
@@ -165,7 +181,10 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
         sq += gk[e] * gk[e];
         if (dscale) ds += gk[e] * grid_sh[(qi[k] >> (B * e)) & kMask];
       }
-      if (part && in) {
+      if (kRegs && part) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) creg[k][e] += gk[e] * gk[e] * f.inv_o;
+      } else if (part && in) {
         float4* cs = reinterpret_cast<float4*>(colsum) + 2 * c;
         float4 p0 = cs[0], p1 = cs[1];
         p0.x += gk[0] * gk[0] * f.inv_o, p0.y += gk[1] * gk[1] * f.inv_o;
@@ -201,7 +220,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
 #pragma unroll
       for (int e = 0; e < 8; ++e) {  // branch-free: a zero gradient selects add = 0
         const float gi = g[k][e];
-        const float denom = a.sm ? sqs * scn[8 * c + e] + f.eps : 1.0f;
+        const float denom = a.sm ? sqs * (kRegs ? sreg[k][e] : scn[8 * c + e]) + f.eps : 1.0f;
         const uint32_t q = uint32_t(qi[k] >> (B * e)) & kMask;
         const int up = (gi > 0) != s_pos;  // the sign of the index change -lr g / s
         float x = __fdividef(cs * gi * inv_sh[2 * q + up], denom);
@@ -220,7 +239,13 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
 #pragma unroll
     for (int k = 0; k < CPT; ++k) {
       const int c = tid + k * T;
-      if (c < chunks) dst[2 * c] = src[2 * c], dst[2 * c + 1] = src[2 * c + 1];
+      if (c >= chunks) continue;
+      if constexpr (kRegs) {
+        dst[2 * c] = make_float4(creg[k][0], creg[k][1], creg[k][2], creg[k][3]);
+        dst[2 * c + 1] = make_float4(creg[k][4], creg[k][5], creg[k][6], creg[k][7]);
+      } else {
+        dst[2 * c] = src[2 * c], dst[2 * c + 1] = src[2 * c + 1];
+      }
     }
   }
 }
@@ -432,7 +457,8 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   const bool sm_cast = a.cast && a.sm;
   const int cpt = cast_chunks_per_thread(chunks);  // (1, 2 or 4: cast_fast_serves bounds the row)
   const int threads = int(((chunks + cpt - 1) / cpt + 31) / 32 * 32);
-  const size_t smem = size_t(sm_cast ? 2 : 0) * size_t(w.I) * sizeof(float);
+  // One chunk a thread keeps its columns' sums and sqrt(col_norm) in registers (cast_rows_kernel).
+  const size_t smem = size_t(sm_cast && cpt > 1 ? 2 : 0) * size_t(w.I) * sizeof(float);
   const Mat m = vk::mat_of(w);
   float* part = sm_cast ? st->ws->part : nullptr;
   int8_t* votes = a.cast ? st->v8 : nullptr;

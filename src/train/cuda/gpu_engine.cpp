@@ -199,6 +199,7 @@ class CudaEngine final : public StepEngine {
   float* logits_ = nullptr;                   // (head_chunk, V)
   float* scratch_ = nullptr;                  // (scratch_floats) GEMM operand / weight-gradient tiles
   double* nll_ = nullptr;                     // (maxN)
+  double* dw_slabs_ = nullptr;                // (ceil(maxN / 256), C) the norms' weight-gradient slabs, or null
   int32_t *tokens_ = nullptr, *targets_ = nullptr, *flag_ = nullptr;  // (maxN), (maxN), (1)
   int32_t* csr_ = nullptr;                    // (3 maxN + 1) LUT-embedding positions by token
   double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares_batch scratch
@@ -437,6 +438,9 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
+  // The bf16 mode sums the norms' weight gradients in row slabs (train_ops.h); the fp32 mode keeps
+  // the single pass whose order the CPU-equality tests hold.
+  if (bf16_) dw_slabs_ = arena_.of<double>(size_t(cu::rmsnorm_dw_scratch_doubles(N, C)));
   staging_ = cu::PinnedBuffer(size_t(2 * N) * sizeof(int32_t));
   nll_host_ = cu::PinnedBuffer(size_t(N) * sizeof(double));
   tokens_ = arena_.of<int32_t>(size_t(N)), targets_ = arena_.of<int32_t>(size_t(N)), flag_ = arena_.of<int32_t>(1);
@@ -667,7 +671,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
                  "cuda engine: the backward must reach layer {}, but activations are kept for the top {} layers only",
                  lowest, kept_);
     cu::fill_bytes_async(dx_, 0, size_t(N * C) * 4, s_);
-    cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_, dxb16());
+    cu::rmsnorm_backward(dx_, mask.out_norm ? g_out_norm_ : nullptr, dxnf_, res(L), out_norm_, rstdf_, N, C, s_, dxb16(),
+                         dw_slabs_);
     for (int64_t l = L - 1; l >= lowest; --l) {
       const int64_t p = m.layer_of[size_t(l)];
       DevLayer& w = layers_[size_t(p)];
@@ -683,7 +688,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       lin_bwd(dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
       lin_bwd(dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
       mark("linear bwd");
-      cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_, dxb16());
+      cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_, dxb16(),
+                           dw_slabs_);
       mark("norm/swiglu/rope bwd");
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
@@ -702,7 +708,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       lin_bwd(dxn_, true, {dk_, dkb_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
       lin_bwd(dxn_, true, {dv_, dvb_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
       mark("linear bwd");
-      cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16());
+      cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16(),
+                           dw_slabs_);
       mark("norm/swiglu/rope bwd");
     }
     if (embd_grad) cu::embedding_backward(embd_->dW, dx_, tokens_, N, V, C, s_);
