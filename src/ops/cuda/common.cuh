@@ -25,6 +25,19 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The descriptor that owns launch block b, for batched kernels whose descriptors (any type with a
+// block0 member) list their first blocks in increasing order.
+template <class Desc>
+__device__ __forceinline__ int owner_of(const Desc* d, int count, int64_t b) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (d[mid].block0 <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 // Sum of a double over the whole block (blockDim.x a multiple of 32, at most 1024); every thread
 // gets the result. `scratch` holds 32 doubles of shared memory.
 __device__ __forceinline__ double block_sum(double v, double* scratch) {

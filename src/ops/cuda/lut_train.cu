@@ -172,7 +172,9 @@ void dequantize_rows_bf16(const LutTrainView& w, int64_t o0, int64_t n, uint16_t
   if (n == 0 || !vec_dequant_ok(w)) return dequantize_rows(w, o0, n, d, s);
   const int blocks = row_blocks(n);
   const int64_t rb = w.row_bytes();
-#define PRIMAL_LAUNCH(B) dequant_rows_bf16_vec_kernel<B><<<blocks, lut::kThreads, 0, s>>>(w, o0, n, rb, d)
+  // A thread per 8 values of a row, up to kThreads (256 threads on a 1280-long row left 96 idle).
+  const int threads = int(std::min<int64_t>(lut::kThreads, (w.I / 8 + 31) / 32 * 32));
+#define PRIMAL_LAUNCH(B) dequant_rows_bf16_vec_kernel<B><<<blocks, threads, 0, s>>>(w, o0, n, rb, d)
   PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
   PRIMAL_CUDA_CHECK_LAUNCH();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ops/cuda/check.cuh"
+#include "ops/cuda/common.cuh"
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/train_step.h"
 
@@ -126,21 +127,10 @@ struct BatchDesc {
   AdamArgs a;
 };
 
-// The tensor that owns launch block b (descriptors in block order).
-__device__ __forceinline__ int desc_of(const BatchDesc* d, int count, int64_t b) {
-  int lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (d[mid].block0 <= b) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
 // ss_partial_kernel for every tensor: block b of tensor k is its block b - block0 of nb.
 __global__ void __launch_bounds__(kSsThreads) ss_partial_batch_kernel(const BatchDesc* d, int count, double* partial) {
   __shared__ double s[kSsThreads];
-  const BatchDesc& t = d[desc_of(d, count, blockIdx.x)];
+  const BatchDesc& t = d[owner_of(d, count, blockIdx.x)];
   const int64_t lb = int64_t(blockIdx.x) - t.block0;
   double acc = 0.0;
   for (int64_t i = lb * kSsThreads + threadIdx.x; i < t.n; i += t.nb * kSsThreads) {
@@ -164,7 +154,7 @@ __global__ void __launch_bounds__(kSsThreads) ss_final_batch_kernel(const BatchD
 }
 
 __global__ void adamw_batch_kernel(const BatchDesc* d, int count) {
-  const BatchDesc& t = d[desc_of(d, count, blockIdx.x)];
+  const BatchDesc& t = d[owner_of(d, count, blockIdx.x)];
   const int64_t lb = int64_t(blockIdx.x) - t.block0;
   for (int64_t i = lb * blockDim.x + threadIdx.x; i < t.n; i += t.nb * blockDim.x) adamw_element(t.p, t.g, t.m, t.v, i, t.a);
 }
