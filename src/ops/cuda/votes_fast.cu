@@ -323,28 +323,34 @@ struct ApplyDesc {
   int64_t I8, row_bytes, K, words;  // words: O I / 8
   int64_t block0, nb;               // the matrix's launch blocks
 };
-constexpr int kApplyThreads = 256, kApplyWords = 4;  // words per thread (loads in flight)
+// A thread takes kApplyWords vote words at a time (their loads in flight together), kApplyTiles
+// times: a block covers kApplyThreads * kApplyWords * kApplyTiles words (a block per 1024 words
+// made ~74K blocks a seed-500m step).
+constexpr int kApplyThreads = 256, kApplyWords = 4, kApplyTiles = 4;
 
 template <int B>
 __global__ void __launch_bounds__(kApplyThreads) apply_batch_kernel(const ApplyDesc* d, int count,
                                                                     unsigned long long* flips) {
   const ApplyDesc& t = d[owner_of(d, count, blockIdx.x)];
-  const int64_t first = (int64_t(blockIdx.x) - t.block0) * kApplyThreads * kApplyWords + threadIdx.x;
   uint2* vw = reinterpret_cast<uint2*>(t.votes);
-  uint2 w[kApplyWords];
-#pragma unroll
-  for (int u = 0; u < kApplyWords; ++u) {
-    const int64_t k8 = first + int64_t(u) * kApplyThreads;
-    w[u] = k8 < t.words ? vw[k8] : make_uint2(0u, 0u);
-  }
   unsigned long long local = 0;
+  for (int tile = 0; tile < kApplyTiles; ++tile) {
+    const int64_t first =
+        ((int64_t(blockIdx.x) - t.block0) * kApplyTiles + tile) * kApplyThreads * kApplyWords + threadIdx.x;
+    uint2 w[kApplyWords];
 #pragma unroll
-  for (int u = 0; u < kApplyWords; ++u) {
-    const int64_t k8 = first + int64_t(u) * kApplyThreads;
-    if (k8 >= t.words || !vk::any_unit(w[u])) continue;
-    const int64_t o = k8 / t.I8, c = k8 - o * t.I8;
-    local += unsigned(vk::apply8<B>(w[u], t.idx + o * t.row_bytes + c * B, t.K));
-    vw[k8] = w[u];
+    for (int u = 0; u < kApplyWords; ++u) {
+      const int64_t k8 = first + int64_t(u) * kApplyThreads;
+      w[u] = k8 < t.words ? vw[k8] : make_uint2(0u, 0u);
+    }
+#pragma unroll
+    for (int u = 0; u < kApplyWords; ++u) {
+      const int64_t k8 = first + int64_t(u) * kApplyThreads;
+      if (k8 >= t.words || !vk::any_unit(w[u])) continue;
+      const int64_t o = k8 / t.I8, c = k8 - o * t.I8;
+      local += unsigned(vk::apply8<B>(w[u], t.idx + o * t.row_bytes + c * B, t.K));
+      vw[k8] = w[u];
+    }
   }
   vk::add_count(local, flips);
 }
@@ -506,7 +512,7 @@ void lut_votes_apply_batch(const std::vector<ApplyItem>& items, const VoteParams
     const int64_t words = it.w.O * it.w.I / 8;
     if (words == 0) continue;
     d.push_back({it.w.idx, it.st->v8, it.w.I / 8, it.w.row_bytes(), it.w.K(), words, 0,
-                 (words + kApplyThreads * kApplyWords - 1) / (kApplyThreads * kApplyWords)});
+                 (words + kApplyThreads * kApplyWords * kApplyTiles - 1) / (kApplyThreads * kApplyWords * kApplyTiles)});
     bits.push_back(it.w.bits());
   }
   if (d.empty()) return;
