@@ -118,6 +118,16 @@ TEST(GpuTrainBf16, SwigluIsTheFp32OneRounded) {
                              ubd.as<uint16_t>(), int64_t(n), nullptr);
   EXPECT_EQ(first_diff(to_host<uint16_t>(dgb, n), bf16_of(to_host<float>(dg, n))), -1) << "dgate";
   EXPECT_EQ(first_diff(to_host<uint16_t>(dub, n), bf16_of(to_host<float>(du, n))), -1) << "dup";
+  // dout as bf16: the fp32 kernel on the rounded dout, rounded.
+  const auto dhb = bf16_of(dh);
+  const auto dhbd = to_device(dhb), dhrd = to_device(f32_of(dhb));
+  auto dg2 = poisoned(n), du2 = poisoned(n), dgb2 = poisoned_bf16(n), dub2 = poisoned_bf16(n);
+  cuda::swiglu_backward(dg2.as<float>(), du2.as<float>(), dhrd.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n),
+                        nullptr);
+  cuda::swiglu_backward_bf16(dgb2.as<uint16_t>(), dub2.as<uint16_t>(), dhbd.as<uint16_t>(), gbd.as<uint16_t>(),
+                             ubd.as<uint16_t>(), int64_t(n), nullptr);
+  EXPECT_EQ(first_diff(to_host<uint16_t>(dgb2, n), bf16_of(to_host<float>(dg2, n))), -1) << "dgate, bf16 dout";
+  EXPECT_EQ(first_diff(to_host<uint16_t>(dub2, n), bf16_of(to_host<float>(du2, n))), -1) << "dup, bf16 dout";
 }
 
 // The loss of bf16 logits (and the gradient left in their place; and the bf16 gradient of fp32
@@ -215,7 +225,11 @@ TEST(GpuTrainBf16, LutLinearBf16OperandsMatchFp32WithinRounding) {
   cuda::lut_linear_forward_bf16_out(blas, w, xbd.as<uint16_t>(), N, yb.as<uint16_t>(), sc.as<float>(), S, nullptr);
   cuda::lut_linear_backward_input(blas, w, {nullptr, dbd.as<uint16_t>()}, N, di16.as<float>(), false,
                                   sc.as<float>(), S, nullptr);
+  auto dib = poisoned_bf16(size_t(N * I));
+  cuda::lut_linear_backward_input_bf16_out(blas, w, dbd.as<uint16_t>(), N, dib.as<uint16_t>(), sc.as<float>(), S,
+                                           nullptr);
   cuda::set_train_math(cuda::TrainMath::Fp32);
+  const auto DB = f32_of(to_host<uint16_t>(dib, size_t(N * I)));
   const auto Y32 = to_host<float>(y32, size_t(N * O)), Y16 = to_host<float>(y16, size_t(N * O));
   const auto YB = f32_of(to_host<uint16_t>(yb, size_t(N * O)));
   const auto D32 = to_host<float>(di32, size_t(N * I)), D16 = to_host<float>(di16, size_t(N * I));
@@ -234,6 +248,8 @@ TEST(GpuTrainBf16, LutLinearBf16OperandsMatchFp32WithinRounding) {
       for (int64_t o = 0; o < O; ++o) mag += std::fabs(double(d[size_t(t * O + o)]) * W[size_t(o * I + i)]);
       const size_t k = size_t(t * I + i);
       ASSERT_LE(std::fabs(D16[k] - D32[k]), ub * mag + 1e-30) << "dinp " << t << " " << i;
+      ASSERT_LE(std::fabs(DB[k] - D32[k]), 1.01 * ub * mag + ub / 2 * std::fabs(D32[k]) + 1e-30)
+          << "dinp bf16 out " << t << " " << i;
     }
 }
 

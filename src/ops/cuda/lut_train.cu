@@ -319,6 +319,20 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
   }
 }
 
+void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t N,
+                                        uint16_t* dinp, float* scratch, int64_t scratch_floats, cudaStream_t s) {
+  check_lut_view(w, "lut_linear_backward_input_bf16_out");
+  PRIMAL_CHECK(N > 0 && dout && dinp && scratch, "lut_linear_backward_input_bf16_out: N {} or a null pointer", N);
+  PRIMAL_CHECK(2 * scratch_floats >= w.O * w.I,
+               "lut_linear_backward_input_bf16_out: the matrix ({} x {}) must be dequantized whole (a scratch of {} "
+               "floats): a bf16 output cannot accumulate chunks",
+               w.O, w.I, scratch_floats);
+  auto* wb = reinterpret_cast<uint16_t*>(scratch);
+  dequantize_rows_bf16(w, 0, w.O, wb, s);
+  // Column-major: dinp^T (I x N) = Wc (I x O) dout^T (O x N), rounded once to bf16.
+  gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, w.I, N, w.O, wb, w.I, dout, w.O, 0.0f, dinp, w.I, s, true);
+}
+
 void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout, Operand inp, int64_t N,
                                 const LutWeightGrad& g, float* scratch, int64_t scratch_floats, cudaStream_t s) {
   check_lut_view(w, "lut_linear_backward_weight");

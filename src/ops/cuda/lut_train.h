@@ -118,6 +118,11 @@ void lut_linear_forward_bf16_out(Blas& blas, const LutTrainView& w, const uint16
 void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, int64_t N, float* dinp,
                                bool accumulate, float* scratch, int64_t scratch_floats, cudaStream_t s);
 
+// The bf16 mode's dinp (N, I) as bf16 (the fp32 accumulators rounded once) = dout (N, O) bf16 W,
+// overwritten; the matrix must fit the scratch whole (2 scratch_floats >= O I: no chunk sums).
+void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t N,
+                                        uint16_t* dinp, float* scratch, int64_t scratch_floats, cudaStream_t s);
+
 // Where the weight-side gradients of one backward call go; null members are not computed.
 struct LutWeightGrad {
   float* dscale = nullptr;            // (O, I / G), accumulated

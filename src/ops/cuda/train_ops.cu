@@ -227,11 +227,11 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
 
 // ---- SwiGLU -----------------------------------------------------------------------------------
 
-template <class Out, class In = float>
-__global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const float* dout, const In* gate, const In* up,
+template <class Out, class In = float, class DIn = float>
+__global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const DIn* dout, const In* gate, const In* up,
                                        int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = to_f(gate[i]), u = to_f(up[i]), d = dout[i];  // all read before dgate/dup (which may be dout) are written
+    const float g = to_f(gate[i]), u = to_f(up[i]), d = to_f(dout[i]);  // all read before dgate/dup (which may be dout) are written
     const float sg = 1.0f / (1.0f + expf(-g));
     const float phi = __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, sg)));  // silu'(g) / sg
     const float dg = __fmul_rn(__fmul_rn(__fmul_rn(d, u), sg), phi);
@@ -538,6 +538,16 @@ void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, con
   swiglu_backward_kernel<bf, bf><<<grid_for(N), 256, 0, s>>>(reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup),
                                                              dout, reinterpret_cast<const bf*>(gate),
                                                              reinterpret_cast<const bf*>(up), N);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const uint16_t* dout, const uint16_t* gate,
+                          const uint16_t* up, int64_t N, cudaStream_t s) {
+  if (N <= 0) return;
+  using bf = __nv_bfloat16;
+  swiglu_backward_kernel<bf, bf, bf><<<grid_for(N), 256, 0, s>>>(
+      reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup), reinterpret_cast<const bf*>(dout),
+      reinterpret_cast<const bf*>(gate), reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -102,6 +102,9 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 // The bf16 mode's: gate and up read as bf16, dgate and dup written as bf16 (GEMM operands).
 void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const uint16_t* gate,
                           const uint16_t* up, int64_t N, cudaStream_t s);
+// The same with dout as bf16 (the down projection's input gradient straight out of its GEMM).
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const uint16_t* dout, const uint16_t* gate,
+                          const uint16_t* up, int64_t N, cudaStream_t s);
 
 // ---- Token embedding ---------------------------------------------------------------------------
 // out: (N, C) written, row t = table[tokens[t]]; tokens: (N); table: (V, C) fp32.

@@ -680,10 +680,18 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       Acts& a = acts(l);
       if (o_.recompute) forward_layer(l, a, B, T, false);
       // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
-      lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
-      mark("linear bwd");
-      if (bf16_) cu::swiglu_backward_bf16(dgb_, dub_, dh_, a.gateb, a.upb, N * FF, s_);
-      else cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
+      if (bf16_) {  // dh straight out of its GEMM as bf16 (in dh_'s memory), SwiGLU's backward reading it
+        auto* dhb = reinterpret_cast<uint16_t*>(dh_);
+        cu::lut_linear_backward_input_bf16_out(*blas_, w.w_down->view, dxb_, N, dhb, scratch_, scratch_floats_, s_);
+        mark_stage("dinp");
+        lin_bwd(nullptr, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
+        mark("linear bwd");
+        cu::swiglu_backward_bf16(dgb_, dub_, dhb, a.gateb, a.upb, N * FF, s_);
+      } else {
+        lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
+        mark("linear bwd");
+        cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
+      }
       mark("norm/swiglu/rope bwd");
       lin_bwd(dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
       lin_bwd(dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
