@@ -455,3 +455,65 @@ TEST(GpuTrainBf16, BatchedApplyIsTheMatrixByMatrixApply) {
   for (size_t k = 0; k < out8[0].size(); ++k) EXPECT_EQ(out8[1][k], out8[0][k]) << "int8 votes, matrix " << k;
   for (size_t k = 0; k < out16[0].size(); ++k) EXPECT_EQ(out16[1][k], out16[0][k]) << "int16 votes, matrix " << k;
 }
+
+// A group's forward and input gradient (one dequantization launch for q, k, v or gate, up) against
+// the per-matrix calls on the same operands: the same bf16 weights and GEMMs, so the same values up
+// to the GEMMs' summation order (fp32, 2^-20 of the magnitude checked); the bias added to the fp32
+// outputs; fp32 and bf16 outputs mixed. A group that does not fit the scratch is refused untouched.
+TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
+  REQUIRE_GPU();
+  const int64_t I = 96, N = 29, G = 32;
+  const int64_t Os[3] = {64, 40, 40};
+  std::vector<train::LutWeight> Ls;
+  std::vector<DevLut> dls;
+  std::mt19937 rng(21);
+  for (int k = 0; k < 3; ++k) {
+    train::LutWeight L = train::LutWeight::make(DType::LUT4, Os[k], I, G, nf4_grid(16), "test");
+    for (int64_t o = 0; o < Os[k]; ++o)
+      for (int64_t i = 0; i < I; ++i) L.set(o, i, uint32_t(rng() % 16));
+    L.scale = randn(size_t(Os[k] * (I / G)), 30 + k, 0.05f);
+    dls.push_back(upload(L));
+    Ls.push_back(std::move(L));
+  }
+  const cuda::LutTrainView w[3] = {dls[0].view, dls[1].view, dls[2].view};
+  const auto xb = bf16_of(randn(size_t(N * I), 40));
+  const auto xbd = to_device(xb);
+  const auto bias = to_device(randn(size_t(Os[0]), 41));
+  std::vector<std::vector<uint16_t>> db;
+  std::vector<cuda::DeviceBuffer> dbd;
+  for (int k = 0; k < 3; ++k) db.push_back(bf16_of(randn(size_t(N * Os[k]), 50 + k))), dbd.push_back(to_device(db[k]));
+  cuda::Blas blas;
+  const int64_t S = (Os[0] + Os[1] + Os[2]) * I;  // floats: the group fits twice over as bf16
+  auto sc = poisoned(size_t(S));
+  cuda::set_train_math(cuda::TrainMath::Bf16);
+  // Per matrix: q fp32 + bias, k fp32, v bf16; dinp summed q, k, v.
+  auto q1 = poisoned(size_t(N * Os[0])), k1 = poisoned(size_t(N * Os[1])), q2 = poisoned(size_t(N * Os[0])),
+       k2 = poisoned(size_t(N * Os[1])), d1 = poisoned(size_t(N * I)), d2 = poisoned(size_t(N * I));
+  auto v1 = poisoned_bf16(size_t(N * Os[2])), v2 = poisoned_bf16(size_t(N * Os[2]));
+  cuda::lut_linear_forward(blas, w[0], {nullptr, xbd.as<uint16_t>()}, N, bias.as<float>(), q1.as<float>(),
+                           sc.as<float>(), S, nullptr);
+  cuda::lut_linear_forward(blas, w[1], {nullptr, xbd.as<uint16_t>()}, N, nullptr, k1.as<float>(), sc.as<float>(), S,
+                           nullptr);
+  cuda::lut_linear_forward_bf16_out(blas, w[2], xbd.as<uint16_t>(), N, v1.as<uint16_t>(), sc.as<float>(), S, nullptr);
+  for (int k = 0; k < 3; ++k)
+    cuda::lut_linear_backward_input(blas, w[k], {nullptr, dbd[size_t(k)].as<uint16_t>()}, N, d1.as<float>(), k > 0,
+                                    sc.as<float>(), S, nullptr);
+  cuda::LutGroupOut out[3];
+  out[0].f32 = q2.as<float>(), out[0].bias = bias.as<float>(), out[1].f32 = k2.as<float>(), out[2].bf16 = v2.as<uint16_t>();
+  ASSERT_TRUE(cuda::lut_linear_forward_group(blas, w, out, 3, xbd.as<uint16_t>(), N, sc.as<float>(), S, nullptr));
+  const uint16_t* douts[3] = {dbd[0].as<uint16_t>(), dbd[1].as<uint16_t>(), dbd[2].as<uint16_t>()};
+  ASSERT_TRUE(cuda::lut_linear_backward_input_group(blas, w, douts, 3, N, d2.as<float>(), false, sc.as<float>(), S,
+                                                    nullptr));
+  EXPECT_FALSE(cuda::lut_linear_forward_group(blas, w, out, 3, xbd.as<uint16_t>(), N, sc.as<float>(), S / 4, nullptr))
+      << "a group larger than the scratch";
+  cuda::set_train_math(cuda::TrainMath::Fp32);
+  auto close = [](const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+    double mag = 0;
+    for (float x : b) mag = std::max(mag, double(std::fabs(x)));
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], mag / (1 << 20) + 1e-30) << what << " " << i;
+  };
+  close(to_host<float>(q2, size_t(N * Os[0])), to_host<float>(q1, size_t(N * Os[0])), "q");
+  close(to_host<float>(k2, size_t(N * Os[1])), to_host<float>(k1, size_t(N * Os[1])), "k");
+  close(f32_of(to_host<uint16_t>(v2, size_t(N * Os[2]))), f32_of(to_host<uint16_t>(v1, size_t(N * Os[2]))), "v");
+  close(to_host<float>(d2, size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp");
+}

@@ -156,6 +156,76 @@ __global__ void dequant_rows_bf16_vec_kernel(const LutTrainView w, int64_t o0, i
   }
 }
 
+// dequant_rows_bf16_vec_kernel for up to kGroupMax matrices of one index width and row length in
+// one launch (q, k, v; gate, up: a launch each was mostly latency, ~6 us for a 1280 x 1280 matrix):
+// row R of the group is row R - row0[k] of matrix k, written to its own destination; the grid values
+// come through the L1 (the rows of one block belong to different matrices).
+constexpr int kGroupMax = 3;
+struct DequantGroup {
+  LutTrainView w[kGroupMax];
+  __nv_bfloat16* dst[kGroupMax];
+  int64_t row_bytes[kGroupMax];
+  int64_t row0[kGroupMax + 1];  // first row of each matrix in the group; row0[n]: all rows
+  int n;
+};
+
+template <int B>
+__global__ void dequant_group_bf16_kernel(const DequantGroup g) {
+  if constexpr (B <= 8) {
+    for (int64_t R = blockIdx.x; R < g.row0[g.n]; R += gridDim.x) {
+      int k = 0;
+      while (k + 1 < g.n && R >= g.row0[k + 1]) ++k;
+      const LutTrainView& w = g.w[k];
+      const int64_t o = R - g.row0[k];
+      const int I = int(w.I), G = int(w.G), oct = I / 8;
+      const uint8_t* row = w.idx + o * g.row_bytes[k];
+      const float* sc = w.scale + o * (I / G);
+      uint4* d = reinterpret_cast<uint4*>(g.dst[k] + o * I);
+      for (int c = int(threadIdx.x); c < oct; c += int(blockDim.x)) {
+        uint32_t q[8];
+        indices8<B>(row, 8 * c, q);
+        const float s = sc[8 * c / G];
+        __nv_bfloat162 h[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          h[e] = __floats2bfloat162_rn(__fmul_rn(s, __ldg(&w.grid[q[2 * e]])), __fmul_rn(s, __ldg(&w.grid[q[2 * e + 1]])));
+        d[c] = *reinterpret_cast<const uint4*>(h);
+      }
+    }
+  }
+}
+
+// Whether the n matrices dequantize as one group into a bf16 scratch of 2 scratch_floats values.
+bool group_ok(const LutTrainView* w, int n, int64_t scratch_floats) {
+  if (n < 1 || n > kGroupMax) return false;
+  int64_t total = 0;
+  for (int k = 0; k < n; ++k) {
+    check_lut_view(w[k], "lut linear group");
+    if (!vec_dequant_ok(w[k]) || w[k].bits() != w[0].bits() || w[k].bits() > 8 || w[k].I != w[0].I) return false;
+    total += w[k].O * w[k].I;
+  }
+  return total <= 2 * scratch_floats;
+}
+
+// The group's weights as bf16, matrix k at wb[k] (consecutive in the scratch, 16-byte aligned).
+void dequantize_group_bf16(const LutTrainView* w, int n, float* scratch, uint16_t** wb, cudaStream_t s) {
+  DequantGroup g{};
+  g.n = n;
+  g.row0[0] = 0;
+  int64_t at = 0;
+  for (int k = 0; k < n; ++k) {
+    wb[k] = reinterpret_cast<uint16_t*>(scratch) + at;
+    at += w[k].O * w[k].I;  // a multiple of 8 values (I % 8 == 0): 16-byte aligned
+    g.w[k] = w[k], g.dst[k] = reinterpret_cast<__nv_bfloat16*>(wb[k]), g.row_bytes[k] = w[k].row_bytes();
+    g.row0[k + 1] = g.row0[k] + w[k].O;
+  }
+  const int threads = int(std::min<int64_t>(lut::kThreads, (w[0].I / 8 + 31) / 32 * 32));
+#define PRIMAL_LAUNCH(B) dequant_group_bf16_kernel<B><<<row_blocks(g.row0[n]), threads, 0, s>>>(g)
+  PRIMAL_LUT_BITS_SWITCH(w[0].bits(), PRIMAL_LAUNCH)
+#undef PRIMAL_LAUNCH
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
 template <class Out>
 void dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, Out* dst, cudaStream_t s) {
   if (n == 0) return;
@@ -317,6 +387,44 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
       sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout.f32 + o0, ldd, beta, dinp, I, s);
     }
   }
+}
+
+bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupOut* out, int n, const uint16_t* inp,
+                              int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s) {
+  PRIMAL_CHECK(N > 0 && inp && scratch && w && out, "lut_linear_forward_group: N {} or a null pointer", N);
+  if (!group_ok(w, n, scratch_floats)) return false;
+  uint16_t* wb[kGroupMax];
+  dequantize_group_bf16(w, n, scratch, wb, s);
+  for (int k = 0; k < n; ++k) {
+    const int64_t O = w[k].O, I = w[k].I;
+    PRIMAL_CHECK(out[k].f32 || out[k].bf16, "lut_linear_forward_group: output {} missing", k);
+    PRIMAL_CHECK(!out[k].bias || out[k].f32, "lut_linear_forward_group: a bias needs the fp32 output ({})", k);
+    if (out[k].bf16) {
+      gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, wb[k], I, inp, I, 0.0f, out[k].bf16, O, s, true);
+    } else {
+      gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, wb[k], I, inp, I, 0.0f, out[k].f32, O, s);
+      if (out[k].bias) {
+        add_bias_kernel<<<lut::blocks_for(N * O), lut::kThreads, 0, s>>>(out[k].f32, out[k].bias, N, O);
+        PRIMAL_CUDA_CHECK_LAUNCH();
+      }
+    }
+  }
+  return true;
+}
+
+bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const uint16_t* const* dout, int n, int64_t N,
+                                     float* dinp, bool accumulate, float* scratch, int64_t scratch_floats,
+                                     cudaStream_t s) {
+  PRIMAL_CHECK(N > 0 && dinp && scratch && w && dout, "lut_linear_backward_input_group: N {} or a null pointer", N);
+  if (!group_ok(w, n, scratch_floats)) return false;
+  uint16_t* wb[kGroupMax];
+  dequantize_group_bf16(w, n, scratch, wb, s);
+  for (int k = 0; k < n; ++k) {  // summed in matrix order, as the per-matrix calls
+    PRIMAL_CHECK(dout[k], "lut_linear_backward_input_group: dout {} missing", k);
+    const float beta = (accumulate || k > 0) ? 1.0f : 0.0f;
+    gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, w[k].I, N, w[k].O, wb[k], w[k].I, dout[k], w[k].O, beta, dinp, w[k].I, s);
+  }
+  return true;
 }
 
 void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t N,

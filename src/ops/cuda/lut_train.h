@@ -118,6 +118,23 @@ void lut_linear_forward_bf16_out(Blas& blas, const LutTrainView& w, const uint16
 void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, int64_t N, float* dinp,
                                bool accumulate, float* scratch, int64_t scratch_floats, cudaStream_t s);
 
+// The bf16 mode's forward of up to 3 matrices with one input (q, k, v; gate, up): their weights
+// dequantized in one launch into consecutive parts of the scratch, then a GEMM each, into out[k]'s
+// fp32 (with its bias) or bf16 output. inp: (N, I) bf16. false, with nothing done, where they do not
+// fit the scratch together (bf16: 2 scratch_floats values) or differ in index width or row length.
+struct LutGroupOut {
+  float* f32 = nullptr;        // (N, O_k), or
+  uint16_t* bf16 = nullptr;    // (N, O_k) bf16
+  const float* bias = nullptr; // (O_k) or null (fp32 output only)
+};
+bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupOut* out, int n, const uint16_t* inp,
+                              int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s);
+// dinp (N, I) = (accumulate ? dinp : 0) + sum_k dout[k] (N, O_k; bf16) W_k, in matrix order, the
+// weights dequantized as one group; false as above.
+bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const uint16_t* const* dout, int n, int64_t N,
+                                     float* dinp, bool accumulate, float* scratch, int64_t scratch_floats,
+                                     cudaStream_t s);
+
 // The bf16 mode's dinp (N, I) as bf16 (the fp32 accumulators rounded once) = dout (N, O) bf16 W,
 // overwritten; the matrix must fit the scratch whole (2 scratch_floats >= O I: no chunk sums).
 void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t N,

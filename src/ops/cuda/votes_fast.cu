@@ -101,9 +101,9 @@ struct FastArgs {
 // a.cast the momentum votes: x = (-lr U) g / ((sqrt(rhat) sqrt(chat_i) + eps) s gap),
 // stochastically rounded. part (non-null with a.cast && a.sm): (gridDim.x, I) the block's column
 // sums of g^2 / O over its rows. Dynamic shared memory (CPT > 1): I floats for those sums (when
-// part), I floats of sqrt(col_norm) (when a.cast && a.sm). Per row the only serial chain is the loads, one
-// block reduction and the arithmetic: the rounding key and row_sq are fetched with the loads, and
-// every thread forms the row statistic itself (the same fp32 operations, so the same bits).
+// part), I floats of sqrt(col_norm) (when a.cast && a.sm). Per row the only serial chain is the
+// loads, one block reduction and the arithmetic: the rounding key and row_sq are fetched with the
+// loads, and every thread forms the row statistic itself (the same fp32 operations, same bits).
 template <class GT, int B, int CPT>
 __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, CPT < 4 ? 1 : 2)
     cast_rows_kernel(const Mat m, int8_t* votes, const CastArgs a, const FastArgs f, const GT* dW, int64_t o0,

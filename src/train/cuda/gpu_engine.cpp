@@ -555,12 +555,20 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   float* q = bf16_ ? dq_ : a.q;
   float* k = bf16_ ? dk_ : a.k;
   float* v = bf16_ ? dv_ : a.v;
-  lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, q);
-  lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
-  // v without a bias goes straight out of its GEMM as bf16 (the only copy the bf16 mode reads).
+  // v without a bias goes straight out of its GEMM as bf16 (the only copy the bf16 mode reads); the
+  // bf16 mode dequantizes q, k and v in one launch where they fit the scratch together.
   const bool v_b16 = bf16_ && !w.bv;
-  if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
-  else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
+  const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
+  cu::LutGroupOut qkv_out[3];
+  qkv_out[0].f32 = q, qkv_out[0].bias = w.bq, qkv_out[1].f32 = k, qkv_out[1].bias = w.bk;
+  if (v_b16) qkv_out[2].bf16 = a.vb;
+  else qkv_out[2].f32 = v, qkv_out[2].bias = w.bv;
+  if (!bf16_ || !cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_)) {
+    lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, q);
+    lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
+    if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
+    else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
+  }
   mark(lf);
   rope(q, a.qb, B, T, NH, false);
   rope(k, a.kb, B, T, KVH, false);
@@ -578,8 +586,13 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   else cu::rmsnorm_forward_train(a.xn2, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
   mark(ew);
   if (bf16_) {  // gate and up straight out of the GEMMs as bf16 (as PyTorch's autocast keeps them)
-    cu::lut_linear_forward_bf16_out(*blas_, w.w_gate->view, a.xn2b, N, a.gateb, scratch_, scratch_floats_, s_);
-    cu::lut_linear_forward_bf16_out(*blas_, w.w_up->view, a.xn2b, N, a.upb, scratch_, scratch_floats_, s_);
+    const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
+    cu::LutGroupOut gu_out[2];
+    gu_out[0].bf16 = a.gateb, gu_out[1].bf16 = a.upb;
+    if (!cu::lut_linear_forward_group(*blas_, gu, gu_out, 2, a.xn2b, N, scratch_, scratch_floats_, s_)) {
+      cu::lut_linear_forward_bf16_out(*blas_, w.w_gate->view, a.xn2b, N, a.gateb, scratch_, scratch_floats_, s_);
+      cu::lut_linear_forward_bf16_out(*blas_, w.w_up->view, a.xn2b, N, a.upb, scratch_, scratch_floats_, s_);
+    }
   } else {
     lin_fwd(*w.w_gate, a.xn2, N, nullptr, a.gate);
     lin_fwd(*w.w_up, a.xn2, N, nullptr, a.up);
@@ -693,8 +706,15 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
         cu::swiglu_backward(dgate_, dup_, dh_, a.gate, a.up, N * FF, s_);
       }
       mark("norm/swiglu/rope bwd");
-      lin_bwd(dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
-      lin_bwd(dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
+      {
+        const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
+        const uint16_t* gu_d[2] = {dgb_, dub_};
+        const bool grouped = bf16_ && cu::lut_linear_backward_input_group(*blas_, gu, gu_d, 2, N, dxn_, false, scratch_,
+                                                                           scratch_floats_, s_);
+        if (grouped) mark_stage("dinp");
+        lin_bwd(grouped ? nullptr : dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
+        lin_bwd(grouped ? nullptr : dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
+      }
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_ffn_norm : nullptr, dxn_, a.mid, w.ffn_norm, a.rstd2, N, C, s_, dxb16(),
                            dw_slabs_);
@@ -712,9 +732,17 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk);
       bf16_copy(dvb_, dv_, N * KVH * HS);
       mark("norm/swiglu/rope bwd");
-      lin_bwd(dxn_, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
-      lin_bwd(dxn_, true, {dk_, dkb_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
-      lin_bwd(dxn_, true, {dv_, dvb_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
+      {
+        const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
+        const uint16_t* qkv_d[3] = {dqb_, dkb_, dvb_};
+        const bool grouped = bf16_ && cu::lut_linear_backward_input_group(*blas_, qkv, qkv_d, 3, N, dxn_, false,
+                                                                           scratch_, scratch_floats_, s_);
+        if (grouped) mark_stage("dinp");
+        float* di = grouped ? nullptr : dxn_;
+        lin_bwd(di, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
+        lin_bwd(di, true, {dk_, dkb_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
+        lin_bwd(di, true, {dv_, dvb_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
+      }
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16(),
                            dw_slabs_);
