@@ -264,3 +264,37 @@ TEST(ForwardSynthetic, YarnScalingIsRefusedClearly) {
   MemorySource src(hp, DType::F32, false, false, 5);
   EXPECT_THROW(load_weights(src), Error);
 }
+
+TEST(ForwardSynthetic, NullLogitsStopsAfterTheFinalNorm) {
+  // The quantizer's calibration wants the head's input only: with logits null the pass dumps
+  // result_norm exactly as a full pass does, skips the head (no result_output), and the cache
+  // advances as usual.
+  const HParams hp = small_hparams();
+  MemorySource src(hp, DType::F32, false, false, 5);
+  const LlamaWeights w = load_weights(src);
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < 9; ++i) ids.push_back((i * 13 + 2) % int32_t(hp.n_vocab));
+  const int64_t T = int64_t(ids.size());
+  auto run = [&](bool with_logits, std::vector<float>& norm, bool& saw_output, int64_t& n_past) {
+    KVCache cache = make_kv_cache(w, 64);
+    std::vector<float> logits(size_t(T * hp.n_vocab));
+    saw_output = false;
+    llama_forward(w, cache, ids.data(), T, T, with_logits ? logits.data() : nullptr,
+                  [&](const std::string& name, const float* data, const std::vector<int64_t>& shape) {
+                    if (name == "result_norm") norm.assign(data, data + shape[0] * shape[1]);
+                    if (name == "result_output") saw_output = true;
+                  });
+    n_past = cache.n_past();
+  };
+  std::vector<float> full, head_only;
+  bool out_full = false, out_head_only = true;
+  int64_t past_full = 0, past_head_only = 0;
+  run(true, full, out_full, past_full);
+  run(false, head_only, out_head_only, past_head_only);
+  EXPECT_TRUE(out_full);
+  EXPECT_FALSE(out_head_only);
+  ASSERT_EQ(full.size(), size_t(T * hp.n_embd));
+  EXPECT_EQ(full, head_only);
+  EXPECT_EQ(past_full, T);
+  EXPECT_EQ(past_head_only, T);
+}

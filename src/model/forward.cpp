@@ -83,6 +83,7 @@ void llama_forward(const LlamaWeights& w, KVCache& cache, const int32_t* tokens,
   const float* last = x.data() + (T - n_logits) * C;
   cpu::rmsnorm_forward(xn.data(), last, w.output_norm.data(), n_logits, C, hp.rms_eps);
   named("result_norm", -1, xn.data(), {n_logits, C});
+  if (!logits) return;  // the caller wants the head's input only (quantizer calibration)
   cpu::matmul_forward(logits, xn.data(), *w.output, nullptr, n_logits);
   named("result_output", -1, logits, {n_logits, V});
 }

@@ -18,7 +18,8 @@ namespace primal {
 using DumpFn = std::function<void(const std::string& name, const float* data, const std::vector<int64_t>& shape)>;
 
 // Runs tokens (T) through the model, appends their keys and values to the cache, and writes the
-// logits of the last n_logits tokens (1 <= n_logits <= T) to logits: (n_logits, V).
+// logits of the last n_logits tokens (1 <= n_logits <= T) to logits: (n_logits, V). With logits
+// null the head is skipped (the final norm still runs and is dumped as "result_norm").
 // Throws when the tokens do not fit in the cache's context or an id is outside the vocabulary.
 void llama_forward(const LlamaWeights& w, KVCache& cache, const int32_t* tokens, int64_t T, int64_t n_logits,
                    float* logits, const DumpFn& dump = nullptr);

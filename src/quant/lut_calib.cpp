@@ -85,16 +85,16 @@ CalibStats collect_calib_stats(const ModelSource& src, const std::string& text_p
       }
   };
   KVCache cache = make_kv_cache(w, n_ctx);
-  std::vector<float> logits;
   for (const auto& win : st.windows) {
     const int64_t T = int64_t(win.size());
     for (int32_t t : win) {
       PRIMAL_CHECK(t >= 0 && t < w.hp.n_vocab, "calibration: token {} outside the vocabulary", t);
       st.token_counts[size_t(t)] += 1;
     }
-    logits.resize(size_t(T * w.hp.n_vocab));
     cache.clear();
-    llama_forward(w, cache, win.data(), T, T, logits.data(), dump);  // T logits: the head's input for every token
+    // n_logits = T: the head's input (result_norm) for every token. No logits: nothing reads them,
+    // and the head (V x C per token) was about a quarter of a GPTQ calibration run.
+    llama_forward(w, cache, win.data(), T, T, nullptr, dump);
     st.n_tokens += T;
   }
   for (const auto& [dump_name, s] : sums) {
