@@ -130,6 +130,23 @@ __device__ __forceinline__ void indices8(const uint8_t* row, int i, uint32_t q[8
   }
 }
 
+// One row of a bf16 dequantization: its 8-value chunks c = threadIdx.x, + blockDim.x, ... from the
+// packed indices `row`, the row's scales `sc` (a scale per G values) and `grid` (shared or global).
+template <int B>
+__device__ __forceinline__ void dequant_row_bf16(const uint8_t* row, const float* sc, int G, int oct, const float* grid,
+                                                 uint4* d) {
+  for (int c = int(threadIdx.x); c < oct; c += int(blockDim.x)) {
+    uint32_t q[8];
+    indices8<B>(row, 8 * c, q);
+    const float s = sc[8 * c / G];
+    __nv_bfloat162 h[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      h[e] = __floats2bfloat162_rn(__fmul_rn(s, grid[q[2 * e]]), __fmul_rn(s, grid[q[2 * e + 1]]));
+    d[c] = *reinterpret_cast<const uint4*>(h);
+  }
+}
+
 template <int B>
 __global__ void dequant_rows_bf16_vec_kernel(const LutTrainView w, int64_t o0, int64_t n, int64_t row_bytes,
                                              __nv_bfloat16* dst) {
@@ -142,17 +159,7 @@ __global__ void dequant_rows_bf16_vec_kernel(const LutTrainView w, int64_t o0, i
     const int64_t o = o0 + r;
     const uint8_t* row = w.idx + o * row_bytes;
     const float* sc = w.scale + o * groups;
-    uint4* d = reinterpret_cast<uint4*>(dst + r * I);
-    for (int c = int(threadIdx.x); c < oct; c += int(blockDim.x)) {
-      uint32_t q[8];
-      indices8<B>(row, 8 * c, q);
-      const float s = sc[8 * c / G];
-      __nv_bfloat162 h[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        h[e] = __floats2bfloat162_rn(__fmul_rn(s, grid[q[2 * e]]), __fmul_rn(s, grid[q[2 * e + 1]]));
-      d[c] = *reinterpret_cast<const uint4*>(h);
-    }
+    dequant_row_bf16<B>(row, sc, G, oct, grid, reinterpret_cast<uint4*>(dst + r * I));
   }
 }
 
@@ -180,17 +187,7 @@ __global__ void dequant_group_bf16_kernel(const DequantGroup g) {
       const int I = int(w.I), G = int(w.G), oct = I / 8;
       const uint8_t* row = w.idx + o * g.row_bytes[k];
       const float* sc = w.scale + o * (I / G);
-      uint4* d = reinterpret_cast<uint4*>(g.dst[k] + o * I);
-      for (int c = int(threadIdx.x); c < oct; c += int(blockDim.x)) {
-        uint32_t q[8];
-        indices8<B>(row, 8 * c, q);
-        const float s = sc[8 * c / G];
-        __nv_bfloat162 h[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          h[e] = __floats2bfloat162_rn(__fmul_rn(s, __ldg(&w.grid[q[2 * e]])), __fmul_rn(s, __ldg(&w.grid[q[2 * e + 1]])));
-        d[c] = *reinterpret_cast<const uint4*>(h);
-      }
+      dequant_row_bf16<B>(row, sc, G, oct, w.grid, reinterpret_cast<uint4*>(g.dst[k] + o * I));
     }
   }
 }
