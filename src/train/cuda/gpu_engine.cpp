@@ -340,11 +340,12 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
       (*dm[k])->dscale = grad(gm[k]->dscale);
     }
   }
-  // The bf16 mode's vote cast forms the column statistic in one workspace for every matrix.
+  // The bf16 mode's vote cast forms the column statistic (momentum with second moments) in one
+  // workspace for every matrix (the planner counts it under the same condition).
   int64_t I_max = 0;
   for (const auto& [mt, dm] : mats_)
     if (dm->votes) I_max = std::max(I_max, dm->view.I);
-  if (bf16_ && I_max > 0) {
+  if (bf16_ && I_max > 0 && gpu_vote_params(c.votes->config(), c.votes->governor(), 0, 1.0).moments()) {
     cast_ws_ = cu::cast_workspace_at(arena_.of<unsigned char>(size_t(cu::cast_workspace_bytes(I_max))), I_max, s_);
     for (auto& [mt, dm] : mats_)
       if (dm->votes) dm->votes->state.ws = &cast_ws_;
