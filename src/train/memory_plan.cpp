@@ -181,13 +181,16 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   int64_t floats = lut_tile_rows(C) * C;
   for (const Shape& s : mats) floats = std::max(floats, s.O * s.I);
   c.add("workspace", "GEMM scratch (dequantized weights, weight gradients)", floats * 4);
-  // The bf16 vote cast's column sums (ops/cuda/cast_workspace.h), for the longest row of a voting
-  // matrix.
+  // The bf16 vote cast's column sums (ops/cuda/cast_workspace.h): for the longest row of a voting
+  // matrix, and a layer's whole-matrix casts with their folds queued.
   if (b16 && r.momentum) {
-    int64_t I_max = 0;
-    for (const Shape& s : mats) I_max = std::max(I_max, s.I);
+    int64_t I_max = 0, part_floats = 0;
+    for (const Shape& s : mats) I_max = std::max(I_max, s.I), part_floats += cuda::cast_part_floats(s.O, s.I);
     if (r.train_embeddings) I_max = std::max(I_max, C);
-    c.add("workspace", "vote cast column sums", cuda::cast_workspace_bytes(I_max));
+    c.add("workspace", "vote cast column sums", cuda::cast_workspace_bytes(I_max, part_floats));
+    int64_t mat_max = 0;
+    for (const Shape& s : mats) mat_max = std::max(mat_max, s.O * s.I);
+    c.add("workspace", "weight gradients of the casts beside the GEMMs", cuda::cast_aside_bytes(mat_max));
   }
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
   if (b16) c.add("workspace", "norm gradient slabs", (N + 255) / 256 * C * 8);  // train_ops.h rmsnorm_backward

@@ -150,7 +150,9 @@ void expect_within_bounds(const Shape& sh, const Results& got, const Reference& 
 
 // The flash kernels on bf16 q, k, v (the bf16 trainer's activations: here the fp32 inputs rounded
 // to nearest even), out bf16; results widened to fp32 (out from its bf16 bits).
-Results run_mma_bf16(const Shape& sh, const Inputs& in) {
+// mode 1: the backward with a workspace on a stream of its own; 2: the same, dq's kernel on a second
+// stream.
+Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0) {
   auto b16 = [](const std::vector<float>& v) {
     std::vector<uint16_t> b(v.size());
     for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
@@ -163,9 +165,20 @@ Results run_mma_bf16(const Shape& sh, const Inputs& in) {
   auto lse = guarded(nl), dq = guarded(nq), dk = guarded(nk), dv = guarded(nk);
   cuda::attention_forward_mma(out.as<uint16_t>(), lse.as<float>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
                               sh.B, sh.T, sh.NH, sh.KVH, sh.HS, nullptr);
-  cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(), out.as<uint16_t>(),
-                               q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(), lse.as<float>(), sh.B, sh.T, sh.NH,
-                               sh.KVH, sh.HS, nullptr);
+  if (mode > 0) {
+    cuda::Stream main, other;
+    const size_t nws = cuda::attention_backward_mma_workspace(sh.B, sh.T, sh.NH, sh.HS, true);
+    cuda::DeviceBuffer ws(nws * sizeof(float));
+    cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
+                                 out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
+                                 lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws,
+                                 mode == 2 ? other.get() : nullptr);
+    main.sync();  // (the function made main wait for other)
+  } else {
+    cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
+                                 out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
+                                 lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, nullptr);
+  }
   const auto ob = to_host<uint16_t>(out, nq + 64);
   for (size_t i = nq; i < ob.size(); ++i) EXPECT_EQ(ob[i], 0xFFFF) << "bf16 out written past its end";
   Results r;
@@ -342,4 +355,15 @@ TEST(GpuAttentionMma, MatchesCpuTwin) {
   const float* none = nullptr;
   EXPECT_THROW(cuda::attention_forward_mma(nullptr, nullptr, none, none, none, 1, 8, 2, 1, 64, nullptr), Error);
   cuda::check_last_error();
+}
+
+// dq's kernel on a second stream (as the trainer runs it, beside dk/dv's) gives the same bits as
+// the backward on one stream: the kernels and their inputs are the same, only the overlap differs.
+TEST(GpuAttentionMma, SideStreamGivesTheSameBits) {
+  REQUIRE_GPU();
+  for (const Shape& sh : {Shape{2, 130, 12, 4, 64}, Shape{3, 512, 8, 8, 64}, Shape{2, 257, 8, 2, 128}}) {
+    SCOPED_TRACE(sh.str());
+    const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS));
+    expect_same_bits(run_mma_bf16(sh, in, 2), run_mma_bf16(sh, in, 1));
+  }
 }

@@ -296,8 +296,8 @@ TEST(GpuTrainBf16, FastVoteCastIsTheExactCastWithinOneVote) {
     for (auto& x : col_norm) x = 0.2f + float(rng() % 1000) / 500.0f;
     const std::vector<float> ds0 = randn(size_t(O * (I / G)), 5, 1.0f);
     const int64_t R = cuda::lut_train_tile_rows(I), split = O > R ? R : O;  // two launches: rows [0, R) and [R, O)
-    cuda::DeviceBuffer ws_mem(size_t(cuda::cast_workspace_bytes(I)));
-    const cuda::CastWorkspace ws = cuda::cast_workspace_at(ws_mem.data(), I, nullptr);
+    cuda::DeviceBuffer ws_mem(size_t(cuda::cast_workspace_bytes(I, 0)));
+    const cuda::CastWorkspace ws = cuda::cast_workspace_at(ws_mem.data(), I, 0, nullptr);
     // 0: exact (fp32 mode); 1: votes.cu's bf16 kernel; 2: votes_fast.cu, one launch; 3: two launches;
     // 4: votes_fast.cu from the bf16 gradient.
     constexpr int kRuns = 5;
@@ -379,6 +379,101 @@ TEST(GpuTrainBf16, FastVoteCastIsTheExactCastWithinOneVote) {
     for (size_t k = 0; k < v0.size(); ++k) d23 += votes[2][k] != votes[3][k];
     EXPECT_LE(d23, int64_t(v0.size()) / 1000 + 1) << "one launch and two";
   }
+}
+
+// Queued folds (votes.h CastFoldQueue, as the engine runs them) against the fold right after each
+// cast: the same column statistic, votes and row statistic, bit for bit, through every way the
+// queue flushes: a matrix cast twice in one backward (its second cast reads the first's col_norm),
+// a call in two launches (the immediate fold's running total), a full queue (18 small matrices),
+// and the caller's flush at the end.
+TEST(GpuTrainBf16, QueuedFoldsAreTheImmediateFolds) {
+  REQUIRE_GPU();
+  struct Case { DType type; int64_t O, I, G; };
+  std::vector<Case> cases = {{DType::LUT4, 300, 640, 32}, {DType::LUT4, 70, 1544, 8}, {DType::LUT3, 129, 512, 64},
+                             {DType::LUT4, 20, 2304, 64}, {DType::LUT4, 50, 8960, 32}};
+  for (int k = 0; k < 18; ++k) cases.push_back({DType::LUT4, 16 + 2 * k, 64, 32});
+  // (matrix, rows of the first launch: O for one launch)
+  std::vector<std::pair<size_t, int64_t>> calls = {{0, 300}, {1, 70}, {0, 300}, {2, 64}, {3, 20}, {4, 50}};
+  for (size_t k = 5; k < cases.size(); ++k) calls.push_back({k, cases[k].O});
+  calls.push_back({1, 70});
+  std::mt19937 rng(5);
+  std::vector<train::LutWeight> Ls;
+  std::vector<std::vector<float>> grads;
+  std::vector<std::vector<int8_t>> v0;
+  int64_t I_max = 0;
+  for (const Case& c : cases) {
+    const int64_t K = int64_t(1) << lut_bits(c.type);
+    train::LutWeight L = train::LutWeight::make(c.type, c.O, c.I, c.G, nf4_grid(int(K)), "test");
+    for (int64_t o = 0; o < c.O; ++o)
+      for (int64_t i = 0; i < c.I; ++i) L.set(o, i, uint32_t(rng() % uint32_t(K)));
+    L.scale = randn(size_t(c.O * (c.I / c.G)), uint32_t(rng()), 0.05f);
+    Ls.push_back(std::move(L));
+    grads.push_back(randn(size_t(c.O * c.I), uint32_t(rng()), 1.0f));
+    std::vector<int8_t> v(size_t(c.O * c.I));
+    for (auto& x : v) x = int8_t(int(rng() % 241) - 120);
+    v0.push_back(std::move(v));
+    I_max = std::max(I_max, c.I);
+  }
+  cuda::set_train_math(cuda::TrainMath::Bf16);
+  cuda::VoteParams p;
+  p.rule = cuda::VoteRule::Momentum;
+  p.lr = 0.02;
+  p.seed = 3;
+  ASSERT_TRUE(p.moments());
+  struct Out { std::vector<int8_t> votes; std::vector<float> row_sq, col_sq, col_norm, dscale; int64_t events; };
+  std::vector<Out> out[2];
+  for (int queued = 0; queued < 2; ++queued) {
+    cuda::DeviceBuffer ws_mem(size_t(cuda::cast_workspace_bytes(I_max, 0)));
+    cuda::CastWorkspace ws = cuda::cast_workspace_at(ws_mem.data(), I_max, 0, nullptr);
+    cuda::CastFoldQueue queue;
+    if (queued) ws.queue = &queue;
+    std::vector<DevLut> dls;
+    std::vector<cuda::DeviceVotes> dvs;
+    std::vector<cuda::DeviceBuffer> dg, ds;
+    for (size_t k = 0; k < cases.size(); ++k) {
+      dls.push_back(upload(Ls[k]));
+      dvs.push_back(cuda::make_device_votes(dls.back().view, p, int64_t(k), nullptr, true));
+      dvs.back().state.ws = &ws;
+      cuda::copy_to_device(dvs.back().state.v8, v0[k].data(), v0[k].size());
+      dg.push_back(to_device(bf16_of(grads[k])));
+      ds.push_back(to_device(std::vector<float>(Ls[k].scale.size(), 0.0f)));
+    }
+    for (const auto& [k, first] : calls) {
+      const cuda::LutTrainView& v = dls[k].view;
+      cuda::VoteState& st = dvs[k].state;
+      ASSERT_TRUE(cuda::lut_grad_tiles_bf16_ok(v, &st, &p));
+      const uint16_t* g = dg[k].as<uint16_t>();
+      cuda::lut_grad_tiles_bf16(v, g, 0, first, ds[k].as<float>(), &st, &p, nullptr);
+      if (first < v.O)
+        cuda::lut_grad_tiles_bf16(v, g + first * v.I, first, v.O - first, ds[k].as<float>(), &st, &p, nullptr);
+      cuda::lut_votes_done(v, st, p, nullptr);
+    }
+    if (queued) EXPECT_FALSE(queue.items.empty()) << "the last calls' folds wait in the queue";
+    cuda::cast_fold_flush(ws, nullptr);
+    EXPECT_TRUE(queue.items.empty());
+    cuda::Stream::sync_stream(nullptr);
+    for (size_t k = 0; k < cases.size(); ++k) {
+      const cuda::DeviceVotes& d = dvs[k];
+      const int64_t O = cases[k].O, I = cases[k].I;
+      out[queued].push_back({to_host<int8_t>(d.votes, size_t(O * I)), to_host<float>(d.row_sq, size_t(O)),
+                             to_host<float>(d.col_sq, size_t(I)), to_host<float>(d.col_norm, size_t(I)),
+                             to_host<float>(ds[k], Ls[k].scale.size()), d.state.events});
+    }
+  }
+  cuda::set_train_math(cuda::TrainMath::Fp32);
+  for (size_t k = 0; k < cases.size(); ++k) {
+    SCOPED_TRACE("matrix " + std::to_string(k));
+    const Out &a = out[0][k], &b = out[1][k];
+    EXPECT_EQ(b.events, a.events);
+    EXPECT_EQ(b.votes, a.votes);
+    EXPECT_EQ(b.row_sq, a.row_sq);
+    EXPECT_EQ(b.col_sq, a.col_sq);
+    EXPECT_EQ(b.col_norm, a.col_norm);
+    EXPECT_EQ(b.dscale, a.dscale);
+    EXPECT_NE(a.col_norm, std::vector<float>(size_t(cases[k].I), 1.0f)) << "the fold did not run";
+    EXPECT_NE(a.votes, v0[k]) << "no vote moved: the case tests little";
+  }
+  EXPECT_EQ(out[0][0].events, 2);
 }
 
 // The batched apply (votes_fast.cu, every matrix of a width in one launch) against lut_votes_apply

@@ -533,7 +533,7 @@ void allow_smem(K kernel, size_t bytes) {
 template <int D, class OutT>
 void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
               const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
-              size_t ws_floats, cudaStream_t s) {
+              size_t ws_floats, cudaStream_t s, cudaStream_t side) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH, nq = rows * D, base = ws_base_floats(B, T, NH, D);
   DeviceBuffer own;  // the caller gave no room: the workspace's required part here (tests)
@@ -549,6 +549,20 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
   allow_smem(flash_dkdv_mma_kernel<D>, s1);
   allow_smem(flash_dq_mma_kernel<D>, s2);
   const unsigned tiles = unsigned((T + kRows - 1) / kRows);
+  // With a side stream dq's kernel runs there, beside dk/dv's: both read only what bwd_prep and the
+  // forward left, and each alone leaves multiprocessors idle (causal blocks end at different times).
+  static cudaEvent_t ev[2] = {nullptr, nullptr};  // prep done; dq done (ordering only)
+  if (side && !ev[0])
+    for (cudaEvent_t& e : ev) PRIMAL_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  cudaStream_t sq = side && !own.data() ? side : s;
+  if (sq != s) {
+    PRIMAL_CUDA_CHECK(cudaEventRecord(ev[0], s));
+    PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(sq, ev[0], 0));
+  }
+  flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, sq>>>(
+      q, k, v, w, dq, int(T), int(NH), int(KVH), scale, scale_log2);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  if (sq != s) PRIMAL_CUDA_CHECK(cudaEventRecord(ev[1], sq));
   // A block per (key tile, query head) when the group has several heads and the workspace holds
   // their shares: a block per KV head walks all G heads of its group in turn (a 6-head group at T
   // 1024 gave 256 blocks, the first ones with 96 query tiles to walk).
@@ -566,9 +580,7 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
     sum_group_kernel<<<blocks, 256, 0, s>>>(out_v, dv, kv_rows, int(NH / KVH), int(D));
     PRIMAL_CUDA_CHECK_LAUNCH();
   }
-  flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, s>>>(
-      q, k, v, w, dq, int(T), int(NH), int(KVH), scale, scale_log2);
-  PRIMAL_CUDA_CHECK_LAUNCH();
+  if (sq != s) PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, ev[1], 0));
   if (own.data()) PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s));  // before `own` is freed
 }
 
@@ -619,16 +631,16 @@ void forward(Out* out, float* lse, const bf16* q, const bf16* k, const bf16* v, 
 template <class OutT>
 void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
                   const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
-                  cudaStream_t s, float* ws, size_t ws_floats) {
+                  cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side = nullptr) {
   check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_aligned(q, "attention_backward_mma"), check_aligned(k, "attention_backward_mma");
   check_aligned(v, "attention_backward_mma"), check_aligned(ws, "attention_backward_mma (workspace)");
   switch (HS) {
-    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
-    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
-    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
-    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s); break;
+    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side); break;
+    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side); break;
+    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side); break;
+    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side); break;
   }
 }
 
@@ -671,8 +683,8 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
-                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats) {
-  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats);
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side) {
+  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side);
 }
 
 }  // namespace primal::cuda

@@ -49,9 +49,12 @@ size_t attention_backward_mma_workspace(int64_t B, int64_t T, int64_t NH, int64_
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
-// The same with bf16 out, q, k, v (D = dout . out from the bf16 out).
+// The same with bf16 out, q, k, v (D = dout . out from the bf16 out). With `side` (and a workspace
+// given), dq's kernel runs on side beside dk/dv's, and s waits for it before the function returns
+// (events shared by every call: one caller thread at a time).
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
-                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0,
+                            cudaStream_t side = nullptr);
 
 }  // namespace primal::cuda

@@ -46,6 +46,11 @@ PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
 }
 
 Stream::Stream() { PRIMAL_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+Stream::Stream(bool high_priority) {
+  int least = 0, greatest = 0;
+  PRIMAL_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  PRIMAL_CUDA_CHECK(cudaStreamCreateWithPriority(&s_, cudaStreamNonBlocking, high_priority ? greatest : least));
+}
 Stream::~Stream() {
   if (s_) cudaStreamDestroy(s_);
 }
@@ -53,6 +58,9 @@ void Stream::sync() const { sync_stream(s_); }
 void Stream::sync_stream(cudaStream_t s) { PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s)); }
 
 Event::Event() { PRIMAL_CUDA_CHECK(cudaEventCreate(&e_)); }
+Event::Event(bool timing) {
+  PRIMAL_CUDA_CHECK(cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault : cudaEventDisableTiming));
+}
 Event::~Event() {
   if (e_) cudaEventDestroy(e_);
 }

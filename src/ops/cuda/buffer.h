@@ -55,6 +55,9 @@ class PinnedBuffer {
 class Stream {
  public:
   Stream();  // non-blocking with respect to the legacy default stream
+  // With a scheduling priority: high (the device's greatest) or not (its least, the default). The
+  // block scheduler starts a high-priority stream's pending blocks first.
+  explicit Stream(bool high_priority);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
@@ -69,6 +72,7 @@ class Stream {
 class Event {
  public:
   Event();
+  explicit Event(bool timing);  // timing false: an ordering-only event (cheaper to record and wait on)
   ~Event();
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;

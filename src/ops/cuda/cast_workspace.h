@@ -5,14 +5,32 @@
 
 namespace primal::cuda {
 
-// Rows of per-block column sums the workspace holds: the most blocks a cast launch uses.
+// Rows of per-block column sums one cast launch writes at most (its most blocks).
 constexpr int64_t kCastBlocksMax = 1056;
+// Rows of a matrix per cast block: below this the grid shrinks (votes_fast.cu).
+constexpr int64_t kCastRowsPerBlock = 2;
+// Folds one deferred-fold launch takes at most (votes.h CastFoldQueue).
+constexpr int64_t kFoldBatchMax = 16;
 
-// part (kCastBlocksMax, I_max) fp32, acc (I_max) fp64, the fold's block sums (I_max / 32 + 1)
-// fp64, the counter, and 16-byte alignment of each.
-constexpr int64_t cast_workspace_bytes(int64_t I_max) {
-  return kCastBlocksMax * I_max * 4 + I_max * 8 + ((I_max + 31) / 32 + 1) * 8 + 16 + 64;
+// The column sums (floats) a cast of a whole (O, I) matrix writes at most: a row of I per block.
+constexpr int64_t cast_part_floats(int64_t O, int64_t I) {
+  const int64_t nb = (O + kCastRowsPerBlock - 1) / kCastRowsPerBlock;
+  return (nb < kCastBlocksMax ? nb : kCastBlocksMax) * I;
 }
+
+// part (part_floats) fp32: at least kCastBlocksMax * I_max (one launch of the longest rows), more
+// where whole-matrix casts queue their folds (a layer's matrices: the sum of their
+// cast_part_floats); acc (I_max) fp64; the immediate fold's block sums (I_max / 32 + 1) fp64 and
+// counter; per queued fold kFoldBatchMax block-sum rows and counters; 16-byte alignment of each.
+constexpr int64_t cast_workspace_bytes(int64_t I_max, int64_t part_floats) {
+  const int64_t part = part_floats > kCastBlocksMax * I_max ? part_floats : kCastBlocksMax * I_max;
+  const int64_t sums = (I_max + 31) / 32 + 1;
+  return part * 4 + I_max * 8 + sums * 8 + 16 + kFoldBatchMax * sums * 8 + kFoldBatchMax * 4 + 6 * 16;
+}
+
+// The two bf16 weight-gradient buffers of the casts beside the GEMMs (lut_train.h CastAside), for
+// layer matrices of up to max_values = O * I weights.
+constexpr int64_t cast_aside_bytes(int64_t max_values) { return 2 * max_values * 2; }
 
 // Whether the bf16 cast (votes_fast.cu) serves a matrix with rows of I weights, G weights per
 // scale and `bits`-bit indices (with int8 votes, momentum rule): I and G multiples of 8, G / 8 a

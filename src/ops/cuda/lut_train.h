@@ -140,12 +140,26 @@ bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const ui
 void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t N,
                                         uint16_t* dinp, float* scratch, int64_t scratch_floats, cudaStream_t s);
 
+// The vote cast beside the GEMMs (bf16 mode): the whole matrix's dW (bf16) goes to `dw` instead of
+// the scratch, and its cast (and lut_votes_done) runs on `stream` once the GEMM is done (`gemm_done`
+// recorded on the caller's stream), so that the cast, latency-bound, overlaps the backward's next
+// GEMMs. The GEMM first waits for `dw_free` (recorded on `stream` after the cast that last read
+// dw); the caller alternates two of these and, before anything reads what casts write (votes,
+// dscale, the column statistic), makes its stream wait for `stream`.
+struct CastAside {
+  uint16_t* dw = nullptr;  // (capacity) bf16
+  int64_t capacity = 0;    // values: matrices with O * I above it cast the usual way
+  cudaStream_t stream = nullptr;
+  cudaEvent_t gemm_done = nullptr, dw_free = nullptr;
+};
+
 // Where the weight-side gradients of one backward call go; null members are not computed.
 struct LutWeightGrad {
   float* dscale = nullptr;            // (O, I / G), accumulated
   float* dbias = nullptr;             // (O), accumulated
   VoteState* votes = nullptr;         // the index gradient, cast into votes tile by tile (votes.h);
   const VoteParams* params = nullptr; //   then lut_votes_done, as the CPU's LutTileSink::done
+  const CastAside* aside = nullptr;   // the bf16 mode's cast beside the GEMMs, where it serves
 };
 
 // dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.

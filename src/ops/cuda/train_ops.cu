@@ -72,6 +72,28 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(y + c, (x[c] * r) * w[c]);
 }
 
+// rmsnorm_forward_train_kernel after x += y, the add of add_inplace_kernel (__fadd_rn): a thread
+// reads back only the x values it wrote.
+template <class Out>
+__global__ void __launch_bounds__(kRowThreads) add_rmsnorm_forward_train_kernel(Out* out, float* rstd, float* x_io,
+                                                                                const float* y_in, const float* w,
+                                                                                int64_t C, float eps) {
+  __shared__ double scratch[32];
+  const int64_t t = blockIdx.x;
+  float* x = x_io + t * C;
+  const float* y = y_in + t * C;
+  double ss = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float v = __fadd_rn(x[c], y[c]);
+    x[c] = v;
+    ss += double(v) * double(v);
+  }
+  const float r = rms_scale(block_sum(ss, scratch), C, eps);
+  if (threadIdx.x == 0) rstd[t] = r;
+  Out* o = out + t * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(o + c, (x[c] * r) * w[c]);
+}
+
 // swiglu_f32's expression (elementwise.cu) on bf16 gate and up, rounded to bf16.
 __global__ void swiglu_forward_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16* gate, const __nv_bfloat16* up,
                                            int64_t n) {
@@ -460,6 +482,19 @@ void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, co
   if (N == 0) return;
   rmsnorm_forward_train_kernel<__nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
       reinterpret_cast<__nv_bfloat16*>(out), rstd, inp, weight, C, eps);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, float* x, const float* y,
+                               const float* weight, int64_t N, int64_t C, float eps, cudaStream_t s) {
+  check_rows("add + rmsnorm", N, C);
+  PRIMAL_CHECK((out != nullptr) != (out_bf16 != nullptr) && x && y, "add + rmsnorm: one output, x and y");
+  if (N == 0) return;
+  if (out_bf16)
+    add_rmsnorm_forward_train_kernel<__nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
+        reinterpret_cast<__nv_bfloat16*>(out_bf16), rstd, x, y, weight, C, eps);
+  else
+    add_rmsnorm_forward_train_kernel<float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, x, y, weight, C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

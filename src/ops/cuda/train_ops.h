@@ -28,6 +28,11 @@ void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const floa
 // The same with out written as bf16 (the bf16 mode's GEMM operand; out must not alias inp).
 void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, const float* weight, int64_t N,
                                 int64_t C, float eps, cudaStream_t s);
+// The residual add before a norm, fused: x (N, C) += y (N, C) (add_inplace's fp32 add), then the
+// norm of the new x into out (fp32, or bf16 with out_bf16; one of the two non-null, aliasing
+// neither x nor y): the bits of add_inplace followed by rmsnorm_forward_train(_bf16), one pass.
+void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, float* x, const float* y,
+                               const float* weight, int64_t N, int64_t C, float eps, cudaStream_t s);
 
 // dinp: (N, C) += the input gradient  r (dy w) - r^3/C x sum_j(dy_j w_j x_j)  (the dot in fp64);
 // dweight: (C) += sum_t dy[t, c] x[t, c] r[t] unless null; dout, inp: (N, C); weight: (C);

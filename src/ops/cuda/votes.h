@@ -63,16 +63,41 @@ struct VoteParams {
 // (acc, over the launches of one backward call) and, after the call's last rows, forms col_sq's
 // EMA and col_norm. One workspace serves every matrix: a backward call uses it from its first
 // cast to its last fold, and calls follow one another on one stream.
-struct CastWorkspace {
-  float* part = nullptr;         // (kCastBlocksMax, I_max) one launch's per-block column sums
-  double* acc = nullptr;         // (I_max) their running total over the launches of a call
-  double* block_sums = nullptr;  // (I_max / 32 + 1) the final fold's per-block sums of col_sq
-  unsigned* counter = nullptr;   // (1) the final fold's finished blocks (0 between folds)
-  int64_t I_max = 0;             // the longest row it serves
+// Deferred folds: with a queue attached (CastWorkspace::queue), a cast of a whole matrix (one
+// launch: rows 0 .. O-1) leaves its block sums in the next free region of part and queues its fold;
+// cast_fold_flush runs every queued fold in one launch, the same arithmetic (same bits) as the
+// immediate fold. A fold launch per matrix was ~9 us, mostly latency (184 a seed-500m step).
+// The cast flushes by itself when part or the queue is full, before a call that is not a whole
+// matrix, and before a matrix whose fold is still queued; the caller flushes before anything reads
+// col_sq or col_norm (the end of the backward).
+struct CastFoldItem {
+  const float* part = nullptr;  // (nb, I) the cast's block sums
+  int64_t nb = 0, I = 0;
+  double beta2 = 0;
+  float* col_sq = nullptr;      // (I)
+  float* col_norm = nullptr;    // (I)
 };
-// The workspace laid out in mem (cast_workspace_bytes(I_max) bytes, 16-byte aligned; its counter
-// zeroed on s).
-CastWorkspace cast_workspace_at(void* mem, int64_t I_max, cudaStream_t s);
+struct CastFoldQueue {
+  std::vector<CastFoldItem> items;  // at most kFoldBatchMax
+  int64_t used = 0;                 // floats of part the queued casts reserved
+};
+
+struct CastWorkspace {
+  float* part = nullptr;         // (part_floats) the casts' per-block column sums
+  int64_t part_floats = 0;       // >= kCastBlocksMax * I_max
+  double* acc = nullptr;         // (I_max) the immediate fold's running total over the launches of a call
+  double* block_sums = nullptr;  // (I_max / 32 + 1) the immediate final fold's per-block sums of col_sq
+  unsigned* counter = nullptr;   // (1) the immediate final fold's finished blocks (0 between folds)
+  double* batch_sums = nullptr;  // (kFoldBatchMax, I_max / 32 + 1) the same for each queued fold
+  unsigned* batch_counters = nullptr;  // (kFoldBatchMax)
+  int64_t I_max = 0;             // the longest row it serves
+  CastFoldQueue* queue = nullptr;  // host: where folds wait (null: every fold right after its cast)
+};
+// The workspace laid out in mem (cast_workspace_bytes(I_max, part_floats) bytes, 16-byte aligned;
+// its counters zeroed on s).
+CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s);
+// Every queued fold of ws in one launch on s (nothing without a queue or with none queued).
+void cast_fold_flush(const CastWorkspace& ws, cudaStream_t s);
 
 // PRIMAL_VOTES_V1=1 (read once): the bf16 mode keeps votes.cu's first kernels (the cast from an fp32
 // weight gradient with per-tile column sums, the apply matrix by matrix), for comparisons.

@@ -255,19 +255,20 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
 // acc[i] = (first ? 0 : acc[i]) + sum_b part[b, i] (b = 0 .. nb-1 in order, fp64); with `final`
 // instead col_sq[i] = float(b2 col_sq[i] + (1 - b2) total), then the last block to finish forms
 // mean(col_sq) from the blocks' sums (in block order) and col_norm = col_sq / mean (1 where the
-// mean is not positive). A block per 32 columns; warp w sums every 32nd block's partials from w
-// (a warp reads 128 consecutive bytes of a partial row; 32 warps keep enough loads in flight).
-__global__ void __launch_bounds__(32 * kFoldSlices) col_fold_kernel(const float* part, int nb, int64_t I, bool first,
-                                                                   bool final, double b2, CastWorkspace ws,
-                                                                   float* col_sq, float* col_norm) {
+// mean is not positive). A block (bx of n_bx) per 32 columns; warp w sums every 32nd block's
+// partials from w (a warp reads 128 consecutive bytes of a partial row; 32 warps keep enough loads
+// in flight). acc is read only without `first`, written only without `final`.
+__device__ __forceinline__ void fold_columns(const float* part, int64_t nb, int64_t I, bool first, bool final,
+                                             double b2, double* acc, double* block_sums, unsigned* counter,
+                                             float* col_sq, float* col_norm, int bx, int n_bx) {
   __shared__ double sh[kFoldSlices][33];  // 33: warp 0's column reads avoid bank conflicts
   __shared__ double bsum[kFoldSlices];
   __shared__ bool last_sh;
   const int lane = int(threadIdx.x & 31), w = int(threadIdx.x >> 5);
-  const int64_t i = int64_t(blockIdx.x) * 32 + lane;
+  const int64_t i = int64_t(bx) * 32 + lane;
   double t = 0.0;
   if (i < I) {
-    int b = w;
+    int64_t b = w;
     for (; b + 3 * kFoldSlices < nb; b += 4 * kFoldSlices) {  // four loads in flight
       const float x0 = part[b * I + i], x1 = part[(b + kFoldSlices) * I + i];
       const float x2 = part[(b + 2 * kFoldSlices) * I + i], x3 = part[(b + 3 * kFoldSlices) * I + i];
@@ -280,11 +281,11 @@ __global__ void __launch_bounds__(32 * kFoldSlices) col_fold_kernel(const float*
   if (w == 0) {
     double c = 0.0;
     for (int k = 0; k < kFoldSlices; ++k) c += sh[k][lane];
-    if (!first && i < I) c += ws.acc[i];
+    if (!first && i < I) c += acc[i];
     double x = 0.0;
     if (i < I) {
       if (!final) {
-        ws.acc[i] = c;
+        acc[i] = c;
       } else {
         const float xs = float(b2 * double(col_sq[i]) + (1.0 - b2) * c);
         col_sq[i] = xs;
@@ -293,10 +294,10 @@ __global__ void __launch_bounds__(32 * kFoldSlices) col_fold_kernel(const float*
     }
     if (final) {
       x = warp_sum(x);
-      if (lane == 0) ws.block_sums[blockIdx.x] = x;
+      if (lane == 0) block_sums[bx] = x;
       __threadfence();  // every lane's col_sq and the block's sum are visible before the ticket
       __syncwarp();
-      if (lane == 0) last_sh = atomicAdd(ws.counter, 1u) == gridDim.x - 1;
+      if (lane == 0) last_sh = atomicAdd(counter, 1u) == unsigned(n_bx - 1);
     }
   }
   if (!final) return;
@@ -304,7 +305,7 @@ __global__ void __launch_bounds__(32 * kFoldSlices) col_fold_kernel(const float*
   if (!last_sh) return;
   __threadfence();
   double tot = 0.0;
-  for (int b = int(threadIdx.x); b < int(gridDim.x); b += 32 * kFoldSlices) tot += __ldcg(&ws.block_sums[b]);
+  for (int b = int(threadIdx.x); b < n_bx; b += 32 * kFoldSlices) tot += __ldcg(&block_sums[b]);
   tot = warp_sum(tot);
   if (lane == 0) bsum[w] = tot;
   __syncthreads();
@@ -313,7 +314,36 @@ __global__ void __launch_bounds__(32 * kFoldSlices) col_fold_kernel(const float*
   const double mean = all / double(I);
   for (int64_t j = threadIdx.x; j < I; j += 32 * kFoldSlices)
     col_norm[j] = mean > 0 ? float(double(__ldcg(&col_sq[j])) / mean) : 1.0f;
-  if (threadIdx.x == 0) *ws.counter = 0;
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+// One call's fold, right after its cast.
+__global__ void __launch_bounds__(32 * kFoldSlices) col_fold_kernel(const float* part, int nb, int64_t I, bool first,
+                                                                   bool final, double b2, CastWorkspace ws,
+                                                                   float* col_sq, float* col_norm) {
+  fold_columns(part, nb, I, first, final, b2, ws.acc, ws.block_sums, ws.counter, col_sq, col_norm, int(blockIdx.x),
+               int(gridDim.x));
+}
+
+// The queued folds (whole-matrix calls: first and final), a range of blocks each, by value.
+struct FoldBatch {
+  struct Item {
+    const float* part;
+    int64_t nb, I;
+    double b2;
+    float *col_sq, *col_norm;
+    double* block_sums;
+    unsigned* counter;
+    int block0, blocks;
+  } item[kFoldBatchMax];
+  int count;
+};
+__global__ void __launch_bounds__(32 * kFoldSlices) col_fold_batch_kernel(const FoldBatch fb) {
+  int k = 0;
+  while (k + 1 < fb.count && int(blockIdx.x) >= fb.item[k + 1].block0) ++k;
+  const FoldBatch::Item& t = fb.item[k];
+  fold_columns(t.part, t.nb, t.I, true, true, t.b2, nullptr, t.block_sums, t.counter, t.col_sq, t.col_norm,
+               int(blockIdx.x) - t.block0, t.blocks);
 }
 
 // The apply of many matrices of one index width: descriptors in block order.
@@ -368,10 +398,9 @@ int cast_chunks_per_thread(int64_t chunks) {
   return (chunks + 3) / 4 <= kCast4MaxThreads ? 4 : 0;
 }
 
-// Rows per cast block: below this the grid shrinks (each block adds a row of partial sums for the
-// fold to read). Measured on seed-500m (H100): 2 rows 61.6-62.0K tok/s, 1 row 61.3-61.8K, 4 rows
-// 61.0-61.5K, 8 rows 53.4-57.6K.
-constexpr int64_t kCastRowsPerBlock = 2;
+// Rows per cast block (kCastRowsPerBlock, cast_workspace.h): below it the grid shrinks (each block
+// adds a row of partial sums for the fold to read). Measured on seed-500m (H100): 2 rows 61.6-62.0K
+// tok/s, 1 row 61.3-61.8K, 4 rows 61.0-61.5K, 8 rows 53.4-57.6K.
 
 template <class GT, int B, int CPT>
 void launch_cast(const Mat& m, int8_t* votes, const CastArgs& a, const FastArgs& f, const GT* dW, int64_t o0,
@@ -421,7 +450,7 @@ bool votes_v1() {
   return v;
 }
 
-CastWorkspace cast_workspace_at(void* mem, int64_t I_max, cudaStream_t s) {
+CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s) {
   PRIMAL_CHECK(mem && I_max > 0, "cast_workspace_at: no memory or I_max {}", I_max);
   auto at = reinterpret_cast<uintptr_t>(mem);
   auto take = [&](int64_t bytes) {
@@ -432,14 +461,39 @@ CastWorkspace cast_workspace_at(void* mem, int64_t I_max, cudaStream_t s) {
   };
   CastWorkspace ws;
   ws.I_max = I_max;
-  ws.part = static_cast<float*>(take(kCastBlocksMax * I_max * 4));
+  ws.part_floats = std::max(part_floats, kCastBlocksMax * I_max);
+  const int64_t sums = (I_max + 31) / 32 + 1;
+  ws.part = static_cast<float*>(take(ws.part_floats * 4));
   ws.acc = static_cast<double*>(take(I_max * 8));
-  ws.block_sums = static_cast<double*>(take(((I_max + 31) / 32 + 1) * 8));
+  ws.block_sums = static_cast<double*>(take(sums * 8));
   ws.counter = static_cast<unsigned*>(take(4));
-  PRIMAL_CHECK(at <= reinterpret_cast<uintptr_t>(mem) + uintptr_t(cast_workspace_bytes(I_max)),
+  ws.batch_sums = static_cast<double*>(take(kFoldBatchMax * sums * 8));
+  ws.batch_counters = static_cast<unsigned*>(take(kFoldBatchMax * 4));
+  PRIMAL_CHECK(at <= reinterpret_cast<uintptr_t>(mem) + uintptr_t(cast_workspace_bytes(I_max, part_floats)),
                "cast_workspace_at: layout exceeds cast_workspace_bytes");
   fill_bytes_async(ws.counter, 0, 4, s);
+  fill_bytes_async(ws.batch_counters, 0, kFoldBatchMax * 4, s);
   return ws;
+}
+
+void cast_fold_flush(const CastWorkspace& ws, cudaStream_t s) {
+  if (!ws.queue || ws.queue->items.empty()) return;
+  std::vector<CastFoldItem>& q = ws.queue->items;
+  PRIMAL_CHECK(int64_t(q.size()) <= kFoldBatchMax, "cast_fold_flush: {} queued folds", q.size());
+  const int64_t sums = (ws.I_max + 31) / 32 + 1;
+  FoldBatch fb{};
+  int blocks = 0;
+  for (size_t k = 0; k < q.size(); ++k) {
+    const int n = int((q[k].I + 31) / 32);
+    fb.item[k] = {q[k].part, q[k].nb,          q[k].I, q[k].beta2, q[k].col_sq, q[k].col_norm,
+                  ws.batch_sums + int64_t(k) * sums, ws.batch_counters + k, blocks, n};
+    blocks += n;
+  }
+  fb.count = int(q.size());
+  col_fold_batch_kernel<<<unsigned(blocks), 32 * kFoldSlices, 0, s>>>(fb);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  q.clear();
+  ws.queue->used = 0;
 }
 
 bool cast_rows_fast_ok(const LutTrainView& w, const CastArgs& a, const VoteState* st, const VoteParams* p) {
@@ -458,7 +512,17 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   // One chunk a thread keeps its columns' sums and sqrt(col_norm) in registers (cast_rows_kernel).
   const size_t smem = size_t(sm_cast && cpt > 1 ? 2 : 0) * size_t(w.I) * sizeof(float);
   const Mat m = vk::mat_of(w);
-  float* part = sm_cast ? st->ws->part : nullptr;
+  // A whole matrix with a queue: its block sums in the next free region of part, its fold queued.
+  CastFoldQueue* queue = sm_cast ? st->ws->queue : nullptr;
+  const bool queued = queue && o0 == 0 && rows == w.O;
+  const int64_t reserve = cast_part_floats(rows, w.I);
+  if (queue) {
+    bool flush = !queued || int64_t(queue->items.size()) == kFoldBatchMax ||
+                 queue->used + reserve > st->ws->part_floats;
+    for (const CastFoldItem& it : queue->items) flush = flush || it.col_sq == st->col_sq;
+    if (flush) cast_fold_flush(*st->ws, s);
+  }
+  float* part = sm_cast ? st->ws->part + (queued ? queue->used : 0) : nullptr;
   int8_t* votes = a.cast ? st->v8 : nullptr;
   FastArgs f{};
   f.c0 = float(-a.lr * double(vk::kUnits8));
@@ -484,7 +548,11 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
 #undef PRIMAL_CAST
-  if (sm_cast) {
+  if (queued) {
+    queue->items.push_back({part, nb, w.I, a.beta2, st->col_sq, st->col_norm});
+    queue->used += reserve;
+    st->folded = true;
+  } else if (sm_cast) {
     const bool first = o0 == 0, final = o0 + rows == w.O;
     col_fold_kernel<<<unsigned((w.I + 31) / 32), 32 * kFoldSlices, 0, s>>>(part, int(nb), w.I, first, final, a.beta2,
                                                                           *st->ws, st->col_sq, st->col_norm);

@@ -167,7 +167,8 @@ class CudaEngine final : public StepEngine {
   bool mma_attention_ = false;
   bool head_b16_ = false;  // bf16 mode with a LUT head: bf16 logits (logitsb_), no fp32 ones
   HParams hp_;
-  cu::Stream stream_;
+  // The compute stream outranks the casts' stream (below): their blocks fill what it leaves idle.
+  cu::Stream stream_{true};
   cudaStream_t s_ = nullptr;
   std::unique_ptr<cu::Blas> blas_;
   Arena arena_;
@@ -206,6 +207,17 @@ class CudaEngine final : public StepEngine {
   void* batch_desc_ = nullptr;                    // descriptors of the batched AdamW kernels
   void* apply_desc_ = nullptr;                    // descriptors of the batched vote apply
   cu::CastWorkspace cast_ws_;                     // the bf16 cast's column statistic (votes.h)
+  cu::CastFoldQueue fold_queue_;                  // its deferred folds (flushed at the end of a backward)
+  const float* pending_add_ = nullptr;            // (N, C) forward: the last layer's mid, still to add to its output
+  // The vote casts beside the backward's GEMMs (lut_train.h CastAside): two dW buffers used in turn,
+  // their events, the casts' stream, and the event the compute stream joins it by.
+  cu::Stream cast_stream_;
+  cu::Event cast_join_{false}, aside_ev_[4] = {cu::Event(false), cu::Event(false), cu::Event(false), cu::Event(false)};
+  cu::CastAside aside_[2];
+  int aside_k_ = 0;
+  bool aside_on_ = false;
+  cu::Stream attn_stream_{true};  // the attention backward's dq kernel, beside dk/dv's
+  bool attn_side_ = false;   // (PRIMAL_ATTN_SIDE=0: off, for comparisons)
   unsigned long long* flips_ = nullptr;       // (1)
   // The batch's way in and the losses' way out: page-locked host buffers (truly asynchronous
   // copies), the tokens uploaded on their own stream, which the compute stream waits for by an
@@ -342,13 +354,43 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   }
   // The bf16 mode's vote cast forms the column statistic (momentum with second moments) in one
   // workspace for every matrix (the planner counts it under the same condition).
-  int64_t I_max = 0;
+  // Whole-matrix casts queue their folds (votes.h CastFoldQueue): room for a layer's block sums, so
+  // a layer's folds go in one launch.
+  int64_t I_max = 0, part_floats = 0, mat_max = 0;
   for (const auto& [mt, dm] : mats_)
     if (dm->votes) I_max = std::max(I_max, dm->view.I);
+  for (const DevLayer& d : layers_) {
+    int64_t sum = 0;
+    for (const DevMat* m : {d.wq, d.wk, d.wv, d.wo, d.w_gate, d.w_up, d.w_down})
+      if (m && m->votes) sum += cu::cast_part_floats(m->view.O, m->view.I), mat_max = std::max(mat_max, m->view.O * m->view.I);
+    part_floats = std::max(part_floats, sum);
+  }
   if (bf16_ && I_max > 0 && gpu_vote_params(c.votes->config(), c.votes->governor(), 0, 1.0).moments()) {
-    cast_ws_ = cu::cast_workspace_at(arena_.of<unsigned char>(size_t(cu::cast_workspace_bytes(I_max))), I_max, s_);
+    cast_ws_ = cu::cast_workspace_at(arena_.of<unsigned char>(size_t(cu::cast_workspace_bytes(I_max, part_floats))),
+                                     I_max, part_floats, s_);
+    // PRIMAL_FOLD_NOW=1: every fold right after its cast (the previous behaviour, for comparisons).
+    const char* now = std::getenv("PRIMAL_FOLD_NOW");
+    if (!(now && *now && *now != '0')) cast_ws_.queue = &fold_queue_;
     for (auto& [mt, dm] : mats_)
       if (dm->votes) dm->votes->state.ws = &cast_ws_;
+    // The casts beside the GEMMs (PRIMAL_CAST_ASIDE=0: on the compute stream, for comparisons), with
+    // dW buffers for the largest layer matrix.
+    const char* aside = std::getenv("PRIMAL_CAST_ASIDE");
+    aside_on_ = !cu::votes_v1() && !(aside && *aside == '0');
+    if (aside_on_) {
+      const int64_t cap = mat_max;  // (the planner's cast_aside_bytes)
+      for (int k = 0; k < 2; ++k) {
+        aside_[k].dw = arena_.of<uint16_t>(size_t(cap));
+        aside_[k].capacity = cap;
+        aside_[k].stream = cast_stream_.get();
+        aside_[k].gemm_done = aside_ev_[2 * k].get();
+        aside_[k].dw_free = aside_ev_[2 * k + 1].get();
+      }
+    }
+  }
+  {
+    const char* e = std::getenv("PRIMAL_ATTN_SIDE");
+    attn_side_ = !(e && *e == '0');
   }
   apply_desc_ = arena_.of<unsigned char>(cu::apply_batch_desc_bytes(mats_.size()));
   // AdamW's parameters, in its order, with their moments.
@@ -532,6 +574,7 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Ope
     g.dbias = dbias;
     g.votes = W.votes ? &W.votes->state : nullptr;
     g.params = &vp_;
+    if (aside_on_) g.aside = &aside_[aside_k_ ^= 1];
     if (g.dscale || g.dbias || g.votes)
       cu::lut_linear_backward_weight(*blas_, W.view, dout, inp, n, g, scratch_, scratch_floats_, s_);
   } else if (W.dW || dbias) {
@@ -544,11 +587,18 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Ope
 void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out) {
   const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim, FF = hp_.n_ff, N = B * T;
   const DevLayer& w = layers_[size_t(c_.model->layer_of[size_t(l)])];
-  const float* x = res(l);
+  float* x = res(l);
   const char* ew = need_out ? "norm/rope/add fwd" : "recompute: elementwise";
   const char* lf = need_out ? "linear fwd" : "recompute: linear";
-  if (bf16_) cu::rmsnorm_forward_train_bf16(a.xn1b, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
-  else cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
+  if (need_out && pending_add_) {  // the layer below's res[l] = mid + W_down h, with this norm
+    cu::add_rmsnorm_forward_train(bf16_ ? nullptr : a.xn1, bf16_ ? a.xn1b : nullptr, a.rstd1, x, pending_add_,
+                                  w.attn_norm, N, C, hp_.rms_eps, s_);
+    pending_add_ = nullptr;
+  } else if (bf16_) {
+    cu::rmsnorm_forward_train_bf16(a.xn1b, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
+  } else {
+    cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
+  }
   mark(ew);
   // The bf16 mode keeps q, k, v as bf16 only: the GEMMs write fp32 into the backward's q/k/v
   // gradient buffers (free in the forward, and in a recomputation: the layer above has consumed
@@ -582,9 +632,8 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   mark(need_out ? "attention fwd" : "recompute: attention");
   lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
   mark(lf);
-  cu::add_inplace(a.mid, x, N * C, s_);
-  if (bf16_) cu::rmsnorm_forward_train_bf16(a.xn2b, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
-  else cu::rmsnorm_forward_train(a.xn2, a.rstd2, a.mid, w.ffn_norm, N, C, hp_.rms_eps, s_);
+  cu::add_rmsnorm_forward_train(bf16_ ? nullptr : a.xn2, bf16_ ? a.xn2b : nullptr, a.rstd2, a.mid, x, w.ffn_norm, N,
+                                C, hp_.rms_eps, s_);
   mark(ew);
   if (bf16_) {  // gate and up straight out of the GEMMs as bf16 (as PyTorch's autocast keeps them)
     const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
@@ -606,8 +655,7 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   float* out = res(l + 1);
   lin_fwd(*w.w_down, {a.h, a.hb}, N, nullptr, out);
   mark(lf);
-  cu::add_inplace(out, a.mid, N * C, s_);
-  mark(ew);
+  pending_add_ = a.mid;  // out += mid: with the next norm (the next layer's or the output norm)
 }
 
 LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* inputs, const int32_t* targets, int64_t B,
@@ -640,8 +688,11 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
   if (embd_->lut()) cu::lut_embedding_rows(res(0), tokens_, N, embd_->view, s_);
   else cu::embedding_forward_train(res(0), tokens_, N, embd_->dense, V, C, flag_, s_);
   mark("embedding");
+  pending_add_ = nullptr;
   for (int64_t l = 0; l < L; ++l) forward_layer(l, acts(l), B, T, true);
-  cu::rmsnorm_forward_train(xnf_, rstdf_, res(L), out_norm_, N, C, hp_.rms_eps, s_);
+  if (pending_add_) cu::add_rmsnorm_forward_train(xnf_, nullptr, rstdf_, res(L), pending_add_, out_norm_, N, C, hp_.rms_eps, s_);
+  else cu::rmsnorm_forward_train(xnf_, rstdf_, res(L), out_norm_, N, C, hp_.rms_eps, s_);
+  pending_add_ = nullptr;
   bf16_copy(xnfb_, xnf_, N * C);
   mark("norm/rope/add fwd");
 
@@ -725,7 +776,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       mark("linear bwd");
       if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the workspace
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
-                                   size_t(N * FF));
+                                   size_t(N * FF), attn_side_ ? attn_stream_.get() : nullptr);
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
@@ -749,6 +800,11 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
                            dw_slabs_);
       mark("norm/swiglu/rope bwd");
     }
+    if (aside_on_) {  // the casts' queued folds on their stream, then every cast joins the compute stream
+      cu::cast_fold_flush(cast_ws_, cast_stream_.get());
+      cast_join_.record(cast_stream_.get());
+      cast_join_.wait_in(s_);
+    }
     if (embd_grad) cu::embedding_backward(embd_->dW, dx_, tokens_, N, V, C, s_);
     if (embd_scale_grad) {
       // Positions grouped by token, increasing within a token (the CPU's order per scale).
@@ -771,6 +827,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       stream_.sync();  // csr is a host temporary
     }
     mark("embedding bwd");
+    cu::cast_fold_flush(cast_ws_, s_);  // the queued folds, before anything reads col_sq or col_norm
+    mark("votes cast");
   }
   stream_.sync();
   flush_profile();
