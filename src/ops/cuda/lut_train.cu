@@ -465,16 +465,26 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   // The bf16 mode writes the weight gradient as bf16 where the bf16 cast serves the matrix (half
   // the bytes through memory; PyTorch's autocast keeps weight gradients of bf16 weights in bf16).
   const bool dw_b16 = b16 && lut_grad_tiles_bf16_ok(w, g.votes, g.params);
-  if (dw_b16 && g.votes && g.aside && O * I <= g.aside->capacity) {
-    const CastAside& a = *g.aside;
-    PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, a.dw_free, 0));
-    gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, inp.bf16, I, dout.bf16, ldd, 0.0f, a.dw, I, s, true);
-    stage("dW gemm");
-    PRIMAL_CUDA_CHECK(cudaEventRecord(a.gemm_done, s));
-    PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(a.stream, a.gemm_done, 0));
-    lut_grad_tiles_bf16(w, a.dw, 0, O, g.dscale, g.votes, g.params, a.stream);
+  // The casts beside the GEMMs take the chunks below, with a buffer's capacity in place of the
+  // scratch where it is smaller: the same chunks, so the same launches and sums, as without them
+  // when the two are equal (the engine sizes both for the largest layer matrix).
+  const int64_t aside_fl = g.aside ? std::min(scratch_floats, g.aside->capacity) : 0;
+  if (dw_b16 && g.votes && aside_fl / I >= align) {
+    const int64_t aside_max = aside_fl / I / align * align;
+    CastAside& a = *g.aside;
+    for (int64_t o0 = 0, n = 0; o0 < O; o0 += n) {
+      n = O - o0 <= aside_fl / I ? O - o0 : aside_max;
+      const int k = a.turn;
+      a.turn ^= 1;
+      PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, a.dw_free[k], 0));
+      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, n, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, a.dw[k], I, s, true);
+      stage("dW gemm");
+      PRIMAL_CUDA_CHECK(cudaEventRecord(a.gemm_done[k], s));
+      PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(a.stream, a.gemm_done[k], 0));
+      lut_grad_tiles_bf16(w, a.dw[k], o0, n, g.dscale, g.votes, g.params, a.stream);
+      PRIMAL_CUDA_CHECK(cudaEventRecord(a.dw_free[k], a.stream));
+    }
     lut_votes_done(w, *g.votes, *g.params, a.stream);
-    PRIMAL_CUDA_CHECK(cudaEventRecord(a.dw_free, a.stream));
     return;
   }
   int64_t rows = 0;

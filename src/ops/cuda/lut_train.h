@@ -140,17 +140,19 @@ bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const ui
 void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t N,
                                         uint16_t* dinp, float* scratch, int64_t scratch_floats, cudaStream_t s);
 
-// The vote cast beside the GEMMs (bf16 mode): the whole matrix's dW (bf16) goes to `dw` instead of
-// the scratch, and its cast (and lut_votes_done) runs on `stream` once the GEMM is done (`gemm_done`
-// recorded on the caller's stream), so that the cast, latency-bound, overlaps the backward's next
-// GEMMs. The GEMM first waits for `dw_free` (recorded on `stream` after the cast that last read
-// dw); the caller alternates two of these and, before anything reads what casts write (votes,
-// dscale, the column statistic), makes its stream wait for `stream`.
+// The vote cast beside the GEMMs (bf16 mode): the dW GEMM (bf16) writes one of two buffers instead
+// of the scratch, a chunk of rows at a time (the whole matrix where it fits), and each chunk's cast
+// (then lut_votes_done) runs on `stream` once its GEMM is done (gemm_done[k], recorded on the
+// caller's stream), so that the casts, latency-bound, overlap the backward's next GEMMs. A GEMM
+// into buffer k first waits for dw_free[k] (recorded on `stream` after the cast that last read
+// it); `turn` says which buffer is next. Before anything reads what casts write (votes, dscale,
+// the column statistic), the caller makes its stream wait for `stream`.
 struct CastAside {
-  uint16_t* dw = nullptr;  // (capacity) bf16
-  int64_t capacity = 0;    // values: matrices with O * I above it cast the usual way
+  uint16_t* dw[2] = {nullptr, nullptr};  // (capacity) bf16 each
+  int64_t capacity = 0;                  // values a buffer holds (rows of I weights: capacity / I)
   cudaStream_t stream = nullptr;
-  cudaEvent_t gemm_done = nullptr, dw_free = nullptr;
+  cudaEvent_t gemm_done[2] = {nullptr, nullptr}, dw_free[2] = {nullptr, nullptr};
+  int turn = 0;
 };
 
 // Where the weight-side gradients of one backward call go; null members are not computed.
@@ -159,7 +161,7 @@ struct LutWeightGrad {
   float* dbias = nullptr;             // (O), accumulated
   VoteState* votes = nullptr;         // the index gradient, cast into votes tile by tile (votes.h);
   const VoteParams* params = nullptr; //   then lut_votes_done, as the CPU's LutTileSink::done
-  const CastAside* aside = nullptr;   // the bf16 mode's cast beside the GEMMs, where it serves
+  CastAside* aside = nullptr;         // the bf16 mode's cast beside the GEMMs, where it serves
 };
 
 // dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.

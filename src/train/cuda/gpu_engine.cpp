@@ -213,8 +213,7 @@ class CudaEngine final : public StepEngine {
   // their events, the casts' stream, and the event the compute stream joins it by.
   cu::Stream cast_stream_;
   cu::Event cast_join_{false}, aside_ev_[4] = {cu::Event(false), cu::Event(false), cu::Event(false), cu::Event(false)};
-  cu::CastAside aside_[2];
-  int aside_k_ = 0;
+  cu::CastAside aside_;
   bool aside_on_ = false;
   cu::Stream attn_stream_{true};  // the attention backward's dq kernel, beside dk/dv's
   bool attn_side_ = false;   // (PRIMAL_ATTN_SIDE=0: off, for comparisons)
@@ -379,12 +378,12 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     aside_on_ = !cu::votes_v1() && !(aside && *aside == '0');
     if (aside_on_) {
       const int64_t cap = mat_max;  // (the planner's cast_aside_bytes)
+      aside_.capacity = cap;
+      aside_.stream = cast_stream_.get();
       for (int k = 0; k < 2; ++k) {
-        aside_[k].dw = arena_.of<uint16_t>(size_t(cap));
-        aside_[k].capacity = cap;
-        aside_[k].stream = cast_stream_.get();
-        aside_[k].gemm_done = aside_ev_[2 * k].get();
-        aside_[k].dw_free = aside_ev_[2 * k + 1].get();
+        aside_.dw[k] = arena_.of<uint16_t>(size_t(cap));
+        aside_.gemm_done[k] = aside_ev_[2 * k].get();
+        aside_.dw_free[k] = aside_ev_[2 * k + 1].get();
       }
     }
   }
@@ -574,7 +573,7 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Ope
     g.dbias = dbias;
     g.votes = W.votes ? &W.votes->state : nullptr;
     g.params = &vp_;
-    if (aside_on_) g.aside = &aside_[aside_k_ ^= 1];
+    if (aside_on_) g.aside = &aside_;
     if (g.dscale || g.dbias || g.votes)
       cu::lut_linear_backward_weight(*blas_, W.view, dout, inp, n, g, scratch_, scratch_floats_, s_);
   } else if (W.dW || dbias) {
