@@ -151,8 +151,9 @@ void expect_within_bounds(const Shape& sh, const Results& got, const Reference& 
 // The flash kernels on bf16 q, k, v (the bf16 trainer's activations: here the fp32 inputs rounded
 // to nearest even), out bf16; results widened to fp32 (out from its bf16 bits).
 // mode 1: the backward with a workspace on a stream of its own; 2: the same, dq's kernel on a second
-// stream.
-Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0) {
+// stream; 3: mode 2 with dv asked as bf16 (dv16 gets it, widened to fp32; r.dv is then what the
+// fp32 dv buffer holds).
+Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, std::vector<float>* dv16 = nullptr) {
   auto b16 = [](const std::vector<float>& v) {
     std::vector<uint16_t> b(v.size());
     for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
@@ -169,11 +170,17 @@ Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0) {
     cuda::Stream main, other;
     const size_t nws = cuda::attention_backward_mma_workspace(sh.B, sh.T, sh.NH, sh.HS, true);
     cuda::DeviceBuffer ws(nws * sizeof(float));
+    auto dvb = to_device(std::vector<uint16_t>(nk, 0xFFFF));
     cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
                                  out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
                                  lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws,
-                                 mode == 2 ? other.get() : nullptr);
-    main.sync();  // (the function made main wait for other)
+                                 mode >= 2 ? other.get() : nullptr, mode == 3 ? dvb.as<uint16_t>() : nullptr);
+    main.sync();
+    if (dv16) {
+      const auto h = to_host<uint16_t>(dvb, nk);
+      dv16->assign(nk, 0.0f);
+      for (size_t i = 0; i < nk; ++i) (*dv16)[i] = h[i] == 0xFFFF ? NAN : bf16_to_f32(h[i]);
+    }  // (the function made main wait for other)
   } else {
     cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
                                  out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
@@ -364,6 +371,19 @@ TEST(GpuAttentionMma, SideStreamGivesTheSameBits) {
   for (const Shape& sh : {Shape{2, 130, 12, 4, 64}, Shape{3, 512, 8, 8, 64}, Shape{2, 257, 8, 2, 128}}) {
     SCOPED_TRACE(sh.str());
     const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS));
-    expect_same_bits(run_mma_bf16(sh, in, 2), run_mma_bf16(sh, in, 1));
+    const Results one = run_mma_bf16(sh, in, 1);
+    expect_same_bits(run_mma_bf16(sh, in, 2), one);
+    // dv asked as bf16: the fp32 values rounded once (KVH == NH); with GQA the fp32 dv as before and
+    // the bf16 buffer untouched.
+    std::vector<float> dv16;
+    const Results three = run_mma_bf16(sh, in, 3, &dv16);
+    EXPECT_TRUE(same_bits(three.dq, one.dq) && same_bits(three.dk, one.dk)) << "dq, dk";
+    if (sh.NH == sh.KVH) {
+      for (size_t i = 0; i < dv16.size(); ++i)
+        ASSERT_EQ(f32_to_bf16(dv16[i]), f32_to_bf16(one.dv[i])) << "dv " << i;
+    } else {
+      EXPECT_TRUE(same_bits(three.dv, one.dv)) << "dv (GQA)";
+      for (float x : dv16) ASSERT_TRUE(std::isnan(x)) << "the bf16 dv buffer was written under GQA";
+    }
   }
 }

@@ -51,10 +51,12 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
 // The same with bf16 out, q, k, v (D = dout . out from the bf16 out). With `side` (and a workspace
 // given), dq's kernel runs on side beside dk/dv's, and s waits for it before the function returns
-// (events shared by every call: one caller thread at a time).
+// (events shared by every call: one caller thread at a time). With dv_bf16 and KVH == NH, dv is
+// written there as bf16 only (each value the fp32 one rounded to nearest even), dv untouched; with
+// KVH < NH dv is written as fp32 and dv_bf16 is untouched.
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0,
-                            cudaStream_t side = nullptr);
+                            cudaStream_t side = nullptr, uint16_t* dv_bf16 = nullptr);
 
 }  // namespace primal::cuda

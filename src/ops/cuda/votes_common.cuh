@@ -40,15 +40,21 @@ struct CastArgs {
 // The bf16 mode's rounding draws: a 32-bit integer hash (lowbias32) of the row's key and the
 // column, a third of the 64-bit splitmix stream's instructions (the cast is instruction-bound);
 // the fp32 mode keeps the CPU's stream.
-__device__ __forceinline__ float fast_uniform(uint32_t key, uint32_t i) {
+__device__ __forceinline__ uint32_t fast_hash(uint32_t key, uint32_t i) {
   uint32_t x = key + i * 0x9E3779B9u;
   x ^= x >> 16;
   x *= 0x7feb352du;
   x ^= x >> 15;
   x *= 0x846ca68bu;
   x ^= x >> 16;
-  return float(x >> 8) * (1.0f / 16777216.0f);
+  return x;
 }
+__device__ __forceinline__ float fast_uniform(uint32_t key, uint32_t i) {
+  return float(fast_hash(key, i) >> 8) * (1.0f / 16777216.0f);
+}
+// The low 16 bits of h as a uniform in [0, 1) (steps of 2^-16): the bits placed in a float's
+// mantissa of [1, 2), minus 1 (two instructions, exact).
+__device__ __forceinline__ float unit16(uint32_t h) { return __uint_as_float(0x3f800000u | ((h & 0xffffu) << 7)) - 1.0f; }
 
 // One atomic per warp; integer sums are exact in any order, so the total is deterministic.
 // Every lane of the warp must call it.

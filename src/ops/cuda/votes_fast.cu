@@ -222,16 +222,19 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
       const float cs = f.c0 / s[k];
       const bool s_pos = s[k] > 0;
       int8_t* v = reinterpret_cast<int8_t*>(&vw[k]);
+      // The stochastic rounding as floor(x + u), u uniform in [0, 1): floor(x) + 1 with probability
+      // frac(x), and 0 for a zero gradient (x = 0) without a test; two 16-bit draws per hash.
+      uint32_t h = 0;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {  // branch-free: a zero gradient selects add = 0
+      for (int e = 0; e < 8; ++e) {
         const float gi = g[k][e];
         const float denom = a.sm ? sqs * (kRegs ? sreg[k][e] : scn[8 * c + e]) + f.eps : 1.0f;
         const uint32_t q = uint32_t(qi[k] >> (B * e)) & kMask;
         const int up = (gi > 0) != s_pos;  // the sign of the index change -lr g / s
         float x = __fdividef(cs * gi * inv_sh[2 * q + up], denom);
         x = x < -f.lim ? -f.lim : f.lim < x ? f.lim : x;
-        const float fl = floorf(x);
-        const int add = gi != 0.0f ? int(fl) + (vk::fast_uniform(key, uint32_t(8 * c + e)) < x - fl ? 1 : 0) : 0;
+        if ((e & 1) == 0) h = vk::fast_hash(key, uint32_t(4 * c + (e >> 1)));
+        const int add = __float2int_rd(x + vk::unit16(e & 1 ? h >> 16 : h));
         const int nv = int(v[e]) + add;
         v[e] = int8_t(nv < -f.vmax ? -f.vmax : f.vmax < nv ? f.vmax : nv);
       }

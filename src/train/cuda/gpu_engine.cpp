@@ -773,15 +773,18 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
+      // dv straight out of the attention backward as bf16 where only its bf16 copy is read (no v bias
+      // gradient, no GQA sums).
+      const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && !(tr && w.g_bv);
       if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the workspace
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
-                                   size_t(N * FF), attn_side_ ? attn_stream_.get() : nullptr);
+                                   size_t(N * FF), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr);
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
       rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq);  // the bias gradient reads the fp32 values
       rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk);
-      bf16_copy(dvb_, dv_, N * KVH * HS);
+      if (!dv_direct) bf16_copy(dvb_, dv_, N * KVH * HS);
       mark("norm/swiglu/rope bwd");
       {
         const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
