@@ -233,6 +233,22 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
           EXPECT_EQ(to_host<uint16_t>(xb2, x.size()), b) << "bf16 copy alone";
           const auto xo_h = to_host<float>(xo, x.size());
           EXPECT_EQ(std::memcmp(xo_h.data(), x.data(), x.size() * sizeof(float)), 0) << "x written";
+          // bf16 values rotated in place (the forward from bf16 q, k): the bf16 copy of the fp32
+          // rotation of the widened values, bit for bit; refused where the kernel does not serve.
+          if (!inverse && k.pos0 == 0) {
+            std::vector<uint16_t> x16(x.size());
+            std::vector<float> xw(x.size());
+            for (size_t i = 0; i < x.size(); ++i) x16[i] = f32_to_bf16(x[i]), xw[i] = bf16_to_f32(x16[i]);
+            auto in16 = to_device(x16), xwd = to_device(xw);
+            auto want = to_device(std::vector<uint16_t>(x.size(), 0xFFFF));
+            cuda::rope_rotate(xwd.as<float>(), k.B, k.T, k.NH, 0, p, false, nullptr, want.as<uint16_t>(), false);
+            if (cuda::rope_bf16_inplace_ok(p, k.T)) {
+              cuda::rope_forward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, nullptr);
+              EXPECT_EQ(to_host<uint16_t>(in16, x.size()), to_host<uint16_t>(want, x.size())) << "bf16 in place";
+            } else {
+              EXPECT_THROW(cuda::rope_forward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, nullptr), Error);
+            }
+          }
         } else {
           EXPECT_THROW(cuda::rope_rotate(xt.as<float>(), k.B, k.T, k.NH, k.pos0, p, inverse, nullptr, xb.as<uint16_t>()),
                        Error);

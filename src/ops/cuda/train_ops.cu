@@ -247,6 +247,38 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
   }
 }
 
+// rope_rotate2_kernel on bf16 values in place (the bf16 mode's q and k straight out of their GEMMs
+// as bf16, as PyTorch's autocast keeps them): the same fp32 rotation of the widened values, rounded
+// to bf16. A thread reads and writes only its own two pairs.
+__global__ void rope_rotate2_bf16_kernel(__nv_bfloat16* xb, int64_t BT, int64_t T, int64_t n_heads, int64_t HS,
+                                         int64_t half, bool neox, const float* table, int64_t pos0) {
+  const int64_t h2 = half / 2, per_bt = n_heads * h2;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * per_bt;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t bt = k / per_bt, h = k / h2 - bt * n_heads, i = 2 * (k % h2), pos = pos0 + bt % T;
+    const float4 cs = *reinterpret_cast<const float4*>(table + 2 * (pos * half + i));
+    __nv_bfloat16* v = xb + (bt * n_heads + h) * HS;
+    float r0, r1, r2, r3;
+    if (neox) {
+      uint32_t* pa = reinterpret_cast<uint32_t*>(v + i);
+      uint32_t* pb = reinterpret_cast<uint32_t*>(v + half + i);
+      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(pa));
+      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(pb));
+      rot2(a.x, b.x, cs.x, cs.y, r0, r1);
+      rot2(a.y, b.y, cs.z, cs.w, r2, r3);
+      *pa = bf16x2(r0, r2), *pb = bf16x2(r1, r3);
+    } else {
+      uint2* p = reinterpret_cast<uint2*>(v + 2 * i);
+      const uint2 w = *p;
+      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w.x));
+      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w.y));
+      rot2(a.x, a.y, cs.x, cs.y, r0, r1);
+      rot2(b.x, b.y, cs.z, cs.w, r2, r3);
+      *p = make_uint2(bf16x2(r0, r1), bf16x2(r2, r3));
+    }
+  }
+}
+
 // ---- SwiGLU -----------------------------------------------------------------------------------
 
 template <class Out, class In = float, class DIn = float>
@@ -556,6 +588,21 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
   }
   rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
                                                  pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+bool rope_bf16_inplace_ok(const RopeTrainParams& p, int64_t T) {
+  return p.n_rot == p.head_dim && p.cos_sin && T <= p.table_len && (p.n_rot / 2) % 2 == 0 && p.head_dim % 4 == 0;
+}
+
+void rope_forward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
+                             cudaStream_t s) {
+  PRIMAL_CHECK(rope_bf16_inplace_ok(p, T) && B >= 0 && n_heads >= 0,
+               "rope (bf16): needs every dimension rotated, a table for {} positions and HS % 4 == 0", T);
+  const int64_t half = p.n_rot / 2, n = B * T * half;
+  if (n == 0 || n_heads == 0) return;
+  rope_rotate2_bf16_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(xb), B * T, T,
+                                                                     n_heads, p.head_dim, half, p.neox, p.cos_sin, 0);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

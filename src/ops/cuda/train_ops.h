@@ -79,6 +79,14 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
                  bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr, bool write_f32 = true);
 
+// The bf16 mode's forward RoPE of bf16 values in place, xb: (B, T, n_heads, HS) bf16, positions
+// 0..T-1: each pair widened to fp32, rotated as rope_rotate rotates it (the table's cos and sin),
+// rounded to bf16. Only where rope_bf16_inplace_ok (every dimension rotated, the table covers T,
+// HS % 4 == 0); otherwise refused.
+bool rope_bf16_inplace_ok(const RopeTrainParams& p, int64_t T);
+void rope_forward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
+                             cudaStream_t s);
+
 // x: (B, T, n_heads, HS) rotated in place (the trainer passes pos0 = 0: positions 0..T-1).
 inline void rope_forward_train(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0,
                                const RopeTrainParams& p, cudaStream_t s) {

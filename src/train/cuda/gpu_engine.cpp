@@ -608,20 +608,30 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   // v without a bias goes straight out of its GEMM as bf16 (the only copy the bf16 mode reads); the
   // bf16 mode dequantizes q, k and v in one launch where they fit the scratch together.
   const bool v_b16 = bf16_ && !w.bv;
+  // Likewise q and k without biases, then rotated in place as bf16 (where the group fits).
+  const bool qk_b16 = bf16_ && !w.bq && !w.bk && cu::rope_bf16_inplace_ok(rope_, T);
   const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
   cu::LutGroupOut qkv_out[3];
-  qkv_out[0].f32 = q, qkv_out[0].bias = w.bq, qkv_out[1].f32 = k, qkv_out[1].bias = w.bk;
+  if (qk_b16) qkv_out[0].bf16 = a.qb, qkv_out[1].bf16 = a.kb;
+  else qkv_out[0].f32 = q, qkv_out[0].bias = w.bq, qkv_out[1].f32 = k, qkv_out[1].bias = w.bk;
   if (v_b16) qkv_out[2].bf16 = a.vb;
   else qkv_out[2].f32 = v, qkv_out[2].bias = w.bv;
-  if (!bf16_ || !cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_)) {
+  const bool grouped =
+      bf16_ && cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_);
+  if (!grouped) {
     lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, q);
     lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
     if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
     else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
   }
   mark(lf);
-  rope(q, a.qb, B, T, NH, false);
-  rope(k, a.kb, B, T, KVH, false);
+  if (grouped && qk_b16) {
+    cu::rope_forward_train_bf16(a.qb, B, T, NH, rope_, s_);
+    cu::rope_forward_train_bf16(a.kb, B, T, KVH, rope_, s_);
+  } else {
+    rope(q, a.qb, B, T, NH, false);
+    rope(k, a.kb, B, T, KVH, false);
+  }
   if (!v_b16) bf16_copy(a.vb, v, N * KVH * HS);
   mark(ew);
   if (mma_attention_)  // bf16 in, bf16 out
