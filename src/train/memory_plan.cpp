@@ -184,12 +184,13 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // The bf16 vote cast's column sums (ops/cuda/cast_workspace.h): for the longest row of a voting
   // matrix, and a layer's whole-matrix casts with their folds queued.
   if (b16 && r.momentum) {
-    int64_t I_max = 0, part_floats = 0;
-    for (const Shape& s : mats) I_max = std::max(I_max, s.I), part_floats += cuda::cast_part_floats(s.O, s.I);
+    int64_t I_max = 0, part_floats = 0, mat_max = 0;
+    for (const Shape& s : mats) {
+      I_max = std::max(I_max, s.I), mat_max = std::max(mat_max, s.O * s.I);
+      part_floats += cuda::cast_part_floats(s.O, s.I);
+    }
     if (r.train_embeddings) I_max = std::max(I_max, C);
     c.add("workspace", "vote cast column sums", cuda::cast_workspace_bytes(I_max, part_floats));
-    int64_t mat_max = 0;
-    for (const Shape& s : mats) mat_max = std::max(mat_max, s.O * s.I);
     c.add("workspace", "weight gradients of the casts beside the GEMMs", cuda::cast_aside_bytes(mat_max));
   }
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);

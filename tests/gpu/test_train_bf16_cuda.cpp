@@ -373,8 +373,8 @@ TEST(GpuTrainBf16, FastVoteCastIsTheExactCastWithinOneVote) {
       EXPECT_LE(double(std::abs(sum)), 5.0 * std::sqrt(double(differ)) + 1) << differ << " votes differ";
       EXPECT_LE(twos, int64_t(v0.size()) / 1000 + 1) << "votes 2 apart";
     }
-    // The rounding draws are the column's in both bf16 kernels, and one launch or two cast the same
-    // votes from the same row statistic: runs 2 and 3 agree but for x at a rounding boundary.
+    // Runs 2 and 3 (votes_fast.cu, one launch or two) take the same draws per column and cast from the
+    // same row statistic: they agree but for x at a rounding boundary.
     int64_t d23 = 0;
     for (size_t k = 0; k < v0.size(); ++k) d23 += votes[2][k] != votes[3][k];
     EXPECT_LE(d23, int64_t(v0.size()) / 1000 + 1) << "one launch and two";

@@ -39,7 +39,8 @@ struct CastArgs {
 
 // The bf16 mode's rounding draws: a 32-bit integer hash (lowbias32) of the row's key and the
 // column, a third of the 64-bit splitmix stream's instructions (the cast is instruction-bound);
-// the fp32 mode keeps the CPU's stream.
+// the fp32 mode keeps the CPU's stream. votes.cu's bf16 kernels take a 24-bit uniform per hash
+// (fast_uniform), votes_fast.cu's cast two 16-bit ones (unit16 of each half).
 __device__ __forceinline__ uint32_t fast_hash(uint32_t key, uint32_t i) {
   uint32_t x = key + i * 0x9E3779B9u;
   x ^= x >> 16;
