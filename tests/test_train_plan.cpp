@@ -70,6 +70,34 @@ TEST(MemoryPlan, ActivationsShrinkWithRecomputationAndMicroBatch) {
   EXPECT_LT(full.relative_time, mb.relative_time);
 }
 
+// Recomputation per layer: the top kept layers keep their sets, the others share one; the cost
+// model charges a third of a layer's forward and backward per recomputed layer.
+TEST(MemoryPlan, RecomputesOnlyTheLayersBelowTheKeptOnes) {
+  PlanRequest r = tiny_request();
+  r.hp = training_shape("layers=6,embd=64,heads=4,kv_heads=2,ff=128,vocab=1000");
+  const MemoryPlan full = measure_plan(r, 4, false, 6), all = measure_plan(r, 4, true, 6),
+                   part = measure_plan(r, 4, true, 6, 2);
+  const int64_t set = item(all, "one layer's activations (recomputed)");
+  EXPECT_EQ(item(full, "layer activations"), 6 * set);
+  EXPECT_EQ(item(part, "layer activations"), 2 * set);
+  EXPECT_EQ(item(part, "one layer's activations (recomputed)"), set);
+  EXPECT_EQ(part.kept_layers, 2);
+  EXPECT_EQ(full.total() - part.total(), 3 * set);
+  EXPECT_NEAR(part.relative_time - full.relative_time, (4.0 / 6.0) / 3.0, 1e-12);
+  EXPECT_NEAR(all.relative_time - full.relative_time, 1.0 / 3.0, 1e-12);
+  EXPECT_THROW(measure_plan(r, 4, true, 6, 6), Error);  // keeping every layer is no recomputation
+  // Under a budget that fits two kept layers exactly, the planner keeps two and recomputes four.
+  r.budget = part.total();
+  const MemoryPlan p = choose_plan(r);
+  EXPECT_TRUE(p.recompute);
+  EXPECT_EQ(p.micro_batch, 4);
+  EXPECT_EQ(p.kept_layers, 2);
+  EXPECT_EQ(p.total(), part.total());
+  // --recompute on: every layer.
+  r.recompute = 1;
+  EXPECT_EQ(choose_plan(r).kept_layers, 0);
+}
+
 // The activations are the CUDA engine's buffers (train/cuda/gpu_engine.cpp), by its formulas:
 // tiny_request is C 64, 4 heads of 16 (Q 64), 2 KV heads (KV 32), F 128, V 1000, 2 layers.
 TEST(MemoryPlan, CountsTheEnginesActivationsByHand) {

@@ -129,7 +129,7 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     GpuEngineOptions g;
     g.fast = a.math == "bf16";
     g.recompute = plan.recompute;
-    g.kept_layers = plan.trainable_layers;
+    g.kept_layers = plan.kept_layers;
     g.head_chunk = r.head_chunk;
     g.verbose = !a.json;
     engine = make_cuda_engine(ctx, g);
@@ -182,16 +182,19 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     j["micro_batch"] = plan.micro_batch;
     j["accum"] = plan.accum;
     j["recompute"] = plan.recompute;
+    j["kept_layers"] = plan.kept_layers;
     j["params"] = plan.params;
     j["first_loss"] = first_loss;
     j["last_loss"] = last_loss;
     std::printf("%s\n", j.dump().c_str());
   } else {
+    const std::string rc = !plan.recompute ? ""
+                           : ", recomputation of " + std::to_string(plan.trainable_layers - plan.kept_layers) + " layers";
     std::printf("%s: %.0f tok/s, %.1f model TFLOP/s (MFU %.1f%% of 989), peak %s %.2f GiB (planned %.2f); "
                 "%lld x %lld tokens per step, micro-batch %lld x %lld%s\n",
                 engine->name().c_str(), tok_s, flops * 1e-12, 100 * flops / 989e12, cpu ? "RSS" : "device memory",
                 peak / gib, double(plan.total()) / gib, (long long)a.batch, (long long)a.seq,
-                (long long)plan.micro_batch, (long long)plan.accum, plan.recompute ? ", recomputation" : "");
+                (long long)plan.micro_batch, (long long)plan.accum, rc.c_str());
   }
 }
 
@@ -218,7 +221,7 @@ void register_bench_train(CLI::App& app) {
   cmd->add_flag("--dense-embd", a->dense_embd, "embeddings/head dense fp32 + AdamW instead of LUT + votes");
   cmd->add_option("--micro-batch", a->micro_batch, "fix the micro-batch (default: the planner's)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--recompute", a->recompute, "per-layer activation recomputation: auto, on, off")
+  cmd->add_option("--recompute", a->recompute, "per-layer activation recomputation: auto (as few layers as fit), on (every layer), off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_option("--trainable-layers", a->trainable_layers, "fix the number of trainable (top) layers")
       ->check(CLI::NonNegativeNumber);

@@ -95,7 +95,8 @@ double MemoryPlan::persistent_bytes_per_weight() const {
   return lut_weights ? double(group_bytes("persistent")) / double(lut_weights) : 0.0;
 }
 
-MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers) {
+MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,
+                        int64_t kept_layers) {
   const HParams& hp = r.hp;
   const int64_t C = hp.n_embd, NH = hp.n_head, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff,
                 V = hp.n_vocab, L = hp.n_layer;
@@ -105,6 +106,9 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
                micro_batch, r.batch);
   PRIMAL_CHECK(trainable_layers >= 1 && trainable_layers <= L, "memory plan: trainable layers {} outside 1..{}",
                trainable_layers, L);
+  PRIMAL_CHECK(!recompute || (kept_layers >= 0 && kept_layers < trainable_layers),
+               "memory plan: {} layers keeping their activations with recomputation, of {} trainable", kept_layers,
+               trainable_layers);
   PRIMAL_CHECK(r.act_bytes == 2 || r.act_bytes == 4, "memory plan: activations are 2 (bf16) or 4 (fp32) bytes");
   PRIMAL_CHECK(r.vote_bits == 8 || r.vote_bits == 16, "memory plan: votes are 8 or 16 bits");
   const std::vector<Shape> mats = {{Q, C}, {KV, C}, {KV, C}, {C, Q}, {F, C}, {F, C}, {C, F}};
@@ -116,6 +120,7 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   p.accum = r.batch / micro_batch;
   p.recompute = recompute;
   p.trainable_layers = trainable_layers;
+  p.kept_layers = recompute ? kept_layers : trainable_layers;
   Counter c(p);
   const int64_t lowest = L - trainable_layers;  // first trainable layer
   const bool all_layers = lowest == 0;
@@ -159,12 +164,12 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // up, h in bf16; fp32 mode: q, k, v, att, xn1, xn2, gate, up, h in fp32.
   const int64_t layer_set =
       4 * (C + 2 + NH) + (b16 ? 2 * (2 * Q + 2 * KV + 2 * C + 3 * F) : 4 * (2 * Q + 2 * KV + 2 * C + 3 * F));
-  const int64_t kept_layers = recompute ? 1 : trainable_layers;
   c.add("activations", "residual stream (fp32)", N * C * 4 * (L + 1));
-  c.add("activations", recompute ? "one layer's activations (recomputed)" : "layer activations",
-        N * layer_set * kept_layers);
-  // The frozen layers below share one set for their forward.
-  if (!recompute && !all_layers) c.add("activations", "frozen layers' forward scratch", N * layer_set);
+  c.add("activations", "layer activations", N * layer_set * p.kept_layers);
+  // The layers below the kept ones share one set: the frozen ones' forward, the recomputed ones'.
+  if (p.kept_layers < L)
+    c.add("activations", recompute ? "one layer's activations (recomputed)" : "frozen layers' forward scratch",
+          N * layer_set);
   c.add("activations", "final norm", N * (4 * C + 4 + (b16 ? 2 * C : 0)));
 
   // dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32, or in the bf16 mode bf16 copies of
@@ -199,7 +204,7 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);
   c.add("workspace", "CUDA context, cuBLAS handle and kernels", kDeviceOverhead);
 
-  // Cost model: recomputation re-runs the layers' forward (a third of fwd + bwd); small
+  // Cost model: recomputation re-runs a layer's forward (a third of its fwd + bwd); small
   // micro-batches lose GEMM efficiency (a fixed cost per GEMM, amortized over ~512 tokens); and
   // every micro-batch's backward casts the votes of every trainable weight once, a pass that costs
   // what the GEMMs of kCastTokens tokens cost (H100, qwen2.5-1.5b: 42 ms per pass against 0.2 s
@@ -207,7 +212,8 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // without 19,681).
   constexpr double kCastTokens = 1700;
   const double eff = (1.0 + 512.0 / double(N)) / (1.0 + 512.0 / double(r.batch * r.seq));
-  p.relative_time = (recompute ? 4.0 / 3.0 : 1.0) * eff + double(p.accum) * kCastTokens / double(r.batch * r.seq);
+  const double recomputed = double(trainable_layers - p.kept_layers) / double(L);
+  p.relative_time = (1.0 + recomputed / 3.0) * eff + double(p.accum) * kCastTokens / double(r.batch * r.seq);
   return p;
 }
 
@@ -232,10 +238,15 @@ MemoryPlan choose_plan(const PlanRequest& r) {
     MemoryPlan best;
     for (bool rc : rcs)
       for (int64_t b : mbs) {
-        MemoryPlan p = measure_plan(r, b, rc, k);
-        smallest = std::min(smallest, p.total());
-        if (r.budget > 0 && p.total() > r.budget) continue;
-        if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
+        // With recomputation: the most layers keeping their activations that fit (--recompute on:
+        // none, every trainable layer recomputed).
+        for (int64_t kept = rc && r.recompute != 1 ? k - 1 : 0; kept >= 0; --kept) {
+          MemoryPlan p = measure_plan(r, b, rc, k, kept);
+          smallest = std::min(smallest, p.total());
+          if (r.budget > 0 && p.total() > r.budget) continue;
+          if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
+          break;
+        }
       }
     if (found) return best;
   }
@@ -250,8 +261,12 @@ std::string MemoryPlan::describe(const PlanRequest& r) const {
   s += fmt::format("memory plan: {:.3f}B parameters ({:.3f}B LUT{} weights), {} x {} tokens per step, activations {}\n",
                    double(params) * 1e-9, double(lut_weights) * 1e-9, r.lut_bits, r.batch, r.seq,
                    r.act_bytes == 2 ? "bf16" : "fp32");
+  const std::string rc = !recompute ? "off"
+                         : kept_layers == 0 ? "on"
+                         : fmt::format("on for {} layers (the top {} keep their activations)",
+                                       trainable_layers - kept_layers, kept_layers);
   s += fmt::format("  micro-batch {} x {}, accumulation {}, per-layer recomputation {}, trainable layers {}/{}\n",
-                   micro_batch, r.seq, accum, recompute ? "on" : "off", trainable_layers, r.hp.n_layer);
+                   micro_batch, r.seq, accum, rc, trainable_layers, r.hp.n_layer);
   for (const char* g : {"persistent", "activations", "workspace"}) {
     s += fmt::format("  {:<12} {:>10}\n", g, format_bytes(group_bytes(g)));
     for (const MemoryItem& it : items)
@@ -271,6 +286,7 @@ std::string MemoryPlan::to_json(const PlanRequest& r) const {
   j["accum"] = accum;
   j["recompute"] = recompute;
   j["trainable_layers"] = trainable_layers;
+  j["kept_layers"] = kept_layers;
   j["batch"] = r.batch;
   j["seq"] = r.seq;
   j["params"] = params;

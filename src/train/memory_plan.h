@@ -14,11 +14,12 @@
 //                dense float parameters (norms, biases, dense embeddings/head): fp32 value, and
 //                when trainable gradient + m + v.
 //   activations  the CUDA engine's buffers (train/cuda/gpu_engine.cpp), by its formulas. The
-//                activation type is the engine's mode: 2 = its bf16 mode (--fast: fp32 q, k, v,
-//                att, mid, rstd, lse per token of a layer; xn1, xn2, gate, up, h and a copy of att
-//                in bf16), 4 = its fp32 mode (all fp32). Without
-//                recomputation every trainable layer keeps its set, with it one set is rebuilt at a
-//                time. The fp32 residual stream (L + 1) x C per token is kept in both cases.
+//                activation type is the engine's mode: 2 = its bf16 mode (--fast: fp32 mid, rstd,
+//                lse per token of a layer; q, k, v, att, xn1, xn2, gate, up, h in bf16), 4 = its
+//                fp32 mode (all fp32). The top kept layers keep their sets; the layers below share
+//                one (the frozen ones' forward, the recomputed ones' rebuilt set): without
+//                recomputation every trainable layer is kept, with it the planner keeps as many as
+//                the budget allows. The fp32 residual stream (L + 1) x C per token is kept always.
 //   workspace    backward scratch (dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32 or
 //                bf16 copies of the output gradients), one chunk of logits (head_chunk, V) fp32
 //                (bf16, the gradient in place, for the bf16 mode's LUT head), the GEMM scratch (the largest layer
@@ -27,7 +28,6 @@
 //                the CUDA context, cuBLAS and the loaded kernels take (a measured constant).
 // Layers below the lowest trainable one run forward only: they keep no activations. (The engine
 // allocates the residual stream of every layer.)
-// Layers below the lowest trainable one run forward only: they keep no activations.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -53,7 +53,7 @@ struct PlanRequest {
   int64_t budget = 0;            // bytes; <= 0: no limit (the fastest plan is taken)
   // Choices the user fixed (0 / -1: the planner chooses).
   int64_t micro_batch = 0;       // sequences per micro-batch; must divide batch
-  int recompute = -1;            // 0 off, 1 on
+  int recompute = -1;            // 0 off, 1 on (every trainable layer; -1: as many as needed)
   int64_t trainable_layers = 0;  // the top k layers trainable
 };
 
@@ -66,8 +66,10 @@ struct MemoryItem {
 struct MemoryPlan {
   int64_t micro_batch = 0;       // sequences per micro-batch
   int64_t accum = 0;             // micro-batches per optimizer step
-  bool recompute = false;
+  bool recompute = false;        // the trainable layers below the kept ones are recomputed
   int64_t trainable_layers = 0;  // the top ones
+  int64_t kept_layers = 0;       // the top ones keeping their activations (= trainable_layers
+                                 // without recomputation, fewer with it)
   int64_t lut_weights = 0;       // LUT weights of the model
   int64_t params = 0;            // all parameters
   std::vector<MemoryItem> items;
@@ -83,8 +85,10 @@ struct MemoryPlan {
   std::string to_json(const PlanRequest& r) const;
 };
 
-// The memory of one configuration (no choice made).
-MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers);
+// The memory of one configuration (no choice made); with recomputation, kept_layers (0 ..
+// trainable_layers - 1) of the top layers keep their activations.
+MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,
+                        int64_t kept_layers = 0);
 
 // The fastest plan within r.budget (all layers trainable when any plan allows it, then the
 // largest trainable set). Throws primal::Error naming the smallest budget that would work when

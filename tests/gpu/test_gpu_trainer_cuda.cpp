@@ -217,29 +217,42 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
 // Recomputation rebuilds the same activations from the same inputs with the same kernels: the
-// whole run must be bit-identical to keeping them.
-TEST(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
+// whole run must be bit-identical to keeping them, whether every layer is recomputed or only the
+// ones below the top kept one (per-layer recomputation), in both modes.
+class GpuTrainerRecompute : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
   REQUIRE_GPU();
   const Case c{"recompute", true, false, true, tr::Rule::Momentum};
   const int64_t B = 2, T = 64;
   const tr::TrainModel m0 = make_model(c);
   const tr::TrainConfig cfg = make_config(c);
-  tr::GpuEngineOptions keep, re;
-  re.recompute = true;
+  tr::GpuEngineOptions keep, all, part;
+  keep.fast = all.fast = part.fast = GetParam();
+  all.recompute = part.recompute = true;
+  part.kept_layers = 1;  // of 2: layer 0 recomputed, layer 1 kept
   auto a = make_side(m0, cfg, true, keep, B, T);
-  auto b = make_side(m0, cfg, true, re, B, T);
+  auto b = make_side(m0, cfg, true, all, B, T);
+  auto p = make_side(m0, cfg, true, part, B, T);
   const auto p0 = snapshot(*a);
   for (int64_t k = 0; k < 3; ++k) {
     std::vector<std::vector<int32_t>> in, tg;
     batches(m0.hp.n_vocab, B, T, uint32_t(7 + k), in, tg);
-    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T);
+    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T), rp = step(*p, k, in, tg, B, T);
     EXPECT_EQ(ra.loss, rb.loss) << "step " << k;
     EXPECT_EQ(ra.flips, rb.flips) << "step " << k;
+    EXPECT_EQ(ra.loss, rp.loss) << "step " << k;
+    EXPECT_EQ(ra.flips, rp.flips) << "step " << k;
   }
-  const Diff d = compare(*a, *b, p0);
-  EXPECT_EQ(d.idx_diff, 0);
-  EXPECT_EQ(d.param_rel, 0.0);
+  for (auto* s : {&b, &p}) {
+    const Diff d = compare(*a, **s, p0);
+    EXPECT_EQ(d.idx_diff, 0);
+    EXPECT_EQ(d.param_rel, 0.0);
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Modes, GpuTrainerRecompute, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "bf16" : "fp32"; });
 
 // The bf16 tensor-core GEMMs round operands to 8 bits of mantissa: the loss moves by ~1e-3
 // relative, not more (a wrong layout or transposition would move it by O(1)).

@@ -116,10 +116,10 @@ class CudaEngine final : public StepEngine {
   float* param(std::vector<float>& v) { return v.empty() ? nullptr : pmap_.at(v.data()); }
   float* grad(std::vector<float>& v) { return v.empty() ? nullptr : gmap_.at(v.data()); }
   float* res(int64_t l) { return res_ + l * maxN_ * hp_.n_embd; }
-  // The activation set of logical layer l: the one set with recomputation; else layer l's own
-  // among the top kept_ layers, the shared forward-only set (acts_[kept_]) below them.
+  // The activation set of logical layer l: layer l's own among the top kept_ layers, the shared set
+  // (acts_[kept_]) below them: their forward's, and with recomputation the one each of them is
+  // rebuilt into right before its backward.
   Acts& acts(int64_t l) {
-    if (o_.recompute) return acts_[0];
     const int64_t first = hp_.n_layer - kept_;
     return acts_[size_t(l >= first ? l - first : kept_)];
   }
@@ -186,9 +186,9 @@ class CudaEngine final : public StepEngine {
 
   // Workspace for micro-batches of up to maxN_ tokens.
   int64_t maxN_ = 0, head_chunk_ = 0, scratch_floats_ = 0;
-  int64_t kept_ = 0;  // layers (the top ones) whose activations are kept, without recomputation
+  int64_t kept_ = 0;  // layers (the top ones) whose activations are kept from the forward to the backward
   float* res_ = nullptr;                      // (L + 1, maxN, C)
-  std::vector<Acts> acts_;                    // (L), or (1) with recomputation
+  std::vector<Acts> acts_;                    // (kept_), and one shared set when kept_ < L
   float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
   float *dq_, *datt_, *dk_, *dv_;             // (N, Q) x 2, (N, KV) x 2
   float *dgate_, *dup_, *dh_;                 // (N, F) x 3 (dgate_, dup_ null in the bf16 mode)
@@ -440,8 +440,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   } else {
     dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF));
   }
-  kept_ = o_.kept_layers > 0 ? std::min(o_.kept_layers, L) : L;
-  acts_.resize(o_.recompute ? 1 : size_t(kept_ + (kept_ < L ? 1 : 0)));
+  kept_ = o_.kept_layers > 0 ? std::min(o_.kept_layers, L) : o_.recompute ? 0 : L;
+  acts_.resize(size_t(kept_ + (kept_ < L ? 1 : 0)));
   for (Acts& a : acts_) {
     a.rstd1 = arena_.of<float>(size_t(N));
     a.lse = arena_.of<float>(size_t(N * NH));
@@ -489,10 +489,13 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   csr_ = arena_.of<int32_t>(size_t(3 * N + 1));
   stream_.sync();
   note_memory();
-  if (o_.verbose)
+  if (o_.verbose) {
+    const std::string kept = kept_ == L ? "all activations kept"
+                             : "the top " + std::to_string(kept_) + " layers' activations kept" +
+                                   (o_.recompute ? ", the others recomputed" : "");
     std::fprintf(stderr, "cuda engine: %.2f GiB allocated (%s; %lld tokens per micro-batch, head chunk %lld)\n",
-                 double(arena_.total()) / double(1 << 30), o_.recompute ? "recomputation" : "all activations kept",
-                 (long long)N, (long long)head_chunk_);
+                 double(arena_.total()) / double(1 << 30), kept.c_str(), (long long)N, (long long)head_chunk_);
+  }
 }
 
 DevMat* CudaEngine::upload_matrix(Matrix& m) {
@@ -752,7 +755,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       DevLayer& w = layers_[size_t(p)];
       const bool tr = mask.layer[size_t(p)], sc = mask.scales;
       Acts& a = acts(l);
-      if (o_.recompute) forward_layer(l, a, B, T, false);
+      if (l < L - kept_) forward_layer(l, a, B, T, false);  // (recomputation: the check above)
       // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
       if (bf16_) {  // dh straight out of its GEMM as bf16 (in dh_'s memory), SwiGLU's backward reading it
         auto* dhb = reinterpret_cast<uint16_t*>(dh_);

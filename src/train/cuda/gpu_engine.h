@@ -9,8 +9,9 @@
 //    nearly the same gradients (test_gpu_trainer_cuda states how close);
 //  - fast: GEMMs on bf16 tensor cores (operands rounded inside cuBLAS, fp32 accumulation and
 //    storage) and a larger head chunk.
-// Recomputation keeps only each layer's input (the residual stream) and rebuilds one layer's
-// activations right before its backward (one extra forward of the layers).
+// Recomputation keeps only a layer's input (the residual stream) and rebuilds its activations right
+// before its backward (one extra forward of the layer), per layer: the top kept_layers keep theirs,
+// the ones below share one set (the memory planner chooses how many fit).
 // Not on the GPU yet (refused with a message): distillation (--teacher), dense layer matrices
 // (--lut none).
 #pragma once
@@ -23,12 +24,12 @@ namespace primal::train {
 
 struct GpuEngineOptions {
   bool fast = false;          // bf16 tensor-core GEMMs
-  bool recompute = false;     // per-layer activation recomputation
-  int64_t head_chunk = 0;     // rows of logits at once; 0: kHeadChunk (deterministic) or 1024 (fast)
+  bool recompute = false;     // the layers below the kept ones are recomputed for their backward
+  int64_t head_chunk = 0;     // rows of logits at once; 0: kHeadChunk (deterministic) or 2048 (fast)
   bool verbose = false;       // print the device-memory breakdown
-  // Without recompute: the top kept_layers layers keep their activations for the backward, the
-  // ones below share one set (forward only; a backward that must reach them is refused).
-  // 0: every layer.
+  // The top kept_layers layers keep their activations for the backward, the ones below share one
+  // set: their forward's, and with recompute the one each is rebuilt into for its backward (without
+  // it, a backward that must reach them is refused). 0: every layer without recompute, none with it.
   int64_t kept_layers = 0;
 };
 
