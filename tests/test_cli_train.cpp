@@ -111,6 +111,10 @@ TEST(CliTrain, BadFlagsAndFilesAreClearErrors) {
   expect_error(test::run_primal(tiny_args(d + "/c") + " --data " + d + "/missing.txt --steps 2"), "missing.txt");
   expect_error(test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --vote-bits 12"),
                "--vote-bits must be 8 or 16");
+  expect_error(test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --memory 8GiB"),
+               "need --device cuda");
+  expect_error(test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --device cuda --memory 8XB"),
+               "'8XB' is not a memory size");
   auto r = test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --rule sgd");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--rule"), std::string::npos) << r.err;

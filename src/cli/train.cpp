@@ -16,8 +16,11 @@
 #include "tokenizer/tokenizer.h"
 #include "train/eval.h"
 #include "train/model_io.h"
+#include "train/memory_plan.h"
 #include "train/trainer.h"
 #ifdef PRIMAL_HAVE_CUDA
+#include "ops/cuda/buffer.h"
+#include "ops/cuda/device.h"
 #include "train/cuda/gpu_engine.h"
 #endif
 
@@ -34,23 +37,42 @@ struct Args {
   std::string device = "cpu";  // where the steps run (not part of the run's configuration)
   bool fast = false, recompute = false;
   int64_t head_chunk = 0;
+  std::string memory;  // cuda: device-memory budget (empty: what is free)
 };
 
-// --device cuda: the CUDA engine with the GPU options.
+// --device cuda: the CUDA engine with the GPU options, sized by the memory planner
+// (train/memory_plan.h) once the model is loaded: it may split the micro-batch (more
+// accumulation, the same steps) and recomputes as few layers as the budget allows.
 void set_engine(const Args& a, train::TrainRunOptions& o) {
   if (a.device != "cuda") {
-    PRIMAL_CHECK(!a.fast && !a.recompute && a.head_chunk == 0, "--fast, --recompute and --head-chunk need --device cuda");
+    PRIMAL_CHECK(!a.fast && !a.recompute && a.head_chunk == 0 && a.memory.empty(),
+                 "--fast, --recompute, --head-chunk and --memory need --device cuda");
     return;
   }
+  const int64_t budget = a.memory.empty() ? 0 : train::parse_bytes(a.memory);  // bad sizes fail before any work
 #ifdef PRIMAL_HAVE_CUDA
-  train::GpuEngineOptions g;
-  g.fast = a.fast;
-  g.recompute = a.recompute;
-  g.head_chunk = a.head_chunk;
-  g.verbose = !a.quiet;
-  o.engine = [g](const train::EngineContext& ctx) { return train::make_cuda_engine(ctx, g); };
+  PRIMAL_CHECK(cuda::device_count() > 0, "--device cuda: no usable GPU (use --device cpu)");
+  auto g = std::make_shared<train::GpuEngineOptions>();
+  g->fast = a.fast;
+  g->head_chunk = a.head_chunk;
+  g->verbose = !a.quiet;
+  const bool recompute = a.recompute, quiet = a.quiet;
+  o.plan = [g, budget, recompute, quiet](const train::TrainModel& m, const train::TrainConfig& c) {
+    train::PlanRequest r = train::plan_request(m, c, g->fast ? 2 : 4, train::cuda_head_chunk(*g));
+    r.budget = budget > 0 ? budget : int64_t(cuda::memory_info().first);
+    r.recompute = recompute ? 1 : -1;
+    r.trainable_layers = m.hp.n_layer;  // the schedule may train every layer
+    const train::MemoryPlan p = train::choose_plan(r);
+    if (!quiet)
+      std::fprintf(stderr, "%s%s\n", p.describe(r).c_str(),
+                   budget > 0 ? "" : "\n  (budget: the device memory free at the start; --memory sets one)");
+    g->recompute = p.recompute;
+    g->kept_layers = p.kept_layers;
+    return p.micro_batch;
+  };
+  o.engine = [g](const train::EngineContext& ctx) { return train::make_cuda_engine(ctx, *g); };
 #else
-  (void)o;
+  (void)o, (void)budget;
   fail("--device cuda: this primal was built without CUDA");
 #endif
 }
@@ -175,7 +197,11 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->group(g_dev);
   cmd->add_flag("--fast", a->fast, "cuda: GEMMs on bf16 tensor cores (default: fp32, the CPU's results)")->group(g_dev);
-  cmd->add_flag("--recompute", a->recompute, "cuda: recompute each layer's activations in the backward (less memory)")
+  cmd->add_option("--memory", a->memory,
+                  "cuda: device-memory budget, e.g. 8GiB; the planner picks the micro-batch (splitting --batch) and "
+                  "how many layers to recompute, or names the smallest budget that fits (default: what is free)")
+      ->group(g_dev);
+  cmd->add_flag("--recompute", a->recompute, "cuda: recompute every layer's activations in the backward (least memory)")
       ->group(g_dev);
   cmd->add_option("--head-chunk", a->head_chunk, "cuda: rows of logits at once (default 128, 2048 with --fast)")
       ->check(CLI::NonNegativeNumber)

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "model/synth.h"
 #include "ops/cuda/cast_workspace.h"
 #include "train/model.h"
+#include "train/train_config.h"
 
 namespace primal::train {
 
@@ -215,6 +217,32 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   const double recomputed = double(trainable_layers - p.kept_layers) / double(L);
   p.relative_time = (1.0 + recomputed / 3.0) * eff + double(p.accum) * kCastTokens / double(r.batch * r.seq);
   return p;
+}
+
+PlanRequest plan_request(const TrainModel& m, const TrainConfig& cfg, int64_t act_bytes, int64_t head_chunk) {
+  PlanRequest r;
+  r.hp = m.hp;
+  // Mixed-precision models: the widest index, and the greatest common divisor of the groups (it
+  // divides every row and counts at least as many scales as any matrix has).
+  int bits = 0;
+  int64_t group = 0;
+  for (const Matrix* mt : m.lut_matrices()) {
+    bits = std::max(bits, mt->lut->bits());
+    group = std::gcd(group, mt->lut->G);
+  }
+  r.lut_bits = bits > 0 ? bits : 4;
+  r.group = group > 0 ? group : 32;
+  const Matrix& head = m.head();
+  r.lut_embeddings = m.tok_embd.is_lut() && head.is_lut();
+  r.train_embeddings = cfg.embd_trainable() || cfg.head_trainable();
+  r.vote_bits = cfg.votes.vote_bits;
+  r.cooldown = cfg.votes.cooldown > 0;
+  r.momentum = cfg.votes.rule == Rule::Momentum && cfg.votes.second_moment;
+  r.batch = cfg.sched.batch;
+  r.seq = std::max(cfg.sched.seq, cfg.sched.seal_seq);
+  r.act_bytes = act_bytes;
+  r.head_chunk = head_chunk;
+  return r;
 }
 
 MemoryPlan choose_plan(const PlanRequest& r) {

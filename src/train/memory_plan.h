@@ -85,6 +85,14 @@ struct MemoryPlan {
   std::string to_json(const PlanRequest& r) const;
 };
 
+struct TrainModel;
+struct TrainConfig;
+// The request of `primal train --device cuda` for a loaded model and its run: the model's shape,
+// its widest index and smallest scale group (a bound for mixed-precision models), what trains,
+// the vote state, the micro-batch (cfg.sched.batch, at most) and the longest sequence of the
+// schedule. act_bytes and head_chunk are the engine's mode and head chunk; budget is left at 0.
+PlanRequest plan_request(const TrainModel& m, const TrainConfig& cfg, int64_t act_bytes, int64_t head_chunk);
+
 // The memory of one configuration (no choice made); with recomputation, kept_layers (0 ..
 // trainable_layers - 1) of the top layers keep their activations.
 MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,

@@ -59,6 +59,11 @@ std::vector<Matrix*> TrainModel::lut_matrices() {
   return out;
 }
 
+std::vector<const Matrix*> TrainModel::lut_matrices() const {
+  const std::vector<Matrix*> m = const_cast<TrainModel*>(this)->lut_matrices();
+  return {m.begin(), m.end()};
+}
+
 int64_t TrainModel::n_params() const {
   int64_t n = tok_embd.O * tok_embd.I + int64_t(output_norm.size());
   if (!hp.tied_embeddings) n += output.O * output.I;

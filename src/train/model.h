@@ -54,6 +54,7 @@ struct TrainModel {
   int64_t n_physical() const { return int64_t(layers.size()); }
   // Every LUT matrix in model order (the order that numbers vote buffers and random streams).
   std::vector<Matrix*> lut_matrices();
+  std::vector<const Matrix*> lut_matrices() const;
   int64_t n_params() const;        // parameters of the logical model (shared layers counted once)
 };
 

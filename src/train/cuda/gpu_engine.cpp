@@ -423,7 +423,7 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   // Workspace.
   const int64_t B = std::max<int64_t>(1, c.max_batch), T = std::max<int64_t>(1, c.max_seq);
   const int64_t N = maxN_ = B * T;
-  head_chunk_ = o_.head_chunk > 0 ? o_.head_chunk : o_.fast ? kFastHeadChunk : kHeadChunk;
+  head_chunk_ = cuda_head_chunk(o_);
   head_chunk_ = std::min(head_chunk_, N);
   res_ = arena_.of<float>(size_t((L + 1) * N * C));
   xnf_ = arena_.of<float>(size_t(N * C)), rstdf_ = arena_.of<float>(size_t(N));
@@ -989,6 +989,10 @@ cuda::VoteParams gpu_vote_params(const VoteConfig& vc, const Governor& gov, int6
   p.beta2 = vc.beta2;
   p.eps = vc.eps;
   return p;
+}
+
+int64_t cuda_head_chunk(const GpuEngineOptions& o) {
+  return o.head_chunk > 0 ? o.head_chunk : o.fast ? kFastHeadChunk : kHeadChunk;
 }
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o) {

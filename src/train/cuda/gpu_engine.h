@@ -35,6 +35,9 @@ struct GpuEngineOptions {
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
 
+// The head chunk an engine of these options runs (GpuEngineOptions::head_chunk's default).
+int64_t cuda_head_chunk(const GpuEngineOptions& o);
+
 // The kernels' vote parameters for optimizer step `step` (VoteEngine::begin_step's step and
 // schedule) from the configuration and the governor's current values.
 cuda::VoteParams gpu_vote_params(const VoteConfig& vc, const Governor& gov, int64_t step, double sched);
