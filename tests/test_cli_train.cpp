@@ -114,7 +114,7 @@ TEST(CliTrain, BadFlagsAndFilesAreClearErrors) {
   expect_error(test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --memory 8GiB"),
                "need --device cuda");
   expect_error(test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --device cuda --memory 8XB"),
-               "'8XB' is not a memory size");
+               "'8XB': unknown unit");
   auto r = test::run_primal(tiny_args(d + "/c") + " --data " + text + " --steps 2 --rule sgd");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--rule"), std::string::npos) << r.err;
