@@ -134,6 +134,31 @@ TEST(GpuTrainRmsNorm, BackwardMatchesCpu) {
   }
 }
 
+// A bias gradient in the norm gradient's slabs: dst[c] += float(fp64 sum of the column), in a fixed
+// order (bitwise reproducible); against the exact sum: the fp64 sum's error (N e sum|x|) and two
+// fp32 roundings (the sum's, the accumulation's).
+TEST(GpuTrainColumnSums, AddsEachColumnsSumOnce) {
+  REQUIRE_GPU();
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 256}, {300, 37}, {8192, 256}, {513, 1536}, {2, 1}}) {
+    SCOPED_TRACE(std::to_string(N) + " x " + std::to_string(C));
+    const auto x = randn(size_t(N * C), 8), d0 = randn(size_t(C), 9);
+    const auto xd = to_device(x);
+    auto dd = to_device(d0), dd2 = to_device(d0);
+    cuda::DeviceBuffer slabs(size_t(cuda::rmsnorm_dw_scratch_doubles(N, C)) * sizeof(double));
+    cuda::column_sums_add(dd.as<float>(), xd.as<float>(), N, C, slabs.as<double>(), nullptr);
+    cuda::column_sums_add(dd2.as<float>(), xd.as<float>(), N, C, slabs.as<double>(), nullptr);
+    const auto got = to_host<float>(dd, size_t(C));
+    EXPECT_TRUE(same_bits(got, to_host<float>(dd2, size_t(C))));
+    for (int64_t c = 0; c < C; ++c) {
+      double sum = 0, abs_sum = 0;
+      for (int64_t t = 0; t < N; ++t) sum += x[size_t(t * C + c)], abs_sum += std::fabs(x[size_t(t * C + c)]);
+      const double ref = double(d0[size_t(c)]) + sum;
+      const double tol = 2 * kU * (std::fabs(sum) + std::fabs(ref)) + 2 * double(N) * kE * abs_sum + kTiny;
+      ASSERT_NEAR(got[size_t(c)], ref, tol) << c;
+    }
+  }
+}
+
 // The weight gradient is a reduction over rows: it must not depend on scheduling. Odd sizes
 // (rows not a multiple of the 32 row groups, columns not of the 32-column tiles).
 TEST(GpuTrainRmsNorm, BackwardIsBitwiseReproducible) {

@@ -10,6 +10,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/lut_train.h"
+#include "ops/cuda/train_ops.h"
 #include "ops/cuda/votes.h"
 #include "quant/lut_pack.h"
 
@@ -448,7 +449,8 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   const int64_t O = w.O, I = w.I, ldd = dout.ld > 0 ? dout.ld : O;
   PRIMAL_CHECK(ldd >= O && (!g.dbias || ldd == O), "lut_linear_backward_weight: row stride {} for {} rows", ldd, O);
   if (g.dbias) {
-    launch_dbias(dout.f32, N, O, g.dbias, s);
+    if (g.dbias_slabs && g_math == TrainMath::Bf16) column_sums_add(g.dbias, dout.f32, N, O, g.dbias_slabs, s);
+    else launch_dbias(dout.f32, N, O, g.dbias, s);
     stage("dbias");
   }
   if (!g.dscale && !g.votes) return;

@@ -162,6 +162,9 @@ struct LutWeightGrad {
   VoteState* votes = nullptr;         // the index gradient, cast into votes tile by tile (votes.h);
   const VoteParams* params = nullptr; //   then lut_votes_done, as the CPU's LutTileSink::done
   CastAside* aside = nullptr;         // the bf16 mode's cast beside the GEMMs, where it serves
+  // The bf16 mode's dbias in row slabs (train_ops.h column_sums_add): rmsnorm_dw_scratch_doubles(N,
+  // O) doubles, or null (one block per 32 columns).
+  double* dbias_slabs = nullptr;
 };
 
 // dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.

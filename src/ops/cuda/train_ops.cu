@@ -131,6 +131,9 @@ __global__ void __launch_bounds__(kRowThreads)
 // adds the partial sums of g = 0..31 in order: rounded once into dw (one slab, slab_out null) or
 // written to slab_out[blockIdx.y, c] for rmsnorm_dw_fold_kernel. Loads are coalesced (a warp reads
 // 32 consecutive floats of a row) and no atomics are used: the order is fixed by the shape alone.
+// The term of row t is dout * inp * rstd (kNorm: the norm's weight gradient) or dout alone (a bias
+// gradient: column_sums_add).
+template <bool kNorm>
 __global__ void __launch_bounds__(32 * kDwRowGroups)
     rmsnorm_backward_dw_kernel(float* dw, const float* dout, const float* inp, const float* rstd, int64_t N,
                                int64_t C, int64_t R, double* slab_out) {
@@ -140,7 +143,8 @@ __global__ void __launch_bounds__(32 * kDwRowGroups)
   double s = 0;
   if (c < C)
     for (int64_t t = t0 + g; t < t1; t += kDwRowGroups)
-      s = __dadd_rn(s, __dmul_rn(__dmul_rn(double(dout[t * C + c]), double(inp[t * C + c])), double(rstd[t])));
+      s = kNorm ? __dadd_rn(s, __dmul_rn(__dmul_rn(double(dout[t * C + c]), double(inp[t * C + c])), double(rstd[t])))
+                : __dadd_rn(s, double(dout[t * C + c]));
   part[g][lane] = s;
   __syncthreads();
   if (g == 0 && c < C) {
@@ -538,6 +542,24 @@ void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// With a scratch the rows are summed in slabs of kDwSlabRows by blocks of their own, then the
+// slabs in order (a block per 32 columns alone, 40 blocks on seed-500m, was latency-bound).
+template <bool kNorm>
+void launch_column_sums(float* dw, const float* dout, const float* inp, const float* rstd, int64_t N, int64_t C,
+                        double* scratch, cudaStream_t s) {
+  const int64_t S = scratch ? (N + kDwSlabRows - 1) / kDwSlabRows : 1, R = scratch ? kDwSlabRows : N;
+  rmsnorm_backward_dw_kernel<kNorm><<<dim3(unsigned((C + 31) / 32), unsigned(S)), dim3(32, kDwRowGroups), 0, s>>>(
+      dw, dout, inp, rstd, N, C, R, scratch);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  if (!scratch) return;
+  rmsnorm_dw_fold_kernel<<<grid_for(C), 256, 0, s>>>(dw, scratch, S, C);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                       const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16,
                       double* dw_scratch) {
@@ -547,15 +569,13 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
                                                                  reinterpret_cast<__nv_bfloat16*>(dinp_bf16));
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (!dweight) return;
-  // With a scratch the rows are summed in slabs of kDwSlabRows by blocks of their own, then the
-  // slabs in order (a block per 32 columns alone, 40 blocks on seed-500m, was latency-bound).
-  const int64_t S = dw_scratch ? (N + kDwSlabRows - 1) / kDwSlabRows : 1, R = dw_scratch ? kDwSlabRows : N;
-  rmsnorm_backward_dw_kernel<<<dim3(unsigned((C + 31) / 32), unsigned(S)), dim3(32, kDwRowGroups), 0, s>>>(
-      dweight, dout, inp, rstd, N, C, R, dw_scratch);
-  PRIMAL_CUDA_CHECK_LAUNCH();
-  if (!dw_scratch) return;
-  rmsnorm_dw_fold_kernel<<<grid_for(C), 256, 0, s>>>(dweight, dw_scratch, S, C);
-  PRIMAL_CUDA_CHECK_LAUNCH();
+  launch_column_sums<true>(dweight, dout, inp, rstd, N, C, dw_scratch, s);
+}
+
+void column_sums_add(float* dst, const float* x, int64_t N, int64_t C, double* slabs, cudaStream_t s) {
+  check_rows("column sums", N, C);
+  PRIMAL_CHECK(dst && x && slabs, "column_sums_add: a null pointer");
+  if (N > 0) launch_column_sums<false>(dst, x, nullptr, nullptr, N, C, slabs, s);
 }
 
 int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C) { return (N + kDwSlabRows - 1) / kDwSlabRows * C; }

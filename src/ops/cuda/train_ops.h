@@ -50,6 +50,10 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
                       const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16 = nullptr,
                       double* dw_scratch = nullptr);
 int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C);
+// dst[c] += float(sum_t x[t, c]) for x (N, C): rmsnorm_backward's weight-gradient sum with the term x
+// alone, in its slabs (slabs: rmsnorm_dw_scratch_doubles(N, C)) in its fixed order (a bias gradient
+// of the bf16 mode: its k and v, 256 columns, got 8 blocks as one slab).
+void column_sums_add(float* dst, const float* x, int64_t N, int64_t C, double* slabs, cudaStream_t s);
 
 // ---- RoPE --------------------------------------------------------------------------------------
 // The rotation of cpu::RopeParams with the frequencies on the device.

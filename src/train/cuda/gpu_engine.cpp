@@ -577,6 +577,8 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Ope
     g.votes = W.votes ? &W.votes->state : nullptr;
     g.params = &vp_;
     if (aside_on_) g.aside = &aside_;
+    // The norms' slabs hold (N, C): a bias gradient of up to C columns (q, k, v: Q <= C usually).
+    if (dbias && dw_slabs_ && W.host->O <= hp_.n_embd) g.dbias_slabs = dw_slabs_;
     if (g.dscale || g.dbias || g.votes)
       cu::lut_linear_backward_weight(*blas_, W.view, dout, inp, n, g, scratch_, scratch_floats_, s_);
   } else if (W.dW || dbias) {
