@@ -364,6 +364,26 @@ TEST(GpuAttentionMma, MatchesCpuTwin) {
   cuda::check_last_error();
 }
 
+// The forward's blocks of 64 queries (4 warps) and of 128 (8 warps) give every row the same key
+// tiles in the same order (a block's rows below a tile see it masked: p = 0, the sums unchanged):
+// the same bits, for sequences ending inside a block of either size; each size checked against the
+// twin through MatchesCpuTwin's automatic choice too (64 at these sizes, 128 on the trainer's).
+TEST(GpuAttentionMma, ForwardBlockSizesGiveTheSameBits) {
+  REQUIRE_GPU();
+  for (const Shape& sh : {Shape{2, 1, 4, 2, 64}, Shape{2, 65, 6, 1, 128}, Shape{2, 130, 12, 4, 64},
+                          Shape{1, 257, 8, 2, 96}, Shape{2, 300, 12, 2, 128}, Shape{1, 512, 4, 4, 32}}) {
+    SCOPED_TRACE(sh.str());
+    const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + 3));
+    ::setenv("PRIMAL_ATTN_ROWS", "64", 1);
+    const Results a = run_mma_bf16(sh, in);
+    ::setenv("PRIMAL_ATTN_ROWS", "128", 1);
+    const Results b = run_mma_bf16(sh, in);
+    ::unsetenv("PRIMAL_ATTN_ROWS");
+    expect_same_bits(a, b);
+    expect_within_bounds(sh, b, cpu_reference(sh, in));
+  }
+}
+
 // dq's kernel on a second stream (as the trainer runs it, beside dk/dv's) gives the same bits as
 // the backward on one stream: the kernels and their inputs are the same, only the overlap differs.
 TEST(GpuAttentionMma, SideStreamGivesTheSameBits) {

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/check.cuh"
@@ -39,12 +41,12 @@ constexpr int tile_elems() {
   return kKeys * (D + 8);
 }
 
-// Issues the copies of rows r0 .. r0+63 (row stride `stride` elements, D contiguous) into dst;
-// rows at or past T are zero-filled.
-template <int D>
+// Issues the copies of rows r0 .. r0+ROWS-1 (row stride `stride` elements, D contiguous) into dst
+// by a block of THREADS threads; rows at or past T are zero-filled.
+template <int D, int ROWS = kKeys, int THREADS = kThreads>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* base, int64_t stride, int r0, int T) {
   constexpr int P = D + 8, chunks = D / 8;  // 16-byte chunks per row
-  for (int c = int(threadIdx.x); c < kKeys * chunks; c += kThreads) {
+  for (int c = int(threadIdx.x); c < ROWS * chunks; c += THREADS) {
     const int row = c / chunks, col = 8 * (c % chunks);
     const bool ok = r0 + row < T;
     cp_async16(dst + row * P + col, base + (ok ? int64_t(r0 + row) * stride + col : 0), ok);
@@ -75,13 +77,13 @@ __device__ __forceinline__ void mma_rows_kn(float (&acc)[D / 8][4], const uint32
 // The key/value pipeline of the forward and dq kernels, at iteration j of 0 .. last: issues the
 // copies of tile j + 1 into the other stage (which iteration j - 1 consumed before its closing
 // barrier) unless j is the last, then waits until tile j has landed for every thread.
-template <int D>
+template <int D, int THREADS = kThreads>
 __device__ __forceinline__ void kv_pipeline_step(bf16* Ks, bf16* Vs, const bf16* kb, const bf16* vb, int64_t kstride,
                                                  int j, int last, int T) {
   constexpr int TE = tile_elems<D>();
   if (j < last) {
-    load_tile<D>(Ks + ((j + 1) & 1) * TE, kb, kstride, (j + 1) * kKeys, T);
-    load_tile<D>(Vs + ((j + 1) & 1) * TE, vb, kstride, (j + 1) * kKeys, T);
+    load_tile<D, kKeys, THREADS>(Ks + ((j + 1) & 1) * TE, kb, kstride, (j + 1) * kKeys, T);
+    load_tile<D, kKeys, THREADS>(Vs + ((j + 1) & 1) * TE, vb, kstride, (j + 1) * kKeys, T);
     cp_async_commit();
     cp_async_wait<1>();
   } else {
@@ -95,34 +97,39 @@ __device__ __forceinline__ void store_pair(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
-// One block: queries q0 .. q0+63 of head h of sequence b. D = HS. Shared memory: Q, then two
-// stages of K and V.
-template <int D>
+// One block of W warps: queries q0 .. q0+16W-1 of head h of sequence b. D = HS. Shared memory: Q,
+// then two stages of K and V. W = 8 shares each staged key tile between twice the queries of W = 4
+// (half the copies per product) and keeps twice the warps resident; the rows of a block below a
+// tile's keys see them masked (p = 0, the running sums unchanged): every row's arithmetic is the
+// same for either W, bit for bit.
+template <int D, int W>
 constexpr size_t forward_smem() {
-  return size_t(5 * tile_elems<D>()) * 2;
+  return size_t((16 * W + 4 * kKeys) * (D + 8)) * 2;
 }
 
-template <int D, class Out>
-__global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const bf16* __restrict__ q,
-                                                                    const bf16* __restrict__ k,
-                                                                    const bf16* __restrict__ v, Out* out, float* lse,
-                                                                    int T, int NH, int KVH, float scale_log2) {
-  constexpr int P = D + 8, TE = tile_elems<D>();
+template <int D, int W, class Out>
+__global__ void __launch_bounds__(32 * W) flash_forward_mma_kernel(const bf16* __restrict__ q,
+                                                                  const bf16* __restrict__ k,
+                                                                  const bf16* __restrict__ v, Out* out, float* lse,
+                                                                  int T, int NH, int KVH, float scale_log2) {
+  constexpr int P = D + 8, TE = tile_elems<D>(), ROWS = 16 * W, THREADS = 32 * W;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Ks = Qs + TE;      // stage j & 1 at Ks + (j & 1) TE
+  bf16* Ks = Qs + ROWS * P;  // stage j & 1 at Ks + (j & 1) TE
   bf16* Vs = Ks + 2 * TE;
   const int qt = int(gridDim.x) - 1 - int(blockIdx.x);  // the longest rows first
   const int h = int(blockIdx.y), b = int(blockIdx.z), kvh = h / (NH / KVH);
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, g = lane >> 2, t = lane & 3;
-  const int q0 = qt * kRows, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
+  const int q0 = qt * ROWS, r0 = q0 + 16 * warp + g, r1 = r0 + 8;
+  // The last key tile: the one holding the block's last row, or the sequence's last key.
+  const int last = min(q0 + ROWS - 1, T - 1) / kKeys;
   const int64_t qstride = int64_t(NH) * D, kstride = int64_t(KVH) * D;
   const bf16* kb = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
   const bf16* vb = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
 
-  load_tile<D>(Qs, q + int64_t(b) * T * qstride + int64_t(h) * D, qstride, q0, T);
-  load_tile<D>(Ks, kb, kstride, 0, T);
-  load_tile<D>(Vs, vb, kstride, 0, T);
+  load_tile<D, ROWS, THREADS>(Qs, q + int64_t(b) * T * qstride + int64_t(h) * D, qstride, q0, T);
+  load_tile<D, kKeys, THREADS>(Ks, kb, kstride, 0, T);
+  load_tile<D, kKeys, THREADS>(Vs, vb, kstride, 0, T);
   cp_async_commit();
 
   uint32_t qa[D / 16][4];  // the warp's 16 query rows as A fragments
@@ -131,9 +138,9 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const bf16*
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // running max (base 2), lane-partial sums
 
-  for (int j = 0; j <= qt; ++j) {
+  for (int j = 0; j <= last; ++j) {
     const int k0 = j * kKeys;
-    kv_pipeline_step<D>(Ks, Vs, kb, vb, kstride, j, qt, T);
+    kv_pipeline_step<D, THREADS>(Ks, Vs, kb, vb, kstride, j, last, T);
     const bf16* Kc = Ks + (j & 1) * TE;
     const bf16* Vc = Vs + (j & 1) * TE;
     if (j == 0) {
@@ -156,7 +163,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_mma_kernel(const bf16*
       }
     // Scale to base 2, mask (causal and the end of the sequence), the tile's row maxima.
     float mx0 = -INFINITY, mx1 = -INFINITY;
-    const bool diag = j == qt || k0 + kKeys > T;
+    const bool diag = k0 + kKeys - 1 > q0 || k0 + kKeys > T;  // a key past the block's first row or the end
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
@@ -609,18 +616,34 @@ void check_aligned(const void* p, const char* what) {
   PRIMAL_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "{}: a bf16 tensor not 16-byte aligned", what);
 }
 
+// Queries per forward block: 128 (8 warps) where that still gives every multiprocessor two waves
+// of blocks, else 64; PRIMAL_ATTN_ROWS=64 or 128 fixes it (comparisons, tests: the same bits).
+int forward_rows(int64_t B, int64_t T, int64_t NH) {
+  const char* e = std::getenv("PRIMAL_ATTN_ROWS");
+  if (e && (std::string(e) == "64" || std::string(e) == "128")) return std::atoi(e);
+  const int64_t blocks128 = (T + 127) / 128 * NH * B;
+  return blocks128 >= 4 * int64_t(sm_count()) ? 128 : 64;
+}
+
 template <class Out>
 void forward(Out* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B, int64_t T, int64_t NH,
              int64_t KVH, int64_t HS, cudaStream_t s) {
   check_args(out, lse, q, k, v, B, T, NH, KVH, HS, "attention_forward_mma");
   check_aligned(q, "attention_forward_mma"), check_aligned(k, "attention_forward_mma");
   check_aligned(v, "attention_forward_mma");
-  const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
+  const int rows = forward_rows(B, T, NH);
+  const dim3 grid(unsigned((T + rows - 1) / rows), unsigned(NH), unsigned(B));
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(HS)));
-#define PRIMAL_LAUNCH(D)                                                                                       \
-  allow_smem(flash_forward_mma_kernel<D, Out>, forward_smem<D>());                                           \
-  flash_forward_mma_kernel<D, Out><<<grid, kThreads, forward_smem<D>(), s>>>(q, k, v, out, lse, int(T), int(NH), \
-                                                                            int(KVH), scale_log2)
+#define PRIMAL_LAUNCH_W(D, W)                                                                               \
+  allow_smem(flash_forward_mma_kernel<D, W, Out>, forward_smem<D, W>());                                    \
+  flash_forward_mma_kernel<D, W, Out><<<grid, 32 * W, forward_smem<D, W>(), s>>>(q, k, v, out, lse, int(T), \
+                                                                                int(NH), int(KVH), scale_log2)
+#define PRIMAL_LAUNCH(D)        \
+  if (rows == 128) {            \
+    PRIMAL_LAUNCH_W(D, 8);      \
+  } else {                      \
+    PRIMAL_LAUNCH_W(D, 4);      \
+  }
   switch (HS) {
     case 32: PRIMAL_LAUNCH(32); break;
     case 64: PRIMAL_LAUNCH(64); break;
@@ -628,6 +651,7 @@ void forward(Out* out, float* lse, const bf16* q, const bf16* k, const bf16* v, 
     default: PRIMAL_LAUNCH(128); break;
   }
 #undef PRIMAL_LAUNCH
+#undef PRIMAL_LAUNCH_W
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
