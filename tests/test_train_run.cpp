@@ -181,38 +181,6 @@ TEST_P(Rules, ResumeReproducesTheUninterruptedRunBitForBit) {
   EXPECT_TRUE(slurp(final_model_path(a)) == slurp(final_model_path(b))) << "final models differ";
 }
 
-// The device's memory plan (TrainRunOptions::plan, the CUDA planner in the CLI) may run a smaller
-// micro-batch: each micro-batch of the schedule, the sealing pass's too, is split and the
-// accumulation grows, so the run is the one configured with that micro-batch, bit for bit.
-TEST(TrainRun, APlannedMicroBatchSplitIsTheSplitConfiguration) {
-  const std::string base = test::temp_dir() + "/plan_split";
-  TrainConfig a = tiny(base + "_a", Rule::Momentum, 12), b = tiny(base + "_b", Rule::Momentum, 12);
-  a.sched.seal_steps = b.sched.seal_steps = 4;
-  b.sched.batch = 2, b.sched.accum = 4;  // a: 8 x 1, split by the plan into 2 x 4
-  TrainRunOptions planned;
-  int64_t asked = 0;
-  planned.plan = [&](const TrainModel&, const TrainConfig& c) {
-    asked = c.sched.batch;
-    return int64_t(2);
-  };
-  run_training(a, planned);
-  run_training(b, TrainRunOptions{});
-  EXPECT_EQ(asked, 8);
-  const auto ra = rows(a.out), rb = rows(b.out);
-  ASSERT_EQ(ra.size(), rb.size());
-  int64_t sealing = 0;
-  for (size_t k = 0; k < ra.size(); ++k) {
-    for (const char* key : {"step", "loss", "flips", "grad_norm", "eval_loss", "accum", "seq"})
-      EXPECT_EQ(ra[k].value(key, nlohmann::json()), rb[k].value(key, nlohmann::json())) << "row " << k << " " << key;
-    sealing += ra[k].value("sealing", false);
-  }
-  EXPECT_EQ(sealing, 4);
-  EXPECT_TRUE(slurp(final_model_path(a.out)) == slurp(final_model_path(b.out))) << "final models differ";
-  // A micro-batch that does not divide the configured one is refused.
-  planned.plan = [](const TrainModel&, const TrainConfig&) { return int64_t(3); };
-  EXPECT_THROW(run_training(tiny(base + "_c", Rule::Momentum, 2), planned), Error);
-}
-
 TEST(TrainRun, KilledDuringACheckpointWriteLeavesThePreviousOneLoadable) {
   // A checkpoint at step 5; then a resumed process whose file-size limit kills it (SIGXFSZ) in
   // the middle of writing the step-10 checkpoint. The step-5 checkpoint must still load, and

@@ -41,8 +41,10 @@ struct Args {
 };
 
 // --device cuda: the CUDA engine with the GPU options, sized by the memory planner
-// (train/memory_plan.h) once the model is loaded: it may split the micro-batch (more
-// accumulation, the same steps) and recomputes as few layers as the budget allows.
+// (train/memory_plan.h) once the model is loaded: it recomputes as few layers as the budget allows
+// at the configured micro-batch, or refuses the run naming the smallest budget. It does not split
+// the micro-batch: votes are cast once per micro-batch backward (each cast normalized by its own
+// second moments), so more accumulation would change the vote rule's step, not only the memory.
 void set_engine(const Args& a, train::TrainRunOptions& o) {
   if (a.device != "cuda") {
     PRIMAL_CHECK(!a.fast && !a.recompute && a.head_chunk == 0 && a.memory.empty(),
@@ -61,14 +63,20 @@ void set_engine(const Args& a, train::TrainRunOptions& o) {
     train::PlanRequest r = train::plan_request(m, c, g->fast ? 2 : 4, train::cuda_head_chunk(*g));
     r.budget = budget > 0 ? budget : int64_t(cuda::memory_info().first);
     r.recompute = recompute ? 1 : -1;
+    r.micro_batch = r.batch;            // --batch as configured (see above)
     r.trainable_layers = m.hp.n_layer;  // the schedule may train every layer
-    const train::MemoryPlan p = train::choose_plan(r);
+    train::MemoryPlan p;
+    try {
+      p = train::choose_plan(r);
+    } catch (const Error& e) {
+      fail("{} (--device cuda trains --batch {} sequences at once: a smaller --batch with a larger --accum needs less)",
+           e.what(), r.batch);
+    }
     if (!quiet)
       std::fprintf(stderr, "%s%s\n", p.describe(r).c_str(),
                    budget > 0 ? "" : "\n  (budget: the device memory free at the start; --memory sets one)");
     g->recompute = p.recompute;
     g->kept_layers = p.kept_layers;
-    return p.micro_batch;
   };
   o.engine = [g](const train::EngineContext& ctx) { return train::make_cuda_engine(ctx, *g); };
 #else
@@ -198,8 +206,8 @@ void register_train(CLI::App& app) {
       ->group(g_dev);
   cmd->add_flag("--fast", a->fast, "cuda: GEMMs on bf16 tensor cores (default: fp32, the CPU's results)")->group(g_dev);
   cmd->add_option("--memory", a->memory,
-                  "cuda: device-memory budget, e.g. 8GiB; the planner picks the micro-batch (splitting --batch) and "
-                  "how many layers to recompute, or names the smallest budget that fits (default: what is free)")
+                  "cuda: device-memory budget, e.g. 8GiB; the planner picks how many layers to recompute, or names "
+                  "the smallest budget that fits --batch (default: what is free)")
       ->group(g_dev);
   cmd->add_flag("--recompute", a->recompute, "cuda: recompute every layer's activations in the backward (least memory)")
       ->group(g_dev);

@@ -278,10 +278,10 @@ MemoryPlan choose_plan(const PlanRequest& r) {
       }
     if (found) return best;
   }
-  fail("the training state does not fit in {}: the smallest plan{} needs {} (micro-batch 1, recomputation on, "
-       "the fewest trainable layers allowed); give --memory at least that, or a smaller --seq",
-       format_bytes(r.budget), r.trainable_layers || r.micro_batch || r.recompute >= 0 ? " with your fixed choices" : "",
-       format_bytes(smallest));
+  fail("the training state does not fit in {}: the smallest plan needs {} (micro-batch {}{}, recomputation {}, {} "
+       "trainable layers); give --memory at least that, or a smaller --seq",
+       format_bytes(r.budget), format_bytes(smallest), r.micro_batch ? r.micro_batch : 1,
+       r.micro_batch ? " as fixed" : "", r.recompute == 0 ? "off as fixed" : "on", k_lo);
 }
 
 std::string MemoryPlan::describe(const PlanRequest& r) const {

@@ -169,18 +169,7 @@ TrainSummary run_training(const TrainConfig& cfg_in, const TrainRunOptions& o) {
   const int64_t P = m.n_physical();
   if (!o.resume) cfg.sched.apply_preset(cfg.preset, P);
   cfg.sched.validate();
-  if (o.plan) {
-    const int64_t mb = o.plan(m, cfg), B = cfg.sched.batch;
-    PRIMAL_CHECK(mb > 0 && B % mb == 0, "the memory plan's micro-batch {} does not divide --batch {}", mb, B);
-    if (mb < B) {
-      const int64_t k = B / mb;
-      cfg.sched.batch = mb;
-      cfg.sched.accum *= k;
-      if (cfg.sched.seal_accum > 0) cfg.sched.seal_accum *= k;  // (0: 2 x accum, which follows)
-      log(fmt::format("the memory plan splits each micro-batch of {} sequences into {} of {} (accumulation {})", B, k,
-                      mb, cfg.sched.accum));
-    }
-  }
+  if (o.plan) o.plan(m, cfg);
   if (cfg.embd_trainable() && m.tok_embd.is_lut())
     log("LUT token embeddings: their scales train (AdamW), their indices stay as they are");
 

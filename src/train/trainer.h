@@ -28,11 +28,9 @@ struct TrainRunOptions {
   // The engine that runs the steps (null: the CPU engine); the CLI passes the CUDA one.
   std::function<std::unique_ptr<StepEngine>(const EngineContext&)> engine;
   // Called once the model is loaded and the schedule is final, before the engine is made: the
-  // device's memory plan for them (the CLI's CUDA planner), returning the micro-batch to run
-  // (sequences; it must divide cfg.sched.batch). A smaller one splits every micro-batch of the
-  // schedule, the accumulation growing by the same factor: the same sequences make each step.
-  // Null: the configured micro-batch.
-  std::function<int64_t(const TrainModel&, const TrainConfig&)> plan;
+  // device's memory plan for them (the CLI's CUDA planner: it sizes the engine, or refuses a run
+  // that cannot fit). Null: none.
+  std::function<void(const TrainModel&, const TrainConfig&)> plan;
 };
 
 struct TrainSummary {
