@@ -28,6 +28,10 @@
 //                the CUDA context, cuBLAS and the loaded kernels take (a measured constant).
 // Layers below the lowest trainable one run forward only: they keep no activations. (The engine
 // allocates the residual stream of every layer.)
+// A smaller micro-batch (more accumulation) keeps the tokens of a step but not the vote rule's step:
+// votes are cast once per micro-batch backward, normalized by that backward's second moments. So
+// `primal train` fixes the micro-batch to its --batch and lets the planner choose the rest;
+// `bench-train` (throughput only) lets it choose the micro-batch too.
 #pragma once
 #include <cstdint>
 #include <string>
