@@ -107,8 +107,11 @@ constexpr size_t forward_smem() {
   return size_t((16 * W + 4 * kKeys) * (D + 8)) * 2;
 }
 
+// With W = 8 two blocks share a multiprocessor (16 warps, where one block of 178 registers a thread
+// left 8): at most 128 registers, so the warp's Q fragments are read from shared memory for every key
+// tile instead of being held (the same values, the same bits).
 template <int D, int W, class Out>
-__global__ void __launch_bounds__(32 * W) flash_forward_mma_kernel(const bf16* __restrict__ q,
+__global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) flash_forward_mma_kernel(const bf16* __restrict__ q,
                                                                   const bf16* __restrict__ k,
                                                                   const bf16* __restrict__ v, Out* out, float* lse,
                                                                   int T, int NH, int KVH, float scale_log2) {
@@ -132,7 +135,8 @@ __global__ void __launch_bounds__(32 * W) flash_forward_mma_kernel(const bf16* _
   load_tile<D, kKeys, THREADS>(Vs, vb, kstride, 0, T);
   cp_async_commit();
 
-  uint32_t qa[D / 16][4];  // the warp's 16 query rows as A fragments
+  constexpr bool kHoldQ = W != 8;
+  uint32_t qa[kHoldQ ? D / 16 : 1][4];  // the warp's 16 query rows as A fragments (held: kHoldQ)
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -143,9 +147,9 @@ __global__ void __launch_bounds__(32 * W) flash_forward_mma_kernel(const bf16* _
     kv_pipeline_step<D, THREADS>(Ks, Vs, kb, vb, kstride, j, last, T);
     const bf16* Kc = Ks + (j & 1) * TE;
     const bf16* Vc = Vs + (j & 1) * TE;
-    if (j == 0) {
+    if (kHoldQ && j == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a(qa[kk], Qs, P, 16 * warp, 16 * kk, lane);
+      for (int kk = 0; kk < D / 16; ++kk) load_a(qa[kHoldQ ? kk : 0], Qs, P, 16 * warp, 16 * kk, lane);
     }
 
     // S = Q K^T: 16 queries x 64 keys per warp, 8 tiles of 8 keys.
@@ -153,14 +157,17 @@ __global__ void __launch_bounds__(32 * W) flash_forward_mma_kernel(const bf16* _
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
+    for (int kk = 0; kk < D / 16; ++kk) {
+      if (!kHoldQ) load_a(qa[0], Qs, P, 16 * warp, 16 * kk, lane);
+      const uint32_t* qf = qa[kHoldQ ? kk : 0];
 #pragma unroll
       for (int n = 0; n < kKeys / 8; n += 2) {
         uint32_t kb4[4];
         load_b_nk(kb4, Kc, P, 8 * n, 16 * kk, lane);
-        mma_bf16(s[n], qa[kk], kb4[0], kb4[1]);
-        mma_bf16(s[n + 1], qa[kk], kb4[2], kb4[3]);
+        mma_bf16(s[n], qf, kb4[0], kb4[1]);
+        mma_bf16(s[n + 1], qf, kb4[2], kb4[3]);
       }
+    }
     // Scale to base 2, mask (causal and the end of the sequence), the tile's row maxima.
     float mx0 = -INFINITY, mx1 = -INFINITY;
     const bool diag = k0 + kKeys - 1 > q0 || k0 + kKeys > T;  // a key past the block's first row or the end
