@@ -200,7 +200,8 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
     c.add("workspace", "vote cast column sums", cuda::cast_workspace_bytes(I_max, part_floats));
     c.add("workspace", "weight gradients of the casts beside the GEMMs", cuda::cast_aside_bytes(mat_max));
   }
-  c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 4);
+  if (b16) c.add("workspace", "CUDA graph's cast scalars", cuda::graph_cast_bytes());
+  c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 8);
   if (b16) c.add("workspace", "norm gradient slabs", (N + 255) / 256 * C * 8);  // train_ops.h rmsnorm_backward
   c.add("workspace", "RoPE cos/sin table", r.seq * (hp.rope_dim > 0 ? hp.rope_dim : hp.head_dim) * 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);

@@ -309,6 +309,45 @@ TEST(GpuTrainerFast, OverlapsAndQueuedFoldsGiveTheSameBits) {
   EXPECT_EQ(d.param_rel, 0.0);
 }
 
+// The bf16 micro-batch as a CUDA graph (captured on the first call, replayed with the casts' new
+// scalars: learning rate, bias correction, rounding keys) computes what the eager calls compute:
+// PRIMAL_GRAPH=0 against the default over four steps of two micro-batches (one capture, seven
+// replays), LUT embeddings (their scale gradient's grouped positions change with every batch) and
+// q/k/v biases included; the capture must not have fallen back to eager calls (its warning).
+TEST(GpuTrainerFast, GraphGivesTheSameBits) {
+  REQUIRE_GPU();
+  const Case c{"graph", true, false, true, tr::Rule::Momentum};
+  const int64_t B = 2, T = 64;
+  const tr::TrainModel m0 = make_model(c);
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions fast;
+  fast.fast = true;
+  ::setenv("PRIMAL_GRAPH", "0", 1);
+  auto a = make_side(m0, cfg, true, fast, B, T);
+  ::unsetenv("PRIMAL_GRAPH");
+  auto b = make_side(m0, cfg, true, fast, B, T);
+  const auto p0 = snapshot(*a);
+  int64_t flips = 0;
+  ::testing::internal::CaptureStderr();
+  for (int64_t k = 0; k < 4; ++k) {
+    std::vector<std::vector<int32_t>> in, tg;
+    batches(m0.hp.n_vocab, B, T, uint32_t(60 + k), in, tg);
+    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T);
+    EXPECT_EQ(ra.loss, rb.loss) << "step " << k;
+    EXPECT_EQ(ra.flips, rb.flips) << "step " << k;
+    EXPECT_EQ(ra.gnorm, rb.gnorm) << "step " << k;
+    flips += ra.flips;
+  }
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err.find("could not be captured"), std::string::npos) << err;
+  EXPECT_GT(flips, 50) << "indices must move, or equal votes say little";
+  const Diff d = compare(*a, *b, p0);  // (brings both to the host: the votes' counters too)
+  EXPECT_EQ(d.idx_diff, 0);
+  EXPECT_EQ(d.param_rel, 0.0);
+  for (size_t k = 0; k < a->votes->states().size(); ++k)
+    EXPECT_EQ(a->votes->states()[k].events, b->votes->states()[k].events) << "vote state " << k;
+}
+
 // A batch larger than the engine was sized for, and a token outside the vocabulary, are refused.
 TEST(GpuTrainerErrors, RefusesOversizedBatchAndBadTokens) {
   REQUIRE_GPU();

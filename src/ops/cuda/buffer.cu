@@ -73,6 +73,44 @@ float Event::ms_since(const Event& start) const {
   return ms;
 }
 
+Graph::~Graph() {
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+}
+Graph& Graph::operator=(Graph&& o) noexcept {
+  if (this != &o) {
+    this->~Graph();
+    graph_ = std::exchange(o.graph_, nullptr);
+    exec_ = std::exchange(o.exec_, nullptr);
+  }
+  return *this;
+}
+void Graph::begin_capture(cudaStream_t s) {
+  PRIMAL_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+}
+bool Graph::end_capture(cudaStream_t s) {
+  cudaGraph_t g = nullptr;
+  const cudaError_t e = cudaStreamEndCapture(s, &g);
+  if (e != cudaSuccess || !g) {
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    return false;
+  }
+  cudaGraphExec_t x = nullptr;
+  if (cudaGraphInstantiate(&x, g, 0) != cudaSuccess) {
+    cudaGraphDestroy(g);
+    cudaGetLastError();
+    return false;
+  }
+  *this = Graph();
+  graph_ = g, exec_ = x;
+  return true;
+}
+void Graph::launch(cudaStream_t s) const {
+  PRIMAL_CHECK(exec_, "Graph::launch: nothing captured");
+  PRIMAL_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), s));
+}
+
 void copy_to_device(void* dst, const void* src, size_t bytes) {
   PRIMAL_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
@@ -91,6 +129,7 @@ void copy_device_async(void* dst, const void* src, size_t bytes, cudaStream_t s)
 void fill_bytes_async(void* dst, int value, size_t bytes, cudaStream_t s) {
   PRIMAL_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, s));
 }
+void record_event(cudaEvent_t e, cudaStream_t s) { PRIMAL_CUDA_CHECK(cudaEventRecord(e, s)); }
 void check_last_error() { PRIMAL_CUDA_CHECK(cudaGetLastError()); }
 
 int sm_count() {

@@ -87,6 +87,29 @@ class Event {
   cudaEvent_t e_ = nullptr;
 };
 
+// A CUDA graph captured from the work issued to a stream (and to the streams that join it by
+// events), and its executable instance. Moves, never copies.
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph();
+  Graph(Graph&& o) noexcept : graph_(std::exchange(o.graph_, nullptr)), exec_(std::exchange(o.exec_, nullptr)) {}
+  Graph& operator=(Graph&& o) noexcept;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  // Starts capturing s (thread-local mode: a call of this thread that cannot be captured fails).
+  static void begin_capture(cudaStream_t s);
+  // Ends the capture of s and instantiates it; false (the error cleared, nothing kept) when the
+  // capture failed or was invalidated.
+  bool end_capture(cudaStream_t s);
+  void launch(cudaStream_t s) const;
+  bool ready() const { return exec_ != nullptr; }
+
+ private:
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+};
+
 // Copies (throw Error on failure). Async ones are ordered on `s`.
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
@@ -94,6 +117,7 @@ void copy_to_device_async(void* dst, const void* src, size_t bytes, cudaStream_t
 void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaStream_t s);
 void copy_device_async(void* dst, const void* src, size_t bytes, cudaStream_t s);
 void fill_bytes_async(void* dst, int value, size_t bytes, cudaStream_t s);
+void record_event(cudaEvent_t e, cudaStream_t s);
 // Throws the pending asynchronous error, if any (after a synchronization point).
 void check_last_error();
 // Multiprocessors of the current device.

@@ -28,6 +28,12 @@ constexpr int64_t cast_workspace_bytes(int64_t I_max, int64_t part_floats) {
   return part * 4 + I_max * 8 + sums * 8 + 16 + kFoldBatchMax * sums * 8 + kFoldBatchMax * 4 + 6 * 16;
 }
 
+// Vote casts a CUDA graph of one micro-batch replays at most (each a 16-byte slot of its scalars,
+// votes.h CastDyn, on the device and page-locked on the host): a cast per trainable matrix, or
+// per chunk of rows where a matrix is cast in several.
+constexpr int64_t kGraphCastSlots = 16384;
+constexpr int64_t graph_cast_bytes() { return kGraphCastSlots * 16; }
+
 // The two bf16 weight-gradient buffers of the casts beside the GEMMs (lut_train.h CastAside), for
 // layer matrices of up to max_values = O * I weights.
 constexpr int64_t cast_aside_bytes(int64_t max_values) { return 2 * max_values * 2; }

@@ -15,7 +15,10 @@ namespace primal::cuda {
 
 // rows: (n_rows) distinct token ids; start: (n_rows + 1) offsets into pos; pos: positions (N)
 // grouped by token, increasing within a token. dx: (N, I); dscale: (O, I / G) accumulated.
+// n_rows_dev (device, optional): the number of distinct tokens read when the kernel runs, n_rows
+// then being an upper bound (a CUDA graph replayed on other tokens).
 void lut_embedding_scale_grad(const LutTrainView& w, const float* dx, const int32_t* rows, const int32_t* start,
-                              const int32_t* pos, int64_t n_rows, float* dscale, cudaStream_t s);
+                              const int32_t* pos, int64_t n_rows, float* dscale, cudaStream_t s,
+                              const int32_t* n_rows_dev = nullptr);
 
 }  // namespace primal::cuda

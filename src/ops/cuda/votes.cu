@@ -668,6 +668,15 @@ DeviceVotes make_device_votes(const LutTrainView& w, const VoteParams& p, int64_
 
 namespace {
 
+// The scalars of a cast on state st under p with the counters (events, events_this_step): the
+// learning rate, the bias correction (on the host: the CPU's pow) and the rounding key prefix.
+void step_scalars(const VoteParams& p, const VoteState& st, int64_t events, int64_t events_this_step, double& lr,
+                  double& bc, uint64_t& prefix) {
+  lr = p.lr * p.sched * p.lr_mult;  // votes.cpp: cfg_.lr * sched_ * gov_.lr_mult
+  bc = 1 - std::pow(p.beta2, double(events + 1));
+  prefix = rng_key_prefix(p.seed, uint64_t(p.step), uint64_t(st.id), kRound << 32 | uint64_t(events_this_step));
+}
+
 // lut_grad_tiles' scalars (CastArgs) of a call on (votes, params), formed with the CPU's expressions.
 CastArgs cast_args(const LutTrainView& w, VoteState* votes, const VoteParams* params) {
   PRIMAL_CHECK(!votes || params, "lut_grad_tiles: votes without their parameters");
@@ -679,13 +688,10 @@ CastArgs cast_args(const LutTrainView& w, VoteState* votes, const VoteParams* pa
     check_state(w, *votes, p, "lut_grad_tiles");
     a.seed_rule = p.rule == VoteRule::Seed;
     a.sm = p.moments();
-    a.lr = p.lr * p.sched * p.lr_mult;  // votes.cpp: cfg_.lr * sched_ * gov_.lr_mult
+    step_scalars(p, *votes, votes->events, votes->events_this_step, a.lr, a.bc, a.prefix);
     a.beta2 = p.beta2;
     a.eps = p.eps;
-    a.bc = 1 - std::pow(p.beta2, double(votes->events + 1));  // on the host: the CPU's pow
     a.sensitivity = p.sensitivity;
-    a.prefix = rng_key_prefix(p.seed, uint64_t(p.step), uint64_t(votes->id),
-                              kRound << 32 | uint64_t(votes->events_this_step));
     a.row_sq = votes->row_sq;
     a.col_norm = votes->col_norm;
   }
@@ -699,6 +705,15 @@ void check_tiles(const LutTrainView& w, const void* dW, int64_t o0, int64_t rows
 }
 
 }  // namespace
+
+CastDyn cast_dyn(const VoteParams& p, const VoteState& st, int64_t events, int64_t events_this_step) {
+  double lr = 0, bc = 0;
+  CastDyn d;
+  step_scalars(p, st, events, events_this_step, lr, bc, d.prefix);
+  d.c0 = float(-lr * double(vk::kUnits8));  // as cast_rows_fast forms FastArgs
+  d.inv_bc = float(1.0 / bc);
+  return d;
+}
 
 bool lut_grad_tiles_bf16_ok(const LutTrainView& w, VoteState* votes, const VoteParams* params) {
   check_lut_view(w, "lut_grad_tiles_bf16_ok");
@@ -722,6 +737,7 @@ void lut_grad_tiles(const LutTrainView& w, const float* dW, int64_t o0, int64_t 
   if (!dscale && !votes) return;
   const CastArgs a = cast_args(w, votes, params);
   if (cast_rows_fast(w, a, votes, params, dW, nullptr, o0, rows, dscale, s)) return;
+  if (cast_recorder() && a.cast) cast_recorder()->unsafe = true;  // these kernels take the scalars as arguments
   const Mat m = mat_of(w);
   const Votes v = votes_of(votes, params);
   if (fast_cast_ok(w, a, params)) {

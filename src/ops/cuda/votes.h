@@ -70,6 +70,8 @@ struct VoteParams {
 // The cast flushes by itself when part or the queue is full, before a call that is not a whole
 // matrix, and before a matrix whose fold is still queued; the caller flushes before anything reads
 // col_sq or col_norm (the end of the backward).
+struct VoteState;
+struct VoteParams;
 struct CastFoldItem {
   const float* part = nullptr;  // (nb, I) the cast's block sums
   int64_t nb = 0, I = 0;
@@ -98,6 +100,34 @@ struct CastWorkspace {
 CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s);
 // Every queued fold of ws in one launch on s (nothing without a queue or with none queued).
 void cast_fold_flush(const CastWorkspace& ws, cudaStream_t s);
+
+// The bf16 cast's scalars that change from one backward call to the next (CastArgs: the
+// learning rate with the step's schedule, the bias correction of the matrix's event count, the
+// rounding key of step and call), in the form the cast kernel reads.
+struct CastDyn {
+  float c0 = 0;        // -lr U
+  float inv_bc = 0;    // 1 / (1 - beta2^(events + 1))
+  uint64_t prefix = 0; // rounding key prefix
+};
+// What a CUDA graph of backward calls needs to replay them with new scalars: while a recorder is
+// installed (set_cast_recorder), every vote cast of the bf16 cast takes its scalars from its own
+// slot of `device` (filled from `host` by the graph's first copy) instead of its launch arguments,
+// and notes the counters it was cast with; a cast that can only take them as launch arguments
+// (another kernel path) sets `unsafe`. cast_dyn forms a slot's values for given counters.
+struct CastRecorder {
+  CastDyn* host = nullptr;    // (capacity) page-locked
+  CastDyn* device = nullptr;  // (capacity)
+  int64_t capacity = 0;
+  struct Slot {
+    VoteState* st;
+    int64_t events, events_this_step;  // the counters the cast ran with
+  };
+  std::vector<Slot> slots;
+  bool unsafe = false;
+};
+void set_cast_recorder(CastRecorder* r);  // null: none (the default)
+CastRecorder* cast_recorder();
+CastDyn cast_dyn(const VoteParams& p, const VoteState& st, int64_t events, int64_t events_this_step);
 
 // PRIMAL_VOTES_V1=1 (read once): the bf16 mode keeps votes.cu's first kernels (the cast from an fp32
 // weight gradient with per-tile column sums, the apply matrix by matrix), for comparisons.

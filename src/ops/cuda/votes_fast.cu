@@ -94,6 +94,7 @@ __device__ __forceinline__ float block_sum_ordered(float x, float* red) {
 
 // The cast's per-launch scalars, in fp32 (the bf16 mode's arithmetic), formed on the host.
 struct FastArgs {
+  const CastDyn* dyn;  // non-null (a CUDA graph's cast): c0, inv_bc and a.prefix read from there
   float c0;        // -lr U
   float eps, lim;  // eps; the clamp of x, 2 vmax
   float b2, c1;    // beta2; (1 - beta2) / I: row_sq = b2 row_sq + c1 sum g^2
@@ -122,6 +123,8 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
   const int T = int(blockDim.x), tid = int(threadIdx.x), I = int(m.I), chunks = I >> 3, K = int(m.K);
   const int per = int(m.G) >> 3, lshift = __ffs(per) - 1;  // chunks per scale group (a power of two)
   const bool sm_cast = a.cast && a.sm;
+  const float c0 = f.dyn ? f.dyn->c0 : f.c0, inv_bc = f.dyn ? f.dyn->inv_bc : f.inv_bc;
+  const uint64_t prefix = f.dyn ? f.dyn->prefix : a.prefix;
   // A thread's columns are the same in every row: with one chunk a thread (kRegs) their column sums
   // and sqrt(col_norm) live in its registers (no shared-memory set-up before the first row, no
   // barrier); with more, in shared memory.
@@ -152,7 +155,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
   if (sm_cast && !kRegs)
     for (int i = tid; i < I; i += T) scn[i] = sqrtf(a.col_norm[i]);
   __syncthreads();
-  const bool cast = a.cast && f.c0 != 0.0f;
+  const bool cast = a.cast && c0 != 0.0f;
 
   int parity = 0;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x, parity ^= 1) {
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
     uint2* vrow = reinterpret_cast<uint2*>(votes + o * I);
     const float old = sm_cast ? a.row_sq[o] : 0.0f;
     if (tid == 0 && cast) {
-      const CounterRng rng = CounterRng::from_prefix(a.prefix, uint64_t(o));
+      const CounterRng rng = CounterRng::from_prefix(prefix, uint64_t(o));
       key_sh[parity] = uint32_t(rng.s0) ^ uint32_t(rng.s0 >> 32);
     }
     float g[CPT][8], s[CPT], sq = 0.0f;
@@ -212,7 +215,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
     if (a.sm) {
       const float rs = f.b2 * old + f.c1 * block_sum_ordered(sq, red);
       if (tid == 0) a.row_sq[o] = rs;
-      sqs = sqrtf(rs * f.inv_bc);
+      sqs = sqrtf(rs * inv_bc);
     } else {
       __syncthreads();  // the key
     }
@@ -222,7 +225,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
     for (int k = 0; k < CPT; ++k) {
       const int c = tid + k * T;
       if (c >= chunks || s[k] == 0.0f) continue;
-      const float cs = f.c0 / s[k];
+      const float cs = c0 / s[k];
       const bool s_pos = s[k] > 0;
       int8_t* v = reinterpret_cast<int8_t*>(&vw[k]);
       // The stochastic rounding as floor(x + u), u uniform in [0, 1): floor(x) + 1 with probability
@@ -505,6 +508,12 @@ void cast_fold_flush(const CastWorkspace& ws, cudaStream_t s) {
   ws.queue->used = 0;
 }
 
+namespace {
+CastRecorder* g_recorder = nullptr;
+}  // namespace
+void set_cast_recorder(CastRecorder* r) { g_recorder = r; }
+CastRecorder* cast_recorder() { return g_recorder; }
+
 bool cast_rows_fast_ok(const LutTrainView& w, const CastArgs& a, const VoteState* st, const VoteParams* p) {
   if (votes_v1() || !a.fast || !cast_fast_serves(w.I, w.G, w.bits())) return false;
   if (a.cast && (a.seed_rule || p->vote_bits != 8)) return false;
@@ -542,6 +551,13 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   f.c1 = float((1.0 - a.beta2) / double(w.I));
   f.inv_bc = float(1.0 / a.bc);
   f.inv_o = 1.0f / float(w.O);
+  if (CastRecorder* r = cast_recorder(); r && a.cast) {  // a graph's cast: the scalars from a slot
+    const int64_t k = int64_t(r->slots.size());
+    PRIMAL_CHECK(k < r->capacity, "cast recorder: more than {} casts in one graph", r->capacity);
+    r->slots.push_back({st, st->events, st->events_this_step});
+    r->host[k].c0 = f.c0, r->host[k].inv_bc = f.inv_bc, r->host[k].prefix = a.prefix;
+    f.dyn = r->device + k;
+  }
   int64_t nb = 0;
 #define PRIMAL_CAST(B_, CPT_)                                                                                    \
   if (dWb) launch_cast<uint16_t, B_, CPT_>(m, votes, a, f, dWb, o0, rows, dscale, part, threads, smem, &nb, s); \

@@ -124,6 +124,13 @@ class CudaEngine final : public StepEngine {
     return acts_[size_t(l >= first ? l - first : kept_)];
   }
   void forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out);
+  void enqueue(const TrainMask& mask, int64_t B, int64_t T, double loss_scale, bool train);
+  void run_graph(const TrainMask& mask, int64_t B, int64_t T, double loss_scale);
+  void group_positions(const int32_t* inputs, int64_t N);
+  // The LUT embedding's scale gradient (its positions grouped on the host) is part of the backward.
+  bool embd_scale_grad(const TrainMask& mask) const {
+    return mask.embd && mask.scales && embd_->lut() && embd_->dscale;
+  }
   void lin_fwd(const DevMat& W, cu::Operand inp, int64_t n, const float* bias, float* out);
   void lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Operand inp, int64_t n, DevMat& W, bool trainable,
                bool scales, float* dbias);
@@ -202,7 +209,7 @@ class CudaEngine final : public StepEngine {
   double* nll_ = nullptr;                     // (maxN)
   double* dw_slabs_ = nullptr;                // (ceil(maxN / 256), C) the norms' weight-gradient slabs, or null
   int32_t *tokens_ = nullptr, *targets_ = nullptr, *flag_ = nullptr;  // (maxN), (maxN), (1)
-  int32_t* csr_ = nullptr;                    // (3 maxN + 1) LUT-embedding positions by token
+  int32_t* csr_ = nullptr;                    // (3 maxN + 2) LUT-embedding positions by token (group_positions)
   double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares_batch scratch
   void* batch_desc_ = nullptr;                    // descriptors of the batched AdamW kernels
   void* apply_desc_ = nullptr;                    // descriptors of the batched vote apply
@@ -223,6 +230,32 @@ class CudaEngine final : public StepEngine {
   // event. (The batch arrives with the call, the loader having prefetched it on its thread, so
   // the upload cannot overlap this step's compute: 64 KB, ~10 us.)
   cu::PinnedBuffer staging_;   // (2 maxN) int32: inputs, then targets
+  cu::PinnedBuffer csr_host_;  // (3 maxN + 2) int32: group_positions' layout of csr_
+  int32_t csr_rows_ = 0;       // distinct tokens of the batch grouped last
+  cu::Event copy_fork_{false};
+  // The bf16 training micro-batch as a CUDA graph (run_graph; PRIMAL_GRAPH=0: off): per
+  // configuration (batch shape, loss scale, mask) the graph, the casts' slots (their counters
+  // relative to the call's start) and what a call adds to each vote state's counters.
+  struct GraphSlot {
+    cu::VoteState* st;
+    int64_t events, events_this_step;
+  };
+  struct GraphDelta {
+    cu::VoteState* st;
+    int64_t events, events_this_step;
+    bool folded;
+  };
+  struct GraphEntry {
+    cu::Graph graph;
+    std::vector<GraphSlot> slots;
+    std::vector<GraphDelta> deltas;
+    int turn = 0;  // aside_.turn after a call
+  };
+  std::map<std::string, GraphEntry> graphs_;
+  bool graphs_on_ = false, capturing_ = false;
+  cu::PinnedBuffer dyn_host_;          // (dyn_cap_) cu::CastDyn: the slots' scalars
+  cu::CastDyn* dyn_dev_ = nullptr;     // (dyn_cap_)
+  int64_t dyn_cap_ = 0;
   cu::PinnedBuffer nll_host_;  // (maxN) fp64
   cu::Stream copy_stream_;
   cu::Event tokens_ready_;
@@ -484,9 +517,17 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   // the single pass whose order the CPU-equality tests hold.
   if (bf16_) dw_slabs_ = arena_.of<double>(size_t(cu::rmsnorm_dw_scratch_doubles(N, C)));
   staging_ = cu::PinnedBuffer(size_t(2 * N) * sizeof(int32_t));
+  csr_host_ = cu::PinnedBuffer(size_t(3 * N + 2) * sizeof(int32_t));
+  if (bf16_) {
+    const char* e = std::getenv("PRIMAL_GRAPH");
+    graphs_on_ = !(e && *e == '0');
+    dyn_cap_ = cu::kGraphCastSlots;
+    dyn_host_ = cu::PinnedBuffer(size_t(dyn_cap_) * sizeof(cu::CastDyn));
+    dyn_dev_ = arena_.of<cu::CastDyn>(size_t(dyn_cap_));
+  }
   nll_host_ = cu::PinnedBuffer(size_t(N) * sizeof(double));
   tokens_ = arena_.of<int32_t>(size_t(N)), targets_ = arena_.of<int32_t>(size_t(N)), flag_ = arena_.of<int32_t>(1);
-  csr_ = arena_.of<int32_t>(size_t(3 * N + 1));
+  csr_ = arena_.of<int32_t>(size_t(3 * N + 2));
   stream_.sync();
   note_memory();
   if (o_.verbose) {
@@ -675,8 +716,7 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
 LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* inputs, const int32_t* targets, int64_t B,
                                      int64_t T, double loss_scale, bool train) {
   TrainModel& m = *c_.model;
-  const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim;
-  const int64_t FF = hp_.n_ff, V = hp_.n_vocab, N = B * T, L = hp_.n_layer;
+  const int64_t V = hp_.n_vocab, N = B * T;
   PRIMAL_CHECK(B > 0 && T > 0, "forward: empty batch ({} x {})", B, T);
   PRIMAL_CHECK(N <= maxN_, "forward: {} x {} tokens exceed the {} the CUDA engine was sized for", B, T, maxN_);
   PRIMAL_CHECK(!train || int64_t(mask.layer.size()) == m.n_physical(), "forward: mask of {} layers for {}",
@@ -688,15 +728,133 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
     PRIMAL_CHECK(targets[t] < V, "target {} at position {} is outside the vocabulary (0..{})", targets[t], t, V - 1);
     loss.count += targets[t] >= 0;
   }
-  mark(nullptr);
-  // (The staging buffer is free: the previous call ended with a synchronization.)
+  // The batch into the page-locked buffers the micro-batch's copies read (free: the previous call
+  // ended with a synchronization), and the LUT embedding's positions grouped by token.
   int32_t* staged = staging_.as<int32_t>();
   std::memcpy(staged, inputs, size_t(N) * 4);
   std::memcpy(staged + N, targets, size_t(N) * 4);
+  if (train && embd_scale_grad(mask)) group_positions(inputs, N);
+  if (train && bf16_ && graphs_on_ && !prof_) run_graph(mask, B, T, loss_scale);
+  else enqueue(mask, B, T, loss_scale, train);
+  stream_.sync();
+  flush_profile();
+  for (int64_t t = 0; t < N; ++t) loss.nll += nll_host_.as<double>()[t];
+  note_memory();
+  return loss;
+}
+
+// Positions grouped by token, increasing within a token (the CPU's order per scale), into the
+// page-locked csr_host_ at fixed offsets: rows (maxN), start (maxN + 1), order (maxN), the count.
+void CudaEngine::group_positions(const int32_t* inputs, int64_t N) {
+  std::vector<int32_t> order(static_cast<size_t>(N));
+  for (int64_t t = 0; t < N; ++t) order[size_t(t)] = int32_t(t);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return inputs[a] < inputs[b]; });
+  int32_t* rows = csr_host_.as<int32_t>();
+  int32_t* start = rows + maxN_;
+  int32_t R = 0;
+  for (int64_t k = 0; k < N; ++k) {
+    const int32_t tok = inputs[order[size_t(k)]];
+    if (R == 0 || rows[R - 1] != tok) rows[R] = tok, start[R] = int32_t(k), ++R;
+  }
+  start[R] = int32_t(N);
+  std::memcpy(start + maxN_ + 1, order.data(), size_t(N) * 4);
+  start[2 * maxN_ + 1] = R;
+  csr_rows_ = R;
+}
+
+// The training micro-batch as a CUDA graph: captured on a configuration's first call (the host
+// state the calls advance, the votes' counters, advancing as an eager call would), replayed after
+// with the casts' scalars of the current counters written to the slots the capture recorded.
+// A capture that fails (a call that cannot be captured, a cast whose scalars are launch arguments)
+// is dropped, the state restored, and the engine runs eagerly from then on.
+void CudaEngine::run_graph(const TrainMask& mask, int64_t B, int64_t T, double loss_scale) {
+  std::string key = std::to_string(B) + "," + std::to_string(T) + "," + std::to_string(loss_scale) + ",";
+  for (bool b : mask.layer) key += b ? '1' : '0';
+  key += std::string(",") + char('0' + mask.embd) + char('0' + mask.head) + char('0' + mask.out_norm) +
+         char('0' + mask.scales);
+  auto* dyn = dyn_host_.as<cu::CastDyn>();
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) {
+    GraphEntry& e = it->second;
+    for (size_t k = 0; k < e.slots.size(); ++k) {
+      const GraphSlot& sl = e.slots[k];
+      dyn[k] = cu::cast_dyn(vp_, *sl.st, sl.st->events + sl.events, sl.st->events_this_step + sl.events_this_step);
+    }
+    for (const GraphDelta& d : e.deltas) {
+      d.st->events += d.events, d.st->events_this_step += d.events_this_step;
+      d.st->folded = d.folded;
+    }
+    aside_.turn = e.turn;
+    e.graph.launch(s_);
+    return;
+  }
+  // Capture. Every vote state's counters before, to restore on failure and to key the slots.
+  std::vector<cu::VoteState*> states;
+  for (auto& [mt, d] : mats_)
+    if (d->votes) states.push_back(&d->votes->state);
+  std::vector<GraphDelta> before;
+  for (cu::VoteState* st : states) before.push_back({st, st->events, st->events_this_step, st->folded});
+  const int turn0 = aside_.turn;
+  cu::CastRecorder rec;
+  rec.host = dyn, rec.device = dyn_dev_, rec.capacity = dyn_cap_;
+  cu::Graph g;
+  bool ok = false;
+  cu::set_cast_recorder(&rec);
+  capturing_ = true;
+  try {
+    cu::Graph::begin_capture(s_);
+    cu::copy_to_device_async(dyn_dev_, dyn, size_t(dyn_cap_) * sizeof(cu::CastDyn), s_);  // the slots' scalars
+    enqueue(mask, B, T, loss_scale, true);
+    ok = g.end_capture(s_) && !rec.unsafe;
+  } catch (const Error&) {
+    g.end_capture(s_);  // (discarded)
+  }
+  capturing_ = false;
+  cu::set_cast_recorder(nullptr);
+  if (!ok) {
+    for (const GraphDelta& b : before) {
+      b.st->events = b.events, b.st->events_this_step = b.events_this_step;
+      b.st->folded = b.folded;
+    }
+    aside_.turn = turn0;
+    fold_queue_.items.clear(), fold_queue_.used = 0;
+    pending_add_ = nullptr;
+    graphs_on_ = false;
+    std::fprintf(stderr, "cuda engine: the step could not be captured as a CUDA graph; running it eagerly\n");
+    enqueue(mask, B, T, loss_scale, true);
+    return;
+  }
+  GraphEntry e;
+  std::unordered_map<const cu::VoteState*, const GraphDelta*> start;
+  for (const GraphDelta& b : before) start[b.st] = &b;
+  for (const cu::CastRecorder::Slot& sl : rec.slots) {
+    const GraphDelta& b = *start.at(sl.st);
+    e.slots.push_back({sl.st, sl.events - b.events, sl.events_this_step - b.events_this_step});
+  }
+  for (const GraphDelta& b : before)
+    e.deltas.push_back({b.st, b.st->events - b.events, b.st->events_this_step - b.events_this_step, b.st->folded});
+  e.turn = aside_.turn;
+  e.graph = std::move(g);
+  e.graph.launch(s_);  // the host state has advanced as this call's; the slots hold its scalars
+  graphs_.emplace(key, std::move(e));
+}
+
+// One micro-batch's forward (and with train its backward) queued on the streams: the batch from
+// the page-locked buffers (forward_backward), nothing read back but the losses' copy.
+void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double loss_scale, bool train) {
+  TrainModel& m = *c_.model;
+  const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim;
+  const int64_t FF = hp_.n_ff, V = hp_.n_vocab, N = B * T, L = hp_.n_layer;
+  mark(nullptr);
+  const int32_t* staged = staging_.as<int32_t>();
+  copy_fork_.record(s_);  // the copy stream joins the compute stream's order (and a capture of it)
+  copy_fork_.wait_in(copy_stream_.get());
   cu::copy_to_device_async(tokens_, staged, size_t(N) * 4, copy_stream_.get());
   cu::copy_to_device_async(targets_, staged + N, size_t(N) * 4, copy_stream_.get());
   tokens_ready_.record(copy_stream_.get());
   tokens_ready_.wait_in(s_);
+  if (train && aside_on_)  // both dW buffers free (a capture's waits then name its own records)
+    for (cudaEvent_t e : aside_.dw_free) cu::record_event(e, s_);
 
   // Forward (forward_layers).
   if (embd_->lut()) cu::lut_embedding_rows(res(0), tokens_, N, embd_->view, s_);
@@ -744,8 +902,8 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
   if (train) {
     // The lowest logical layer the gradient must reach (forward_backward.cpp).
     const bool embd_grad = mask.embd && !embd_->lut() && embd_->dW;
-    const bool embd_scale_grad = mask.embd && mask.scales && embd_->lut() && embd_->dscale;
-    const int64_t lowest = lowest_backward_layer(m, mask, embd_grad || embd_scale_grad);
+    const bool embd_sg = embd_scale_grad(mask);
+    const int64_t lowest = lowest_backward_layer(m, mask, embd_grad || embd_sg);
     PRIMAL_CHECK(o_.recompute || lowest >= L - kept_,
                  "cuda engine: the backward must reach layer {}, but activations are kept for the top {} layers only",
                  lowest, kept_);
@@ -823,35 +981,17 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
       cast_join_.wait_in(s_);
     }
     if (embd_grad) cu::embedding_backward(embd_->dW, dx_, tokens_, N, V, C, s_);
-    if (embd_scale_grad) {
-      // Positions grouped by token, increasing within a token (the CPU's order per scale).
-      std::vector<int32_t> order(static_cast<size_t>(N));
-      for (int64_t t = 0; t < N; ++t) order[size_t(t)] = int32_t(t);
-      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return inputs[a] < inputs[b]; });
-      std::vector<int32_t> rows, start, csr;
-      for (int64_t k = 0; k < N; ++k) {
-        const int32_t tok = inputs[order[size_t(k)]];
-        if (rows.empty() || rows.back() != tok) rows.push_back(tok), start.push_back(int32_t(k));
-      }
-      start.push_back(int32_t(N));
-      csr.reserve(size_t(3 * N + 1));
-      csr.insert(csr.end(), rows.begin(), rows.end());
-      csr.insert(csr.end(), start.begin(), start.end());
-      csr.insert(csr.end(), order.begin(), order.end());
-      cu::copy_to_device_async(csr_, csr.data(), csr.size() * 4, s_);
-      const int64_t R = int64_t(rows.size());
-      cu::lut_embedding_scale_grad(embd_->view, dx_, csr_, csr_ + R, csr_ + 2 * R + 1, R, embd_->dscale, s_);
-      stream_.sync();  // csr is a host temporary
+    if (embd_sg) {  // (positions grouped on the host: group_positions)
+      const size_t n = size_t(3 * maxN_ + 2) * 4;
+      cu::copy_to_device_async(csr_, csr_host_.data(), n, s_);
+      // A graph's grid covers any batch (N blocks), the count read on the device.
+      cu::lut_embedding_scale_grad(embd_->view, dx_, csr_, csr_ + maxN_, csr_ + 2 * maxN_ + 1, capturing_ ? N : csr_rows_,
+                                   embd_->dscale, s_, csr_ + 3 * maxN_ + 1);
     }
     mark("embedding bwd");
     cu::cast_fold_flush(cast_ws_, s_);  // the queued folds, before anything reads col_sq or col_norm
     mark("votes cast");
   }
-  stream_.sync();
-  flush_profile();
-  for (int64_t t = 0; t < N; ++t) loss.nll += nll_host_.as<double>()[t];
-  note_memory();
-  return loss;
 }
 
 StepStats CudaEngine::apply_votes(const std::function<bool(const Matrix&)>& trainable) {
