@@ -8,7 +8,10 @@
 //    losses match the CPU trainer to GEMM summation order and votes/flips follow the same rules on
 //    nearly the same gradients (test_gpu_trainer_cuda states how close);
 //  - fast: GEMMs on bf16 tensor cores (operands rounded inside cuBLAS, fp32 accumulation and
-//    storage) and a larger head chunk.
+//    storage) and a larger head chunk. A training micro-batch runs as a CUDA graph, captured on
+//    the first call of a batch shape and mask and replayed after, the vote casts' per-call scalars
+//    from a device table (votes.h CastRecorder): the same bits as eager calls, without the launch
+//    gaps (seed-500m: 1.11x). PRIMAL_GRAPH=0 runs every call eagerly.
 // Recomputation keeps only a layer's input (the residual stream) and rebuilds its activations right
 // before its backward (one extra forward of the layer), per layer: the top kept_layers keep theirs,
 // the ones below share one set (the memory planner chooses how many fit).
