@@ -707,12 +707,9 @@ void check_tiles(const LutTrainView& w, const void* dW, int64_t o0, int64_t rows
 }  // namespace
 
 CastDyn cast_dyn(const VoteParams& p, const VoteState& st, int64_t events, int64_t events_this_step) {
-  double lr = 0, bc = 0;
-  CastDyn d;
-  step_scalars(p, st, events, events_this_step, lr, bc, d.prefix);
-  d.c0 = float(-lr * double(vk::kUnits8));  // as cast_rows_fast forms FastArgs
-  d.inv_bc = float(1.0 / bc);
-  return d;
+  CastArgs a{};
+  step_scalars(p, st, events, events_this_step, a.lr, a.bc, a.prefix);
+  return vk::cast_dyn_of(a);
 }
 
 bool lut_grad_tiles_bf16_ok(const LutTrainView& w, VoteState* votes, const VoteParams* params) {

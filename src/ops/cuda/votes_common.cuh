@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "ops/cuda/lut_train.h"
+#include "ops/cuda/votes.h"
 
 namespace primal::cuda::vk {
 
@@ -71,6 +72,16 @@ __device__ __forceinline__ void add_count(unsigned long long local, unsigned lon
 // `word` and returns how many indices moved. The same integer steps as votes.cu's
 // apply_momentum_kernel.
 constexpr int32_t kUnits8 = 64;  // VoteParams::units() of int8 votes
+
+// The bf16 cast's per-call scalars as its kernel reads them, from a cast's CastArgs: the one formula
+// of an eager launch's arguments and of a CUDA graph's slots (votes.h cast_dyn).
+inline CastDyn cast_dyn_of(const CastArgs& a) {
+  CastDyn d;
+  d.c0 = float(-a.lr * double(kUnits8));
+  d.inv_bc = float(1.0 / a.bc);
+  d.prefix = a.prefix;
+  return d;
+}
 
 __device__ __forceinline__ bool any_unit(uint2 word) {
   const int8_t* v = reinterpret_cast<const int8_t*>(&word);

@@ -543,19 +543,20 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   float* part = sm_cast ? st->ws->part + (queued ? queue->used : 0) : nullptr;
   int8_t* votes = a.cast ? st->v8 : nullptr;
   FastArgs f{};
-  f.c0 = float(-a.lr * double(vk::kUnits8));
+  const CastDyn d = vk::cast_dyn_of(a);
+  f.c0 = d.c0;
   f.eps = float(a.eps);
   f.vmax = a.cast ? int(p->vmax()) : 0;
   f.lim = float(2 * f.vmax);
   f.b2 = float(a.beta2);
   f.c1 = float((1.0 - a.beta2) / double(w.I));
-  f.inv_bc = float(1.0 / a.bc);
+  f.inv_bc = d.inv_bc;
   f.inv_o = 1.0f / float(w.O);
   if (CastRecorder* r = cast_recorder(); r && a.cast) {  // a graph's cast: the scalars from a slot
     const int64_t k = int64_t(r->slots.size());
     PRIMAL_CHECK(k < r->capacity, "cast recorder: more than {} casts in one graph", r->capacity);
     r->slots.push_back({st, st->events, st->events_this_step});
-    r->host[k].c0 = f.c0, r->host[k].inv_bc = f.inv_bc, r->host[k].prefix = a.prefix;
+    r->host[k] = d;
     f.dyn = r->device + k;
   }
   int64_t nb = 0;

@@ -768,7 +768,9 @@ void CudaEngine::group_positions(const int32_t* inputs, int64_t N) {
 // A capture that fails (a call that cannot be captured, a cast whose scalars are launch arguments)
 // is dropped, the state restored, and the engine runs eagerly from then on.
 void CudaEngine::run_graph(const TrainMask& mask, int64_t B, int64_t T, double loss_scale) {
-  std::string key = std::to_string(B) + "," + std::to_string(T) + "," + std::to_string(loss_scale) + ",";
+  uint64_t scale_bits = 0;  // the loss scale's exact bits (a graph bakes it into its kernels)
+  std::memcpy(&scale_bits, &loss_scale, sizeof scale_bits);
+  std::string key = std::to_string(B) + "," + std::to_string(T) + "," + std::to_string(scale_bits) + ",";
   for (bool b : mask.layer) key += b ? '1' : '0';
   key += std::string(",") + char('0' + mask.embd) + char('0' + mask.head) + char('0' + mask.out_norm) +
          char('0' + mask.scales);
@@ -789,11 +791,12 @@ void CudaEngine::run_graph(const TrainMask& mask, int64_t B, int64_t T, double l
     return;
   }
   // Capture. Every vote state's counters before, to restore on failure and to key the slots.
-  std::vector<cu::VoteState*> states;
-  for (auto& [mt, d] : mats_)
-    if (d->votes) states.push_back(&d->votes->state);
   std::vector<GraphDelta> before;
-  for (cu::VoteState* st : states) before.push_back({st, st->events, st->events_this_step, st->folded});
+  for (auto& [mt, d] : mats_)
+    if (d->votes) {
+      cu::VoteState& st = d->votes->state;
+      before.push_back({&st, st.events, st.events_this_step, st.folded});
+    }
   const int turn0 = aside_.turn;
   cu::CastRecorder rec;
   rec.host = dyn, rec.device = dyn_dev_, rec.capacity = dyn_cap_;
