@@ -202,7 +202,7 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   }
   if (b16) c.add("workspace", "CUDA graph's cast scalars", cuda::graph_cast_bytes());
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 8);
-  if (b16) c.add("workspace", "norm gradient slabs", (N + 255) / 256 * C * 8);  // train_ops.h rmsnorm_backward
+  if (b16) c.add("workspace", "norm gradient slabs", (N + 15) / 16 * C * 8);  // train_ops.h rmsnorm_dw_scratch_doubles
   c.add("workspace", "RoPE cos/sin table", r.seq * (hp.rope_dim > 0 ? hp.rope_dim : hp.head_dim) * 4);
   c.add("workspace", "cuBLAS workspace", kCublasWorkspace);
   c.add("workspace", "CUDA context, cuBLAS handle and kernels", kDeviceOverhead);

@@ -152,7 +152,7 @@ void expect_within_bounds(const Shape& sh, const Results& got, const Reference& 
 // to nearest even), out bf16; results widened to fp32 (out from its bf16 bits).
 // mode 1: the backward with a workspace on a stream of its own; 2: the same, dq's kernel on a second
 // stream; 3: mode 2 with dv asked as bf16 (dv16 gets it, widened to fp32; r.dv is then what the
-// fp32 dv buffer holds).
+// fp32 dv buffer holds); 4: mode 3 with dv16's rows 8 values wider than a token's (a column block).
 Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, std::vector<float>* dv16 = nullptr) {
   auto b16 = [](const std::vector<float>& v) {
     std::vector<uint16_t> b(v.size());
@@ -170,16 +170,24 @@ Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, std::vecto
     cuda::Stream main, other;
     const size_t nws = cuda::attention_backward_mma_workspace(sh.B, sh.T, sh.NH, sh.HS, true);
     cuda::DeviceBuffer ws(nws * sizeof(float));
-    auto dvb = to_device(std::vector<uint16_t>(nk, 0xFFFF));
+    const int64_t row = sh.KVH * sh.HS, ld16 = mode == 4 ? row + 8 : row, rows = sh.B * sh.T;
+    auto dvb = to_device(std::vector<uint16_t>(size_t(rows * ld16), 0xFFFF));
     cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
                                  out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
                                  lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws,
-                                 mode >= 2 ? other.get() : nullptr, mode == 3 ? dvb.as<uint16_t>() : nullptr);
+                                 mode >= 2 ? other.get() : nullptr, mode >= 3 ? dvb.as<uint16_t>() : nullptr,
+                                 mode == 4 ? ld16 : 0);
     main.sync();
     if (dv16) {
-      const auto h = to_host<uint16_t>(dvb, nk);
+      const auto h = to_host<uint16_t>(dvb, size_t(rows * ld16));
       dv16->assign(nk, 0.0f);
-      for (size_t i = 0; i < nk; ++i) (*dv16)[i] = h[i] == 0xFFFF ? NAN : bf16_to_f32(h[i]);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < row; ++c) {
+          const uint16_t x = h[size_t(r * ld16 + c)];
+          (*dv16)[size_t(r * row + c)] = x == 0xFFFF ? NAN : bf16_to_f32(x);
+        }
+        for (int64_t c = row; c < ld16; ++c) EXPECT_EQ(h[size_t(r * ld16 + c)], 0xFFFF) << "dv16 padding written";
+      }
     }  // (the function made main wait for other)
   } else {
     cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
@@ -395,15 +403,19 @@ TEST(GpuAttentionMma, SideStreamGivesTheSameBits) {
     expect_same_bits(run_mma_bf16(sh, in, 2), one);
     // dv asked as bf16: the fp32 values rounded once (KVH == NH); with GQA the fp32 dv as before and
     // the bf16 buffer untouched.
-    std::vector<float> dv16;
-    const Results three = run_mma_bf16(sh, in, 3, &dv16);
-    EXPECT_TRUE(same_bits(three.dq, one.dq) && same_bits(three.dk, one.dk)) << "dq, dk";
-    if (sh.NH == sh.KVH) {
-      for (size_t i = 0; i < dv16.size(); ++i)
-        ASSERT_EQ(f32_to_bf16(dv16[i]), f32_to_bf16(one.dv[i])) << "dv " << i;
-    } else {
-      EXPECT_TRUE(same_bits(three.dv, one.dv)) << "dv (GQA)";
-      for (float x : dv16) ASSERT_TRUE(std::isnan(x)) << "the bf16 dv buffer was written under GQA";
+    // Mode 4: the same into rows 8 values wider (dv as a column block of dq | dk | dv).
+    for (const int mode : {3, 4}) {
+      SCOPED_TRACE(mode);
+      std::vector<float> dv16;
+      const Results three = run_mma_bf16(sh, in, mode, &dv16);
+      EXPECT_TRUE(same_bits(three.dq, one.dq) && same_bits(three.dk, one.dk)) << "dq, dk";
+      if (sh.NH == sh.KVH) {
+        for (size_t i = 0; i < dv16.size(); ++i)
+          ASSERT_EQ(f32_to_bf16(dv16[i]), f32_to_bf16(one.dv[i])) << "dv " << i;
+      } else {
+        EXPECT_TRUE(same_bits(three.dv, one.dv)) << "dv (GQA)";
+        for (float x : dv16) ASSERT_TRUE(std::isnan(x)) << "the bf16 dv buffer was written under GQA";
+      }
     }
   }
 }

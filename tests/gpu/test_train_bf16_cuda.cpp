@@ -100,34 +100,42 @@ TEST(GpuTrainBf16, RmsNormBackwardBf16CopyIsTheFp32OneRounded) {
   }
 }
 
-// SwiGLU forward / backward from bf16 gate and up = the fp32 kernels on those values, rounded.
+// SwiGLU forward / backward from bf16 gate and up = the fp32 kernels on those values, rounded:
+// at a length of 8k (the 16-byte kernels) and one that is not (the scalar ones).
 TEST(GpuTrainBf16, SwigluIsTheFp32OneRounded) {
   REQUIRE_GPU();
-  const size_t n = 70001;
-  const auto gb = bf16_of(randn(n, 3, 4.0f)), ub = bf16_of(randn(n, 4, 2.0f));
-  const auto g = f32_of(gb), u = f32_of(ub), dh = randn(n, 5);
-  const auto gbd = to_device(gb), ubd = to_device(ub), gd = to_device(g), ud = to_device(u), dhd = to_device(dh);
-  auto h = poisoned(n), dg = poisoned(n), du = poisoned(n);
-  auto hb = poisoned_bf16(n), dgb = poisoned_bf16(n), dub = poisoned_bf16(n);
-  cuda::swiglu_forward_train(h.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n), nullptr);
-  cuda::swiglu_forward_train_bf16(hb.as<uint16_t>(), gbd.as<uint16_t>(), ubd.as<uint16_t>(), int64_t(n), nullptr);
-  EXPECT_EQ(first_diff(to_host<uint16_t>(hb, n), bf16_of(to_host<float>(h, n))), -1) << "forward";
-  cuda::swiglu_backward(dg.as<float>(), du.as<float>(), dhd.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n),
-                        nullptr);
-  cuda::swiglu_backward_bf16(dgb.as<uint16_t>(), dub.as<uint16_t>(), dhd.as<float>(), gbd.as<uint16_t>(),
-                             ubd.as<uint16_t>(), int64_t(n), nullptr);
-  EXPECT_EQ(first_diff(to_host<uint16_t>(dgb, n), bf16_of(to_host<float>(dg, n))), -1) << "dgate";
-  EXPECT_EQ(first_diff(to_host<uint16_t>(dub, n), bf16_of(to_host<float>(du, n))), -1) << "dup";
-  // dout as bf16: the fp32 kernel on the rounded dout, rounded.
-  const auto dhb = bf16_of(dh);
-  const auto dhbd = to_device(dhb), dhrd = to_device(f32_of(dhb));
-  auto dg2 = poisoned(n), du2 = poisoned(n), dgb2 = poisoned_bf16(n), dub2 = poisoned_bf16(n);
-  cuda::swiglu_backward(dg2.as<float>(), du2.as<float>(), dhrd.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n),
-                        nullptr);
-  cuda::swiglu_backward_bf16(dgb2.as<uint16_t>(), dub2.as<uint16_t>(), dhbd.as<uint16_t>(), gbd.as<uint16_t>(),
-                             ubd.as<uint16_t>(), int64_t(n), nullptr);
-  EXPECT_EQ(first_diff(to_host<uint16_t>(dgb2, n), bf16_of(to_host<float>(dg2, n))), -1) << "dgate, bf16 dout";
-  EXPECT_EQ(first_diff(to_host<uint16_t>(dub2, n), bf16_of(to_host<float>(du2, n))), -1) << "dup, bf16 dout";
+  for (const size_t n : {size_t(70000), size_t(70001)}) {
+    SCOPED_TRACE(n);
+    const auto gb = bf16_of(randn(n, 3, 4.0f)), ub = bf16_of(randn(n, 4, 2.0f));
+    const auto g = f32_of(gb), u = f32_of(ub), dh = randn(n, 5);
+    const auto gbd = to_device(gb), ubd = to_device(ub), gd = to_device(g), ud = to_device(u), dhd = to_device(dh);
+    auto h = poisoned(n), dg = poisoned(n), du = poisoned(n);
+    auto hb = poisoned_bf16(n), dgb = poisoned_bf16(n), dub = poisoned_bf16(n);
+    cuda::swiglu_forward_train(h.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n), nullptr);
+    cuda::swiglu_forward_train_bf16(hb.as<uint16_t>(), gbd.as<uint16_t>(), ubd.as<uint16_t>(), int64_t(n), nullptr);
+    EXPECT_EQ(first_diff(to_host<uint16_t>(hb, n), bf16_of(to_host<float>(h, n))), -1) << "forward";
+    cuda::swiglu_backward(dg.as<float>(), du.as<float>(), dhd.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n),
+                          nullptr);
+    cuda::swiglu_backward_bf16(dgb.as<uint16_t>(), dub.as<uint16_t>(), dhd.as<float>(), gbd.as<uint16_t>(),
+                               ubd.as<uint16_t>(), int64_t(n), nullptr);
+    EXPECT_EQ(first_diff(to_host<uint16_t>(dgb, n), bf16_of(to_host<float>(dg, n))), -1) << "dgate";
+    EXPECT_EQ(first_diff(to_host<uint16_t>(dub, n), bf16_of(to_host<float>(du, n))), -1) << "dup";
+    // dout as bf16: the fp32 kernel on the rounded dout, rounded.
+    const auto dhb = bf16_of(dh);
+    auto dhbd = to_device(dhb);
+    const auto dhrd = to_device(f32_of(dhb));
+    auto dg2 = poisoned(n), du2 = poisoned(n), dgb2 = poisoned_bf16(n), dub2 = poisoned_bf16(n);
+    cuda::swiglu_backward(dg2.as<float>(), du2.as<float>(), dhrd.as<float>(), gd.as<float>(), ud.as<float>(), int64_t(n),
+                          nullptr);
+    cuda::swiglu_backward_bf16(dgb2.as<uint16_t>(), dub2.as<uint16_t>(), dhbd.as<uint16_t>(), gbd.as<uint16_t>(),
+                               ubd.as<uint16_t>(), int64_t(n), nullptr);
+    EXPECT_EQ(first_diff(to_host<uint16_t>(dgb2, n), bf16_of(to_host<float>(dg2, n))), -1) << "dgate, bf16 dout";
+    EXPECT_EQ(first_diff(to_host<uint16_t>(dub2, n), bf16_of(to_host<float>(du2, n))), -1) << "dup, bf16 dout";
+    // dgate written over dout (the engine may hand the same memory): the same values.
+    cuda::swiglu_backward_bf16(dhbd.as<uint16_t>(), dub2.as<uint16_t>(), dhbd.as<uint16_t>(), gbd.as<uint16_t>(),
+                               ubd.as<uint16_t>(), int64_t(n), nullptr);
+    EXPECT_EQ(first_diff(to_host<uint16_t>(dhbd, n), bf16_of(to_host<float>(dg2, n))), -1) << "dgate over dout";
+  }
 }
 
 // The loss of bf16 logits (and the gradient left in their place; and the bf16 gradient of fp32
@@ -135,7 +143,7 @@ TEST(GpuTrainBf16, SwigluIsTheFp32OneRounded) {
 // rows (target -1) give loss 0 and a zero row.
 TEST(GpuTrainBf16, CrossEntropyIsTheFp32OneRounded) {
   REQUIRE_GPU();
-  const int64_t n = 7, V = 50257;
+  const int64_t n = 7, V = 70001;  // (over 65,536: the cluster kernel serves the strided rows)
   const auto xb = bf16_of(randn(size_t(n * V), 6, 3.0f));
   const auto x = f32_of(xb);
   std::vector<int32_t> y = {0, 17, int32_t(V - 1), -1, 4242, 5, 50000};
@@ -159,34 +167,42 @@ TEST(GpuTrainBf16, CrossEntropyIsTheFp32OneRounded) {
   EXPECT_EQ(L32[3], 0.0);
   EXPECT_EQ(first_diff(to_host<uint16_t>(xbd, x.size()), bf16_of(g32)), -1) << "in place";
   EXPECT_EQ(first_diff(to_host<uint16_t>(gb2, x.size()), bf16_of(g32)), -1) << "from fp32 logits";
-  // Rows ld = 50272 apart (the engine's aligned stride for an odd vocabulary; the 16-byte kernel):
-  // the same losses but for the order of the fp64 sum (1e-12 relative), the gradient within one
-  // bf16 unit (its scale float(scale / sum) may round the other way), the padding left as it was.
+  // Rows ld = 70016 apart (the engine's aligned stride for an odd vocabulary; the 16-byte kernels:
+  // a row read once by a cluster of eight blocks, and the single-block kernel): the same losses but
+  // for the order of the fp64 sum (1e-12 relative), the gradient within one bf16 unit (its scale
+  // float(scale / sum) may round the other way), the padding left as it was.
   const int64_t ld = (V + 15) / 16 * 16;
-  std::vector<uint16_t> padded(size_t(n * ld), 0x7FC1);
-  for (int64_t r = 0; r < n; ++r) std::copy(xb.begin() + r * V, xb.begin() + (r + 1) * V, padded.begin() + r * ld);
-  auto pd = to_device(padded);
-  auto lp = to_device(std::vector<double>(size_t(n), std::nan(""))), lp2 = to_device(std::vector<double>(size_t(n), std::nan("")));
-  cuda::cross_entropy_rows_bf16(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, lp2.as<double>(), nullptr, ld);
-  cuda::cross_entropy_backward_rows_bf16_inplace(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, 0.25, lp.as<double>(),
-                                                 nullptr, ld);
-  for (const auto* other : {&lp, &lp2}) {
-    const auto L = to_host<double>(*other, size_t(n));
-    for (int64_t r = 0; r < n; ++r) EXPECT_NEAR(L[size_t(r)], L32[size_t(r)], 1e-12 * std::fabs(L32[size_t(r)])) << r;
-  }
-  const auto P = to_host<uint16_t>(pd, padded.size()), G = bf16_of(g32);
-  int64_t differ = 0;
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t c = 0; c < V; ++c) {
-      const float a = bf16_to_f32(P[size_t(r * ld + c)]), b = bf16_to_f32(G[size_t(r * V + c)]);
-      ASSERT_LE(std::fabs(a - b), std::fabs(b) / 128) << "strided row " << r << " column " << c;
-      differ += a != b;
+  struct Reset {
+    ~Reset() { cuda::set_cross_entropy_single_block(false); }
+  } reset;
+  for (const bool single : {false, true}) {
+    SCOPED_TRACE(single ? "single block" : "cluster");
+    cuda::set_cross_entropy_single_block(single);
+    std::vector<uint16_t> padded(size_t(n * ld), 0x7FC1);
+    for (int64_t r = 0; r < n; ++r) std::copy(xb.begin() + r * V, xb.begin() + (r + 1) * V, padded.begin() + r * ld);
+    auto pd = to_device(padded);
+    auto lp = to_device(std::vector<double>(size_t(n), std::nan(""))), lp2 = to_device(std::vector<double>(size_t(n), std::nan("")));
+    cuda::cross_entropy_rows_bf16(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, lp2.as<double>(), nullptr, ld);
+    cuda::cross_entropy_backward_rows_bf16_inplace(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, 0.25, lp.as<double>(),
+                                                   nullptr, ld);
+    for (const auto* other : {&lp, &lp2}) {
+      const auto L = to_host<double>(*other, size_t(n));
+      for (int64_t r = 0; r < n; ++r) EXPECT_NEAR(L[size_t(r)], L32[size_t(r)], 1e-12 * std::fabs(L32[size_t(r)])) << r;
     }
-    for (int64_t c = V; c < ld; ++c) ASSERT_EQ(P[size_t(r * ld + c)], 0x7FC1) << "padding of row " << r;
+    const auto P = to_host<uint16_t>(pd, padded.size()), G = bf16_of(g32);
+    int64_t differ = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t c = 0; c < V; ++c) {
+        const float a = bf16_to_f32(P[size_t(r * ld + c)]), b = bf16_to_f32(G[size_t(r * V + c)]);
+        ASSERT_LE(std::fabs(a - b), std::fabs(b) / 128) << "strided row " << r << " column " << c;
+        differ += a != b;
+      }
+      for (int64_t c = V; c < ld; ++c) ASSERT_EQ(P[size_t(r * ld + c)], 0x7FC1) << "padding of row " << r;
+    }
+    EXPECT_LE(differ, n * V / 100) << "gradient values a bf16 unit apart";
+    EXPECT_THROW(cuda::cross_entropy_rows_bf16(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, lp2.as<double>(), nullptr, V - 1),
+                 Error);
   }
-  EXPECT_LE(differ, n * V / 100) << "gradient values a bf16 unit apart";
-  EXPECT_THROW(cuda::cross_entropy_rows_bf16(pd.as<uint16_t>(), yd.as<int32_t>(), n, V, lp2.as<double>(), nullptr, V - 1),
-               Error);
 }
 
 // The LUT linear layer with bf16 operands (forward, bf16-output forward, dinp) against the fp32
@@ -599,6 +615,25 @@ TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
   const uint16_t* douts[3] = {dbd[0].as<uint16_t>(), dbd[1].as<uint16_t>(), dbd[2].as<uint16_t>()};
   ASSERT_TRUE(cuda::lut_linear_backward_input_group(blas, w, douts, 3, N, d2.as<float>(), false, sc.as<float>(), S,
                                                     nullptr));
+  // The douts as column blocks of one matrix: rows sum O apart (one GEMM over the stacked weights),
+  // and 8 wider (a GEMM a matrix, rows ldd apart).
+  std::vector<cuda::DeviceBuffer> dcat;
+  std::vector<cuda::DeviceBuffer> dis;
+  for (const int64_t pad : {int64_t(0), int64_t(8)}) {
+    const int64_t ld = Os[0] + Os[1] + Os[2] + pad;
+    std::vector<uint16_t> cat(size_t(N * ld), 0xFFFF);  // (padding: NaN, never read)
+    for (int64_t t = 0; t < N; ++t)
+      for (int k = 0; k < 3; ++k) {
+        const int64_t o0 = k == 0 ? 0 : k == 1 ? Os[0] : Os[0] + Os[1];
+        for (int64_t o = 0; o < Os[k]; ++o) cat[size_t(t * ld + o0 + o)] = db[size_t(k)][size_t(t * Os[k] + o)];
+      }
+    dcat.push_back(to_device(cat));
+    const uint16_t* base = dcat.back().as<uint16_t>();
+    const uint16_t* dcols[3] = {base, base + Os[0], base + Os[0] + Os[1]};
+    dis.push_back(poisoned(size_t(N * I)));
+    ASSERT_TRUE(cuda::lut_linear_backward_input_group(blas, w, dcols, 3, N, dis.back().as<float>(), false, sc.as<float>(),
+                                                      S, nullptr, ld));
+  }
   EXPECT_FALSE(cuda::lut_linear_forward_group(blas, w, out, 3, xbd.as<uint16_t>(), N, sc.as<float>(), S / 4, nullptr))
       << "a group larger than the scratch";
   cuda::set_train_math(cuda::TrainMath::Fp32);
@@ -611,4 +646,6 @@ TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
   close(to_host<float>(k2, size_t(N * Os[1])), to_host<float>(k1, size_t(N * Os[1])), "k");
   close(f32_of(to_host<uint16_t>(v2, size_t(N * Os[2]))), f32_of(to_host<uint16_t>(v1, size_t(N * Os[2]))), "v");
   close(to_host<float>(d2, size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp");
+  close(to_host<float>(dis[0], size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp, stacked douts");
+  close(to_host<float>(dis[1], size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp, douts rows ldd apart");
 }

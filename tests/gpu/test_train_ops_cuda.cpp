@@ -81,7 +81,9 @@ TEST(GpuTrainRmsNorm, ForwardMatchesCpu) {
 // with |s| <= |dw| + |dw0|: 4u (|dw| + |dw0|).
 TEST(GpuTrainRmsNorm, BackwardMatchesCpu) {
   REQUIRE_GPU();
-  for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 256}, {3, 37}, {300, 256}, {77, 4096}, {300, 37}, {2, 1}}) {
+  // (4500 and 5000 rows: enough for the slabs' fused pass, 16 rows a block, on an H100.)
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 256}, {3, 37}, {300, 256}, {77, 4096}, {300, 37}, {2, 1},
+                      {4500, 1536}, {5000, 37}}) {
     SCOPED_TRACE(std::to_string(N) + " x " + std::to_string(C));
     const auto x = randn(size_t(N * C), 3, 2.0f), w = randn(size_t(C), 4), dy = randn(size_t(N * C), 5);
     const auto dx0 = randn(size_t(N * C), 6), dw0 = randn(size_t(C), 7);
@@ -119,7 +121,8 @@ TEST(GpuTrainRmsNorm, BackwardMatchesCpu) {
       }
     };
     check_dw(dw, "one pass");
-    // The weight gradient summed in row slabs (the bf16 mode's): within the same bound.
+    // The weight gradient summed in row slabs (the bf16 mode's): within the same bound, and the
+    // same input gradient.
     auto dxs = to_device(dx0), dws = to_device(dw0);
     cuda::DeviceBuffer slabs(size_t(cuda::rmsnorm_dw_scratch_doubles(N, C)) * sizeof(double));
     cuda::rmsnorm_backward(dxs.as<float>(), dws.as<float>(), dyd.as<float>(), xd.as<float>(), wd.as<float>(),
@@ -258,6 +261,21 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
           EXPECT_EQ(to_host<uint16_t>(xb2, x.size()), b) << "bf16 copy alone";
           const auto xo_h = to_host<float>(xo, x.size());
           EXPECT_EQ(std::memcmp(xo_h.data(), x.data(), x.size() * sizeof(float)), 0) << "x written";
+          // The copy into rows 4 values wider (a column block of a wider matrix), with the table
+          // and without it (the per-frequency kernel): the same values, the padding untouched.
+          const int64_t row = k.NH * k.HS, ld = row + 4, rows = k.B * k.T;
+          for (const bool with_table : {true, false}) {
+            cuda::RopeTrainParams pw = p;
+            if (!with_table) pw.cos_sin = nullptr, pw.table_len = 0;
+            auto xs = to_device(x);
+            auto xb3 = to_device(std::vector<uint16_t>(size_t(rows * ld), 0xFFFF));
+            cuda::rope_rotate(xs.as<float>(), k.B, k.T, k.NH, k.pos0, pw, inverse, nullptr, xb3.as<uint16_t>(), true, ld);
+            const auto h3 = to_host<uint16_t>(xb3, size_t(rows * ld));
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = 0; c < ld; ++c)
+                ASSERT_EQ(h3[size_t(r * ld + c)], c < row ? b[size_t(r * row + c)] : uint16_t(0xFFFF))
+                    << "strided bf16 copy, table " << with_table << " row " << r << " col " << c;
+          }
           // bf16 values rotated in place (the forward from bf16 q, k): the bf16 copy of the fp32
           // rotation of the widened values, bit for bit; refused where the kernel does not serve.
           if (!inverse && k.pos0 == 0) {

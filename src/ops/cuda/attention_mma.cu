@@ -347,7 +347,8 @@ template <int D>
 __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                                                  const bf16* __restrict__ v, const BwdWs w, float* dk,
                                                                  float* dv, int T, int NH, int KVH, bool per_head,
-                                                                 float scale, float scale_log2, bf16* dv16) {
+                                                                 float scale, float scale_log2, bf16* dv16,
+                                                                 int64_t ld16) {
   constexpr int P = D + 8, TE = tile_elems<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
@@ -442,17 +443,18 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
   const int64_t ostride = per_head ? qstride : kstride;
   float* dkb = dk + int64_t(b) * T * ostride + int64_t(per_head ? h_first : kvh) * D;
   float* dvb = dv + int64_t(b) * T * ostride + int64_t(per_head ? h_first : kvh) * D;
+  bf16* dvh = dv16 ? dv16 + int64_t(b) * T * ld16 + int64_t(kvh) * D : nullptr;  // (dv16: KVH == NH)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     const int c = 8 * n + 2 * t;
     if (key_a < T) {
       store_pair(dkb + int64_t(key_a) * ostride + c, dK[n][0] * scale, dK[n][1] * scale);
-      if (dv16) store_pair(dv16 + (dvb - dv) + int64_t(key_a) * ostride + c, dV[n][0], dV[n][1]);
+      if (dvh) store_pair(dvh + int64_t(key_a) * ld16 + c, dV[n][0], dV[n][1]);
       else store_pair(dvb + int64_t(key_a) * ostride + c, dV[n][0], dV[n][1]);
     }
     if (key_b < T) {
       store_pair(dkb + int64_t(key_b) * ostride + c, dK[n][2] * scale, dK[n][3] * scale);
-      if (dv16) store_pair(dv16 + (dvb - dv) + int64_t(key_b) * ostride + c, dV[n][2], dV[n][3]);
+      if (dvh) store_pair(dvh + int64_t(key_b) * ld16 + c, dV[n][2], dV[n][3]);
       else store_pair(dvb + int64_t(key_b) * ostride + c, dV[n][2], dV[n][3]);
     }
   }
@@ -549,7 +551,7 @@ void allow_smem(K kernel, size_t bytes) {
 template <int D, class OutT>
 void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
               const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
-              size_t ws_floats, cudaStream_t s, cudaStream_t side, bf16* dv16) {
+              size_t ws_floats, cudaStream_t s, cudaStream_t side, bf16* dv16, int64_t ld16) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH, nq = rows * D, base = ws_base_floats(B, T, NH, D);
   DeviceBuffer own;  // the caller gave no room: the workspace's required part here (tests)
@@ -587,7 +589,8 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
   float* out_k = per_head ? ws + base : dk;
   float* out_v = per_head ? ws + base + nq : dv;
   flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
-      q, k, v, w, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2, dv16);
+      q, k, v, w, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2, dv16,
+      ld16 > 0 ? ld16 : KVH * D);
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (per_head) {
     const int64_t kv_rows = B * T * KVH;
@@ -666,16 +669,16 @@ template <class OutT>
 void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
                   const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
                   cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side = nullptr,
-                  bf16* dv16 = nullptr) {
+                  bf16* dv16 = nullptr, int64_t ld16 = 0) {
   check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_aligned(q, "attention_backward_mma"), check_aligned(k, "attention_backward_mma");
   check_aligned(v, "attention_backward_mma"), check_aligned(ws, "attention_backward_mma (workspace)");
   switch (HS) {
-    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16); break;
-    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16); break;
-    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16); break;
-    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16); break;
+    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
   }
 }
 
@@ -719,9 +722,11 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side,
-                            uint16_t* dv_bf16) {
+                            uint16_t* dv_bf16, int64_t dv_bf16_ld) {
+  PRIMAL_CHECK(dv_bf16_ld == 0 || (dv_bf16_ld >= KVH * HS && dv_bf16_ld % 2 == 0),
+               "attention_backward_mma: dv's bf16 row stride {} for {} values a token", dv_bf16_ld, KVH * HS);
   backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side,
-               reinterpret_cast<bf16*>(dv_bf16));
+               reinterpret_cast<bf16*>(dv_bf16), dv_bf16_ld);
 }
 
 }  // namespace primal::cuda

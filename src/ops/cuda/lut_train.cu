@@ -82,6 +82,10 @@ __global__ void to_bf16_kernel(__nv_bfloat16* dst, const float* src, int64_t n) 
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
     dst[k] = __float2bfloat16_rn(src[k]);
 }
+__global__ void to_bf16_rows_kernel(__nv_bfloat16* dst, int64_t ld, const float* src, int64_t rows, int64_t cols) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * cols; k += int64_t(gridDim.x) * blockDim.x)
+    dst[k / cols * ld + k % cols] = __float2bfloat16_rn(src[k]);
+}
 
 // dst[r, i] = scale[o0 + r, i / G] * grid[idx[o0 + r, i]]: __fmul_rn, the one rounding of the
 // CPU's fp32 product (Out float), or that product rounded to bf16 (Out __nv_bfloat16). A block
@@ -382,7 +386,7 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
       gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, wb, I, dout.bf16 + o0, ldd, beta, dinp, I, s);
     } else {
       lut_dequantize_rows(w, o0, rows, scratch, s);
-      sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout.f32 + o0, ldd, beta, dinp, I, s);
+      sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, rows, scratch, I, dout.f32 + o0, O, beta, dinp, I, s);
     }
   }
 }
@@ -412,15 +416,28 @@ bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupO
 
 bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const uint16_t* const* dout, int n, int64_t N,
                                      float* dinp, bool accumulate, float* scratch, int64_t scratch_floats,
-                                     cudaStream_t s) {
+                                     cudaStream_t s, int64_t ldd) {
   PRIMAL_CHECK(N > 0 && dinp && scratch && w && dout, "lut_linear_backward_input_group: N {} or a null pointer", N);
   if (!group_ok(w, n, scratch_floats)) return false;
-  uint16_t* wb[kGroupMax];
-  dequantize_group_bf16(w, n, scratch, wb, s);
-  for (int k = 0; k < n; ++k) {  // summed in matrix order, as the per-matrix calls
+  int64_t sumO = 0;
+  bool stacked = ldd > 0;  // the douts: consecutive column blocks of one (N, ldd) matrix
+  for (int k = 0; k < n; ++k) {
     PRIMAL_CHECK(dout[k], "lut_linear_backward_input_group: dout {} missing", k);
+    PRIMAL_CHECK(ldd == 0 || ldd >= w[k].O, "lut_linear_backward_input_group: row stride {} below {} rows", ldd, w[k].O);
+    stacked = stacked && dout[k] == dout[0] + sumO;
+    sumO += w[k].O;
+  }
+  stacked = stacked && ldd == sumO;
+  uint16_t* wb[kGroupMax];
+  dequantize_group_bf16(w, n, scratch, wb, s);  // consecutive: the stacked (sum O_k, I) weights
+  const int64_t I = w[0].I;
+  if (stacked) {
+    gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, sumO, wb[0], I, dout[0], ldd, accumulate ? 1.0f : 0.0f, dinp, I, s);
+    return true;
+  }
+  for (int k = 0; k < n; ++k) {  // summed in matrix order, as the per-matrix calls
     const float beta = (accumulate || k > 0) ? 1.0f : 0.0f;
-    gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, w[k].I, N, w[k].O, wb[k], w[k].I, dout[k], w[k].O, beta, dinp, w[k].I, s);
+    gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, w[k].O, wb[k], I, dout[k], ldd > 0 ? ldd : w[k].O, beta, dinp, I, s);
   }
   return true;
 }
@@ -446,8 +463,8 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   PRIMAL_CHECK(N > 0 && (b16 || (dout.f32 && inp.f32)) && (!g.dbias || dout.f32),
                "lut_linear_backward_weight: N {} or a null pointer", N);
   PRIMAL_CHECK(!g.votes || g.params, "lut_linear_backward_weight: votes without their parameters");
-  const int64_t O = w.O, I = w.I, ldd = dout.ld > 0 ? dout.ld : O;
-  PRIMAL_CHECK(ldd >= O && (!g.dbias || ldd == O), "lut_linear_backward_weight: row stride {} for {} rows", ldd, O);
+  const int64_t O = w.O, I = w.I, ldd = dout.ld > 0 ? dout.ld : O;  // (bf16 rows; fp32 rows are dense)
+  PRIMAL_CHECK(ldd >= O, "lut_linear_backward_weight: row stride {} for {} rows", ldd, O);
   if (g.dbias) {
     if (g.dbias_slabs && g_math == TrainMath::Bf16) column_sums_add(g.dbias, dout.f32, N, O, g.dbias_slabs, s);
     else launch_dbias(dout.f32, N, O, g.dbias, s);
@@ -496,7 +513,7 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
     if (b16)
       gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, scratch, I, s,
                 dw_b16);
-    else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, ldd, 0.0f, scratch, I, s);
+    else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, O, 0.0f, scratch, I, s);
     stage("dW gemm");
     if (dw_b16) lut_grad_tiles_bf16(w, reinterpret_cast<uint16_t*>(scratch), o0, rows, g.dscale, g.votes, g.params, s);
     else lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
@@ -510,6 +527,15 @@ void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s) {
   PRIMAL_CHECK(n >= 0 && (n == 0 || (dst && src)), "to_bf16: {} values or a null pointer", n);
   if (n == 0) return;
   to_bf16_kernel<<<lut::blocks_for(n), lut::kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dst), src, n);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s) {
+  PRIMAL_CHECK(rows >= 0 && cols >= 0 && ld_dst >= cols && (rows * cols == 0 || (dst && src)),
+               "to_bf16_rows: ({}, {}) into rows {} apart, or a null pointer", rows, cols, ld_dst);
+  if (rows * cols == 0) return;
+  to_bf16_rows_kernel<<<lut::blocks_for(rows * cols), lut::kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dst),
+                                                                             ld_dst, src, rows, cols);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

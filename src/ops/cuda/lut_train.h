@@ -64,7 +64,8 @@ void set_stage_hook(StageHook hook, void* ctx);
 struct Operand {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;  // __nv_bfloat16 bits
-  int64_t ld = 0;                  // row stride (elements); 0: the row length (dense rows)
+  int64_t ld = 0;                  // bf16's row stride (elements); 0: the row length (dense rows). The
+                                   // fp32 rows are always dense.
   Operand() = default;
   Operand(const float* f) : f32(f) {}  // NOLINT: an fp32 operand is an Operand
   Operand(const float* f, const uint16_t* b, int64_t stride = 0) : f32(f), bf16(b), ld(stride) {}
@@ -72,6 +73,8 @@ struct Operand {
 
 // dst[k] = bf16(src[k]) round-to-nearest-even, k < n.
 void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s);
+// The same for a (rows, cols) matrix into rows ld_dst apart (a column block of a wider matrix).
+void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s);
 
 // A LUT matrix of the trainer in device memory, in train::LutWeight's layout (by value; views).
 struct LutTrainView {
@@ -129,11 +132,13 @@ struct LutGroupOut {
 };
 bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupOut* out, int n, const uint16_t* inp,
                               int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s);
-// dinp (N, I) = (accumulate ? dinp : 0) + sum_k dout[k] (N, O_k; bf16) W_k, in matrix order, the
-// weights dequantized as one group; false as above.
+// dinp (N, I) = (accumulate ? dinp : 0) + sum_k dout[k] (N, O_k; bf16, rows ldd apart; 0: O_k)
+// W_k, in matrix order, the weights dequantized as one group; false as above. Where the douts are
+// the consecutive column blocks of one (N, ldd = sum O_k) matrix, one GEMM over the stacked
+// weights (k = sum O_k: no fp32 round trip of dinp per matrix; the sum's order is the GEMM's).
 bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const uint16_t* const* dout, int n, int64_t N,
                                      float* dinp, bool accumulate, float* scratch, int64_t scratch_floats,
-                                     cudaStream_t s);
+                                     cudaStream_t s, int64_t ldd = 0);
 
 // The bf16 mode's dinp (N, I) as bf16 (the fp32 accumulators rounded once) = dout (N, O) bf16 W,
 // overwritten; the matrix must fit the scratch whole (2 scratch_floats >= O I: no chunk sums).

@@ -3,11 +3,13 @@
 // nvcc does not contract them into fused multiply-adds the CPU does not use: the values then
 // differ from the CPU's only through summation order (fp64 sums), the GPU's expf (2 ulps against
 // glibc's < 1) and its fp64 cos/sin/exp/log (an fp64 ulp or two, hidden by fp32 rounding).
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <math_constants.h>
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <type_traits>
 
 #include "ops/cuda/check.cuh"
@@ -126,6 +128,62 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
+// rmsnorm_backward_dx_kernel and the weight gradient's slab sums in one pass (the bf16 mode, C <=
+// kFusedCols * kRowThreads, enough rows): a block per kFusedRows rows, each thread its columns c = tid + j *
+// kRowThreads as in the dx kernel (the same dot, so the same dx bits), adding dy x r of its columns
+// over the block's rows in fp64 registers, in row order, written once to slab_out[blockIdx.x, c]
+// for rmsnorm_dw_fold_kernel. The separate weight-gradient pass re-read dy and x (qwen2.5-1.5b: 40
+// of 128 us a norm backward, 56 a step).
+constexpr int kFusedRows = 16, kFusedCols = 8;
+
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_backward_fused_kernel(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
+                                  int64_t N, int64_t C, __nv_bfloat16* dinp_bf16, double* slab_out) {
+  __shared__ double scratch[32];
+  const int64_t t0 = int64_t(blockIdx.x) * kFusedRows, t1 = t0 + kFusedRows < N ? t0 + kFusedRows : N;
+  const int tid = int(threadIdx.x);
+  float wr[kFusedCols];
+  double acc[kFusedCols];
+#pragma unroll
+  for (int j = 0; j < kFusedCols; ++j) {
+    const int64_t c = tid + j * kRowThreads;
+    wr[j] = c < C ? w[c] : 0.0f, acc[j] = 0.0;
+  }
+  // (Loading row t + 1 while row t's dot is reduced made it slower: 136 against 100 us a qwen2.5-1.5b
+  // norm, H100.)
+  for (int64_t t = t0; t < t1; ++t) {
+    float dy[kFusedCols], x[kFusedCols];
+    double dot = 0;
+#pragma unroll
+    for (int j = 0; j < kFusedCols; ++j) {
+      const int64_t c = tid + j * kRowThreads;
+      dy[j] = x[j] = 0.0f;
+      if (c < C) {
+        dy[j] = dout[t * C + c], x[j] = inp[t * C + c];
+        dot = __dadd_rn(dot, __dmul_rn(__dmul_rn(double(dy[j]), double(wr[j])), double(x[j])));
+      }
+    }
+    dot = block_sum(dot, scratch);
+    const double r = double(rstd[t]);
+    const float a = float(r), b = float(r * r * r * dot / double(C));
+#pragma unroll
+    for (int j = 0; j < kFusedCols; ++j) {
+      const int64_t c = tid + j * kRowThreads;
+      if (c >= C) continue;
+      float* dx = dinp + t * C + c;
+      const float v = __fadd_rn(*dx, __fsub_rn(__fmul_rn(a, __fmul_rn(dy[j], wr[j])), __fmul_rn(b, x[j])));
+      *dx = v;
+      if (dinp_bf16) dinp_bf16[t * C + c] = __float2bfloat16_rn(v);
+      acc[j] = __dadd_rn(acc[j], __dmul_rn(__dmul_rn(double(dy[j]), double(x[j])), r));
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kFusedCols; ++j) {
+    const int64_t c = tid + j * kRowThreads;
+    if (c < C) slab_out[int64_t(blockIdx.x) * C + c] = acc[j];
+  }
+}
+
 // Block (32, kDwRowGroups) per 32 columns and slab of rows [t0, t1) (t0 = blockIdx.y * R): lane =
 // column, warp g = the rows t0 + g, t0 + g + 32, ... summed in fp64 in increasing order; then warp 0
 // adds the partial sums of g = 0..31 in order: rounded once into dw (one slab, slab_out null) or
@@ -152,6 +210,27 @@ __global__ void __launch_bounds__(32 * kDwRowGroups)
     for (int k = 0; k < kDwRowGroups; ++k) total += part[k][lane];
     if (slab_out) slab_out[int64_t(blockIdx.y) * C + c] = total;
     else dw[c] += float(total);
+  }
+}
+
+// dw[c] += float(sum over the slabs of slab[s, c]) for the fused backward's many slabs: a block
+// (32, kDwRowGroups) per 32 columns, warp g summing the slabs g, g + 32, ... in order, then warp 0
+// the 32 partial sums in order (a fixed order). rmsnorm_dw_fold_kernel's thread per column, summing
+// 512 slabs in turn, took 62 us for qwen2.5-1.5b's norm.
+__global__ void __launch_bounds__(32 * kDwRowGroups)
+    rmsnorm_slab_fold_kernel(float* dw, const double* slab, int64_t S, int64_t C) {
+  __shared__ double part[kDwRowGroups][33];
+  const int lane = int(threadIdx.x), g = int(threadIdx.y);
+  const int64_t c = int64_t(blockIdx.x) * 32 + lane;
+  double s = 0;
+  if (c < C)
+    for (int64_t k = g; k < S; k += kDwRowGroups) s += slab[k * C + c];
+  part[g][lane] = s;
+  __syncthreads();
+  if (g == 0 && c < C) {
+    double total = 0;
+    for (int k = 0; k < kDwRowGroups; ++k) total += part[k][lane];
+    dw[c] += float(total);
   }
 }
 
@@ -182,7 +261,7 @@ __global__ void rope_table_kernel(float* cs, int64_t T, int64_t half, const doub
 
 __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                    bool neox, const double* inv_freq, const float* table, int64_t pos0, bool inverse,
-                                   __nv_bfloat16* xb, bool write_f32) {
+                                   __nv_bfloat16* xb, bool write_f32, int64_t ldb) {
   const int64_t step = neox ? 1 : 2, other = neox ? half : 1;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * half;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -197,7 +276,10 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
       const float a = v[0], b = v[other];
       const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
       if (write_f32) v[0] = r0, v[other] = r1;
-      if (xb) xb[off] = __float2bfloat16_rn(r0), xb[off + other] = __float2bfloat16_rn(r1);
+      if (xb) {
+        const int64_t ob = bt * ldb + h * HS + i * step;
+        xb[ob] = __float2bfloat16_rn(r0), xb[ob + other] = __float2bfloat16_rn(r1);
+      }
     }
   }
 }
@@ -212,10 +294,19 @@ __device__ __forceinline__ uint32_t bf16x2(float lo, float hi) {
   return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
          uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
 }
+// 8 bf16 values of a 16-byte word as floats (exact), and back (each rounded once).
+__device__ __forceinline__ void unpack_bf16x8(uint4 u, float v[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) v[2 * k] = __uint_as_float(w[k] << 16), v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+}
+__device__ __forceinline__ uint4 pack_bf16x8(const float v[8]) {
+  return make_uint4(bf16x2(v[0], v[1]), bf16x2(v[2], v[3]), bf16x2(v[4], v[5]), bf16x2(v[6], v[7]));
+}
 
 __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                     bool neox, const float* table, int64_t pos0, bool inverse, __nv_bfloat16* xb,
-                                    bool write_f32) {
+                                    bool write_f32, int64_t ldb) {
   const int64_t h2 = half / 2, per_bt = n_heads * h2;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * per_bt;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -236,7 +327,7 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
           *reinterpret_cast<float2*>(v + half + i) = make_float2(r1, r3);
         }
         if (xb) {
-          uint32_t* o = reinterpret_cast<uint32_t*>(xb + (bt * n_heads + h) * HS);
+          uint32_t* o = reinterpret_cast<uint32_t*>(xb + bt * ldb + h * HS);
           o[i / 2] = bf16x2(r0, r2), o[(half + i) / 2] = bf16x2(r1, r3);
         }
       } else {
@@ -245,7 +336,7 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
         rot2(a.z, a.w, cs.z, s1, r2, r3);
         if (write_f32) *reinterpret_cast<float4*>(v + 2 * i) = make_float4(r0, r1, r2, r3);
         if (xb)
-          *reinterpret_cast<uint2*>(xb + (bt * n_heads + h) * HS + 2 * i) = make_uint2(bf16x2(r0, r1), bf16x2(r2, r3));
+          *reinterpret_cast<uint2*>(xb + bt * ldb + h * HS + 2 * i) = make_uint2(bf16x2(r0, r1), bf16x2(r2, r3));
       }
     }
   }
@@ -284,6 +375,43 @@ __global__ void rope_rotate2_bf16_kernel(__nv_bfloat16* xb, int64_t BT, int64_t 
 }
 
 // ---- SwiGLU -----------------------------------------------------------------------------------
+
+// The bf16 mode's SwiGLU, 8 values a thread through 16-byte words (n % 8 == 0, 16-byte aligned
+// pointers: swiglu_vec_ok): the same expressions as swiglu_forward_bf16_kernel and
+// swiglu_backward_kernel<bf, bf, bf>, so the same bits. The scalar kernels' 2-byte accesses left
+// qwen2.5-1.5b's (8192, 8960) forward at 283 us, half the bandwidth (H100, ncu).
+__global__ void swiglu_forward_bf16x8_kernel(uint4* out, const uint4* gate, const uint4* up, int64_t n8) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    float g[8], u[8];
+    unpack_bf16x8(gate[i], g);
+    unpack_bf16x8(up[i], u);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) g[e] = g[e] / (1.0f + expf(-g[e])) * u[e];
+    out[i] = pack_bf16x8(g);
+  }
+}
+
+__global__ void swiglu_backward_bf16x8_kernel(uint4* dgate, uint4* dup, const uint4* dout, const uint4* gate,
+                                              const uint4* up, int64_t n8) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    float g[8], u[8], d[8];  // all read before dgate/dup (which may be dout) are written
+    unpack_bf16x8(gate[i], g);
+    unpack_bf16x8(up[i], u);
+    unpack_bf16x8(dout[i], d);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float sg = 1.0f / (1.0f + expf(-g[e]));
+      const float phi = __fadd_rn(1.0f, __fmul_rn(g[e], __fsub_rn(1.0f, sg)));
+      const float dg = __fmul_rn(__fmul_rn(__fmul_rn(d[e], u[e]), sg), phi);
+      u[e] = __fmul_rn(__fmul_rn(d[e], g[e]), sg);  // du
+      g[e] = dg;
+    }
+    dgate[i] = pack_bf16x8(g);
+    dup[i] = pack_bf16x8(u);
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <class Out, class In = float, class DIn = float>
 __global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const DIn* dout, const In* gate, const In* up,
@@ -400,11 +528,6 @@ __global__ void __launch_bounds__(kLossThreads)
 // so the loss may differ from the scalar kernel's in the last bits of its fp64 sum; the gradient
 // (in place, kBackward) is the same expression. Padding columns (V .. ld-1) are neither read into
 // the sums nor written.
-__device__ __forceinline__ void unpack_bf16x8(uint4 u, float v[8]) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) v[2 * k] = __uint_as_float(w[k] << 16), v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-}
 
 template <bool kBackward>
 __global__ void __launch_bounds__(kLossThreads)
@@ -464,6 +587,140 @@ __global__ void __launch_bounds__(kLossThreads)
     }
   }
   if (threadIdx.x == 0) loss[row] = log(sum) + double(mx) - xt;
+}
+
+// cross_entropy_bf16x8_kernel with the row read from device memory once: a cluster of K blocks
+// per row (2048 / K threads each), each holding its share of the 16-byte chunks in shared memory
+// (qwen2.5-1.5b's 151,936 logits at K = 8: 37 KiB a block, five blocks a multiprocessor, so that
+// one block's loads overlap another's arithmetic), the maxima and the fp64 sums exchanged through
+// the cluster's shared memory and combined in rank order (the same values in every block). The
+// three passes over a row that no cache held (a 2048-row chunk is 622 MB) become one read and one
+// write (763 against 922 us, still 1.6 TB/s: a block's phases do not overlap its own loads). The same max and per-element expressions as the single-block kernel; the fp64 sum in
+// another order. (K = 2, one 148 KiB block a multiprocessor, was slower than three passes.)
+template <int K>
+constexpr int ce_threads() {
+  return 2048 / K;
+}
+
+template <int K, bool kBackward>
+__global__ void __cluster_dims__(K, 1, 1) __launch_bounds__(ce_threads<K>())
+    cross_entropy_bf16_cluster_kernel(__nv_bfloat16* logits, const int32_t* targets, int64_t V, int64_t ld, double scale,
+                                      double* loss) {
+  constexpr int kCeBlocks = K;
+  extern __shared__ uint4 part[];  // (share) this block's chunks
+  __shared__ float fscratch[32];
+  __shared__ double dscratch[32];
+  __shared__ float part_max;
+  __shared__ double part_sum;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank();
+  const int64_t row = blockIdx.x / kCeBlocks, chunks = (V + 7) / 8, share = (chunks + kCeBlocks - 1) / kCeBlocks;
+  const int64_t c0 = std::min(chunks, rank * share), c1 = std::min(chunks, c0 + share);
+  __nv_bfloat16* x = logits + row * ld;
+  uint4* x8 = reinterpret_cast<uint4*>(x);
+  const int32_t y = targets[row];
+  if (y < 0 || y >= V) {  // the same for the cluster's blocks: they leave before any cluster barrier
+    const bool bad = y >= V;
+    if (kBackward)
+      for (int64_t c = 8 * c0 + threadIdx.x; c < std::min(V, 8 * c1); c += blockDim.x)
+        x[c] = __float2bfloat16_rn(bad ? CUDART_NAN_F : 0.0f);
+    if (rank == 0 && threadIdx.x == 0) loss[row] = bad ? CUDART_NAN : 0.0;
+    return;
+  }
+  // x[y] before the first cluster barrier, hence before any block writes the row.
+  const double xt = rank == 0 ? double(__bfloat162float(x[y])) : 0.0;
+  float v[8], mx = -INFINITY;
+#pragma unroll 4
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    const uint4 u = x8[c];
+    part[c - c0] = u;
+    unpack_bf16x8(u, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (8 * c + e < V) mx = fmaxf(mx, v[e]);
+  }
+  mx = block_max(mx, fscratch);
+  if (threadIdx.x == 0) part_max = mx;
+  cluster.sync();
+  for (unsigned r = 0; r < kCeBlocks; ++r) mx = fmaxf(mx, *cluster.map_shared_rank(&part_max, r));
+  double sum = 0;
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    unpack_bf16x8(part[c - c0], v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (8 * c + e < V) sum += double(expf(v[e] - mx));
+  }
+  sum = block_sum(sum, dscratch);
+  if (threadIdx.x == 0) part_sum = sum;
+  cluster.sync();
+  sum = 0;
+  for (unsigned r = 0; r < kCeBlocks; ++r) sum += *cluster.map_shared_rank(&part_sum, r);
+  if (kBackward) {
+    const float k = float(scale / sum), sc = float(scale);
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+      const uint4 u = part[c - c0];
+      unpack_bf16x8(u, v);
+      uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int k2 = 0; k2 < 4; ++k2) {
+        uint32_t out = w[k2];  // padding keeps its bits
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t i = 8 * c + 2 * k2 + h;
+          if (i >= V) continue;
+          float g = __fmul_rn(expf(v[2 * k2 + h] - mx), k);
+          if (i == y) g = __fsub_rn(g, sc);
+          const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(g));
+          out = h == 0 ? (out & 0xffff0000u) | b : (out & 0x0000ffffu) | (b << 16);
+        }
+        w[k2] = out;
+      }
+      x8[c] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+  if (rank == 0 && threadIdx.x == 0) loss[row] = log(sum) + double(mx) - xt;
+  cluster.sync();  // no block leaves while another may still read its shared memory
+}
+
+// The cluster's size: 8, or PRIMAL_CE_CLUSTER = 2 or 4 (comparisons).
+int ce_cluster() {
+  static const int k = [] {
+    const char* e = std::getenv("PRIMAL_CE_CLUSTER");
+    const int v = e ? std::atoi(e) : 8;
+    return v == 2 || v == 4 ? v : 8;
+  }();
+  return k;
+}
+
+// The cluster kernel's shared memory for V logits, or 0 where it does not serve: rows of up to 64K
+// logits keep the single-block kernel, whose re-reads then mostly hit the L2 cache (seed-500m's
+// 50,257: 285 us against 310 a 2048-row chunk; qwen2.5-1.5b's 151,936: 922 against 763, H100), and
+// where a share does not fit.
+size_t cluster_smem(int64_t V) {
+  const int64_t K = ce_cluster();
+  const size_t bytes = size_t(((V + 7) / 8 + K - 1) / K) * 16;
+  return V > (int64_t(1) << 16) && bytes <= size_t(160) << 10 ? bytes : 0;
+}
+
+template <int K, bool kBackward>
+void launch_cluster_k(__nv_bfloat16* x, const int32_t* targets, int64_t n, int64_t V, int64_t ld, double scale,
+                      double* loss, size_t smem, cudaStream_t s) {
+  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_bf16_cluster_kernel<K, kBackward>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  cross_entropy_bf16_cluster_kernel<K, kBackward><<<unsigned(K * n), ce_threads<K>(), smem, s>>>(x, targets, V, ld,
+                                                                                                 scale, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+template <bool kBackward>
+void launch_cluster(__nv_bfloat16* x, const int32_t* targets, int64_t n, int64_t V, int64_t ld, double scale,
+                    double* loss, size_t smem, cudaStream_t s) {
+  switch (ce_cluster()) {
+    case 2: launch_cluster_k<2, kBackward>(x, targets, n, V, ld, scale, loss, smem, s); break;
+    case 4: launch_cluster_k<4, kBackward>(x, targets, n, V, ld, scale, loss, smem, s); break;
+    default: launch_cluster_k<8, kBackward>(x, targets, n, V, ld, scale, loss, smem, s); break;
+  }
 }
 
 // One block per row. KL as cpu::kl_row / kl_backward_row, in fp64: the two log-normalizers
@@ -537,8 +794,12 @@ void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, floa
 void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16_t* up, int64_t N, cudaStream_t s) {
   if (N <= 0) return;
   using bf = __nv_bfloat16;
-  swiglu_forward_bf16_kernel<<<grid_for(N), 256, 0, s>>>(reinterpret_cast<bf*>(out), reinterpret_cast<const bf*>(gate),
-                                                         reinterpret_cast<const bf*>(up), N);
+  if (N % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
+    swiglu_forward_bf16x8_kernel<<<grid_for(N / 8), 256, 0, s>>>(
+        reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(gate), reinterpret_cast<const uint4*>(up), N / 8);
+  else
+    swiglu_forward_bf16_kernel<<<grid_for(N), 256, 0, s>>>(reinterpret_cast<bf*>(out), reinterpret_cast<const bf*>(gate),
+                                                           reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -565,6 +826,17 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
                       double* dw_scratch) {
   check_rows("rmsnorm backward", N, C);
   if (N == 0) return;
+  // The fused pass where its blocks still fill the device twice over (seed-500m's 2048 rows would
+  // make 128 blocks of 16 rows in turn: slower than the two passes).
+  const int64_t S = (N + kFusedRows - 1) / kFusedRows;
+  if (dweight && dw_scratch && C <= kFusedCols * kRowThreads && S >= 2 * int64_t(sm_count())) {
+    rmsnorm_backward_fused_kernel<<<unsigned(S), kRowThreads, 0, s>>>(
+        dinp, dout, inp, weight, rstd, N, C, reinterpret_cast<__nv_bfloat16*>(dinp_bf16), dw_scratch);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    rmsnorm_slab_fold_kernel<<<unsigned((C + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(dweight, dw_scratch, S, C);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    return;
+  }
   rmsnorm_backward_dx_kernel<<<unsigned(N), kRowThreads, 0, s>>>(dinp, dout, inp, weight, rstd, C,
                                                                  reinterpret_cast<__nv_bfloat16*>(dinp_bf16));
   PRIMAL_CUDA_CHECK_LAUNCH();
@@ -578,7 +850,11 @@ void column_sums_add(float* dst, const float* x, int64_t N, int64_t C, double* s
   if (N > 0) launch_column_sums<false>(dst, x, nullptr, nullptr, N, C, slabs, s);
 }
 
-int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C) { return (N + kDwSlabRows - 1) / kDwSlabRows * C; }
+// The fused backward's slabs (kFusedRows rows) or the column sums' (kDwSlabRows), whichever is more.
+int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C) {
+  static_assert(kFusedRows <= kDwSlabRows);
+  return (N + kFusedRows - 1) / kFusedRows * C;
+}
 
 void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_t s) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.inv_freq && cos_sin && T >= 0, "rope_table: bad arguments");
@@ -589,7 +865,7 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 }
 
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s, uint16_t* out_bf16, bool write_f32) {
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16, bool write_f32, int64_t ld_bf16) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.n_rot <= p.head_dim && p.inv_freq,
                "rope: inconsistent parameters (HS {}, n_rot {})", p.head_dim, p.n_rot);
   PRIMAL_CHECK(B >= 0 && T >= 0 && n_heads >= 0 && pos0 >= 0, "rope: invalid shape ({}, {}, {}) at {}", B, T,
@@ -597,17 +873,19 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
   PRIMAL_CHECK(!out_bf16 || p.n_rot == p.head_dim, "rope: a bf16 copy needs every dimension rotated (n_rot {} of {})",
                p.n_rot, p.head_dim);
   PRIMAL_CHECK(write_f32 || out_bf16, "rope: no output (write_f32 false without a bf16 copy)");
+  const int64_t ldb = ld_bf16 > 0 ? ld_bf16 : n_heads * p.head_dim;
+  PRIMAL_CHECK(ldb >= n_heads * p.head_dim, "rope: bf16 row stride {} for {} heads of {}", ldb, n_heads, p.head_dim);
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
   const float* table = p.cos_sin && pos0 + T <= p.table_len ? p.cos_sin : nullptr;
-  if (table && half % 2 == 0 && p.head_dim % 4 == 0) {  // (HS % 4: the vector accesses stay aligned)
+  if (table && half % 2 == 0 && p.head_dim % 4 == 0 && ldb % 4 == 0) {  // (the vector accesses stay aligned)
     rope_rotate2_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, table, pos0,
-                                                       inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32);
+                                                       inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb);
     PRIMAL_CUDA_CHECK_LAUNCH();
     return;
   }
   rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
-                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32);
+                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -647,9 +925,14 @@ void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const uint16_t* dout, 
                           const uint16_t* up, int64_t N, cudaStream_t s) {
   if (N <= 0) return;
   using bf = __nv_bfloat16;
-  swiglu_backward_kernel<bf, bf, bf><<<grid_for(N), 256, 0, s>>>(
-      reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup), reinterpret_cast<const bf*>(dout),
-      reinterpret_cast<const bf*>(gate), reinterpret_cast<const bf*>(up), N);
+  if (N % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up))
+    swiglu_backward_bf16x8_kernel<<<grid_for(N / 8), 256, 0, s>>>(
+        reinterpret_cast<uint4*>(dgate), reinterpret_cast<uint4*>(dup), reinterpret_cast<const uint4*>(dout),
+        reinterpret_cast<const uint4*>(gate), reinterpret_cast<const uint4*>(up), N / 8);
+  else
+    swiglu_backward_kernel<bf, bf, bf><<<grid_for(N), 256, 0, s>>>(
+        reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup), reinterpret_cast<const bf*>(dout),
+        reinterpret_cast<const bf*>(gate), reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -707,15 +990,24 @@ void cross_entropy_backward_rows_bf16(const float* logits, uint16_t* grad, const
 }
 
 // The vector kernel's precondition: rows a multiple of 8 values apart from a 16-byte aligned start.
+bool g_ce_single = false;  // set_cross_entropy_single_block
+
 bool bf16x8_ok(const uint16_t* logits, int64_t ld) {
   return ld > 0 && ld % 8 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0;
 }
+
+void set_cross_entropy_single_block(bool on) { g_ce_single = on; }
 
 void cross_entropy_rows_bf16(const uint16_t* logits, const int32_t* targets, int64_t n, int64_t V, double* loss,
                              cudaStream_t s, int64_t ld) {
   check_rows("cross-entropy", n, V);
   PRIMAL_CHECK(ld == 0 || ld >= V, "cross-entropy: row stride {} below {} columns", ld, V);
   if (n == 0) return;
+  if (bf16x8_ok(logits, ld) && cluster_smem(V) && !g_ce_single) {
+    launch_cluster<false>(reinterpret_cast<__nv_bfloat16*>(const_cast<uint16_t*>(logits)), targets, n, V, ld, 0.0, loss,
+                       cluster_smem(V), s);
+    return;
+  }
   if (bf16x8_ok(logits, ld)) {
     cross_entropy_bf16x8_kernel<false><<<unsigned(n), kLossThreads, 0, s>>>(
         reinterpret_cast<__nv_bfloat16*>(const_cast<uint16_t*>(logits)), targets, V, ld, 0.0, loss);
@@ -733,6 +1025,10 @@ void cross_entropy_backward_rows_bf16_inplace(uint16_t* logits, const int32_t* t
   PRIMAL_CHECK(ld == 0 || ld >= V, "cross-entropy: row stride {} below {} columns", ld, V);
   if (n == 0) return;
   auto* x = reinterpret_cast<__nv_bfloat16*>(logits);
+  if (bf16x8_ok(logits, ld) && cluster_smem(V) && !g_ce_single) {
+    launch_cluster<true>(x, targets, n, V, ld, scale, loss, cluster_smem(V), s);
+    return;
+  }
   if (bf16x8_ok(logits, ld)) {
     cross_entropy_bf16x8_kernel<true><<<unsigned(n), kLossThreads, 0, s>>>(x, targets, V, ld, scale, loss);
     PRIMAL_CUDA_CHECK_LAUNCH();

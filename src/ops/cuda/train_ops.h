@@ -44,8 +44,10 @@ void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, floa
 // bits, which the fp32 rounding hides but for rare ties).
 // dinp_bf16 (N, C), when non-null: the updated dinp rounded to bf16 as to_bf16 rounds it (the bf16
 // mode's GEMM operand, written in the same pass). dw_scratch (rmsnorm_dw_scratch_doubles(N, C)),
-// when non-null: dweight's rows are summed in slabs of 256 (each as above), then the slabs in order,
-// a fixed order still (its fp64 association differs from the one-slab sum's, so the last bits may).
+// when non-null: dweight's rows are summed in slabs, then the slabs in order, a fixed order still
+// (its fp64 association differs from the one-slab sum's, so the last bits may): where C <= 2048 in
+// the input gradient's pass (slabs of 16 rows, each summed in row order), else in slabs of 256 (each
+// as above). The input gradient is the same either way.
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                       const float* rstd, int64_t N, int64_t C, cudaStream_t s, uint16_t* dinp_bf16 = nullptr,
                       double* dw_scratch = nullptr);
@@ -79,9 +81,11 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 // fp32 without fused multiply-adds: the CPU's values. inverse rotates by -angle (the backward).
 // out_bf16 (optional, n_rot == HS): the rotated values also written as bf16 (B, T, n_heads, HS),
 // the bf16 mode's copy without a pass of its own; with write_f32 false only there (x is left as it
-// was: for callers that read only the bf16 copy).
+// was: for callers that read only the bf16 copy). ld_bf16: the bf16 copy's row stride per token
+// (elements; 0: n_heads * HS), for a copy that is a column block of a wider matrix.
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr, bool write_f32 = true);
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr, bool write_f32 = true,
+                 int64_t ld_bf16 = 0);
 
 // The bf16 mode's forward RoPE of bf16 values in place, xb: (B, T, n_heads, HS) bf16, positions
 // 0..T-1: each pair widened to fp32, rotated as rope_rotate rotates it (the table's cos and sin),
@@ -164,6 +168,11 @@ void cross_entropy_rows_bf16(const uint16_t* logits, const int32_t* targets, int
                              cudaStream_t s, int64_t ld = 0);
 void cross_entropy_backward_rows_bf16_inplace(uint16_t* logits, const int32_t* targets, int64_t n, int64_t V,
                                               double scale, double* loss, cudaStream_t s, int64_t ld = 0);
+// With rows 16-byte aligned (ld % 8 == 0), of more than 65,536 logits and an eighth of a row within
+// 160 KiB of shared memory, the two functions above read each row once (a cluster of eight blocks a
+// row); true here selects the single-block kernel, which reads it two or three times (tests,
+// comparisons; process-wide).
+void set_cross_entropy_single_block(bool on);
 
 // Distillation. logits, teacher: (n, V); loss: (n) fp64 written,
 //   kl = sum_j p_j (log p_j - log q_j),  p = softmax(teacher), q = softmax(logits),

@@ -141,13 +141,19 @@ class CudaEngine final : public StepEngine {
   void bf16_copy(uint16_t* dst, const float* x, int64_t n) {
     if (bf16_) cu::to_bf16(dst, x, n, s_);
   }
+  // The same for x (rows, cols) into rows ld apart (0: cols).
+  void bf16_copy_rows(uint16_t* dst, int64_t ld, const float* x, int64_t rows, int64_t cols) {
+    if (bf16_) cu::to_bf16_rows(dst, ld > 0 ? ld : cols, x, rows, cols, s_);
+  }
   // RoPE (inverse: its backward) on x (B, T, heads, HS) in place, and in the bf16 mode x's bf16 copy
-  // xb, written by the RoPE kernel itself when every dimension rotates (else converted after); the
-  // fused kernel writes only xb unless the rotated fp32 values are read (need_f32: a bias gradient).
-  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, bool need_f32 = false) {
+  // xb (rows ldb apart; 0: dense), written by the RoPE kernel itself when every dimension rotates
+  // (else converted after); the fused kernel writes only xb unless the rotated fp32 values are read
+  // (need_f32: a bias gradient).
+  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, bool need_f32 = false,
+            int64_t ldb = 0) {
     const bool fused = bf16_ && rope_.n_rot == hp_.head_dim;
-    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32);
-    if (!fused) bf16_copy(xb, x, B * T * heads * hp_.head_dim);
+    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32, fused ? ldb : 0);
+    if (!fused) bf16_copy_rows(xb, ldb, x, B * T, heads * hp_.head_dim);
   }
   void note_memory();
   // PRIMAL_TRAIN_PROFILE=1: an event is recorded on the stream after every op, and the GPU time
@@ -201,13 +207,14 @@ class CudaEngine final : public StepEngine {
   float *dgate_, *dup_, *dh_;                 // (N, F) x 3 (dgate_, dup_ null in the bf16 mode)
   // bf16 mode: the GEMM operand copies of the gradients and of the head's input (xnfb_).
   uint16_t *dxb_ = nullptr, *dgb_ = nullptr, *dub_ = nullptr;  // (N, C), (N, F) x 2
-  uint16_t *dqb_ = nullptr, *dkb_ = nullptr, *dvb_ = nullptr;  // (N, Q), (N, KV) x 2
+  uint16_t *dqb_ = nullptr, *dkb_ = nullptr, *dvb_ = nullptr;  // (N, Q), (N, KV) x 2, rows ldqkv_ apart
+  int64_t ldqkv_ = 0;                                          // Q + 2 KV: one (N, Q + 2 KV) matrix
   uint16_t *xnfb_ = nullptr, *logitsb_ = nullptr;              // (N, C), (head_chunk, ldl_) bf16 logits
   int64_t ldl_ = 0;  // bf16 logits' row stride: V rounded up to 16 (an odd vocabulary misaligned the GEMMs)
   float* logits_ = nullptr;                   // (head_chunk, V)
   float* scratch_ = nullptr;                  // (scratch_floats) GEMM operand / weight-gradient tiles
   double* nll_ = nullptr;                     // (maxN)
-  double* dw_slabs_ = nullptr;                // (ceil(maxN / 256), C) the norms' weight-gradient slabs, or null
+  double* dw_slabs_ = nullptr;                // (ceil(maxN / 16), C) the norms' weight-gradient slabs, or null
   int32_t *tokens_ = nullptr, *targets_ = nullptr, *flag_ = nullptr;  // (maxN), (maxN), (1)
   int32_t* csr_ = nullptr;                    // (3 maxN + 2) LUT-embedding positions by token (group_positions)
   double *ss_ = nullptr, *ss_scratch_ = nullptr;  // (params), sum_squares_batch scratch
@@ -468,7 +475,10 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   if (bf16_) {
     dgate_ = dup_ = nullptr;
     dxb_ = b16(N * C), dgb_ = b16(N * FF), dub_ = b16(N * FF);
-    dqb_ = b16(N * Q), dkb_ = b16(N * KV), dvb_ = b16(N * KV);
+    // dq, dk, dv as the column blocks of one (N, Q + 2 KV) matrix: the input gradient of q, k and v
+    // is then one GEMM over the stacked weights (lut_linear_backward_input_group).
+    ldqkv_ = Q + 2 * KV;
+    dqb_ = b16(N * ldqkv_), dkb_ = dqb_ + Q, dvb_ = dkb_ + KV;
     xnfb_ = b16(N * C);
   } else {
     dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF));
@@ -954,24 +964,25 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && !(tr && w.g_bv);
       if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the workspace
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
-                                   size_t(N * FF), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr);
+                                   size_t(N * FF), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr,
+                                   ldqkv_);
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
-      rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq);  // the bias gradient reads the fp32 values
-      rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk);
-      if (!dv_direct) bf16_copy(dvb_, dv_, N * KVH * HS);
+      rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq, ldqkv_);  // the bias gradient reads the fp32 values
+      rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk, ldqkv_);
+      if (!dv_direct) bf16_copy_rows(dvb_, ldqkv_, dv_, N, KVH * HS);
       mark("norm/swiglu/rope bwd");
       {
         const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
         const uint16_t* qkv_d[3] = {dqb_, dkb_, dvb_};
         const bool grouped = bf16_ && cu::lut_linear_backward_input_group(*blas_, qkv, qkv_d, 3, N, dxn_, false,
-                                                                           scratch_, scratch_floats_, s_);
+                                                                           scratch_, scratch_floats_, s_, ldqkv_);
         if (grouped) mark_stage("dinp");
         float* di = grouped ? nullptr : dxn_;
-        lin_bwd(di, false, {dq_, dqb_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
-        lin_bwd(di, true, {dk_, dkb_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
-        lin_bwd(di, true, {dv_, dvb_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
+        lin_bwd(di, false, {dq_, dqb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
+        lin_bwd(di, true, {dk_, dkb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
+        lin_bwd(di, true, {dv_, dvb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
       }
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16(),
