@@ -208,7 +208,7 @@ void register_bench_train(CLI::App& app) {
       "  primal bench-train --shape qwen2.5-1.5b --batch 8 --seq 1024 --memory 8GiB --plan\n"
       "  primal bench-train --shape layers=4,embd=256,heads=8,ff=704,vocab=50257 --batch 4 --seq 256 --device cpu\n"
       "Shapes: " + synth_shape_names() + ", or a spec\n"
-      "layers=,embd=,heads=,kv_heads=,ff=,vocab=[,head_dim=,ctx=,theta=,eps=].");
+      "layers=,embd=,heads=,kv_heads=,ff=,vocab=[,head_dim=,ctx=,theta=,eps=,qkv_bias=1].");
   cmd->add_option("--shape", a->shape, "model shape: a name or a spec (see below)")->required();
   cmd->add_option("--batch", a->batch, "sequences per optimizer step")->check(CLI::PositiveNumber);
   cmd->add_option("--seq", a->seq, "tokens per sequence")->check(CLI::PositiveNumber);

@@ -114,7 +114,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--init", a->init, "'random': train from scratch (with --shape and --tokenizer)")
       ->group(g_model)
       ->check(CLI::IsMember({"random"}));
-  cmd->add_option("--shape", c.shape, "layers=L,embd=C,heads=H,kv_heads=K,ff=F[,ctx=,head_dim=,theta=,eps=]")
+  cmd->add_option("--shape", c.shape, "layers=L,embd=C,heads=H,kv_heads=K,ff=F[,ctx=,head_dim=,theta=,eps=,qkv_bias=1]")
       ->group(g_model);
   cmd->add_option("--tokenizer", c.tokenizer, "tokenizer (GGUF or HF folder; default: the model)")->group(g_model);
   cmd->add_option("--lut", a->lut_type, "LUT type for float matrices: lut2, lut3, lut4, lut5, lut6, lut8, lut16, or none (keep them float)")

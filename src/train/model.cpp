@@ -222,7 +222,8 @@ HParams parse_shape(const std::string& spec) {
     else if (k == "head_dim") hp.head_dim = whole(), has_hd = true;
     else if (k == "theta") hp.rope_theta = float(x);
     else if (k == "eps") hp.rms_eps = float(x);
-    else fail("--shape: unknown key '{}' (layers, embd, heads, kv_heads, ff, ctx, head_dim, theta, eps)", k);
+    else if (k == "qkv_bias") hp.qkv_bias = x != 0;  // (Qwen2's q, k and v biases)
+    else fail("--shape: unknown key '{}' (layers, embd, heads, kv_heads, ff, ctx, head_dim, theta, eps, qkv_bias)", k);
   }
   PRIMAL_CHECK(hp.n_layer > 0 && hp.n_embd > 0 && hp.n_head > 0 && hp.n_ff > 0,
                "--shape needs at least layers, embd, heads and ff (got '{}')", spec);

@@ -59,6 +59,20 @@ TEST(GpuTrainBf16, ConversionRoundsLikeTheCpu) {
   auto out = poisoned_bf16(x.size());
   cuda::to_bf16(out.as<uint16_t>(), xd.as<float>(), int64_t(x.size()), nullptr);
   EXPECT_EQ(first_diff(to_host<uint16_t>(out, x.size()), bf16_of(x)), -1);
+  // Rows of 7 (of 100003 / 7) into rows 9 apart, a bias per column added first: bf16(x + b), the
+  // two padding values of each row untouched.
+  const int64_t cols = 7, rows = int64_t(x.size()) / cols, ld = 9;
+  const std::vector<float> b = {0.5f, -1.0f, 0.0f, 3.0f, 1e-3f, -2.5f, 7.0f};
+  const auto bd = to_device(b);
+  auto out2 = poisoned_bf16(size_t(rows * ld));
+  cuda::to_bf16_rows(out2.as<uint16_t>(), ld, xd.as<float>(), rows, cols, nullptr, bd.as<float>());
+  std::vector<float> xb(size_t(rows * cols));
+  for (size_t i = 0; i < xb.size(); ++i) xb[i] = x[i] + b[i % size_t(cols)];
+  const auto want = bf16_of(xb);
+  const auto h = to_host<uint16_t>(out2, size_t(rows * ld));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < ld; ++c)
+      ASSERT_EQ(h[size_t(r * ld + c)], c < cols ? want[size_t(r * cols + c)] : uint16_t(0xFFFF)) << r << " " << c;
 }
 
 // rmsnorm_forward_train_bf16 = bf16(rmsnorm_forward_train), and the same rstd.

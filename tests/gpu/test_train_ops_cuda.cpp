@@ -275,6 +275,18 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
               for (int64_t c = 0; c < ld; ++c)
                 ASSERT_EQ(h3[size_t(r * ld + c)], c < row ? b[size_t(r * row + c)] : uint16_t(0xFFFF))
                     << "strided bf16 copy, table " << with_table << " row " << r << " col " << c;
+            // A bias added inside the kernel = the rotation of x + bias (each sum rounded once).
+            const auto bias = randn(size_t(row), 21, 0.5f);
+            auto xpb = x;
+            for (size_t i2 = 0; i2 < xpb.size(); ++i2) xpb[i2] += bias[i2 % size_t(row)];
+            auto xpd = to_device(xpb), xd4 = to_device(x);
+            const auto bd = to_device(bias);
+            auto want4 = to_device(std::vector<uint16_t>(x.size(), 0xFFFF)), got4 = to_device(std::vector<uint16_t>(x.size(), 0xFFFF));
+            cuda::rope_rotate(xpd.as<float>(), k.B, k.T, k.NH, k.pos0, pw, inverse, nullptr, want4.as<uint16_t>(), false);
+            cuda::rope_rotate(xd4.as<float>(), k.B, k.T, k.NH, k.pos0, pw, inverse, nullptr, got4.as<uint16_t>(), false, 0,
+                              bd.as<float>());
+            EXPECT_EQ(to_host<uint16_t>(got4, x.size()), to_host<uint16_t>(want4, x.size()))
+                << "bias in the kernel, table " << with_table;
           }
           // bf16 values rotated in place (the forward from bf16 q, k): the bf16 copy of the fp32
           // rotation of the widened values, bit for bit; refused where the kernel does not serve.

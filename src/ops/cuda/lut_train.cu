@@ -82,9 +82,10 @@ __global__ void to_bf16_kernel(__nv_bfloat16* dst, const float* src, int64_t n) 
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
     dst[k] = __float2bfloat16_rn(src[k]);
 }
-__global__ void to_bf16_rows_kernel(__nv_bfloat16* dst, int64_t ld, const float* src, int64_t rows, int64_t cols) {
+__global__ void to_bf16_rows_kernel(__nv_bfloat16* dst, int64_t ld, const float* src, int64_t rows, int64_t cols,
+                                    const float* bias) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * cols; k += int64_t(gridDim.x) * blockDim.x)
-    dst[k / cols * ld + k % cols] = __float2bfloat16_rn(src[k]);
+    dst[k / cols * ld + k % cols] = __float2bfloat16_rn(bias ? __fadd_rn(src[k], bias[k % cols]) : src[k]);
 }
 
 // dst[r, i] = scale[o0 + r, i / G] * grid[idx[o0 + r, i]]: __fmul_rn, the one rounding of the
@@ -530,12 +531,13 @@ void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s) {
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s) {
+void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s,
+                  const float* bias) {
   PRIMAL_CHECK(rows >= 0 && cols >= 0 && ld_dst >= cols && (rows * cols == 0 || (dst && src)),
                "to_bf16_rows: ({}, {}) into rows {} apart, or a null pointer", rows, cols, ld_dst);
   if (rows * cols == 0) return;
   to_bf16_rows_kernel<<<lut::blocks_for(rows * cols), lut::kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dst),
-                                                                             ld_dst, src, rows, cols);
+                                                                             ld_dst, src, rows, cols, bias);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

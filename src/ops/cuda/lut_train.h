@@ -73,8 +73,10 @@ struct Operand {
 
 // dst[k] = bf16(src[k]) round-to-nearest-even, k < n.
 void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s);
-// The same for a (rows, cols) matrix into rows ld_dst apart (a column block of a wider matrix).
-void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s);
+// The same for a (rows, cols) matrix into rows ld_dst apart (a column block of a wider matrix),
+// with bias (cols, optional) added in fp32 first: bf16(src[r, c] + bias[c]).
+void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s,
+                  const float* bias = nullptr);
 
 // A LUT matrix of the trainer in device memory, in train::LutWeight's layout (by value; views).
 struct LutTrainView {

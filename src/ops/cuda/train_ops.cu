@@ -261,7 +261,7 @@ __global__ void rope_table_kernel(float* cs, int64_t T, int64_t half, const doub
 
 __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                    bool neox, const double* inv_freq, const float* table, int64_t pos0, bool inverse,
-                                   __nv_bfloat16* xb, bool write_f32, int64_t ldb) {
+                                   __nv_bfloat16* xb, bool write_f32, int64_t ldb, const float* bias) {
   const int64_t step = neox ? 1 : 2, other = neox ? half : 1;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * half;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -273,7 +273,8 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
     for (int64_t h = 0; h < n_heads; ++h) {
       const int64_t off = (bt * n_heads + h) * HS + i * step;
       float* v = x + off;
-      const float a = v[0], b = v[other];
+      float a = v[0], b = v[other];
+      if (bias) a = __fadd_rn(a, bias[h * HS + i * step]), b = __fadd_rn(b, bias[h * HS + i * step + other]);
       const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
       if (write_f32) v[0] = r0, v[other] = r1;
       if (xb) {
@@ -306,7 +307,7 @@ __device__ __forceinline__ uint4 pack_bf16x8(const float v[8]) {
 
 __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                     bool neox, const float* table, int64_t pos0, bool inverse, __nv_bfloat16* xb,
-                                    bool write_f32, int64_t ldb) {
+                                    bool write_f32, int64_t ldb, const float* bias) {
   const int64_t h2 = half / 2, per_bt = n_heads * h2;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * per_bt;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -319,7 +320,12 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
       float* v = x + (bt * n_heads + h) * HS;
       float r0, r1, r2, r3;  // the rotated pairs (r0, r1) of i and (r2, r3) of i + 1
       if (neox) {
-        const float2 a = *reinterpret_cast<const float2*>(v + i), b = *reinterpret_cast<const float2*>(v + half + i);
+        float2 a = *reinterpret_cast<const float2*>(v + i), b = *reinterpret_cast<const float2*>(v + half + i);
+        if (bias) {  // (scalar loads: a bias need not be 8-byte aligned)
+          const float* bh = bias + h * HS;
+          a.x = __fadd_rn(a.x, bh[i]), a.y = __fadd_rn(a.y, bh[i + 1]);
+          b.x = __fadd_rn(b.x, bh[half + i]), b.y = __fadd_rn(b.y, bh[half + i + 1]);
+        }
         rot2(a.x, b.x, cs.x, s0, r0, r1);
         rot2(a.y, b.y, cs.z, s1, r2, r3);
         if (write_f32) {
@@ -331,7 +337,11 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
           o[i / 2] = bf16x2(r0, r2), o[(half + i) / 2] = bf16x2(r1, r3);
         }
       } else {
-        const float4 a = *reinterpret_cast<const float4*>(v + 2 * i);
+        float4 a = *reinterpret_cast<const float4*>(v + 2 * i);
+        if (bias) {
+          const float* bh = bias + h * HS + 2 * i;
+          a.x = __fadd_rn(a.x, bh[0]), a.y = __fadd_rn(a.y, bh[1]), a.z = __fadd_rn(a.z, bh[2]), a.w = __fadd_rn(a.w, bh[3]);
+        }
         rot2(a.x, a.y, cs.x, s0, r0, r1);
         rot2(a.z, a.w, cs.z, s1, r2, r3);
         if (write_f32) *reinterpret_cast<float4*>(v + 2 * i) = make_float4(r0, r1, r2, r3);
@@ -865,7 +875,8 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 }
 
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
-                 bool inverse, cudaStream_t s, uint16_t* out_bf16, bool write_f32, int64_t ld_bf16) {
+                 bool inverse, cudaStream_t s, uint16_t* out_bf16, bool write_f32, int64_t ld_bf16,
+                 const float* bias) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.n_rot <= p.head_dim && p.inv_freq,
                "rope: inconsistent parameters (HS {}, n_rot {})", p.head_dim, p.n_rot);
   PRIMAL_CHECK(B >= 0 && T >= 0 && n_heads >= 0 && pos0 >= 0, "rope: invalid shape ({}, {}, {}) at {}", B, T,
@@ -880,12 +891,14 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
   const float* table = p.cos_sin && pos0 + T <= p.table_len ? p.cos_sin : nullptr;
   if (table && half % 2 == 0 && p.head_dim % 4 == 0 && ldb % 4 == 0) {  // (the vector accesses stay aligned)
     rope_rotate2_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, table, pos0,
-                                                       inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb);
+                                                       inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb,
+                                                       bias);
     PRIMAL_CUDA_CHECK_LAUNCH();
     return;
   }
   rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
-                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb);
+                                                 pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb,
+                                                 bias);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

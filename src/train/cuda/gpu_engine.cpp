@@ -149,12 +149,18 @@ class CudaEngine final : public StepEngine {
   // xb (rows ldb apart; 0: dense), written by the RoPE kernel itself when every dimension rotates
   // (else converted after); the fused kernel writes only xb unless the rotated fp32 values are read
   // (need_f32: a bias gradient).
+  // bias (only where rope_adds_bias()): added to x first, inside the fused kernel.
   void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, bool need_f32 = false,
-            int64_t ldb = 0) {
-    const bool fused = bf16_ && rope_.n_rot == hp_.head_dim;
-    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32, fused ? ldb : 0);
+            int64_t ldb = 0, const float* bias = nullptr) {
+    const bool fused = rope_adds_bias();
+    PRIMAL_CHECK(fused || !bias, "cuda engine: a bias for RoPE without the fused kernel");
+    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32, fused ? ldb : 0,
+                    bias);
     if (!fused) bf16_copy_rows(xb, ldb, x, B * T, heads * hp_.head_dim);
   }
+  // The bf16 mode's RoPE writes only the bf16 copy (every dimension rotated): the forward's q and k
+  // biases are then added by that kernel, and v's by its bf16 copy, instead of a pass over each.
+  bool rope_adds_bias() const { return bf16_ && rope_.n_rot == hp_.head_dim; }
   void note_memory();
   // PRIMAL_TRAIN_PROFILE=1: an event is recorded on the stream after every op, and the GPU time
   // between it and the previous one is added to the op's category (flush_profile, at the ends of
@@ -666,29 +672,37 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   const bool v_b16 = bf16_ && !w.bv;
   // Likewise q and k without biases, then rotated in place as bf16 (where the group fits).
   const bool qk_b16 = bf16_ && !w.bq && !w.bk && cu::rope_bf16_inplace_ok(rope_, T);
+  // Biases added later, by RoPE's kernel and v's bf16 copy, where those write only bf16 values.
+  const bool late_bias = rope_adds_bias();
+  const float* bq = late_bias ? nullptr : w.bq;
+  const float* bk = late_bias ? nullptr : w.bk;
+  const float* bv = late_bias ? nullptr : w.bv;
   const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
   cu::LutGroupOut qkv_out[3];
   if (qk_b16) qkv_out[0].bf16 = a.qb, qkv_out[1].bf16 = a.kb;
-  else qkv_out[0].f32 = q, qkv_out[0].bias = w.bq, qkv_out[1].f32 = k, qkv_out[1].bias = w.bk;
+  else qkv_out[0].f32 = q, qkv_out[0].bias = bq, qkv_out[1].f32 = k, qkv_out[1].bias = bk;
   if (v_b16) qkv_out[2].bf16 = a.vb;
-  else qkv_out[2].f32 = v, qkv_out[2].bias = w.bv;
+  else qkv_out[2].f32 = v, qkv_out[2].bias = bv;
   const bool grouped =
       bf16_ && cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_);
   if (!grouped) {
-    lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, w.bq, q);
-    lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, w.bk, k);
+    lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, bq, q);
+    lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, bk, k);
     if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
-    else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, w.bv, v);
+    else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, bv, v);
   }
   mark(lf);
   if (grouped && qk_b16) {
     cu::rope_forward_train_bf16(a.qb, B, T, NH, rope_, s_);
     cu::rope_forward_train_bf16(a.kb, B, T, KVH, rope_, s_);
   } else {
-    rope(q, a.qb, B, T, NH, false);
-    rope(k, a.kb, B, T, KVH, false);
+    rope(q, a.qb, B, T, NH, false, false, 0, late_bias ? w.bq : nullptr);
+    rope(k, a.kb, B, T, KVH, false, false, 0, late_bias ? w.bk : nullptr);
   }
-  if (!v_b16) bf16_copy(a.vb, v, N * KVH * HS);
+  if (!v_b16) {
+    if (late_bias) cu::to_bf16_rows(a.vb, KVH * HS, v, N, KVH * HS, s_, w.bv);
+    else bf16_copy(a.vb, v, N * KVH * HS);
+  }
   mark(ew);
   if (mma_attention_)  // bf16 in, bf16 out
     cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
