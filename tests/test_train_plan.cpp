@@ -98,6 +98,34 @@ TEST(MemoryPlan, RecomputesOnlyTheLayersBelowTheKeptOnes) {
   EXPECT_EQ(choose_plan(r).kept_layers, 0);
 }
 
+// The bf16 mode's recomputed layers may keep their attention output (bf16) and log-sum-exp (fp32):
+// N (2 Q + 4 NH) bytes each, a recomputation without its attention forward (cheaper in the cost
+// model); the planner takes them where they fit and nothing faster does. Refused in the fp32 mode
+// and without recomputation.
+TEST(MemoryPlan, KeepsTheRecomputedLayersAttentionOutputs) {
+  PlanRequest r = tiny_request();
+  r.hp = training_shape("layers=6,embd=64,heads=4,kv_heads=2,ff=128,vocab=1000");
+  r.act_bytes = 2;
+  const int64_t N = 4 * 32, Q = 64, NH = 4, per = N * (2 * Q + 4 * NH);
+  const MemoryPlan all = measure_plan(r, 4, true, 6), att = measure_plan(r, 4, true, 6, 0, true),
+                   part = measure_plan(r, 4, true, 6, 2, true);
+  EXPECT_TRUE(att.keep_attention);
+  EXPECT_EQ(item(att, "recomputed layers' attention outputs"), 6 * per);
+  EXPECT_EQ(item(part, "recomputed layers' attention outputs"), 4 * per);
+  EXPECT_EQ(att.total() - all.total(), 6 * per);
+  EXPECT_LT(att.relative_time, all.relative_time);
+  EXPECT_GT(att.relative_time, measure_plan(r, 4, false, 6).relative_time);
+  r.budget = att.total();  // room for the attention outputs, not for a kept layer
+  const MemoryPlan p = choose_plan(r);
+  EXPECT_TRUE(p.recompute && p.keep_attention);
+  EXPECT_EQ(p.kept_layers, 0);
+  r.budget = all.total();
+  EXPECT_FALSE(choose_plan(r).keep_attention);
+  EXPECT_THROW(measure_plan(r, 4, false, 6, 0, true), Error);
+  r.act_bytes = 4;
+  EXPECT_THROW(measure_plan(r, 4, true, 6, 0, true), Error);
+}
+
 // The activations are the CUDA engine's buffers (train/cuda/gpu_engine.cpp), by its formulas:
 // tiny_request is C 64, 4 heads of 16 (Q 64), 2 KV heads (KV 32), F 128, V 1000, 2 layers.
 TEST(MemoryPlan, CountsTheEnginesActivationsByHand) {

@@ -130,6 +130,7 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     g.fast = a.math == "bf16";
     g.recompute = plan.recompute;
     g.kept_layers = plan.kept_layers;
+    g.keep_attention = plan.keep_attention;
     g.head_chunk = r.head_chunk;
     g.verbose = !a.json;
     engine = make_cuda_engine(ctx, g);
@@ -183,13 +184,15 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     j["accum"] = plan.accum;
     j["recompute"] = plan.recompute;
     j["kept_layers"] = plan.kept_layers;
+    j["keep_attention"] = plan.keep_attention;
     j["params"] = plan.params;
     j["first_loss"] = first_loss;
     j["last_loss"] = last_loss;
     std::printf("%s\n", j.dump().c_str());
   } else {
     const std::string rc = !plan.recompute ? ""
-                           : ", recomputation of " + std::to_string(plan.trainable_layers - plan.kept_layers) + " layers";
+                           : ", recomputation of " + std::to_string(plan.trainable_layers - plan.kept_layers) + " layers" +
+                                 (plan.keep_attention ? " (attention outputs kept)" : "");
     std::printf("%s: %.0f tok/s, %.1f model TFLOP/s (MFU %.1f%% of 989), peak %s %.2f GiB (planned %.2f); "
                 "%lld x %lld tokens per step, micro-batch %lld x %lld%s\n",
                 engine->name().c_str(), tok_s, flops * 1e-12, 100 * flops / 989e12, cpu ? "RSS" : "device memory",

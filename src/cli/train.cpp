@@ -77,6 +77,7 @@ void set_engine(const Args& a, train::TrainRunOptions& o) {
                    budget > 0 ? "" : "\n  (budget: the device memory free at the start; --memory sets one)");
     g->recompute = p.recompute;
     g->kept_layers = p.kept_layers;
+    g->keep_attention = p.keep_attention;
   };
   o.engine = [g](const train::EngineContext& ctx) { return train::make_cuda_engine(ctx, *g); };
 #else

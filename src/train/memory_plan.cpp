@@ -98,7 +98,7 @@ double MemoryPlan::persistent_bytes_per_weight() const {
 }
 
 MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,
-                        int64_t kept_layers) {
+                        int64_t kept_layers, bool keep_attention) {
   const HParams& hp = r.hp;
   const int64_t C = hp.n_embd, NH = hp.n_head, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff,
                 V = hp.n_vocab, L = hp.n_layer;
@@ -112,6 +112,8 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
                "memory plan: {} layers keeping their activations with recomputation, of {} trainable", kept_layers,
                trainable_layers);
   PRIMAL_CHECK(r.act_bytes == 2 || r.act_bytes == 4, "memory plan: activations are 2 (bf16) or 4 (fp32) bytes");
+  PRIMAL_CHECK(!keep_attention || (recompute && r.act_bytes == 2),
+               "memory plan: attention outputs are kept with recomputation in the bf16 mode only");
   PRIMAL_CHECK(r.vote_bits == 8 || r.vote_bits == 16, "memory plan: votes are 8 or 16 bits");
   const std::vector<Shape> mats = {{Q, C}, {KV, C}, {KV, C}, {C, Q}, {F, C}, {F, C}, {C, F}};
   for (const Shape& s : mats)
@@ -123,6 +125,7 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   p.recompute = recompute;
   p.trainable_layers = trainable_layers;
   p.kept_layers = recompute ? kept_layers : trainable_layers;
+  p.keep_attention = keep_attention;
   Counter c(p);
   const int64_t lowest = L - trainable_layers;  // first trainable layer
   const bool all_layers = lowest == 0;
@@ -172,6 +175,10 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   if (p.kept_layers < L)
     c.add("activations", recompute ? "one layer's activations (recomputed)" : "frozen layers' forward scratch",
           N * layer_set);
+  // bf16 attention output and fp32 log-sum-exp of every layer below the kept ones (the engine keeps
+  // them for all of those, frozen ones included).
+  if (keep_attention)
+    c.add("activations", "recomputed layers' attention outputs", N * (2 * Q + 4 * NH) * (L - p.kept_layers));
   c.add("activations", "final norm", N * (4 * C + 4 + (b16 ? 2 * C : 0)));
 
   // dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32, or in the bf16 mode bf16 copies of
@@ -213,9 +220,13 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // what the GEMMs of kCastTokens tokens cost (H100, qwen2.5-1.5b: 42 ms per pass against 0.2 s
   // of GEMMs for 8192 tokens; seed-500m micro-batch 4 with recomputation 22,401 tok/s, 2 x 2
   // without 19,681).
+  // A kept attention output spares the recomputation its attention forward: per token 2 T Q of
+  // the layer's 2 (C (Q + 2 KV) + Q C + 3 C F) GEMM flops, at about a third of their speed.
   constexpr double kCastTokens = 1700;
   const double eff = (1.0 + 512.0 / double(N)) / (1.0 + 512.0 / double(r.batch * r.seq));
-  const double recomputed = double(trainable_layers - p.kept_layers) / double(L);
+  const double att = 3.0 * double(r.seq) * double(Q), lin = double(C * (Q + 2 * KV) + Q * C + 3 * C * F);
+  const double rebuilt = keep_attention ? lin / (lin + att) : 1.0;  // share of a layer's forward recomputed
+  const double recomputed = double(trainable_layers - p.kept_layers) / double(L) * rebuilt;
   p.relative_time = (1.0 + recomputed / 3.0) * eff + double(p.accum) * kCastTokens / double(r.batch * r.seq);
   return p;
 }
@@ -268,13 +279,17 @@ MemoryPlan choose_plan(const PlanRequest& r) {
     for (bool rc : rcs)
       for (int64_t b : mbs) {
         // With recomputation: the most layers keeping their activations that fit (--recompute on:
-        // none, every trainable layer recomputed).
-        for (int64_t kept = rc && r.recompute != 1 ? k - 1 : 0; kept >= 0; --kept) {
-          MemoryPlan p = measure_plan(r, b, rc, k, kept);
-          smallest = std::min(smallest, p.total());
-          if (r.budget > 0 && p.total() > r.budget) continue;
-          if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
-          break;
+        // none, every trainable layer recomputed), with the attention outputs of the others kept
+        // (bf16) or not, whichever the cost model prefers.
+        for (const bool att : {false, true}) {
+          if (att && (!rc || r.act_bytes != 2)) continue;
+          for (int64_t kept = rc && r.recompute != 1 ? k - 1 : 0; kept >= 0; --kept) {
+            MemoryPlan p = measure_plan(r, b, rc, k, kept, att);
+            smallest = std::min(smallest, p.total());
+            if (r.budget > 0 && p.total() > r.budget) continue;
+            if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
+            break;
+          }
         }
       }
     if (found) return best;
@@ -290,10 +305,11 @@ std::string MemoryPlan::describe(const PlanRequest& r) const {
   s += fmt::format("memory plan: {:.3f}B parameters ({:.3f}B LUT{} weights), {} x {} tokens per step, activations {}\n",
                    double(params) * 1e-9, double(lut_weights) * 1e-9, r.lut_bits, r.batch, r.seq,
                    r.act_bytes == 2 ? "bf16" : "fp32");
-  const std::string rc = !recompute ? "off"
-                         : kept_layers == 0 ? "on"
-                         : fmt::format("on for {} layers (the top {} keep their activations)",
-                                       trainable_layers - kept_layers, kept_layers);
+  const std::string rc = (!recompute         ? std::string("off")
+                          : kept_layers == 0 ? std::string("on")
+                                             : fmt::format("on for {} layers (the top {} keep their activations)",
+                                                           trainable_layers - kept_layers, kept_layers)) +
+                         (keep_attention ? ", their attention outputs kept" : "");
   s += fmt::format("  micro-batch {} x {}, accumulation {}, per-layer recomputation {}, trainable layers {}/{}\n",
                    micro_batch, r.seq, accum, rc, trainable_layers, r.hp.n_layer);
   for (const char* g : {"persistent", "activations", "workspace"}) {
@@ -316,6 +332,7 @@ std::string MemoryPlan::to_json(const PlanRequest& r) const {
   j["recompute"] = recompute;
   j["trainable_layers"] = trainable_layers;
   j["kept_layers"] = kept_layers;
+  j["keep_attention"] = keep_attention;
   j["batch"] = r.batch;
   j["seq"] = r.seq;
   j["params"] = params;

@@ -74,6 +74,8 @@ struct MemoryPlan {
   int64_t trainable_layers = 0;  // the top ones
   int64_t kept_layers = 0;       // the top ones keeping their activations (= trainable_layers
                                  // without recomputation, fewer with it)
+  bool keep_attention = false;   // bf16 recomputation: the layers below the kept ones keep their
+                                 // attention output and log-sum-exp (not recomputed)
   int64_t lut_weights = 0;       // LUT weights of the model
   int64_t params = 0;            // all parameters
   std::vector<MemoryItem> items;
@@ -98,9 +100,10 @@ struct TrainConfig;
 PlanRequest plan_request(const TrainModel& m, const TrainConfig& cfg, int64_t act_bytes, int64_t head_chunk);
 
 // The memory of one configuration (no choice made); with recomputation, kept_layers (0 ..
-// trainable_layers - 1) of the top layers keep their activations.
+// trainable_layers - 1) of the top layers keep their activations, and with keep_attention (bf16
+// activations only) the layers below them keep their attention output and log-sum-exp.
 MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,
-                        int64_t kept_layers = 0);
+                        int64_t kept_layers = 0, bool keep_attention = false);
 
 // The fastest plan within r.budget (all layers trainable when any plan allows it, then the
 // largest trainable set). Throws primal::Error naming the smallest budget that would work when

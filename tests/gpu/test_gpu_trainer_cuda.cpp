@@ -227,24 +227,30 @@ TEST_P(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
   const int64_t B = 2, T = 64;
   const tr::TrainModel m0 = make_model(c);
   const tr::TrainConfig cfg = make_config(c);
-  tr::GpuEngineOptions keep, all, part;
-  keep.fast = all.fast = part.fast = GetParam();
-  all.recompute = part.recompute = true;
+  tr::GpuEngineOptions keep, all, part, att;
+  keep.fast = all.fast = part.fast = att.fast = GetParam();
+  all.recompute = part.recompute = att.recompute = true;
   part.kept_layers = 1;  // of 2: layer 0 recomputed, layer 1 kept
+  att.keep_attention = true;  // (bf16) both recomputed without their attention forward
   auto a = make_side(m0, cfg, true, keep, B, T);
   auto b = make_side(m0, cfg, true, all, B, T);
   auto p = make_side(m0, cfg, true, part, B, T);
+  std::vector<decltype(a)*> others = {&b, &p};
+  decltype(a) q;
+  if (GetParam()) q = make_side(m0, cfg, true, att, B, T), others.push_back(&q);
+  else EXPECT_THROW(make_side(m0, cfg, true, att, B, T), Error) << "kept attention outputs in the fp32 mode";
   const auto p0 = snapshot(*a);
   for (int64_t k = 0; k < 3; ++k) {
     std::vector<std::vector<int32_t>> in, tg;
     batches(m0.hp.n_vocab, B, T, uint32_t(7 + k), in, tg);
-    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T), rp = step(*p, k, in, tg, B, T);
-    EXPECT_EQ(ra.loss, rb.loss) << "step " << k;
-    EXPECT_EQ(ra.flips, rb.flips) << "step " << k;
-    EXPECT_EQ(ra.loss, rp.loss) << "step " << k;
-    EXPECT_EQ(ra.flips, rp.flips) << "step " << k;
+    const StepResult ra = step(*a, k, in, tg, B, T);
+    for (auto* s : others) {
+      const StepResult r = step(**s, k, in, tg, B, T);
+      EXPECT_EQ(ra.loss, r.loss) << "step " << k;
+      EXPECT_EQ(ra.flips, r.flips) << "step " << k;
+    }
   }
-  for (auto* s : {&b, &p}) {
+  for (auto* s : others) {
     const Diff d = compare(*a, **s, p0);
     EXPECT_EQ(d.idx_diff, 0);
     EXPECT_EQ(d.param_rel, 0.0);

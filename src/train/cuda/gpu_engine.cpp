@@ -119,8 +119,10 @@ class CudaEngine final : public StepEngine {
   // The activation set of logical layer l: layer l's own among the top kept_ layers, the shared set
   // (acts_[kept_]) below them: their forward's, and with recomputation the one each of them is
   // rebuilt into right before its backward.
+  // With kept attention outputs, layer l below the kept ones: the shared set with l's own attb, lse.
   Acts& acts(int64_t l) {
     const int64_t first = hp_.n_layer - kept_;
+    if (l < first && !att_views_.empty()) return att_views_[size_t(l)];
     return acts_[size_t(l >= first ? l - first : kept_)];
   }
   void forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out);
@@ -208,6 +210,7 @@ class CudaEngine final : public StepEngine {
   int64_t kept_ = 0;  // layers (the top ones) whose activations are kept from the forward to the backward
   float* res_ = nullptr;                      // (L + 1, maxN, C)
   std::vector<Acts> acts_;                    // (kept_), and one shared set when kept_ < L
+  std::vector<Acts> att_views_;               // (L - kept_) keep_attention: the shared set, each layer's attb, lse
   float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
   float *dq_, *datt_, *dk_, *dv_;             // (N, Q) x 2, (N, KV) x 2
   float *dgate_, *dup_, *dh_;                 // (N, F) x 3 (dgate_, dup_ null in the bf16 mode)
@@ -512,6 +515,15 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
       a.xn1 = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.h = arena_.of<float>(size_t(N * FF));
     }
   }
+  // The layers below the kept ones with their own attention output (N, Q) bf16 and lse (N, NH).
+  PRIMAL_CHECK(!o_.keep_attention || (bf16_ && o_.recompute),
+               "cuda engine: attention outputs are kept for recomputed layers in the bf16 mode only");
+  if (o_.keep_attention && kept_ < L)
+    for (int64_t l = 0; l < L - kept_; ++l) {
+      Acts v = acts_[size_t(kept_)];
+      v.attb = b16(N * Q), v.lse = arena_.of<float>(size_t(N * NH));
+      att_views_.push_back(v);
+    }
   head_b16_ = bf16_ && head_->lut();
   ldl_ = bf16_logits_stride(V);
   if (head_b16_) logitsb_ = b16(head_chunk_ * ldl_);
@@ -704,10 +716,13 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     else bf16_copy(a.vb, v, N * KVH * HS);
   }
   mark(ew);
-  if (mma_attention_)  // bf16 in, bf16 out
+  if (!need_out && !att_views_.empty()) {
+    // (a recomputation: the attention output and lse kept from the forward)
+  } else if (mma_attention_) {  // bf16 in, bf16 out
     cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
-  else
+  } else {
     cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
+  }
   mark(need_out ? "attention fwd" : "recompute: attention");
   lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
   mark(lf);

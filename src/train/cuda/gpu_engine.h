@@ -14,7 +14,8 @@
 //    gaps (seed-500m: 1.11x). PRIMAL_GRAPH=0 runs every call eagerly.
 // Recomputation keeps only a layer's input (the residual stream) and rebuilds its activations right
 // before its backward (one extra forward of the layer), per layer: the top kept_layers keep theirs,
-// the ones below share one set (the memory planner chooses how many fit).
+// the ones below share one set (the memory planner chooses how many fit), optionally with their
+// attention outputs kept (keep_attention: a recomputation without its attention forward).
 // Not on the GPU yet (refused with a message): distillation (--teacher), dense layer matrices
 // (--lut none).
 #pragma once
@@ -34,6 +35,10 @@ struct GpuEngineOptions {
   // set: their forward's, and with recompute the one each is rebuilt into for its backward (without
   // it, a backward that must reach them is refused). 0: every layer without recompute, none with it.
   int64_t kept_layers = 0;
+  // bf16 mode with recompute: the layers below the kept ones keep their attention output and
+  // log-sum-exp from the forward (N (2 Q + 4 NH) bytes each), and their recomputation skips the
+  // attention forward.
+  bool keep_attention = false;
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
