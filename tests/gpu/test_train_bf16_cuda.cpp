@@ -145,6 +145,13 @@ TEST(GpuTrainBf16, SwigluIsTheFp32OneRounded) {
                                ubd.as<uint16_t>(), int64_t(n), nullptr);
     EXPECT_EQ(first_diff(to_host<uint16_t>(dgb2, n), bf16_of(to_host<float>(dg2, n))), -1) << "dgate, bf16 dout";
     EXPECT_EQ(first_diff(to_host<uint16_t>(dub2, n), bf16_of(to_host<float>(du2, n))), -1) << "dup, bf16 dout";
+    // With the forward's output formed in the same pass: the same gradients, h = the forward's.
+    auto dgb3 = poisoned_bf16(n), dub3 = poisoned_bf16(n), hb3 = poisoned_bf16(n);
+    cuda::swiglu_backward_bf16(dgb3.as<uint16_t>(), dub3.as<uint16_t>(), dhbd.as<uint16_t>(), gbd.as<uint16_t>(),
+                               ubd.as<uint16_t>(), int64_t(n), nullptr, hb3.as<uint16_t>());
+    EXPECT_EQ(to_host<uint16_t>(dgb3, n), to_host<uint16_t>(dgb2, n)) << "dgate with h";
+    EXPECT_EQ(to_host<uint16_t>(dub3, n), to_host<uint16_t>(dub2, n)) << "dup with h";
+    EXPECT_EQ(to_host<uint16_t>(hb3, n), to_host<uint16_t>(hb, n)) << "h from the backward";
     // dgate written over dout (the engine may hand the same memory): the same values.
     cuda::swiglu_backward_bf16(dhbd.as<uint16_t>(), dub2.as<uint16_t>(), dhbd.as<uint16_t>(), gbd.as<uint16_t>(),
                                ubd.as<uint16_t>(), int64_t(n), nullptr);

@@ -401,13 +401,20 @@ __global__ void swiglu_forward_bf16x8_kernel(uint4* out, const uint4* gate, cons
   }
 }
 
+template <bool kH>
 __global__ void swiglu_backward_bf16x8_kernel(uint4* dgate, uint4* dup, const uint4* dout, const uint4* gate,
-                                              const uint4* up, int64_t n8) {
+                                              const uint4* up, int64_t n8, uint4* hout) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
     float g[8], u[8], d[8];  // all read before dgate/dup (which may be dout) are written
     unpack_bf16x8(gate[i], g);
     unpack_bf16x8(up[i], u);
     unpack_bf16x8(dout[i], d);
+    if constexpr (kH) {  // the forward's expression (swiglu_forward_bf16x8_kernel)
+      float h[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) h[e] = g[e] / (1.0f + expf(-g[e])) * u[e];
+      hout[i] = pack_bf16x8(h);
+    }
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       const float sg = 1.0f / (1.0f + expf(-g[e]));
@@ -935,17 +942,27 @@ void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, con
 }
 
 void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const uint16_t* dout, const uint16_t* gate,
-                          const uint16_t* up, int64_t N, cudaStream_t s) {
+                          const uint16_t* up, int64_t N, cudaStream_t s, uint16_t* h) {
   if (N <= 0) return;
   using bf = __nv_bfloat16;
-  if (N % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up))
-    swiglu_backward_bf16x8_kernel<<<grid_for(N / 8), 256, 0, s>>>(
-        reinterpret_cast<uint4*>(dgate), reinterpret_cast<uint4*>(dup), reinterpret_cast<const uint4*>(dout),
-        reinterpret_cast<const uint4*>(gate), reinterpret_cast<const uint4*>(up), N / 8);
-  else
-    swiglu_backward_kernel<bf, bf, bf><<<grid_for(N), 256, 0, s>>>(
-        reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup), reinterpret_cast<const bf*>(dout),
-        reinterpret_cast<const bf*>(gate), reinterpret_cast<const bf*>(up), N);
+  if (N % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up) &&
+      aligned16(h)) {
+    auto* dg = reinterpret_cast<uint4*>(dgate);
+    auto* du = reinterpret_cast<uint4*>(dup);
+    const auto *d = reinterpret_cast<const uint4*>(dout), *g = reinterpret_cast<const uint4*>(gate),
+               *u = reinterpret_cast<const uint4*>(up);
+    if (h)
+      swiglu_backward_bf16x8_kernel<true><<<grid_for(N / 8), 256, 0, s>>>(dg, du, d, g, u, N / 8,
+                                                                          reinterpret_cast<uint4*>(h));
+    else
+      swiglu_backward_bf16x8_kernel<false><<<grid_for(N / 8), 256, 0, s>>>(dg, du, d, g, u, N / 8, nullptr);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (h) swiglu_forward_train_bf16(h, gate, up, N, s);  // (from gate and up, which the backward leaves)
+  swiglu_backward_kernel<bf, bf, bf><<<grid_for(N), 256, 0, s>>>(
+      reinterpret_cast<bf*>(dgate), reinterpret_cast<bf*>(dup), reinterpret_cast<const bf*>(dout),
+      reinterpret_cast<const bf*>(gate), reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

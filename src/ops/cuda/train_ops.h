@@ -125,9 +125,12 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 // The bf16 mode's: gate and up read as bf16, dgate and dup written as bf16 (GEMM operands).
 void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const uint16_t* gate,
                           const uint16_t* up, int64_t N, cudaStream_t s);
-// The same with dout as bf16 (the down projection's input gradient straight out of its GEMM).
+// The same with dout as bf16 (the down projection's input gradient straight out of its GEMM); with
+// h (optional, not aliasing the others) also the forward's output, swiglu_forward_train_bf16's
+// bits (a recomputed layer's, for the down projection's weight gradient: no forward pass of its
+// own over gate and up).
 void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const uint16_t* dout, const uint16_t* gate,
-                          const uint16_t* up, int64_t N, cudaStream_t s);
+                          const uint16_t* up, int64_t N, cudaStream_t s, uint16_t* h = nullptr);
 
 // ---- Token embedding ---------------------------------------------------------------------------
 // out: (N, C) written, row t = table[tokens[t]]; tokens: (N); table: (V, C) fp32.

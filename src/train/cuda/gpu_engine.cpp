@@ -742,8 +742,10 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     lin_fwd(*w.w_up, a.xn2, N, nullptr, a.up);
   }
   mark(lf);
-  if (bf16_) cu::swiglu_forward_train_bf16(a.hb, a.gateb, a.upb, N * FF, s_);
-  else cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
+  // A bf16 recomputation leaves h to the SwiGLU backward, which forms it in the same pass over gate
+  // and up (the down projection's weight gradient runs after it).
+  if (bf16_ && need_out) cu::swiglu_forward_train_bf16(a.hb, a.gateb, a.upb, N * FF, s_);
+  else if (!bf16_) cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
   mark(ew);
   if (!need_out) return;
   float* out = res(l + 1);
@@ -957,15 +959,18 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       DevLayer& w = layers_[size_t(p)];
       const bool tr = mask.layer[size_t(p)], sc = mask.scales;
       Acts& a = acts(l);
-      if (l < L - kept_) forward_layer(l, a, B, T, false);  // (recomputation: the check above)
+      const bool recomputed = l < L - kept_;
+      if (recomputed) forward_layer(l, a, B, T, false);  // (recomputation: the check above)
       // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
       if (bf16_) {  // dh straight out of its GEMM as bf16 (in dh_'s memory), SwiGLU's backward reading it
         auto* dhb = reinterpret_cast<uint16_t*>(dh_);
         cu::lut_linear_backward_input_bf16_out(*blas_, w.w_down->view, dxb_, N, dhb, scratch_, scratch_floats_, s_);
         mark_stage("dinp");
+        // (a recomputed layer's h from this pass, before the down projection's weight gradient reads it)
+        cu::swiglu_backward_bf16(dgb_, dub_, dhb, a.gateb, a.upb, N * FF, s_, recomputed ? a.hb : nullptr);
+        mark("norm/swiglu/rope bwd");
         lin_bwd(nullptr, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
         mark("linear bwd");
-        cu::swiglu_backward_bf16(dgb_, dub_, dhb, a.gateb, a.upb, N * FF, s_);
       } else {
         lin_bwd(dh_, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
         mark("linear bwd");
