@@ -360,9 +360,9 @@ __global__ void __launch_bounds__(32 * kFoldSlices) col_fold_batch_kernel(const 
 
 // The apply of many matrices of one index width: descriptors in block order.
 struct ApplyDesc {
-  uint8_t* idx;
+  uint8_t* idx;                     // packed rows of B I / 8 bytes: word k8's indices at idx + B k8
   int8_t* votes;
-  int64_t I8, row_bytes, K, words;  // words: O I / 8
+  int64_t K, words;                 // words: O I / 8
   int64_t block0, nb;               // the matrix's launch blocks
 };
 // A thread takes kApplyWords vote words at a time (their loads in flight together), kApplyTiles
@@ -389,8 +389,8 @@ __global__ void __launch_bounds__(kApplyThreads) apply_batch_kernel(const ApplyD
     for (int u = 0; u < kApplyWords; ++u) {
       const int64_t k8 = first + int64_t(u) * kApplyThreads;
       if (k8 >= t.words || !vk::any_unit(w[u])) continue;
-      const int64_t o = k8 / t.I8, c = k8 - o * t.I8;
-      local += unsigned(vk::apply8<B>(w[u], t.idx + o * t.row_bytes + c * B, t.K));
+      // (rows of I / 8 words and B I / 8 bytes: word k8's B bytes at B k8, no 64-bit division)
+      local += unsigned(vk::apply8<B>(w[u], t.idx + k8 * B, t.K));
       vw[k8] = w[u];
     }
   }
@@ -605,7 +605,8 @@ void lut_votes_apply_batch(const std::vector<ApplyItem>& items, const VoteParams
     }
     const int64_t words = it.w.O * it.w.I / 8;
     if (words == 0) continue;
-    d.push_back({it.w.idx, it.st->v8, it.w.I / 8, it.w.row_bytes(), it.w.K(), words, 0,
+    PRIMAL_CHECK(it.w.row_bytes() == int64_t(it.w.bits()) * (it.w.I / 8), "lut_votes_apply_batch: rows not packed");
+    d.push_back({it.w.idx, it.st->v8, it.w.K(), words, 0,
                  (words + kApplyThreads * kApplyWords * kApplyTiles - 1) / (kApplyThreads * kApplyWords * kApplyTiles)});
     bits.push_back(it.w.bits());
   }
