@@ -129,11 +129,11 @@ __global__ void __launch_bounds__(kRowThreads)
 }
 
 // rmsnorm_backward_dx_kernel and the weight gradient's slab sums in one pass (the bf16 mode, C <=
-// kFusedCols * kRowThreads, enough rows): a block per kFusedRows rows, each thread its columns c = tid + j *
-// kRowThreads as in the dx kernel (the same dot, so the same dx bits), adding dy x r of its columns
-// over the block's rows in fp64 registers, in row order, written once to slab_out[blockIdx.x, c]
-// for rmsnorm_dw_fold_kernel. The separate weight-gradient pass re-read dy and x (qwen2.5-1.5b: 40
-// of 128 us a norm backward, 56 a step).
+// kFusedCols * kRowThreads, enough rows): a block per kFusedRows rows, each thread its columns
+// c = tid + j * kRowThreads as in the dx kernel (the same dot, so the same dx bits), adding dy x r
+// of its columns over the block's rows in fp64 registers, in row order, written once to
+// slab_out[blockIdx.x, c] for rmsnorm_slab_fold_kernel. The separate weight-gradient pass re-read dy
+// and x (qwen2.5-1.5b: 40 of 128 us a norm backward, 56 a step).
 constexpr int kFusedRows = 16, kFusedCols = 8;
 
 __global__ void __launch_bounds__(kRowThreads)
@@ -340,7 +340,8 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
         float4 a = *reinterpret_cast<const float4*>(v + 2 * i);
         if (bias) {
           const float* bh = bias + h * HS + 2 * i;
-          a.x = __fadd_rn(a.x, bh[0]), a.y = __fadd_rn(a.y, bh[1]), a.z = __fadd_rn(a.z, bh[2]), a.w = __fadd_rn(a.w, bh[3]);
+          a.x = __fadd_rn(a.x, bh[0]), a.y = __fadd_rn(a.y, bh[1]);
+          a.z = __fadd_rn(a.z, bh[2]), a.w = __fadd_rn(a.w, bh[3]);
         }
         rot2(a.x, a.y, cs.x, s0, r0, r1);
         rot2(a.z, a.w, cs.z, s1, r2, r3);
@@ -612,8 +613,9 @@ __global__ void __launch_bounds__(kLossThreads)
 // one block's loads overlap another's arithmetic), the maxima and the fp64 sums exchanged through
 // the cluster's shared memory and combined in rank order (the same values in every block). The
 // three passes over a row that no cache held (a 2048-row chunk is 622 MB) become one read and one
-// write (763 against 922 us, still 1.6 TB/s: a block's phases do not overlap its own loads). The same max and per-element expressions as the single-block kernel; the fp64 sum in
-// another order. (K = 2, one 148 KiB block a multiprocessor, was slower than three passes.)
+// write (763 against 922 us, still 1.6 TB/s: a block's phases do not overlap its own loads). The
+// same max and per-element expressions as the single-block kernel; the fp64 sum in another order.
+// (K = 2, one 148 KiB block a multiprocessor, was slower than three passes.)
 template <int K>
 constexpr int ce_threads() {
   return 2048 / K;
@@ -621,8 +623,8 @@ constexpr int ce_threads() {
 
 template <int K, bool kBackward>
 __global__ void __cluster_dims__(K, 1, 1) __launch_bounds__(ce_threads<K>())
-    cross_entropy_bf16_cluster_kernel(__nv_bfloat16* logits, const int32_t* targets, int64_t V, int64_t ld, double scale,
-                                      double* loss) {
+    cross_entropy_bf16_cluster_kernel(__nv_bfloat16* logits, const int32_t* targets, int64_t V, int64_t ld,
+                                      double scale, double* loss) {
   constexpr int kCeBlocks = K;
   extern __shared__ uint4 part[];  // (share) this block's chunks
   __shared__ float fscratch[32];
@@ -815,8 +817,8 @@ void swiglu_forward_train_bf16(uint16_t* out, const uint16_t* gate, const uint16
     swiglu_forward_bf16x8_kernel<<<grid_for(N / 8), 256, 0, s>>>(
         reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(gate), reinterpret_cast<const uint4*>(up), N / 8);
   else
-    swiglu_forward_bf16_kernel<<<grid_for(N), 256, 0, s>>>(reinterpret_cast<bf*>(out), reinterpret_cast<const bf*>(gate),
-                                                           reinterpret_cast<const bf*>(up), N);
+    swiglu_forward_bf16_kernel<<<grid_for(N), 256, 0, s>>>(
+        reinterpret_cast<bf*>(out), reinterpret_cast<const bf*>(gate), reinterpret_cast<const bf*>(up), N);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
