@@ -73,6 +73,15 @@ TEST(GpuTrainBf16, ConversionRoundsLikeTheCpu) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < ld; ++c)
       ASSERT_EQ(h[size_t(r * ld + c)], c < cols ? want[size_t(r * cols + c)] : uint16_t(0xFFFF)) << r << " " << c;
+  // From rows 10 apart (a column block of a wider fp32 matrix) into dense rows.
+  const int64_t ls = 10, rows2 = int64_t(x.size()) / ls;
+  auto out3 = poisoned_bf16(size_t(rows2 * cols));
+  cuda::to_bf16_rows(out3.as<uint16_t>(), cols, xd.as<float>() + 2, rows2, cols, nullptr, bd.as<float>(), ls);
+  const auto h3 = to_host<uint16_t>(out3, size_t(rows2 * cols));
+  for (int64_t r = 0; r < rows2; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      ASSERT_EQ(h3[size_t(r * cols + c)], bf16_of(std::vector<float>{x[size_t(r * ls + 2 + c)] + b[size_t(c)]})[0])
+          << "strided source " << r << " " << c;
 }
 
 // rmsnorm_forward_train_bf16 = bf16(rmsnorm_forward_train), and the same rstd.
@@ -636,6 +645,19 @@ TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
   const uint16_t* douts[3] = {dbd[0].as<uint16_t>(), dbd[1].as<uint16_t>(), dbd[2].as<uint16_t>()};
   ASSERT_TRUE(cuda::lut_linear_backward_input_group(blas, w, douts, 3, N, d2.as<float>(), false, sc.as<float>(), S,
                                                     nullptr));
+  // fp32 outputs as the column blocks of one (N, sum O) matrix (one GEMM over the stacked weights)
+  // against the per-matrix calls without biases.
+  const int64_t sumO = Os[0] + Os[1] + Os[2];
+  auto wide = poisoned(size_t(N * sumO));
+  std::vector<cuda::DeviceBuffer> per;
+  cuda::LutGroupOut st[3];
+  for (int k = 0, o0 = 0; k < 3; o0 += int(Os[k]), ++k) {
+    per.push_back(poisoned(size_t(N * Os[k])));
+    cuda::lut_linear_forward(blas, w[k], {nullptr, xbd.as<uint16_t>()}, N, nullptr, per.back().as<float>(),
+                             sc.as<float>(), S, nullptr);
+    st[k].f32 = wide.as<float>() + o0;
+  }
+  ASSERT_TRUE(cuda::lut_linear_forward_group(blas, w, st, 3, xbd.as<uint16_t>(), N, sc.as<float>(), S, nullptr, sumO));
   // The douts as column blocks of one matrix: rows sum O apart (one GEMM over the stacked weights),
   // and 8 wider (a GEMM a matrix, rows ldd apart).
   std::vector<cuda::DeviceBuffer> dcat;
@@ -669,4 +691,11 @@ TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
   close(to_host<float>(d2, size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp");
   close(to_host<float>(dis[0], size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp, stacked douts");
   close(to_host<float>(dis[1], size_t(N * I)), to_host<float>(d1, size_t(N * I)), "dinp, douts rows ldd apart");
+  const auto wh = to_host<float>(wide, size_t(N * sumO));
+  for (int k = 0, o0 = 0; k < 3; o0 += int(Os[k]), ++k) {
+    std::vector<float> col(size_t(N * Os[k]));
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t o = 0; o < Os[k]; ++o) col[size_t(t * Os[k] + o)] = wh[size_t(t * sumO + o0 + o)];
+    close(col, to_host<float>(per[size_t(k)], size_t(N * Os[k])), "stacked forward");
+  }
 }

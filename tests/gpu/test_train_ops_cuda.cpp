@@ -287,6 +287,15 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
                               bd.as<float>());
             EXPECT_EQ(to_host<uint16_t>(got4, x.size()), to_host<uint16_t>(want4, x.size()))
                 << "bias in the kernel, table " << with_table;
+            // x read as a column block of rows ld apart: the same copy.
+            std::vector<float> xw(size_t(rows * ld), std::nanf(""));
+            for (int64_t r = 0; r < rows; ++r)
+              std::copy(x.begin() + r * row, x.begin() + (r + 1) * row, xw.begin() + r * ld);
+            auto xwd2 = to_device(xw);
+            auto got5 = to_device(std::vector<uint16_t>(x.size(), 0xFFFF));
+            cuda::rope_rotate(xwd2.as<float>(), k.B, k.T, k.NH, k.pos0, pw, inverse, nullptr, got5.as<uint16_t>(), false,
+                              0, nullptr, ld);
+            EXPECT_EQ(to_host<uint16_t>(got5, x.size()), b) << "strided input, table " << with_table;
           }
           // bf16 values rotated in place (the forward from bf16 q, k): the bf16 copy of the fp32
           // rotation of the widened values, bit for bit; refused where the kernel does not serve.

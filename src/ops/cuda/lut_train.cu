@@ -83,9 +83,13 @@ __global__ void to_bf16_kernel(__nv_bfloat16* dst, const float* src, int64_t n) 
     dst[k] = __float2bfloat16_rn(src[k]);
 }
 __global__ void to_bf16_rows_kernel(__nv_bfloat16* dst, int64_t ld, const float* src, int64_t rows, int64_t cols,
-                                    const float* bias) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * cols; k += int64_t(gridDim.x) * blockDim.x)
-    dst[k / cols * ld + k % cols] = __float2bfloat16_rn(bias ? __fadd_rn(src[k], bias[k % cols]) : src[k]);
+                                    const float* bias, int64_t ld_src) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * cols;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = k / cols, c = k - r * cols;
+    const float x = src[r * ld_src + c];
+    dst[r * ld + c] = __float2bfloat16_rn(bias ? __fadd_rn(x, bias[c]) : x);
+  }
 }
 
 // dst[r, i] = scale[o0 + r, i / G] * grid[idx[o0 + r, i]]: __fmul_rn, the one rounding of the
@@ -393,10 +397,22 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
 }
 
 bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupOut* out, int n, const uint16_t* inp,
-                              int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s) {
+                              int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s, int64_t ldo) {
   PRIMAL_CHECK(N > 0 && inp && scratch && w && out, "lut_linear_forward_group: N {} or a null pointer", N);
   if (!group_ok(w, n, scratch_floats)) return false;
   uint16_t* wb[kGroupMax];
+  if (ldo > 0) {  // one GEMM: out^T (sum O x N, ld ldo) = the stacked weights (I x sum O)^T inp^T
+    int64_t sumO = 0;
+    for (int k = 0; k < n; ++k) {
+      PRIMAL_CHECK(out[k].f32 == out[0].f32 + sumO && !out[k].bf16 && !out[k].bias,
+                   "lut_linear_forward_group: output {} is not the next column block of one fp32 matrix", k);
+      sumO += w[k].O;
+    }
+    PRIMAL_CHECK(ldo == sumO, "lut_linear_forward_group: row stride {} for {} columns", ldo, sumO);
+    dequantize_group_bf16(w, n, scratch, wb, s);  // consecutive: the stacked (sum O, I) weights
+    gemm_bf16(blas, CUBLAS_OP_T, CUBLAS_OP_N, sumO, N, w[0].I, wb[0], w[0].I, inp, w[0].I, 0.0f, out[0].f32, ldo, s);
+    return true;
+  }
   dequantize_group_bf16(w, n, scratch, wb, s);
   for (int k = 0; k < n; ++k) {
     const int64_t O = w[k].O, I = w[k].I;
@@ -532,12 +548,14 @@ void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s) {
 }
 
 void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s,
-                  const float* bias) {
-  PRIMAL_CHECK(rows >= 0 && cols >= 0 && ld_dst >= cols && (rows * cols == 0 || (dst && src)),
-               "to_bf16_rows: ({}, {}) into rows {} apart, or a null pointer", rows, cols, ld_dst);
+                  const float* bias, int64_t ld_src) {
+  if (ld_src == 0) ld_src = cols;
+  PRIMAL_CHECK(rows >= 0 && cols >= 0 && ld_dst >= cols && ld_src >= cols && (rows * cols == 0 || (dst && src)),
+               "to_bf16_rows: ({}, {}) from rows {} apart into rows {} apart, or a null pointer", rows, cols, ld_src,
+               ld_dst);
   if (rows * cols == 0) return;
   to_bf16_rows_kernel<<<lut::blocks_for(rows * cols), lut::kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(dst),
-                                                                             ld_dst, src, rows, cols, bias);
+                                                                             ld_dst, src, rows, cols, bias, ld_src);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

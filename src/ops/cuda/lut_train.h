@@ -74,9 +74,10 @@ struct Operand {
 // dst[k] = bf16(src[k]) round-to-nearest-even, k < n.
 void to_bf16(uint16_t* dst, const float* src, int64_t n, cudaStream_t s);
 // The same for a (rows, cols) matrix into rows ld_dst apart (a column block of a wider matrix),
-// with bias (cols, optional) added in fp32 first: bf16(src[r, c] + bias[c]).
+// with bias (cols, optional) added in fp32 first: bf16(src[r, c] + bias[c]); src's rows ld_src
+// apart (0: cols).
 void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows, int64_t cols, cudaStream_t s,
-                  const float* bias = nullptr);
+                  const float* bias = nullptr, int64_t ld_src = 0);
 
 // A LUT matrix of the trainer in device memory, in train::LutWeight's layout (by value; views).
 struct LutTrainView {
@@ -132,8 +133,10 @@ struct LutGroupOut {
   uint16_t* bf16 = nullptr;    // (N, O_k) bf16
   const float* bias = nullptr; // (O_k) or null (fp32 output only)
 };
+// With ldo > 0 the fp32 outputs are the consecutive column blocks of one (N, ldo = sum O_k) matrix
+// (out[k].f32 = out[0].f32 + O_0 + ... + O_k-1, no biases): one GEMM over the stacked weights.
 bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupOut* out, int n, const uint16_t* inp,
-                              int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s);
+                              int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s, int64_t ldo = 0);
 // dinp (N, I) = (accumulate ? dinp : 0) + sum_k dout[k] (N, O_k; bf16, rows ldd apart; 0: O_k)
 // W_k, in matrix order, the weights dequantized as one group; false as above. Where the douts are
 // the consecutive column blocks of one (N, ldd = sum O_k) matrix, one GEMM over the stacked

@@ -261,7 +261,7 @@ __global__ void rope_table_kernel(float* cs, int64_t T, int64_t half, const doub
 
 __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                    bool neox, const double* inv_freq, const float* table, int64_t pos0, bool inverse,
-                                   __nv_bfloat16* xb, bool write_f32, int64_t ldb, const float* bias) {
+                                   __nv_bfloat16* xb, bool write_f32, int64_t ldb, const float* bias, int64_t ldx) {
   const int64_t step = neox ? 1 : 2, other = neox ? half : 1;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * half;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -271,8 +271,7 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
     else rope_cs(inv_freq, pos, i, &c, &sn);
     const float s = inverse ? -sn : sn;
     for (int64_t h = 0; h < n_heads; ++h) {
-      const int64_t off = (bt * n_heads + h) * HS + i * step;
-      float* v = x + off;
+      float* v = x + bt * ldx + h * HS + i * step;
       float a = v[0], b = v[other];
       if (bias) a = __fadd_rn(a, bias[h * HS + i * step]), b = __fadd_rn(b, bias[h * HS + i * step + other]);
       const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
@@ -307,7 +306,7 @@ __device__ __forceinline__ uint4 pack_bf16x8(const float v[8]) {
 
 __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_heads, int64_t HS, int64_t half,
                                     bool neox, const float* table, int64_t pos0, bool inverse, __nv_bfloat16* xb,
-                                    bool write_f32, int64_t ldb, const float* bias) {
+                                    bool write_f32, int64_t ldb, const float* bias, int64_t ldx) {
   const int64_t h2 = half / 2, per_bt = n_heads * h2;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * per_bt;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -317,7 +316,7 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
     const float4 cs = *reinterpret_cast<const float4*>(table + 2 * (pos * half + i));  // c_i s_i c_i+1 s_i+1
     const float s0 = inverse ? -cs.y : cs.y, s1 = inverse ? -cs.w : cs.w;
     {
-      float* v = x + (bt * n_heads + h) * HS;
+      float* v = x + bt * ldx + h * HS;
       float r0, r1, r2, r3;  // the rotated pairs (r0, r1) of i and (r2, r3) of i + 1
       if (neox) {
         float2 a = *reinterpret_cast<const float2*>(v + i), b = *reinterpret_cast<const float2*>(v + half + i);
@@ -885,7 +884,7 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
                  bool inverse, cudaStream_t s, uint16_t* out_bf16, bool write_f32, int64_t ld_bf16,
-                 const float* bias) {
+                 const float* bias, int64_t ld_f32) {
   PRIMAL_CHECK(p.n_rot > 0 && p.n_rot % 2 == 0 && p.n_rot <= p.head_dim && p.inv_freq,
                "rope: inconsistent parameters (HS {}, n_rot {})", p.head_dim, p.n_rot);
   PRIMAL_CHECK(B >= 0 && T >= 0 && n_heads >= 0 && pos0 >= 0, "rope: invalid shape ({}, {}, {}) at {}", B, T,
@@ -895,19 +894,21 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
   PRIMAL_CHECK(write_f32 || out_bf16, "rope: no output (write_f32 false without a bf16 copy)");
   const int64_t ldb = ld_bf16 > 0 ? ld_bf16 : n_heads * p.head_dim;
   PRIMAL_CHECK(ldb >= n_heads * p.head_dim, "rope: bf16 row stride {} for {} heads of {}", ldb, n_heads, p.head_dim);
+  const int64_t ldx = ld_f32 > 0 ? ld_f32 : n_heads * p.head_dim;
+  PRIMAL_CHECK(ldx >= n_heads * p.head_dim, "rope: row stride {} for {} heads of {}", ldx, n_heads, p.head_dim);
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
   const float* table = p.cos_sin && pos0 + T <= p.table_len ? p.cos_sin : nullptr;
-  if (table && half % 2 == 0 && p.head_dim % 4 == 0 && ldb % 4 == 0) {  // (the vector accesses stay aligned)
+  if (table && half % 2 == 0 && p.head_dim % 4 == 0 && ldb % 4 == 0 && ldx % 4 == 0) {  // (aligned vector accesses)
     rope_rotate2_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, table, pos0,
                                                        inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb,
-                                                       bias);
+                                                       bias, ldx);
     PRIMAL_CUDA_CHECK_LAUNCH();
     return;
   }
   rope_rotate_kernel<<<grid_for(n), 256, 0, s>>>(x, B * T, T, n_heads, p.head_dim, half, p.neox, p.inv_freq, table,
                                                  pos0, inverse, reinterpret_cast<__nv_bfloat16*>(out_bf16), write_f32, ldb,
-                                                 bias);
+                                                 bias, ldx);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -84,10 +84,11 @@ void rope_table(float* cos_sin, int64_t T, const RopeTrainParams& p, cudaStream_
 // was: for callers that read only the bf16 copy). ld_bf16: the bf16 copy's row stride per token
 // (elements; 0: n_heads * HS), for a copy that is a column block of a wider matrix. bias (n_heads *
 // HS, optional): added to each value (fp32, rounded once) before its rotation, as a bias added to
-// x first (the forward of q and k with biases: no pass of its own).
+// x first (the forward of q and k with biases: no pass of its own). ld_f32: x's row stride per
+// token (0: n_heads * HS), for an x that is a column block of a wider matrix.
 void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, const RopeTrainParams& p,
                  bool inverse, cudaStream_t s, uint16_t* out_bf16 = nullptr, bool write_f32 = true,
-                 int64_t ld_bf16 = 0, const float* bias = nullptr);
+                 int64_t ld_bf16 = 0, const float* bias = nullptr, int64_t ld_f32 = 0);
 
 // The bf16 mode's forward RoPE of bf16 values in place, xb: (B, T, n_heads, HS) bf16, positions
 // 0..T-1: each pair widened to fp32, rotated as rope_rotate rotates it (the table's cos and sin),

@@ -151,13 +151,14 @@ class CudaEngine final : public StepEngine {
   // xb (rows ldb apart; 0: dense), written by the RoPE kernel itself when every dimension rotates
   // (else converted after); the fused kernel writes only xb unless the rotated fp32 values are read
   // (need_f32: a bias gradient).
-  // bias (only where rope_adds_bias()): added to x first, inside the fused kernel.
+  // bias and ldx, x's row stride (only where rope_adds_bias()): added to x first, inside the fused
+  // kernel; x read as a column block of a wider matrix.
   void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, bool need_f32 = false,
-            int64_t ldb = 0, const float* bias = nullptr) {
+            int64_t ldb = 0, const float* bias = nullptr, int64_t ldx = 0) {
     const bool fused = rope_adds_bias();
-    PRIMAL_CHECK(fused || !bias, "cuda engine: a bias for RoPE without the fused kernel");
+    PRIMAL_CHECK(fused || (!bias && !ldx), "cuda engine: a bias or stride for RoPE without the fused kernel");
     cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32, fused ? ldb : 0,
-                    bias);
+                    bias, ldx);
     if (!fused) bf16_copy_rows(xb, ldb, x, B * T, heads * hp_.head_dim);
   }
   // The bf16 mode's RoPE writes only the bf16 copy (every dimension rotated): the forward's q and k
@@ -690,13 +691,25 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   const float* bk = late_bias ? nullptr : w.bk;
   const float* bv = late_bias ? nullptr : w.bv;
   const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
+  // All three fp32 with late biases: one GEMM into the column blocks of one (N, Q + 2 KV) matrix in
+  // dh_'s memory (free in a forward and in a recomputation), read with that row stride after.
+  const int64_t Q = NH * HS, KV = KVH * HS;
+  int64_t ldx = late_bias && !qk_b16 && !v_b16 && FF >= Q + 2 * KV ? Q + 2 * KV : 0;
+  bool grouped = false;
+  if (ldx > 0) {
+    cu::LutGroupOut st[3];
+    st[0].f32 = dh_, st[1].f32 = dh_ + Q, st[2].f32 = dh_ + Q + KV;
+    grouped = cu::lut_linear_forward_group(*blas_, qkv, st, 3, a.xn1b, N, scratch_, scratch_floats_, s_, ldx);
+    if (grouped) q = st[0].f32, k = st[1].f32, v = st[2].f32;
+    else ldx = 0;
+  }
   cu::LutGroupOut qkv_out[3];
   if (qk_b16) qkv_out[0].bf16 = a.qb, qkv_out[1].bf16 = a.kb;
   else qkv_out[0].f32 = q, qkv_out[0].bias = bq, qkv_out[1].f32 = k, qkv_out[1].bias = bk;
   if (v_b16) qkv_out[2].bf16 = a.vb;
   else qkv_out[2].f32 = v, qkv_out[2].bias = bv;
-  const bool grouped =
-      bf16_ && cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_);
+  if (!grouped)
+    grouped = bf16_ && cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_);
   if (!grouped) {
     lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, bq, q);
     lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, bk, k);
@@ -708,12 +721,12 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     cu::rope_forward_train_bf16(a.qb, B, T, NH, rope_, s_);
     cu::rope_forward_train_bf16(a.kb, B, T, KVH, rope_, s_);
   } else {
-    rope(q, a.qb, B, T, NH, false, false, 0, late_bias ? w.bq : nullptr);
-    rope(k, a.kb, B, T, KVH, false, false, 0, late_bias ? w.bk : nullptr);
+    rope(q, a.qb, B, T, NH, false, false, 0, late_bias ? w.bq : nullptr, ldx);
+    rope(k, a.kb, B, T, KVH, false, false, 0, late_bias ? w.bk : nullptr, ldx);
   }
   if (!v_b16) {
-    if (late_bias) cu::to_bf16_rows(a.vb, KVH * HS, v, N, KVH * HS, s_, w.bv);
-    else bf16_copy(a.vb, v, N * KVH * HS);
+    if (late_bias) cu::to_bf16_rows(a.vb, KV, v, N, KV, s_, w.bv, ldx);
+    else bf16_copy(a.vb, v, N * KV);
   }
   mark(ew);
   if (!need_out && !att_views_.empty()) {
