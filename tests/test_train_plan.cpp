@@ -75,6 +75,7 @@ TEST(MemoryPlan, ActivationsShrinkWithRecomputationAndMicroBatch) {
 TEST(MemoryPlan, RecomputesOnlyTheLayersBelowTheKeptOnes) {
   PlanRequest r = tiny_request();
   r.hp = training_shape("layers=6,embd=64,heads=4,kv_heads=2,ff=128,vocab=1000");
+  r.act_bytes = 4;  // (the fp32 mode: no kept attention outputs or q, k, v to choose between)
   const MemoryPlan full = measure_plan(r, 4, false, 6), all = measure_plan(r, 4, true, 6),
                    part = measure_plan(r, 4, true, 6, 2);
   const int64_t set = item(all, "one layer's activations (recomputed)");
@@ -119,6 +120,20 @@ TEST(MemoryPlan, KeepsTheRecomputedLayersAttentionOutputs) {
   const MemoryPlan p = choose_plan(r);
   EXPECT_TRUE(p.recompute && p.keep_attention);
   EXPECT_EQ(p.kept_layers, 0);
+  // q, k, v (bf16) kept too for the lowest recomputed layers: N 2 (Q + 2 KV) bytes each, a
+  // recomputation without their GEMMs; the planner gives them what the budget leaves.
+  const int64_t qkv = N * 2 * (Q + 2 * 32);
+  const MemoryPlan q3 = measure_plan(r, 4, true, 6, 0, true, 3);
+  EXPECT_EQ(q3.qkv_layers, 3);
+  EXPECT_EQ(item(q3, "recomputed layers' q, k, v"), 3 * qkv);
+  EXPECT_EQ(q3.total() - att.total(), 3 * qkv);
+  EXPECT_LT(q3.relative_time, att.relative_time);
+  EXPECT_THROW(measure_plan(r, 4, true, 6, 2, true, 5), Error);  // 4 layers are recomputed
+  r.budget = att.total() + 3 * qkv + qkv / 2;
+  const MemoryPlan pq = choose_plan(r);
+  EXPECT_TRUE(pq.keep_attention);
+  EXPECT_EQ(pq.kept_layers, 0);
+  EXPECT_EQ(pq.qkv_layers, 3);
   r.budget = all.total();
   EXPECT_FALSE(choose_plan(r).keep_attention);
   EXPECT_THROW(measure_plan(r, 4, false, 6, 0, true), Error);

@@ -131,6 +131,7 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     g.recompute = plan.recompute;
     g.kept_layers = plan.kept_layers;
     g.keep_attention = plan.keep_attention;
+    g.qkv_layers = plan.qkv_layers;
     g.head_chunk = r.head_chunk;
     g.verbose = !a.json;
     engine = make_cuda_engine(ctx, g);
@@ -185,6 +186,7 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     j["recompute"] = plan.recompute;
     j["kept_layers"] = plan.kept_layers;
     j["keep_attention"] = plan.keep_attention;
+    j["qkv_layers"] = plan.qkv_layers;
     j["params"] = plan.params;
     j["first_loss"] = first_loss;
     j["last_loss"] = last_loss;

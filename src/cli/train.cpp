@@ -78,6 +78,7 @@ void set_engine(const Args& a, train::TrainRunOptions& o) {
     g->recompute = p.recompute;
     g->kept_layers = p.kept_layers;
     g->keep_attention = p.keep_attention;
+    g->qkv_layers = p.qkv_layers;
   };
   o.engine = [g](const train::EngineContext& ctx) { return train::make_cuda_engine(ctx, *g); };
 #else

@@ -98,7 +98,7 @@ double MemoryPlan::persistent_bytes_per_weight() const {
 }
 
 MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,
-                        int64_t kept_layers, bool keep_attention) {
+                        int64_t kept_layers, bool keep_attention, int64_t qkv_layers) {
   const HParams& hp = r.hp;
   const int64_t C = hp.n_embd, NH = hp.n_head, Q = hp.n_head * hp.head_dim, KV = hp.n_embd_kv(), F = hp.n_ff,
                 V = hp.n_vocab, L = hp.n_layer;
@@ -114,6 +114,9 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   PRIMAL_CHECK(r.act_bytes == 2 || r.act_bytes == 4, "memory plan: activations are 2 (bf16) or 4 (fp32) bytes");
   PRIMAL_CHECK(!keep_attention || (recompute && r.act_bytes == 2),
                "memory plan: attention outputs are kept with recomputation in the bf16 mode only");
+  PRIMAL_CHECK(qkv_layers == 0 || (recompute && r.act_bytes == 2 && qkv_layers > 0 && qkv_layers <= L - kept_layers),
+               "memory plan: q, k, v kept for {} layers (bf16 recomputation, at most the {} recomputed)", qkv_layers,
+               L - kept_layers);
   PRIMAL_CHECK(r.vote_bits == 8 || r.vote_bits == 16, "memory plan: votes are 8 or 16 bits");
   const std::vector<Shape> mats = {{Q, C}, {KV, C}, {KV, C}, {C, Q}, {F, C}, {F, C}, {C, F}};
   for (const Shape& s : mats)
@@ -126,6 +129,7 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   p.trainable_layers = trainable_layers;
   p.kept_layers = recompute ? kept_layers : trainable_layers;
   p.keep_attention = keep_attention;
+  p.qkv_layers = qkv_layers;
   Counter c(p);
   const int64_t lowest = L - trainable_layers;  // first trainable layer
   const bool all_layers = lowest == 0;
@@ -179,12 +183,15 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // them for all of those, frozen ones included).
   if (keep_attention)
     c.add("activations", "recomputed layers' attention outputs", N * (2 * Q + 4 * NH) * (L - p.kept_layers));
+  if (qkv_layers > 0) c.add("activations", "recomputed layers' q, k, v", N * 2 * (Q + 2 * KV) * qkv_layers);
   c.add("activations", "final norm", N * (4 * C + 4 + (b16 ? 2 * C : 0)));
 
-  // dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32, or in the bf16 mode bf16 copies of
-  // the GEMMs' output gradients (dx, dgate, dup, dq, dk, dv).
-  const int64_t scratch = 4 * (3 * C + 2 * Q + 2 * KV + F) + (b16 ? 2 * (C + 2 * F + Q + 2 * KV) : 4 * 2 * F);
-  c.add("workspace", "backward scratch", N * scratch);
+  // dx, dxn, dxnf, dq, datt, dk, dv fp32; dh, dgate, dup fp32, or in the bf16 mode dh sized by
+  // bf16_dh_floats (dgate's bf16 copy in its memory) and bf16 copies of the GEMMs' output gradients
+  // (dx, dup, dq, dk, dv).
+  const int64_t scratch = 4 * (3 * C + 2 * Q + 2 * KV) + (b16 ? 2 * (C + F + Q + 2 * KV) : 4 * 3 * F);
+  c.add("workspace", "backward scratch",
+        N * scratch + (b16 ? 4 * bf16_dh_floats(N, F, NH, hp.head_dim, Q + 2 * KV) : 0));
   const int64_t chunk = std::min(r.head_chunk, N);
   const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
   c.add("workspace", bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)",
@@ -221,12 +228,14 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // of GEMMs for 8192 tokens; seed-500m micro-batch 4 with recomputation 22,401 tok/s, 2 x 2
   // without 19,681).
   // A kept attention output spares the recomputation its attention forward: per token 2 T Q of
-  // the layer's 2 (C (Q + 2 KV) + Q C + 3 C F) GEMM flops, at about a third of their speed.
+  // the layer's 2 (C (Q + 2 KV) + Q C + 3 C F) GEMM flops, at about a third of their speed; kept
+  // q, k, v their GEMMs' 2 C (Q + 2 KV).
   constexpr double kCastTokens = 1700;
   const double eff = (1.0 + 512.0 / double(N)) / (1.0 + 512.0 / double(r.batch * r.seq));
   const double att = 3.0 * double(r.seq) * double(Q), lin = double(C * (Q + 2 * KV) + Q * C + 3 * C * F);
   const double rebuilt = keep_attention ? lin / (lin + att) : 1.0;  // share of a layer's forward recomputed
-  const double recomputed = double(trainable_layers - p.kept_layers) / double(L) * rebuilt;
+  const double spared = double(qkv_layers) * double(C * (Q + 2 * KV)) / (lin + att);  // in layers
+  const double recomputed = (double(trainable_layers - p.kept_layers) * rebuilt - spared) / double(L);
   p.relative_time = (1.0 + recomputed / 3.0) * eff + double(p.accum) * kCastTokens / double(r.batch * r.seq);
   return p;
 }
@@ -287,6 +296,12 @@ MemoryPlan choose_plan(const PlanRequest& r) {
             MemoryPlan p = measure_plan(r, b, rc, k, kept, att);
             smallest = std::min(smallest, p.total());
             if (r.budget > 0 && p.total() > r.budget) continue;
+            // What the budget leaves: the q, k, v of as many recomputed layers as fit.
+            if (rc && r.act_bytes == 2 && r.budget > 0) {
+              const int64_t per = b * r.seq * 2 * (r.hp.n_head * r.hp.head_dim + 2 * r.hp.n_embd_kv());
+              const int64_t n = std::min(L - kept, (r.budget - p.total()) / per);
+              if (n > 0) p = measure_plan(r, b, rc, k, kept, att, n);
+            }
             if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
             break;
           }
@@ -309,7 +324,8 @@ std::string MemoryPlan::describe(const PlanRequest& r) const {
                           : kept_layers == 0 ? std::string("on")
                                              : fmt::format("on for {} layers (the top {} keep their activations)",
                                                            trainable_layers - kept_layers, kept_layers)) +
-                         (keep_attention ? ", their attention outputs kept" : "");
+                         (keep_attention ? ", their attention outputs kept" : "") +
+                         (qkv_layers > 0 ? fmt::format(", q, k, v kept for the lowest {}", qkv_layers) : "");
   s += fmt::format("  micro-batch {} x {}, accumulation {}, per-layer recomputation {}, trainable layers {}/{}\n",
                    micro_batch, r.seq, accum, rc, trainable_layers, r.hp.n_layer);
   for (const char* g : {"persistent", "activations", "workspace"}) {
@@ -333,6 +349,7 @@ std::string MemoryPlan::to_json(const PlanRequest& r) const {
   j["trainable_layers"] = trainable_layers;
   j["kept_layers"] = kept_layers;
   j["keep_attention"] = keep_attention;
+  j["qkv_layers"] = qkv_layers;
   j["batch"] = r.batch;
   j["seq"] = r.seq;
   j["params"] = params;

@@ -76,6 +76,8 @@ struct MemoryPlan {
                                  // without recomputation, fewer with it)
   bool keep_attention = false;   // bf16 recomputation: the layers below the kept ones keep their
                                  // attention output and log-sum-exp (not recomputed)
+  int64_t qkv_layers = 0;        // bf16 recomputation: the lowest ones keep their q, k, v (after
+                                 // RoPE) too (their GEMMs not recomputed)
   int64_t lut_weights = 0;       // LUT weights of the model
   int64_t params = 0;            // all parameters
   std::vector<MemoryItem> items;
@@ -102,8 +104,10 @@ PlanRequest plan_request(const TrainModel& m, const TrainConfig& cfg, int64_t ac
 // The memory of one configuration (no choice made); with recomputation, kept_layers (0 ..
 // trainable_layers - 1) of the top layers keep their activations, and with keep_attention (bf16
 // activations only) the layers below them keep their attention output and log-sum-exp.
+// qkv_layers (0 .. the layers below the kept ones; bf16 recomputation) of the lowest layers keep
+// their q, k, v.
 MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recompute, int64_t trainable_layers,
-                        int64_t kept_layers = 0, bool keep_attention = false);
+                        int64_t kept_layers = 0, bool keep_attention = false, int64_t qkv_layers = 0);
 
 // The fastest plan within r.budget (all layers trainable when any plan allows it, then the
 // largest trainable set). Throws primal::Error naming the smallest budget that would work when
@@ -117,6 +121,15 @@ int64_t parse_bytes(const std::string& s);
 // row of the head's bf16 GEMM output is 32-byte aligned (an odd vocabulary otherwise ran those
 // GEMMs at a third of the speed). The engine allocates and the planner counts by it.
 inline int64_t bf16_logits_stride(int64_t V) { return (V + 15) / 16 * 16; }
+
+// The bf16 engine's FFN-gradient buffer (dh_, floats) for micro-batches of N tokens: one at a time,
+// the FFN's bf16 input gradient (N F values; SwiGLU's backward writes dgate over it), the attention
+// backward's workspace with per-head shares (attention_mma.h: N NH HS 5/2 + 2 B NH padded(T) floats
+// for B T = N, at most N NH HS 5/2 + 8 N NH) and the forward's stacked fp32 q, k, v (N (Q + 2 KV)).
+inline int64_t bf16_dh_floats(int64_t N, int64_t F, int64_t NH, int64_t HS, int64_t qkv) {
+  const int64_t a = (N * F + 1) / 2, b = (N * NH * HS * 5 + 1) / 2 + 8 * N * NH, c = N * qkv;
+  return a > b ? (a > c ? a : c) : (b > c ? b : c);
+}
 std::string format_bytes(int64_t bytes);  // "7.43 GiB"
 
 // A named shape of `primal synth` (model/synth.h: qwen2.5-0.5b, qwen2.5-1.5b, llama2-7b,

@@ -227,18 +227,25 @@ TEST_P(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
   const int64_t B = 2, T = 64;
   const tr::TrainModel m0 = make_model(c);
   const tr::TrainConfig cfg = make_config(c);
-  tr::GpuEngineOptions keep, all, part, att;
-  keep.fast = all.fast = part.fast = att.fast = GetParam();
-  all.recompute = part.recompute = att.recompute = true;
+  tr::GpuEngineOptions keep, all, part, att, qa, qo;
+  keep.fast = all.fast = part.fast = att.fast = qa.fast = qo.fast = GetParam();
+  all.recompute = part.recompute = att.recompute = qa.recompute = qo.recompute = true;
   part.kept_layers = 1;  // of 2: layer 0 recomputed, layer 1 kept
-  att.keep_attention = true;  // (bf16) both recomputed without their attention forward
+  att.keep_attention = qa.keep_attention = true;  // (bf16) both recomputed without their attention forward
+  qa.qkv_layers = 1;                              // and layer 0 without its q, k, v GEMMs
+  qo.qkv_layers = 2;                              // both without q, k, v GEMMs, attention recomputed
   auto a = make_side(m0, cfg, true, keep, B, T);
   auto b = make_side(m0, cfg, true, all, B, T);
   auto p = make_side(m0, cfg, true, part, B, T);
   std::vector<decltype(a)*> others = {&b, &p};
-  decltype(a) q;
-  if (GetParam()) q = make_side(m0, cfg, true, att, B, T), others.push_back(&q);
-  else EXPECT_THROW(make_side(m0, cfg, true, att, B, T), Error) << "kept attention outputs in the fp32 mode";
+  decltype(a) q, q2, q3;
+  if (GetParam()) {
+    q = make_side(m0, cfg, true, att, B, T), q2 = make_side(m0, cfg, true, qa, B, T), q3 = make_side(m0, cfg, true, qo, B, T);
+    others.insert(others.end(), {&q, &q2, &q3});
+  } else {
+    EXPECT_THROW(make_side(m0, cfg, true, att, B, T), Error) << "kept attention outputs in the fp32 mode";
+    EXPECT_THROW(make_side(m0, cfg, true, qo, B, T), Error) << "kept q, k, v in the fp32 mode";
+  }
   const auto p0 = snapshot(*a);
   for (int64_t k = 0; k < 3; ++k) {
     std::vector<std::vector<int32_t>> in, tg;

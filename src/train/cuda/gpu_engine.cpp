@@ -119,10 +119,11 @@ class CudaEngine final : public StepEngine {
   // The activation set of logical layer l: layer l's own among the top kept_ layers, the shared set
   // (acts_[kept_]) below them: their forward's, and with recomputation the one each of them is
   // rebuilt into right before its backward.
-  // With kept attention outputs, layer l below the kept ones: the shared set with l's own attb, lse.
+  // With kept attention outputs or q, k, v, layer l below the kept ones: the shared set with l's own
+  // attb, lse and qb, kb, vb where it keeps them.
   Acts& acts(int64_t l) {
     const int64_t first = hp_.n_layer - kept_;
-    if (l < first && !att_views_.empty()) return att_views_[size_t(l)];
+    if (l < first && !views_.empty()) return views_[size_t(l)];
     return acts_[size_t(l >= first ? l - first : kept_)];
   }
   void forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool need_out);
@@ -209,14 +210,16 @@ class CudaEngine final : public StepEngine {
   // Workspace for micro-batches of up to maxN_ tokens.
   int64_t maxN_ = 0, head_chunk_ = 0, scratch_floats_ = 0;
   int64_t kept_ = 0;  // layers (the top ones) whose activations are kept from the forward to the backward
+  int64_t qkv_kept_ = 0;  // the lowest layers keeping their q, k, v (GpuEngineOptions::qkv_layers)
   float* res_ = nullptr;                      // (L + 1, maxN, C)
   std::vector<Acts> acts_;                    // (kept_), and one shared set when kept_ < L
-  std::vector<Acts> att_views_;               // (L - kept_) keep_attention: the shared set, each layer's attb, lse
+  std::vector<Acts> views_;                   // (L - kept_) the shared set with each layer's kept attb, lse, q, k, v
   float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
   float *dq_, *datt_, *dk_, *dv_;             // (N, Q) x 2, (N, KV) x 2
   float *dgate_, *dup_, *dh_;                 // (N, F) x 3 (dgate_, dup_ null in the bf16 mode)
+  int64_t dh_floats_ = 0;                     // dh_'s size (the bf16 mode: bf16_dh_floats)
   // bf16 mode: the GEMM operand copies of the gradients and of the head's input (xnfb_).
-  uint16_t *dxb_ = nullptr, *dgb_ = nullptr, *dub_ = nullptr;  // (N, C), (N, F) x 2
+  uint16_t *dxb_ = nullptr, *dgb_ = nullptr, *dub_ = nullptr;  // (N, C), (N, F) x 2 (dgb_ in dh_'s memory)
   uint16_t *dqb_ = nullptr, *dkb_ = nullptr, *dvb_ = nullptr;  // (N, Q), (N, KV) x 2, rows ldqkv_ apart
   int64_t ldqkv_ = 0;                                          // Q + 2 KV: one (N, Q + 2 KV) matrix
   uint16_t *xnfb_ = nullptr, *logitsb_ = nullptr;              // (N, C), (head_chunk, ldl_) bf16 logits
@@ -480,11 +483,14 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   dx_ = arena_.of<float>(size_t(N * C)), dxn_ = arena_.of<float>(size_t(N * C)), dxnf_ = arena_.of<float>(size_t(N * C));
   dq_ = arena_.of<float>(size_t(N * Q)), datt_ = arena_.of<float>(size_t(N * Q));
   dk_ = arena_.of<float>(size_t(N * KV)), dv_ = arena_.of<float>(size_t(N * KV));
-  dh_ = arena_.of<float>(size_t(N * FF));
+  // (bf16 mode: dh_ as bf16 (N, FF), the attention backward's workspace, the stacked q, k, v:
+  // memory_plan.h bf16_dh_floats; dgate's bf16 copy written over dh by SwiGLU's backward.)
+  dh_floats_ = bf16_ ? bf16_dh_floats(N, FF, NH, HS, Q + 2 * KV) : N * FF;
+  dh_ = arena_.of<float>(size_t(dh_floats_));
   auto b16 = [&](int64_t n) { return arena_.of<uint16_t>(size_t(n)); };
   if (bf16_) {
     dgate_ = dup_ = nullptr;
-    dxb_ = b16(N * C), dgb_ = b16(N * FF), dub_ = b16(N * FF);
+    dxb_ = b16(N * C), dgb_ = reinterpret_cast<uint16_t*>(dh_), dub_ = b16(N * FF);
     // dq, dk, dv as the column blocks of one (N, Q + 2 KV) matrix: the input gradient of q, k and v
     // is then one GEMM over the stacked weights (lut_linear_backward_input_group).
     ldqkv_ = Q + 2 * KV;
@@ -516,14 +522,19 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
       a.xn1 = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.h = arena_.of<float>(size_t(N * FF));
     }
   }
-  // The layers below the kept ones with their own attention output (N, Q) bf16 and lse (N, NH).
-  PRIMAL_CHECK(!o_.keep_attention || (bf16_ && o_.recompute),
-               "cuda engine: attention outputs are kept for recomputed layers in the bf16 mode only");
-  if (o_.keep_attention && kept_ < L)
+  // The layers below the kept ones with their own attention output (N, Q) bf16 and lse (N, NH), and
+  // the lowest qkv_layers with their own q, k, v (bf16, after RoPE).
+  PRIMAL_CHECK((!o_.keep_attention && o_.qkv_layers == 0) || (bf16_ && o_.recompute),
+               "cuda engine: attention outputs and q, k, v are kept for recomputed layers in the bf16 mode only");
+  PRIMAL_CHECK(o_.qkv_layers >= 0 && o_.qkv_layers <= L - kept_, "cuda engine: q, k, v kept for {} of {} layers",
+               o_.qkv_layers, L - kept_);
+  qkv_kept_ = o_.qkv_layers;
+  if ((o_.keep_attention || qkv_kept_ > 0) && kept_ < L)
     for (int64_t l = 0; l < L - kept_; ++l) {
       Acts v = acts_[size_t(kept_)];
-      v.attb = b16(N * Q), v.lse = arena_.of<float>(size_t(N * NH));
-      att_views_.push_back(v);
+      if (o_.keep_attention) v.attb = b16(N * Q), v.lse = arena_.of<float>(size_t(N * NH));
+      if (l < qkv_kept_) v.qb = b16(N * Q), v.kb = b16(N * KV), v.vb = b16(N * KV);
+      views_.push_back(v);
     }
   head_b16_ = bf16_ && head_->lut();
   ldl_ = bf16_logits_stride(V);
@@ -537,8 +548,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   mma_attention_ = bf16_;
   PRIMAL_CHECK(!mma_attention_ || cu::attention_mma_supports(HS), "--fast: head size {} is not supported", HS);
   // The flash backward's workspace (bf16 dout, lse, D) lives in dh_, free during attention.
-  PRIMAL_CHECK(!mma_attention_ || size_t(N * FF) >= cu::attention_backward_mma_workspace(B, T, NH, HS, false),
-               "--fast: the FFN width {} is too small to hold the attention backward's workspace", FF);
+  PRIMAL_CHECK(!mma_attention_ || size_t(dh_floats_) >= cu::attention_backward_mma_workspace(B, T, NH, HS, true),
+               "--fast: {} floats cannot hold the attention backward's workspace", dh_floats_);
   scratch_floats_ = sc;
   scratch_ = arena_.of<float>(size_t(sc));
   nll_ = arena_.of<double>(size_t(N));
@@ -674,62 +685,66 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     cu::rmsnorm_forward_train(a.xn1, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
   }
   mark(ew);
-  // The bf16 mode keeps q, k, v as bf16 only: the GEMMs write fp32 into the backward's q/k/v
-  // gradient buffers (free in the forward, and in a recomputation: the layer above has consumed
-  // them), RoPE runs there in fp32, then the bf16 copies.
-  float* q = bf16_ ? dq_ : a.q;
-  float* k = bf16_ ? dk_ : a.k;
-  float* v = bf16_ ? dv_ : a.v;
-  // v without a bias goes straight out of its GEMM as bf16 (the only copy the bf16 mode reads); the
-  // bf16 mode dequantizes q, k and v in one launch where they fit the scratch together.
-  const bool v_b16 = bf16_ && !w.bv;
-  // Likewise q and k without biases, then rotated in place as bf16 (where the group fits).
-  const bool qk_b16 = bf16_ && !w.bq && !w.bk && cu::rope_bf16_inplace_ok(rope_, T);
-  // Biases added later, by RoPE's kernel and v's bf16 copy, where those write only bf16 values.
-  const bool late_bias = rope_adds_bias();
-  const float* bq = late_bias ? nullptr : w.bq;
-  const float* bk = late_bias ? nullptr : w.bk;
-  const float* bv = late_bias ? nullptr : w.bv;
-  const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
-  // All three fp32 with late biases: one GEMM into the column blocks of one (N, Q + 2 KV) matrix in
-  // dh_'s memory (free in a forward and in a recomputation), read with that row stride after.
-  const int64_t Q = NH * HS, KV = KVH * HS;
-  int64_t ldx = late_bias && !qk_b16 && !v_b16 && FF >= Q + 2 * KV ? Q + 2 * KV : 0;
-  bool grouped = false;
-  if (ldx > 0) {
-    cu::LutGroupOut st[3];
-    st[0].f32 = dh_, st[1].f32 = dh_ + Q, st[2].f32 = dh_ + Q + KV;
-    grouped = cu::lut_linear_forward_group(*blas_, qkv, st, 3, a.xn1b, N, scratch_, scratch_floats_, s_, ldx);
-    if (grouped) q = st[0].f32, k = st[1].f32, v = st[2].f32;
-    else ldx = 0;
+  // A recomputed layer keeping its q, k, v (the lowest qkv_kept_) has nothing to rebuild here.
+  if (need_out || l >= qkv_kept_) {
+    // The bf16 mode keeps q, k, v as bf16 only: the GEMMs write fp32 into the backward's q/k/v
+    // gradient buffers (free in the forward, and in a recomputation: the layer above has consumed
+    // them), RoPE runs there in fp32, then the bf16 copies.
+    float* q = bf16_ ? dq_ : a.q;
+    float* k = bf16_ ? dk_ : a.k;
+    float* v = bf16_ ? dv_ : a.v;
+    // v without a bias goes straight out of its GEMM as bf16 (the only copy the bf16 mode reads); the
+    // bf16 mode dequantizes q, k and v in one launch where they fit the scratch together.
+    const bool v_b16 = bf16_ && !w.bv;
+    // Likewise q and k without biases, then rotated in place as bf16 (where the group fits).
+    const bool qk_b16 = bf16_ && !w.bq && !w.bk && cu::rope_bf16_inplace_ok(rope_, T);
+    // Biases added later, by RoPE's kernel and v's bf16 copy, where those write only bf16 values.
+    const bool late_bias = rope_adds_bias();
+    const float* bq = late_bias ? nullptr : w.bq;
+    const float* bk = late_bias ? nullptr : w.bk;
+    const float* bv = late_bias ? nullptr : w.bv;
+    const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
+    // All three fp32 with late biases: one GEMM into the column blocks of one (N, Q + 2 KV) matrix in
+    // dh_'s memory (free in a forward and in a recomputation), read with that row stride after.
+    const int64_t Q = NH * HS, KV = KVH * HS;
+    int64_t ldx = late_bias && !qk_b16 && !v_b16 && FF >= Q + 2 * KV ? Q + 2 * KV : 0;
+    bool grouped = false;
+    if (ldx > 0) {
+      cu::LutGroupOut st[3];
+      st[0].f32 = dh_, st[1].f32 = dh_ + Q, st[2].f32 = dh_ + Q + KV;
+      grouped = cu::lut_linear_forward_group(*blas_, qkv, st, 3, a.xn1b, N, scratch_, scratch_floats_, s_, ldx);
+      if (grouped) q = st[0].f32, k = st[1].f32, v = st[2].f32;
+      else ldx = 0;
+    }
+    cu::LutGroupOut qkv_out[3];
+    if (qk_b16) qkv_out[0].bf16 = a.qb, qkv_out[1].bf16 = a.kb;
+    else qkv_out[0].f32 = q, qkv_out[0].bias = bq, qkv_out[1].f32 = k, qkv_out[1].bias = bk;
+    if (v_b16) qkv_out[2].bf16 = a.vb;
+    else qkv_out[2].f32 = v, qkv_out[2].bias = bv;
+    if (!grouped)
+      grouped =
+          bf16_ && cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_);
+    if (!grouped) {
+      lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, bq, q);
+      lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, bk, k);
+      if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
+      else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, bv, v);
+    }
+    mark(lf);
+    if (grouped && qk_b16) {
+      cu::rope_forward_train_bf16(a.qb, B, T, NH, rope_, s_);
+      cu::rope_forward_train_bf16(a.kb, B, T, KVH, rope_, s_);
+    } else {
+      rope(q, a.qb, B, T, NH, false, false, 0, late_bias ? w.bq : nullptr, ldx);
+      rope(k, a.kb, B, T, KVH, false, false, 0, late_bias ? w.bk : nullptr, ldx);
+    }
+    if (!v_b16) {
+      if (late_bias) cu::to_bf16_rows(a.vb, KV, v, N, KV, s_, w.bv, ldx);
+      else bf16_copy(a.vb, v, N * KV);
+    }
+    mark(ew);
   }
-  cu::LutGroupOut qkv_out[3];
-  if (qk_b16) qkv_out[0].bf16 = a.qb, qkv_out[1].bf16 = a.kb;
-  else qkv_out[0].f32 = q, qkv_out[0].bias = bq, qkv_out[1].f32 = k, qkv_out[1].bias = bk;
-  if (v_b16) qkv_out[2].bf16 = a.vb;
-  else qkv_out[2].f32 = v, qkv_out[2].bias = bv;
-  if (!grouped)
-    grouped = bf16_ && cu::lut_linear_forward_group(*blas_, qkv, qkv_out, 3, a.xn1b, N, scratch_, scratch_floats_, s_);
-  if (!grouped) {
-    lin_fwd(*w.wq, {a.xn1, a.xn1b}, N, bq, q);
-    lin_fwd(*w.wk, {a.xn1, a.xn1b}, N, bk, k);
-    if (v_b16) cu::lut_linear_forward_bf16_out(*blas_, w.wv->view, a.xn1b, N, a.vb, scratch_, scratch_floats_, s_);
-    else lin_fwd(*w.wv, {a.xn1, a.xn1b}, N, bv, v);
-  }
-  mark(lf);
-  if (grouped && qk_b16) {
-    cu::rope_forward_train_bf16(a.qb, B, T, NH, rope_, s_);
-    cu::rope_forward_train_bf16(a.kb, B, T, KVH, rope_, s_);
-  } else {
-    rope(q, a.qb, B, T, NH, false, false, 0, late_bias ? w.bq : nullptr, ldx);
-    rope(k, a.kb, B, T, KVH, false, false, 0, late_bias ? w.bk : nullptr, ldx);
-  }
-  if (!v_b16) {
-    if (late_bias) cu::to_bf16_rows(a.vb, KV, v, N, KV, s_, w.bv, ldx);
-    else bf16_copy(a.vb, v, N * KV);
-  }
-  mark(ew);
-  if (!need_out && !att_views_.empty()) {
+  if (!need_out && o_.keep_attention) {
     // (a recomputation: the attention output and lse kept from the forward)
   } else if (mma_attention_) {  // bf16 in, bf16 out
     cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
@@ -1009,9 +1024,9 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       // dv straight out of the attention backward as bf16 where only its bf16 copy is read (no v bias
       // gradient, no GQA sums).
       const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && !(tr && w.g_bv);
-      if (mma_attention_)  // dh_ (N, FF) is free until the next layer's FFN backward: the workspace
+      if (mma_attention_)  // dh_ is free until the next layer's FFN backward: the workspace
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
-                                   size_t(N * FF), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr,
+                                   size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr,
                                    ldqkv_);
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);

@@ -39,6 +39,9 @@ struct GpuEngineOptions {
   // log-sum-exp from the forward (N (2 Q + 4 NH) bytes each), and their recomputation skips the
   // attention forward.
   bool keep_attention = false;
+  // bf16 mode with recompute: the lowest qkv_layers layers (of those below the kept ones) keep their
+  // q, k, v after RoPE (N (Q + 2 KV) bf16 each), and their recomputation skips those GEMMs.
+  int64_t qkv_layers = 0;
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
