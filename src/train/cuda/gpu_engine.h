@@ -15,7 +15,8 @@
 // Recomputation keeps only a layer's input (the residual stream) and rebuilds its activations right
 // before its backward (one extra forward of the layer), per layer: the top kept_layers keep theirs,
 // the ones below share one set (the memory planner chooses how many fit), optionally with their
-// attention outputs kept (keep_attention: a recomputation without its attention forward).
+// attention outputs kept (keep_attention: a recomputation without its attention forward) and, for
+// the lowest of them, their q, k, v (qkv_layers: without the q/k/v GEMMs either).
 // Not on the GPU yet (refused with a message): distillation (--teacher), dense layer matrices
 // (--lut none).
 #pragma once
