@@ -298,7 +298,7 @@ MemoryPlan choose_plan(const PlanRequest& r) {
             if (r.budget > 0 && p.total() > r.budget) continue;
             // What the budget leaves: the q, k, v of as many recomputed layers as fit.
             if (rc && r.act_bytes == 2 && r.budget > 0) {
-              const int64_t per = b * r.seq * 2 * (r.hp.n_head * r.hp.head_dim + 2 * r.hp.n_embd_kv());
+              const int64_t per = measure_plan(r, b, rc, k, kept, att, 1).total() - p.total();
               const int64_t n = std::min(L - kept, (r.budget - p.total()) / per);
               if (n > 0) p = measure_plan(r, b, rc, k, kept, att, n);
             }

@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <type_traits>
 
 #include "ops/cuda/check.cuh"
@@ -546,6 +545,29 @@ __global__ void __launch_bounds__(kLossThreads)
 // (in place, kBackward) is the same expression. Padding columns (V .. ld-1) are neither read into
 // the sums nor written.
 
+// Chunk c (8 logits, u) of a row replaced by its loss gradient as bf16: scale exp(x - mx) / sum
+// (k = scale / sum), minus scale at the target y; padding columns (V ..) keep their bits.
+__device__ __forceinline__ uint4 ce_grad_chunk(uint4 u, int64_t c, int64_t V, int32_t y, float mx, float k, float sc) {
+  float v[8];
+  unpack_bf16x8(u, v);
+  uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int k2 = 0; k2 < 4; ++k2) {
+    uint32_t out = w[k2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t i = 8 * c + 2 * k2 + h;
+      if (i >= V) continue;
+      float g = __fmul_rn(expf(v[2 * k2 + h] - mx), k);
+      if (i == y) g = __fsub_rn(g, sc);
+      const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(g));
+      out = h == 0 ? (out & 0xffff0000u) | b : (out & 0x0000ffffu) | (b << 16);
+    }
+    w[k2] = out;
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 template <bool kBackward>
 __global__ void __launch_bounds__(kLossThreads)
     cross_entropy_bf16x8_kernel(__nv_bfloat16* logits, const int32_t* targets, int64_t V, int64_t ld, double scale,
@@ -582,49 +604,26 @@ __global__ void __launch_bounds__(kLossThreads)
   sum = block_sum(sum, dscratch);
   if (kBackward) {
     const float k = float(scale / sum), sc = float(scale);
-    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-      const uint4 u = x8[c];
-      unpack_bf16x8(u, v);
-      uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int k2 = 0; k2 < 4; ++k2) {
-        uint32_t out = w[k2];  // padding keeps its bits
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t i = 8 * c + 2 * k2 + h;
-          if (i >= V) continue;
-          float g = __fmul_rn(expf(v[2 * k2 + h] - mx), k);
-          if (i == y) g = __fsub_rn(g, sc);
-          const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(g));
-          out = h == 0 ? (out & 0xffff0000u) | b : (out & 0x0000ffffu) | (b << 16);
-        }
-        w[k2] = out;
-      }
-      x8[c] = make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) x8[c] = ce_grad_chunk(x8[c], c, V, y, mx, k, sc);
   }
   if (threadIdx.x == 0) loss[row] = log(sum) + double(mx) - xt;
 }
 
-// cross_entropy_bf16x8_kernel with the row read from device memory once: a cluster of K blocks
-// per row (2048 / K threads each), each holding its share of the 16-byte chunks in shared memory
-// (qwen2.5-1.5b's 151,936 logits at K = 8: 37 KiB a block, five blocks a multiprocessor, so that
-// one block's loads overlap another's arithmetic), the maxima and the fp64 sums exchanged through
-// the cluster's shared memory and combined in rank order (the same values in every block). The
-// three passes over a row that no cache held (a 2048-row chunk is 622 MB) become one read and one
-// write (763 against 922 us, still 1.6 TB/s: a block's phases do not overlap its own loads). The
-// same max and per-element expressions as the single-block kernel; the fp64 sum in another order.
-// (K = 2, one 148 KiB block a multiprocessor, was slower than three passes.)
-template <int K>
-constexpr int ce_threads() {
-  return 2048 / K;
-}
+// cross_entropy_bf16x8_kernel with the row read from device memory once: a cluster of kCeBlocks
+// blocks per row, each holding its share of the 16-byte chunks in shared memory (qwen2.5-1.5b's
+// 151,936 logits: 37 KiB a block, five blocks a multiprocessor, so that one block's loads overlap
+// another's arithmetic), the maxima and the fp64 sums exchanged through the cluster's shared memory
+// and combined in rank order (the same values in every block). The three passes over a row that no
+// cache held (a 2048-row chunk is 622 MB) become one read and one write (763 against 922 us, still
+// 1.6 TB/s: a block's phases do not overlap its own loads). The same max and per-element
+// expressions as the single-block kernel; the fp64 sum in another order. (Clusters of 2 blocks of
+// 1024 threads, one 148 KiB block a multiprocessor: 990 us; of 4 blocks of 512: 767 us.)
+constexpr int kCeBlocks = 8, kCeThreads = 256;
 
-template <int K, bool kBackward>
-__global__ void __cluster_dims__(K, 1, 1) __launch_bounds__(ce_threads<K>())
+template <bool kBackward>
+__global__ void __cluster_dims__(kCeBlocks, 1, 1) __launch_bounds__(kCeThreads)
     cross_entropy_bf16_cluster_kernel(__nv_bfloat16* logits, const int32_t* targets, int64_t V, int64_t ld,
                                       double scale, double* loss) {
-  constexpr int kCeBlocks = K;
   extern __shared__ uint4 part[];  // (share) this block's chunks
   __shared__ float fscratch[32];
   __shared__ double dscratch[32];
@@ -676,39 +675,10 @@ __global__ void __cluster_dims__(K, 1, 1) __launch_bounds__(ce_threads<K>())
   for (unsigned r = 0; r < kCeBlocks; ++r) sum += *cluster.map_shared_rank(&part_sum, r);
   if (kBackward) {
     const float k = float(scale / sum), sc = float(scale);
-    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
-      const uint4 u = part[c - c0];
-      unpack_bf16x8(u, v);
-      uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int k2 = 0; k2 < 4; ++k2) {
-        uint32_t out = w[k2];  // padding keeps its bits
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t i = 8 * c + 2 * k2 + h;
-          if (i >= V) continue;
-          float g = __fmul_rn(expf(v[2 * k2 + h] - mx), k);
-          if (i == y) g = __fsub_rn(g, sc);
-          const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(g));
-          out = h == 0 ? (out & 0xffff0000u) | b : (out & 0x0000ffffu) | (b << 16);
-        }
-        w[k2] = out;
-      }
-      x8[c] = make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) x8[c] = ce_grad_chunk(part[c - c0], c, V, y, mx, k, sc);
   }
   if (rank == 0 && threadIdx.x == 0) loss[row] = log(sum) + double(mx) - xt;
   cluster.sync();  // no block leaves while another may still read its shared memory
-}
-
-// The cluster's size: 8, or PRIMAL_CE_CLUSTER = 2 or 4 (comparisons).
-int ce_cluster() {
-  static const int k = [] {
-    const char* e = std::getenv("PRIMAL_CE_CLUSTER");
-    const int v = e ? std::atoi(e) : 8;
-    return v == 2 || v == 4 ? v : 8;
-  }();
-  return k;
 }
 
 // The cluster kernel's shared memory for V logits, or 0 where it does not serve: rows of up to 64K
@@ -716,29 +686,18 @@ int ce_cluster() {
 // 50,257: 285 us against 310 a 2048-row chunk; qwen2.5-1.5b's 151,936: 922 against 763, H100), and
 // where a share does not fit.
 size_t cluster_smem(int64_t V) {
-  const int64_t K = ce_cluster();
-  const size_t bytes = size_t(((V + 7) / 8 + K - 1) / K) * 16;
+  const size_t bytes = size_t(((V + 7) / 8 + kCeBlocks - 1) / kCeBlocks) * 16;
   return V > (int64_t(1) << 16) && bytes <= size_t(160) << 10 ? bytes : 0;
-}
-
-template <int K, bool kBackward>
-void launch_cluster_k(__nv_bfloat16* x, const int32_t* targets, int64_t n, int64_t V, int64_t ld, double scale,
-                      double* loss, size_t smem, cudaStream_t s) {
-  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_bf16_cluster_kernel<K, kBackward>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  cross_entropy_bf16_cluster_kernel<K, kBackward><<<unsigned(K * n), ce_threads<K>(), smem, s>>>(x, targets, V, ld,
-                                                                                                 scale, loss);
-  PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
 template <bool kBackward>
 void launch_cluster(__nv_bfloat16* x, const int32_t* targets, int64_t n, int64_t V, int64_t ld, double scale,
                     double* loss, size_t smem, cudaStream_t s) {
-  switch (ce_cluster()) {
-    case 2: launch_cluster_k<2, kBackward>(x, targets, n, V, ld, scale, loss, smem, s); break;
-    case 4: launch_cluster_k<4, kBackward>(x, targets, n, V, ld, scale, loss, smem, s); break;
-    default: launch_cluster_k<8, kBackward>(x, targets, n, V, ld, scale, loss, smem, s); break;
-  }
+  PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(cross_entropy_bf16_cluster_kernel<kBackward>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  cross_entropy_bf16_cluster_kernel<kBackward><<<unsigned(kCeBlocks * n), kCeThreads, smem, s>>>(x, targets, V, ld,
+                                                                                                scale, loss);
+  PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
 // One block per row. KL as cpu::kl_row / kl_backward_row, in fp64: the two log-normalizers

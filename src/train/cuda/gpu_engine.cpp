@@ -705,9 +705,10 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     const float* bv = late_bias ? nullptr : w.bv;
     const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
     // All three fp32 with late biases: one GEMM into the column blocks of one (N, Q + 2 KV) matrix in
-    // dh_'s memory (free in a forward and in a recomputation), read with that row stride after.
+    // dh_'s memory (free in a forward and in a recomputation; bf16_dh_floats holds it), read with that
+    // row stride after.
     const int64_t Q = NH * HS, KV = KVH * HS;
-    int64_t ldx = late_bias && !qk_b16 && !v_b16 && FF >= Q + 2 * KV ? Q + 2 * KV : 0;
+    int64_t ldx = late_bias && !qk_b16 && !v_b16 ? Q + 2 * KV : 0;
     bool grouped = false;
     if (ldx > 0) {
       cu::LutGroupOut st[3];
