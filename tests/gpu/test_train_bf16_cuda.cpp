@@ -595,6 +595,28 @@ TEST(GpuTrainBf16, BatchedApplyIsTheMatrixByMatrixApply) {
   for (size_t k = 0; k < cases.size(); ++k) EXPECT_EQ(idx[1][k], idx[0][k]) << "indices of matrix " << k;
   for (size_t k = 0; k < out8[0].size(); ++k) EXPECT_EQ(out8[1][k], out8[0][k]) << "int8 votes, matrix " << k;
   for (size_t k = 0; k < out16[0].size(); ++k) EXPECT_EQ(out16[1][k], out16[0][k]) << "int16 votes, matrix " << k;
+  // And both against the rule itself (VoteEngine::apply_momentum's integer steps, U = 64), int8 cases.
+  unsigned long long ref_flips = 0;
+  for (size_t k = 0, k8 = 0; k < cases.size(); ++k) {
+    if (cases[k].vote_bits != 8) continue;
+    train::LutWeight L = Ls[k];
+    std::vector<int8_t> v = v8[k];
+    const int64_t K = L.K(), U = 64;
+    for (int64_t o = 0; o < L.O; ++o)
+      for (int64_t i = 0; i < L.I; ++i) {
+        int64_t x = v[size_t(o * L.I + i)];
+        const int64_t q = x / U;
+        if (q == 0) continue;
+        const int64_t cur = L.get(o, i), next = std::clamp<int64_t>(cur + q, 0, K - 1), moved = next - cur;
+        x -= moved * U;
+        if (moved != q) x = std::clamp<int64_t>(x, -(U - 1), U - 1);
+        if (moved != 0) L.set(o, i, uint32_t(next)), ++ref_flips;
+        v[size_t(o * L.I + i)] = int8_t(x);
+      }
+    EXPECT_EQ(idx[0][k], L.idx) << "indices against the rule, matrix " << k;
+    EXPECT_EQ(out8[0][k8++], v) << "int8 votes against the rule, matrix " << k;
+  }
+  EXPECT_GT(ref_flips, 1000u);
 }
 
 // A group's forward and input gradient (one dequantization launch for q, k, v or gate, up) against

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/votes.h"
@@ -83,46 +84,52 @@ inline CastDyn cast_dyn_of(const CastArgs& a) {
   return d;
 }
 
+// Byte-parallel on each 32-bit half (a third of the per-byte compares' instructions): a vote v
+// reaches a unit when v >= 64 (sign clear, bit 6 set) or v <= -64 (sign set and its low 7 bits
+// <= 0x40, i.e. (low7 + 0x3f) has no bit 7; no carry leaves a byte: low7 + 0x3f <= 0xbe).
 __device__ __forceinline__ bool any_unit(uint2 word) {
-  const int8_t* v = reinterpret_cast<const int8_t*>(&word);
-  bool any = false;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) any |= v[e] >= kUnits8 || v[e] <= -kUnits8;
-  return any;
+  auto half = [](uint32_t x) {
+    const uint32_t t = (x & 0x7f7f7f7fu) + 0x3f3f3f3fu;
+    return ((~x & (x << 1)) | (x & ~t)) & 0x80808080u;
+  };
+  return (half(word.x) | half(word.y)) != 0;
 }
 
+// In 32-bit arithmetic (K <= 256 for B <= 8) and without a branch per weight: q = 0 leaves the
+// index (next = cur) and the vote as they are, so every weight takes the same instructions
+// (the 64-bit version with a branch each took ~250 instructions a word, H100 SASS).
 template <int B>
 __device__ __forceinline__ int apply8(uint2& word, uint8_t* bytes, int64_t K) {
+  static_assert(B <= 8, "apply8: indices of at most 8 bits");
   constexpr int32_t U = kUnits8;
+  using P = std::conditional_t<B <= 4, uint32_t, uint64_t>;  // the word's 8 B-bit indices
+  constexpr P mask = (P(1) << B) - 1;
   int8_t* v = reinterpret_cast<int8_t*>(&word);
   // Read once, changed in a register, written once, instead of a byte read-modify-write per index
   // (one 32-bit word for 4-bit indices: 4-byte aligned where rows are a multiple of 8 long).
-  uint64_t pk = 0;
+  P pk = 0;
   if constexpr (B == 4) {
     if ((reinterpret_cast<uintptr_t>(bytes) & 3) == 0) pk = *reinterpret_cast<const uint32_t*>(bytes);
     else
 #pragma unroll
-      for (int b = 0; b < B; ++b) pk |= uint64_t(bytes[b]) << (8 * b);
+      for (int b = 0; b < B; ++b) pk |= P(bytes[b]) << (8 * b);
   } else {
 #pragma unroll
-    for (int b = 0; b < B; ++b) pk |= uint64_t(bytes[b]) << (8 * b);
+    for (int b = 0; b < B; ++b) pk |= P(bytes[b]) << (8 * b);
   }
-  const uint64_t pk0 = pk, mask = (uint64_t(1) << B) - 1;
+  const P pk0 = pk;
+  const int32_t last = int32_t(K) - 1;
   int moved_n = 0;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    int32_t x = v[e];
-    const int32_t q = x / U;  // truncates toward zero, as C++ on the CPU
-    if (q == 0) continue;
-    const int64_t cur = int64_t((pk >> (B * e)) & mask), want = cur + q;
-    const int64_t next = want < 0 ? 0 : K - 1 < want ? K - 1 : want, moved = next - cur;
-    x -= int32_t(moved) * U;
-    if (moved != q) x = x < -(U - 1) ? -(U - 1) : U - 1 < x ? U - 1 : x;  // held at the end of the grid
-    if (moved != 0) {
-      pk = (pk & ~(mask << (B * e))) | (uint64_t(next) << (B * e));
-      ++moved_n;
-    }
-    v[e] = int8_t(x);
+    const int32_t x = v[e], q = x / U;  // truncates toward zero, as C++ on the CPU
+    const int32_t cur = int32_t((pk >> (B * e)) & mask);
+    const int32_t next = min(max(cur + q, 0), last), moved = next - cur;
+    int32_t y = x - moved * U;
+    if (moved != q) y = min(max(y, -(U - 1)), U - 1);  // held at the end of the grid
+    pk = (pk & ~(mask << (B * e))) | (P(next) << (B * e));
+    moved_n += moved != 0;
+    v[e] = int8_t(y);
   }
   if (pk != pk0) {
     if (B == 4 && (reinterpret_cast<uintptr_t>(bytes) & 3) == 0) {
