@@ -83,7 +83,10 @@ TEST(MemoryPlan, RecomputesOnlyTheLayersBelowTheKeptOnes) {
   EXPECT_EQ(item(part, "layer activations"), 2 * set);
   EXPECT_EQ(item(part, "one layer's activations (recomputed)"), set);
   EXPECT_EQ(part.kept_layers, 2);
-  EXPECT_EQ(full.total() - part.total(), 3 * set);
+  // (the logits chunk lives in the shared set's memory, only what it needs beyond it counted)
+  const int64_t logits = 128 * 1000 * 4;
+  EXPECT_EQ(item(part, "logits chunk (fp32) beyond the shared set"), std::max<int64_t>(0, logits - set));
+  EXPECT_EQ(full.total() - part.total(), 4 * set + logits - std::max(set, logits));
   EXPECT_NEAR(part.relative_time - full.relative_time, (4.0 / 6.0) / 3.0, 1e-12);
   EXPECT_NEAR(all.relative_time - full.relative_time, 1.0 / 3.0, 1e-12);
   EXPECT_THROW(measure_plan(r, 4, true, 6, 6), Error);  // keeping every layer is no recomputation
@@ -113,6 +116,9 @@ TEST(MemoryPlan, KeepsTheRecomputedLayersAttentionOutputs) {
   EXPECT_TRUE(att.keep_attention);
   EXPECT_EQ(item(att, "recomputed layers' attention outputs"), 6 * per);
   EXPECT_EQ(item(part, "recomputed layers' attention outputs"), 4 * per);
+  // The shared set leaves out what every recomputed layer keeps of its own (the logits chunk, in
+  // its memory, is the larger either way here).
+  EXPECT_EQ(item(att, "one layer's activations (recomputed)"), item(all, "one layer's activations (recomputed)") - per);
   EXPECT_EQ(att.total() - all.total(), 6 * per);
   EXPECT_LT(att.relative_time, all.relative_time);
   EXPECT_GT(att.relative_time, measure_plan(r, 4, false, 6).relative_time);
@@ -134,8 +140,22 @@ TEST(MemoryPlan, KeepsTheRecomputedLayersAttentionOutputs) {
   EXPECT_TRUE(pq.keep_attention);
   EXPECT_EQ(pq.kept_layers, 0);
   EXPECT_EQ(pq.qkv_layers, 3);
+  const MemoryPlan q6 = measure_plan(r, 4, true, 6, 0, true, 6);
+  EXPECT_EQ(item(q6, "one layer's activations (recomputed)"),
+            item(att, "one layer's activations (recomputed)") - qkv);
   r.budget = all.total();
   EXPECT_FALSE(choose_plan(r).keep_attention);
+  // qwen2.5-1.5b at 8 GiB: every layer recomputed with its attention output and q, k, v kept (the
+  // 572 MiB of a kept layer hold the q, k, v of 17, which spare more recomputation).
+  PlanRequest qw;
+  qw.hp = training_shape("qwen2.5-1.5b");
+  qw.head_chunk = 2048;
+  qw.budget = parse_bytes("8GiB");
+  const MemoryPlan pw = choose_plan(qw);
+  EXPECT_TRUE(pw.recompute && pw.keep_attention);
+  EXPECT_EQ(pw.kept_layers, 0);
+  EXPECT_EQ(pw.qkv_layers, 28);
+  EXPECT_LE(pw.total(), qw.budget);
   EXPECT_THROW(measure_plan(r, 4, false, 6, 0, true), Error);
   r.act_bytes = 4;
   EXPECT_THROW(measure_plan(r, 4, true, 6, 0, true), Error);

@@ -175,10 +175,20 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
       4 * (C + 2 + NH) + (b16 ? 2 * (2 * Q + 2 * KV + 2 * C + 3 * F) : 4 * (2 * Q + 2 * KV + 2 * C + 3 * F));
   c.add("activations", "residual stream (fp32)", N * C * 4 * (L + 1));
   c.add("activations", "layer activations", N * layer_set * p.kept_layers);
-  // The layers below the kept ones share one set: the frozen ones' forward, the recomputed ones'.
-  if (p.kept_layers < L)
+  const int64_t chunk = std::min(r.head_chunk, N);
+  const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
+  const int64_t logit_bytes = bf16_logits ? chunk * bf16_logits_stride(V) * 2 : chunk * V * 4;
+  // The layers below the kept ones share one set: the frozen ones' forward, the recomputed ones'
+  // (without what each of them keeps of its own: attention outputs, q, k, v). The logits chunk
+  // lives in its memory (the head runs when no layer's set in it is alive): only what it needs
+  // beyond the set is counted for it.
+  int64_t shared_bytes = 0;
+  if (p.kept_layers < L) {
+    shared_bytes = N * (layer_set - (keep_attention ? 2 * Q + 4 * NH : 0) -
+                        (qkv_layers == L - p.kept_layers ? 2 * (Q + 2 * KV) : 0));
     c.add("activations", recompute ? "one layer's activations (recomputed)" : "frozen layers' forward scratch",
-          N * layer_set);
+          shared_bytes);
+  }
   // bf16 attention output and fp32 log-sum-exp of every layer below the kept ones (the engine keeps
   // them for all of those, frozen ones included).
   if (keep_attention)
@@ -192,10 +202,9 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   const int64_t scratch = 4 * (3 * C + 2 * Q + 2 * KV) + (b16 ? 2 * (C + F + Q + 2 * KV) : 4 * 3 * F);
   c.add("workspace", "backward scratch",
         N * scratch + (b16 ? 4 * bf16_dh_floats(N, F, NH, hp.head_dim, Q + 2 * KV) : 0));
-  const int64_t chunk = std::min(r.head_chunk, N);
-  const bool bf16_logits = b16 && r.lut_embeddings;  // the bf16 mode's LUT head: bf16 logits, gradient in place
-  c.add("workspace", bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)",
-        bf16_logits ? chunk * bf16_logits_stride(V) * 2 : chunk * V * 4);
+  const std::string logits = bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)";
+  if (p.kept_layers == L) c.add("workspace", logits, logit_bytes);
+  else c.add("workspace", logits + " beyond the shared set", std::max<int64_t>(0, logit_bytes - shared_bytes));
   // The GEMM scratch: the largest layer matrix dequantized (fp32 values; bf16 ones take half),
   // at least a weight-gradient tile of the embeddings/head. (Both modes' attention kernels are
   // flash kernels: no workspace.)
@@ -229,12 +238,13 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // without 19,681).
   // A kept attention output spares the recomputation its attention forward: per token 2 T Q of
   // the layer's 2 (C (Q + 2 KV) + Q C + 3 C F) GEMM flops, at about a third of their speed; kept
-  // q, k, v their GEMMs' 2 C (Q + 2 KV).
+  // q, k, v their GEMMs' 2 C (Q + 2 KV) and RoPE's and v's copies, 1.4 times the GEMM (H100,
+  // qwen2.5-1.5b: 110 against 79 us a layer).
   constexpr double kCastTokens = 1700;
   const double eff = (1.0 + 512.0 / double(N)) / (1.0 + 512.0 / double(r.batch * r.seq));
   const double att = 3.0 * double(r.seq) * double(Q), lin = double(C * (Q + 2 * KV) + Q * C + 3 * C * F);
   const double rebuilt = keep_attention ? lin / (lin + att) : 1.0;  // share of a layer's forward recomputed
-  const double spared = double(qkv_layers) * double(C * (Q + 2 * KV)) / (lin + att);  // in layers
+  const double spared = 1.4 * double(qkv_layers) * double(C * (Q + 2 * KV)) / (lin + att);  // in layers
   const double recomputed = (double(trainable_layers - p.kept_layers) * rebuilt - spared) / double(L);
   p.relative_time = (1.0 + recomputed / 3.0) * eff + double(p.accum) * kCastTokens / double(r.batch * r.seq);
   return p;
@@ -287,9 +297,11 @@ MemoryPlan choose_plan(const PlanRequest& r) {
     MemoryPlan best;
     for (bool rc : rcs)
       for (int64_t b : mbs) {
-        // With recomputation: the most layers keeping their activations that fit (--recompute on:
-        // none, every trainable layer recomputed), with the attention outputs of the others kept
-        // (bf16) or not, whichever the cost model prefers.
+        // With recomputation: of the numbers of layers keeping their activations that fit
+        // (--recompute on: none, every trainable layer recomputed), with the attention outputs of the
+        // others kept (bf16) or not, and what the budget leaves to q, k, v, whichever the cost model
+        // prefers (a kept layer spares its whole recomputation, but its 572 MiB hold the q, k, v of
+        // 17 qwen2.5-1.5b layers, which spare more).
         for (const bool att : {false, true}) {
           if (att && (!rc || r.act_bytes != 2)) continue;
           for (int64_t kept = rc && r.recompute != 1 ? k - 1 : 0; kept >= 0; --kept) {
@@ -303,7 +315,7 @@ MemoryPlan choose_plan(const PlanRequest& r) {
               if (n > 0) p = measure_plan(r, b, rc, k, kept, att, n);
             }
             if (!found || p.relative_time < best.relative_time) best = std::move(p), found = true;
-            break;
+            if (!rc || r.act_bytes != 2 || r.budget <= 0) break;  // (more kept layers are faster)
           }
         }
       }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -500,28 +501,6 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF));
   }
   kept_ = o_.kept_layers > 0 ? std::min(o_.kept_layers, L) : o_.recompute ? 0 : L;
-  acts_.resize(size_t(kept_ + (kept_ < L ? 1 : 0)));
-  for (Acts& a : acts_) {
-    a.rstd1 = arena_.of<float>(size_t(N));
-    a.lse = arena_.of<float>(size_t(N * NH));
-    if (bf16_) {  // q, k, v, att only as bf16 (the flash kernels' operands; a.attb below)
-      a.q = a.k = a.v = a.att = nullptr;
-      a.qb = b16(N * Q), a.kb = b16(N * KV), a.vb = b16(N * KV);
-    } else {
-      a.q = arena_.of<float>(size_t(N * Q)), a.k = arena_.of<float>(size_t(N * KV)), a.v = arena_.of<float>(size_t(N * KV));
-      a.att = arena_.of<float>(size_t(N * Q));
-    }
-    a.mid = arena_.of<float>(size_t(N * C)), a.rstd2 = arena_.of<float>(size_t(N));
-    if (bf16_) {
-      a.gate = a.up = nullptr;
-      a.gateb = b16(N * FF), a.upb = b16(N * FF);
-      a.xn1 = a.xn2 = a.h = nullptr;
-      a.xn1b = b16(N * C), a.attb = b16(N * Q), a.xn2b = b16(N * C), a.hb = b16(N * FF);
-    } else {
-      a.gate = arena_.of<float>(size_t(N * FF)), a.up = arena_.of<float>(size_t(N * FF));
-      a.xn1 = arena_.of<float>(size_t(N * C)), a.xn2 = arena_.of<float>(size_t(N * C)), a.h = arena_.of<float>(size_t(N * FF));
-    }
-  }
   // The layers below the kept ones with their own attention output (N, Q) bf16 and lse (N, NH), and
   // the lowest qkv_layers with their own q, k, v (bf16, after RoPE).
   PRIMAL_CHECK((!o_.keep_attention && o_.qkv_layers == 0) || (bf16_ && o_.recompute),
@@ -529,17 +508,66 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   PRIMAL_CHECK(o_.qkv_layers >= 0 && o_.qkv_layers <= L - kept_, "cuda engine: q, k, v kept for {} of {} layers",
                o_.qkv_layers, L - kept_);
   qkv_kept_ = o_.qkv_layers;
-  if ((o_.keep_attention || qkv_kept_ > 0) && kept_ < L)
+  const bool shared_set = kept_ < L;
+  // A layer's activation set, its buffers from take(bytes). The shared set leaves out what every
+  // layer using it keeps of its own (attention outputs, q, k, v).
+  auto layout = [&](Acts& a, bool shared, const std::function<void*(int64_t)>& take) {
+    auto f32 = [&](int64_t n) { return static_cast<float*>(take(n * 4)); };
+    auto h16 = [&](int64_t n) { return static_cast<uint16_t*>(take(n * 2)); };
+    const bool own_att = shared && o_.keep_attention, own_qkv = shared && qkv_kept_ == L - kept_;
+    a.rstd1 = f32(N);
+    a.lse = own_att ? nullptr : f32(N * NH);
+    if (bf16_) {  // q, k, v, att only as bf16 (the flash kernels' operands; a.attb below)
+      a.q = a.k = a.v = a.att = nullptr;
+      if (!own_qkv) a.qb = h16(N * Q), a.kb = h16(N * KV), a.vb = h16(N * KV);
+    } else {
+      a.q = f32(N * Q), a.k = f32(N * KV), a.v = f32(N * KV);
+      a.att = f32(N * Q);
+    }
+    a.mid = f32(N * C), a.rstd2 = f32(N);
+    if (bf16_) {
+      a.gate = a.up = nullptr;
+      a.gateb = h16(N * FF), a.upb = h16(N * FF);
+      a.xn1 = a.xn2 = a.h = nullptr;
+      a.xn1b = h16(N * C), a.attb = own_att ? nullptr : h16(N * Q), a.xn2b = h16(N * C), a.hb = h16(N * FF);
+    } else {
+      a.gate = f32(N * FF), a.up = f32(N * FF);
+      a.xn1 = f32(N * C), a.xn2 = f32(N * C), a.h = f32(N * FF);
+    }
+  };
+  acts_.resize(size_t(kept_ + (shared_set ? 1 : 0)));
+  for (int64_t k = 0; k < kept_; ++k) layout(acts_[size_t(k)], false, [&](int64_t n) { return arena_.bytes(size_t(n)); });
+  head_b16_ = bf16_ && head_->lut();
+  ldl_ = bf16_logits_stride(V);
+  const int64_t logit_bytes = head_b16_ ? head_chunk_ * ldl_ * 2 : head_chunk_ * V * 4;
+  void* logits = nullptr;
+  if (shared_set) {
+    // The shared set and the logits chunk in one block: the head runs after the last forward
+    // layer and before the first backward one, when no layer's set in it is alive (a recomputed
+    // layer is rebuilt before its backward, a frozen one's forward is never read again).
+    int64_t set_bytes = 0;
+    Acts probe;
+    layout(probe, true, [&](int64_t n) { set_bytes += (n + 255) / 256 * 256; return nullptr; });
+    auto* base = static_cast<char*>(arena_.bytes(size_t(std::max(set_bytes, logit_bytes))));
+    int64_t at = 0;
+    layout(acts_[size_t(kept_)], true, [&](int64_t n) {
+      void* p = base + at;
+      at += (n + 255) / 256 * 256;
+      return p;
+    });
+    logits = base;
+  } else {
+    logits = arena_.bytes(size_t(logit_bytes));
+  }
+  if (head_b16_) logitsb_ = static_cast<uint16_t*>(logits);
+  else logits_ = static_cast<float*>(logits);
+  if ((o_.keep_attention || qkv_kept_ > 0) && shared_set)
     for (int64_t l = 0; l < L - kept_; ++l) {
       Acts v = acts_[size_t(kept_)];
       if (o_.keep_attention) v.attb = b16(N * Q), v.lse = arena_.of<float>(size_t(N * NH));
       if (l < qkv_kept_) v.qb = b16(N * Q), v.kb = b16(N * KV), v.vb = b16(N * KV);
       views_.push_back(v);
     }
-  head_b16_ = bf16_ && head_->lut();
-  ldl_ = bf16_logits_stride(V);
-  if (head_b16_) logitsb_ = b16(head_chunk_ * ldl_);
-  else logits_ = arena_.of<float>(size_t(head_chunk_ * V));
   // The GEMM scratch: the largest layer matrix whole (one dequantization and one GEMM per call),
   // at least one weight-gradient tile of the head.
   int64_t sc = cu::lut_grad_scratch_floats(C);
