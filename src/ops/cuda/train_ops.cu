@@ -545,11 +545,56 @@ __global__ void __launch_bounds__(kLossThreads)
 // (in place, kBackward) is the same expression. Padding columns (V .. ld-1) are neither read into
 // the sums nor written.
 
+// A chunk's share of a row's max and of its fp64 sum of exp(x - mx), values in order: whole chunks
+// without a bounds test per value (the same operations as the tested loop).
+__device__ __forceinline__ float ce_chunk_max(const float v[8], int64_t c, int64_t V, float mx) {
+  if (8 * c + 8 <= V) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) mx = fmaxf(mx, v[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (8 * c + e < V) mx = fmaxf(mx, v[e]);
+  }
+  return mx;
+}
+__device__ __forceinline__ double ce_chunk_expsum(const float v[8], int64_t c, int64_t V, float mx, double sum) {
+  if (8 * c + 8 <= V) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum += double(expf(v[e] - mx));
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (8 * c + e < V) sum += double(expf(v[e] - mx));
+  }
+  return sum;
+}
+
 // Chunk c (8 logits, u) of a row replaced by its loss gradient as bf16: scale exp(x - mx) / sum
 // (k = scale / sum), minus scale at the target y; padding columns (V ..) keep their bits.
+// A whole chunk (8 c + 8 <= V, every chunk but a row's last) takes no bounds test and no 64-bit
+// compare per value, the target's correction a select, and its values rounded two at a time: the
+// same expressions and bits as the general path (which took ~60 SASS instructions a logit with the
+// other passes).
 __device__ __forceinline__ uint4 ce_grad_chunk(uint4 u, int64_t c, int64_t V, int32_t y, float mx, float k, float sc) {
   float v[8];
   unpack_bf16x8(u, v);
+  if (8 * c + 8 <= V) {
+    const int ye = int64_t(y >> 3) == c ? (y & 7) : 8;  // the target's place in the chunk, or none
+    uint32_t w[4];
+#pragma unroll
+    for (int k2 = 0; k2 < 4; ++k2) {
+      float g[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        g[h] = __fmul_rn(expf(v[2 * k2 + h] - mx), k);
+        if (2 * k2 + h == ye) g[h] = __fsub_rn(g[h], sc);
+      }
+      const __nv_bfloat162 b = __floats2bfloat162_rn(g[0], g[1]);  // .x (g[0]) in the low half
+      w[k2] = *reinterpret_cast<const uint32_t*>(&b);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
   uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int k2 = 0; k2 < 4; ++k2) {
@@ -589,17 +634,13 @@ __global__ void __launch_bounds__(kLossThreads)
   float v[8], mx = -INFINITY;
   for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
     unpack_bf16x8(x8[c], v);
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      if (8 * c + e < V) mx = fmaxf(mx, v[e]);
+    mx = ce_chunk_max(v, c, V, mx);
   }
   mx = block_max(mx, fscratch);
   double sum = 0;
   for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
     unpack_bf16x8(x8[c], v);
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      if (8 * c + e < V) sum += double(expf(v[e] - mx));
+    sum = ce_chunk_expsum(v, c, V, mx, sum);
   }
   sum = block_sum(sum, dscratch);
   if (kBackward) {
@@ -653,9 +694,7 @@ __global__ void __cluster_dims__(kCeBlocks, 1, 1) __launch_bounds__(kCeThreads)
     const uint4 u = x8[c];
     part[c - c0] = u;
     unpack_bf16x8(u, v);
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      if (8 * c + e < V) mx = fmaxf(mx, v[e]);
+    mx = ce_chunk_max(v, c, V, mx);
   }
   mx = block_max(mx, fscratch);
   if (threadIdx.x == 0) part_max = mx;
@@ -664,9 +703,7 @@ __global__ void __cluster_dims__(kCeBlocks, 1, 1) __launch_bounds__(kCeThreads)
   double sum = 0;
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
     unpack_bf16x8(part[c - c0], v);
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      if (8 * c + e < V) sum += double(expf(v[e] - mx));
+    sum = ce_chunk_expsum(v, c, V, mx, sum);
   }
   sum = block_sum(sum, dscratch);
   if (threadIdx.x == 0) part_sum = sum;

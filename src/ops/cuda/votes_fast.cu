@@ -96,7 +96,8 @@ __device__ __forceinline__ float block_sum_ordered(float x, float* red) {
 struct FastArgs {
   const CastDyn* dyn;  // non-null (a CUDA graph's cast): c0, inv_bc and a.prefix read from there
   float c0;        // -lr U
-  float eps, lim;  // eps; the clamp of x, 2 vmax
+  float eps;       // eps
+  int ilim;        // the clamp of x's rounding, 2 vmax
   float b2, c1;    // beta2; (1 - beta2) / I: row_sq = b2 row_sq + c1 sum g^2
   float inv_bc;    // 1 / (1 - beta2^(events + 1))
   float inv_o;     // 1 / O: the column sums' terms g^2 / O
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
     cast_rows_kernel(const Mat m, int8_t* votes, const CastArgs a, const FastArgs f, const GT* dW, int64_t o0,
                      int64_t rows, float* dscale, float* part) {
   extern __shared__ float4 dyn[];
-  __shared__ float grid_sh[256], inv_sh[512];  // inv_sh[2 q + up]: 1 / the gap in the change's direction
+  __shared__ float grid_sh[256], inv_sh[512];  // inv_sh[256 up + q]: 1 / the gap in the change's direction
   __shared__ float red[32];
   __shared__ uint32_t key_sh[2];  // by iteration parity: written before a reduction, read after it
   constexpr uint32_t kMask = (1u << B) - 1u;
@@ -147,8 +148,8 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
     const float gq = m.grid[q];
     grid_sh[q] = gq;
     // The end of the grid takes its last gap.
-    inv_sh[2 * q + 1] = 1.0f / (q < K - 1 ? m.grid[q + 1] - gq : gq - m.grid[q - 1]);
-    inv_sh[2 * q] = 1.0f / (q > 0 ? gq - m.grid[q - 1] : m.grid[1] - gq);
+    inv_sh[256 + q] = 1.0f / (q < K - 1 ? m.grid[q + 1] - gq : gq - m.grid[q - 1]);
+    inv_sh[q] = 1.0f / (q > 0 ? gq - m.grid[q - 1] : m.grid[1] - gq);
   }
   if (part && !kRegs)
     for (int i = tid; i < I; i += T) colsum[i] = 0.0f;
@@ -169,7 +170,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
       const CounterRng rng = CounterRng::from_prefix(prefix, uint64_t(o));
       key_sh[parity] = uint32_t(rng.s0) ^ uint32_t(rng.s0 >> 32);
     }
-    float g[CPT][8], s[CPT], sq = 0.0f;
+    float g[CPT][8], s[CPT], ds_old[CPT], sq = 0.0f;
     uint64_t qi[CPT];
     uint2 vw[CPT];
     // Pass 1: every load of the row, dscale, sum g^2, the column sums.
@@ -178,11 +179,14 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
       const int c = tid + k * T;
       const bool in = c < chunks;
       float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
-      qi[k] = 0, vw[k] = make_uint2(0u, 0u), s[k] = 0.0f;
+      qi[k] = 0, vw[k] = make_uint2(0u, 0u), s[k] = 0.0f, ds_old[k] = 0.0f;
       if (in) {
         load_chunk(grow, c, x0, x1);
         qi[k] = chunk_indices<B>(irow, c);
         if (cast) vw[k] = vrow[c], s[k] = sc[c >> lshift];
+        // The scale gradient's running value with the row's loads (its read-add-write after the
+        // group sum was a dependent load in every row's critical path).
+        if (dscale && (c & (per - 1)) == 0) ds_old[k] = dscale[o * m.groups + (c >> lshift)];
       }
       float* gk = g[k];
       gk[0] = x0.x, gk[1] = x0.y, gk[2] = x0.z, gk[3] = x0.w, gk[4] = x1.x, gk[5] = x1.y, gk[6] = x1.z, gk[7] = x1.w;
@@ -206,7 +210,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
       }
       if (dscale) {  // a group is `per` consecutive chunks, held by consecutive lanes (T % 32 == 0)
         ds = group_sum(ds, per);
-        if (in && (c & (per - 1)) == 0) dscale[o * m.groups + (c >> lshift)] += ds;
+        if (in && (c & (per - 1)) == 0) dscale[o * m.groups + (c >> lshift)] = ds_old[k] + ds;
       }
     }
     if (!cast) continue;
@@ -237,10 +241,11 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
         const float denom = a.sm ? sqs * (kRegs ? sreg[k][e] : scn[8 * c + e]) + f.eps : 1.0f;
         const uint32_t q = uint32_t(qi[k] >> (B * e)) & kMask;
         const int up = (gi > 0) != s_pos;  // the sign of the index change -lr g / s
-        float x = __fdividef(cs * gi * inv_sh[2 * q + up], denom);
-        x = x < -f.lim ? -f.lim : f.lim < x ? f.lim : x;
+        const float x = __fdividef(cs * gi * inv_sh[256 * up + q], denom);
         if ((e & 1) == 0) h = vk::fast_hash(key, uint32_t(4 * c + (e >> 1)));
-        const int add = __float2int_rd(x + vk::unit16(e & 1 ? h >> 16 : h));
+        // floor(x + u) clamped to +-lim in integers: floor(clamp(x) + u) for every x (lim is an
+        // integer and u < 1; a NaN converts to 0 either way), two integer instructions for four.
+        const int add = min(max(__float2int_rd(x + vk::unit16(e & 1 ? h >> 16 : h)), -f.ilim), f.ilim);
         const int nv = int(v[e]) + add;
         v[e] = int8_t(nv < -f.vmax ? -f.vmax : f.vmax < nv ? f.vmax : nv);
       }
@@ -549,7 +554,7 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   f.c0 = d.c0;
   f.eps = float(a.eps);
   f.vmax = a.cast ? int(p->vmax()) : 0;
-  f.lim = float(2 * f.vmax);
+  f.ilim = 2 * f.vmax;
   f.b2 = float(a.beta2);
   f.c1 = float((1.0 - a.beta2) / double(w.I));
   f.inv_bc = d.inv_bc;
