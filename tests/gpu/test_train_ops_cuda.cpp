@@ -162,6 +162,46 @@ TEST(GpuTrainColumnSums, AddsEachColumnsSumOnce) {
   }
 }
 
+// The bf16 mode's q, k, v bias gradients: column blocks of one bf16 matrix with rows ld apart, each
+// block's sums added to its own destination (a null one skipped), reproducibly, within the fp64
+// sum's two roundings of the exact sums of the bf16 values.
+TEST(GpuTrainColumnSums, AddsBf16ColumnBlocksToTheirDestinations) {
+  REQUIRE_GPU();
+  // (rows of a multiple of 8 values take the 16-byte kernel; 77 apart the 2-byte one)
+  for (auto [N, ld] : {std::pair<int64_t, int64_t>{8192, 2048 + 8}, {300, 80}, {1, 72}, {50, 77}}) {
+    SCOPED_TRACE(std::to_string(N) + " rows " + std::to_string(ld) + " apart");
+    const int64_t widths[3] = {ld >= 2048 ? 1536 : 40, ld >= 2048 ? 256 : 16, ld >= 2048 ? 256 : 16};
+    const int64_t C = widths[0] + widths[1] + widths[2];
+    const auto xf = randn(size_t(N * ld), 21);
+    std::vector<uint16_t> x(xf.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = f32_to_bf16(xf[i]);
+    const auto xd = to_device(x);
+    cuda::DeviceBuffer slabs(size_t(cuda::rmsnorm_dw_scratch_doubles(N, C)) * sizeof(double));
+    std::vector<float> d0[3];
+    std::vector<cuda::DeviceBuffer> dd;
+    for (int k = 0; k < 3; ++k) d0[k] = randn(size_t(widths[k]), 22 + k), dd.push_back(to_device(d0[k]));
+    std::vector<float> got[2][3];
+    for (int run = 0; run < 2; ++run) {
+      for (int k = 0; k < 3; ++k) cuda::copy_to_device(dd[size_t(k)].data(), d0[k].data(), d0[k].size() * 4);
+      cuda::column_sums_bf16_add({{dd[0].as<float>(), widths[0]}, {nullptr, widths[1]}, {dd[2].as<float>(), widths[2]}},
+                                 xd.as<uint16_t>(), ld, N, slabs.as<double>(), cuda::rmsnorm_dw_scratch_doubles(N, C),
+                                 nullptr);
+      for (int k = 0; k < 3; ++k) got[run][k] = to_host<float>(dd[size_t(k)], size_t(widths[k]));
+    }
+    EXPECT_TRUE(same_bits(got[1][1], d0[1])) << "a block without a destination was written";
+    for (int k : {0, 2}) {
+      EXPECT_TRUE(same_bits(got[0][k], got[1][k]));
+      const int64_t c0 = k == 0 ? 0 : widths[0] + widths[1];
+      for (int64_t c = 0; c < widths[k]; ++c) {
+        double sum = 0;  // the bf16 values' sum is exact in fp64 for these N
+        for (int64_t t = 0; t < N; ++t) sum += double(bf16_to_f32(x[size_t(t * ld + c0 + c)]));
+        const double ref = double(d0[k][size_t(c)]) + sum;
+        ASSERT_NEAR(got[0][k][size_t(c)], ref, 2 * kU * (std::fabs(sum) + std::fabs(ref)) + kTiny) << k << ", " << c;
+      }
+    }
+  }
+}
+
 // The weight gradient is a reduction over rows: it must not depend on scheduling. Odd sizes
 // (rows not a multiple of the 32 row groups, columns not of the 32-column tiles).
 TEST(GpuTrainRmsNorm, BackwardIsBitwiseReproducible) {

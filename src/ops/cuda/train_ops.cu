@@ -190,18 +190,21 @@ __global__ void __launch_bounds__(kRowThreads)
 // 32 consecutive floats of a row) and no atomics are used: the order is fixed by the shape alone.
 // The term of row t is dout * inp * rstd (kNorm: the norm's weight gradient) or dout alone (a bias
 // gradient: column_sums_add).
-template <bool kNorm>
+// (A bias gradient's dout may be bf16 with rows ld apart: column_sums_bf16_add.)
+__device__ __forceinline__ double to_double(float x) { return double(x); }
+__device__ __forceinline__ double to_double(__nv_bfloat16 x) { return double(__bfloat162float(x)); }
+template <bool kNorm, class T = float>
 __global__ void __launch_bounds__(32 * kDwRowGroups)
-    rmsnorm_backward_dw_kernel(float* dw, const float* dout, const float* inp, const float* rstd, int64_t N,
-                               int64_t C, int64_t R, double* slab_out) {
+    rmsnorm_backward_dw_kernel(float* dw, const T* dout, const float* inp, const float* rstd, int64_t N,
+                               int64_t C, int64_t R, double* slab_out, int64_t ld) {
   __shared__ double part[kDwRowGroups][33];  // 33: the column reads of warp 0 avoid bank conflicts
   const int lane = threadIdx.x, g = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * 32 + lane, t0 = int64_t(blockIdx.y) * R, t1 = t0 + R < N ? t0 + R : N;
   double s = 0;
   if (c < C)
     for (int64_t t = t0 + g; t < t1; t += kDwRowGroups)
-      s = kNorm ? __dadd_rn(s, __dmul_rn(__dmul_rn(double(dout[t * C + c]), double(inp[t * C + c])), double(rstd[t])))
-                : __dadd_rn(s, double(dout[t * C + c]));
+      s = kNorm ? __dadd_rn(s, __dmul_rn(__dmul_rn(to_double(dout[t * ld + c]), double(inp[t * C + c])), double(rstd[t])))
+                : __dadd_rn(s, to_double(dout[t * ld + c]));
   part[g][lane] = s;
   __syncthreads();
   if (g == 0 && c < C) {
@@ -212,18 +215,44 @@ __global__ void __launch_bounds__(32 * kDwRowGroups)
   }
 }
 
+// Column sums of a bf16 matrix in slabs of kBf16SlabRows rows: a thread per 8 consecutive columns
+// (one 16-byte load a row, fp64 sums in row order), slab_out[blockIdx.y, c] for
+// rmsnorm_slab_fold_kernel (column_sums_bf16_add; the dout-only rmsnorm_backward_dw_kernel read
+// 2 bytes a lane and took ~45 us for qwen's 8192 x 2048 q, k, v gradient).
+constexpr int64_t kBf16SlabRows = 64;
+__global__ void __launch_bounds__(128)
+    column_slabs_bf16x8_kernel(const uint4* x, int64_t ld8, int64_t N, int64_t C8, double* slab_out) {
+  const int64_t c8 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c8 >= C8) return;
+  const int64_t t0 = int64_t(blockIdx.y) * kBf16SlabRows, t1 = t0 + kBf16SlabRows < N ? t0 + kBf16SlabRows : N;
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll 4
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint4 u = x[t * ld8 + c8];
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      acc[2 * k] += double(__uint_as_float(w[k] << 16));
+      acc[2 * k + 1] += double(__uint_as_float(w[k] & 0xffff0000u));
+    }
+  }
+  double* o = slab_out + int64_t(blockIdx.y) * 8 * C8 + 8 * c8;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) o[e] = acc[e];
+}
+
 // dw[c] += float(sum over the slabs of slab[s, c]) for the fused backward's many slabs: a block
 // (32, kDwRowGroups) per 32 columns, warp g summing the slabs g, g + 32, ... in order, then warp 0
 // the 32 partial sums in order (a fixed order). rmsnorm_dw_fold_kernel's thread per column, summing
 // 512 slabs in turn, took 62 us for qwen2.5-1.5b's norm.
 __global__ void __launch_bounds__(32 * kDwRowGroups)
-    rmsnorm_slab_fold_kernel(float* dw, const double* slab, int64_t S, int64_t C) {
+    rmsnorm_slab_fold_kernel(float* dw, const double* slab, int64_t S, int64_t C, int64_t ld) {
   __shared__ double part[kDwRowGroups][33];
   const int lane = int(threadIdx.x), g = int(threadIdx.y);
   const int64_t c = int64_t(blockIdx.x) * 32 + lane;
   double s = 0;
   if (c < C)
-    for (int64_t k = g; k < S; k += kDwRowGroups) s += slab[k * C + c];
+    for (int64_t k = g; k < S; k += kDwRowGroups) s += slab[k * ld + c];
   part[g][lane] = s;
   __syncthreads();
   if (g == 0 && c < C) {
@@ -826,7 +855,7 @@ void launch_column_sums(float* dw, const float* dout, const float* inp, const fl
                         double* scratch, cudaStream_t s) {
   const int64_t S = scratch ? (N + kDwSlabRows - 1) / kDwSlabRows : 1, R = scratch ? kDwSlabRows : N;
   rmsnorm_backward_dw_kernel<kNorm><<<dim3(unsigned((C + 31) / 32), unsigned(S)), dim3(32, kDwRowGroups), 0, s>>>(
-      dw, dout, inp, rstd, N, C, R, scratch);
+      dw, dout, inp, rstd, N, C, R, scratch, C);
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (!scratch) return;
   rmsnorm_dw_fold_kernel<<<grid_for(C), 256, 0, s>>>(dw, scratch, S, C);
@@ -847,7 +876,7 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
     rmsnorm_backward_fused_kernel<<<unsigned(S), kRowThreads, 0, s>>>(
         dinp, dout, inp, weight, rstd, N, C, reinterpret_cast<__nv_bfloat16*>(dinp_bf16), dw_scratch);
     PRIMAL_CUDA_CHECK_LAUNCH();
-    rmsnorm_slab_fold_kernel<<<unsigned((C + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(dweight, dw_scratch, S, C);
+    rmsnorm_slab_fold_kernel<<<unsigned((C + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(dweight, dw_scratch, S, C, C);
     PRIMAL_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -862,6 +891,37 @@ void column_sums_add(float* dst, const float* x, int64_t N, int64_t C, double* s
   check_rows("column sums", N, C);
   PRIMAL_CHECK(dst && x && slabs, "column_sums_add: a null pointer");
   if (N > 0) launch_column_sums<false>(dst, x, nullptr, nullptr, N, C, slabs, s);
+}
+
+void column_sums_bf16_add(const std::vector<ColumnSumOut>& outs, const uint16_t* x, int64_t ld, int64_t N,
+                          double* slabs, int64_t slab_doubles, cudaStream_t s) {
+  int64_t C = 0;
+  for (const ColumnSumOut& o : outs) C += o.cols;
+  check_rows("column sums", N, C);
+  PRIMAL_CHECK(x && slabs && ld >= C, "column_sums_bf16_add: a null pointer or rows {} apart for {} columns", ld, C);
+  if (N == 0 || C == 0) return;
+  // 16-byte rows of 8 columns where the layout allows (the engine's), else the 2-byte kernel.
+  const bool x8 = C % 8 == 0 && ld % 8 == 0 && aligned16(x);
+  const int64_t R = x8 ? kBf16SlabRows : kDwSlabRows, S = (N + R - 1) / R;
+  PRIMAL_CHECK(S * C <= slab_doubles, "column_sums_bf16_add: {} slab values for {}", slab_doubles, S * C);
+  if (x8) {
+    column_slabs_bf16x8_kernel<<<dim3(unsigned((C / 8 + 127) / 128), unsigned(S)), 128, 0, s>>>(
+        reinterpret_cast<const uint4*>(x), ld / 8, N, C / 8, slabs);
+  } else {
+    rmsnorm_backward_dw_kernel<false, __nv_bfloat16>
+        <<<dim3(unsigned((C + 31) / 32), unsigned(S)), dim3(32, kDwRowGroups), 0, s>>>(
+            nullptr, reinterpret_cast<const __nv_bfloat16*>(x), nullptr, nullptr, N, C, R, slabs, ld);
+  }
+  PRIMAL_CUDA_CHECK_LAUNCH();
+  int64_t c0 = 0;
+  for (const ColumnSumOut& o : outs) {
+    if (o.dst && o.cols > 0) {
+      rmsnorm_slab_fold_kernel<<<unsigned((o.cols + 31) / 32), dim3(32, kDwRowGroups), 0, s>>>(o.dst, slabs + c0, S,
+                                                                                              o.cols, C);
+      PRIMAL_CUDA_CHECK_LAUNCH();
+    }
+    c0 += o.cols;
+  }
 }
 
 // The fused backward's slabs (kFusedRows rows) or the column sums' (kDwSlabRows), whichever is more.

@@ -14,6 +14,7 @@
 // the shapes only, so two runs (on any GPU) give the same bits.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "ops/cuda/buffer.h"
 #include "ops/cuda/elementwise.h"
@@ -56,6 +57,17 @@ int64_t rmsnorm_dw_scratch_doubles(int64_t N, int64_t C);
 // alone, in its slabs (slabs: rmsnorm_dw_scratch_doubles(N, C)) in its fixed order (a bias gradient
 // of the bf16 mode: its k and v, 256 columns, got 8 blocks as one slab).
 void column_sums_add(float* dst, const float* x, int64_t N, int64_t C, double* slabs, cudaStream_t s);
+// The same for consecutive column blocks of a bf16 matrix x (N rows ld apart), each block's sums
+// added to its own dst (none: skipped): the bf16 mode's q, k, v bias gradients from the stacked
+// (N, Q + 2 KV) bf16 input gradient, as PyTorch's autocast sums a bias gradient from the bf16 output
+// gradient (one read of 2 bytes a value, no fp32 copy). The same slabs and order as column_sums_add;
+// slabs: slab_doubles of them, at least ceil(N / 256) times the columns.
+struct ColumnSumOut {
+  float* dst;    // (cols) or null
+  int64_t cols;
+};
+void column_sums_bf16_add(const std::vector<ColumnSumOut>& outs, const uint16_t* x, int64_t ld, int64_t N,
+                          double* slabs, int64_t slab_doubles, cudaStream_t s);
 
 // ---- RoPE --------------------------------------------------------------------------------------
 // The rotation of cpu::RopeParams with the frequencies on the device.

@@ -1050,9 +1050,12 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
       lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
-      // dv straight out of the attention backward as bf16 where only its bf16 copy is read (no v bias
-      // gradient, no GQA sums).
-      const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && !(tr && w.g_bv);
+      // The bf16 mode sums the q, k, v bias gradients from their stacked bf16 input gradient (as
+      // PyTorch's autocast, from the bf16 output gradient): no fp32 copies of dq, dk, dv for them.
+      const bool bias_b16 = bf16_ && dw_slabs_ && tr && (w.g_bq || w.g_bk || w.g_bv);
+      // dv straight out of the attention backward as bf16 where only its bf16 copy is read (no fp32
+      // v bias gradient, no GQA sums).
+      const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && (!(tr && w.g_bv) || bias_b16);
       if (mma_attention_)  // dh_ is free until the next layer's FFN backward: the workspace
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
                                    size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr,
@@ -1060,10 +1063,18 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
-      rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq, ldqkv_);  // the bias gradient reads the fp32 values
-      rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk, ldqkv_);
+      rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq && !bias_b16, ldqkv_);  // (an fp32 bias gradient reads them)
+      rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk && !bias_b16, ldqkv_);
       if (!dv_direct) bf16_copy_rows(dvb_, ldqkv_, dv_, N, KVH * HS);
       mark("norm/swiglu/rope bwd");
+      if (bias_b16) {
+        cu::column_sums_bf16_add({{w.g_bq, NH * HS}, {w.g_bk, KVH * HS}, {w.g_bv, KVH * HS}}, dqb_, ldqkv_, N, dw_slabs_,
+                                 cu::rmsnorm_dw_scratch_doubles(N, C), s_);
+        mark("linear bwd: dbias");
+      }
+      float* const dbq = tr && !bias_b16 ? w.g_bq : nullptr;
+      float* const dbk = tr && !bias_b16 ? w.g_bk : nullptr;
+      float* const dbv = tr && !bias_b16 ? w.g_bv : nullptr;
       {
         const cu::LutTrainView qkv[3] = {w.wq->view, w.wk->view, w.wv->view};
         const uint16_t* qkv_d[3] = {dqb_, dkb_, dvb_};
@@ -1071,9 +1082,9 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
                                                                            scratch_, scratch_floats_, s_, ldqkv_);
         if (grouped) mark_stage("dinp");
         float* di = grouped ? nullptr : dxn_;
-        lin_bwd(di, false, {dq_, dqb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, tr ? w.g_bq : nullptr);
-        lin_bwd(di, true, {dk_, dkb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, tr ? w.g_bk : nullptr);
-        lin_bwd(di, true, {dv_, dvb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, tr ? w.g_bv : nullptr);
+        lin_bwd(di, false, {dq_, dqb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, dbq);
+        lin_bwd(di, true, {dk_, dkb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, dbk);
+        lin_bwd(di, true, {dv_, dvb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, dbv);
       }
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16(),
