@@ -13,7 +13,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
-#include <type_traits>
 
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/check.cuh"
@@ -275,21 +274,20 @@ BwdWs carve(float* ws, int64_t B, int64_t T, int64_t NH, int64_t HS) {
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 
-// A warp per row r = (b T + t) NH + h of q's layout. A bf16 dout is the kernels' operand itself
-// (w.dob points at it): only Dv and lse2 are written.
-template <class In, class Dout>
-__global__ void bwd_prep_kernel(const Dout* dout, const In* out, const float* lse, BwdWs w, int64_t rows, int T,
+// A warp per row r = (b T + t) NH + h of q's layout.
+template <class In>
+__global__ void bwd_prep_kernel(const float* dout, const In* out, const float* lse, BwdWs w, int64_t rows, int T,
                                 int NH, int HS) {
   const int lane = int(threadIdx.x & 31);
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
        r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
-    const Dout* a = dout + r * HS;
+    const float* a = dout + r * HS;
     const In* o = out + r * HS;
     float x = 0.0f;
     for (int d = lane; d < HS; d += 32) {
-      const float ad = to_f(a[d]);
+      const float ad = a[d];
       x += ad * to_f(o[d]);
-      if constexpr (std::is_same_v<Dout, float>) w.dob[r * HS + d] = __float2bfloat16_rn(ad);
+      w.dob[r * HS + d] = __float2bfloat16_rn(ad);
     }
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
     if (lane == 0) {
@@ -553,7 +551,7 @@ void allow_smem(K kernel, size_t bytes) {
 template <int D, class OutT>
 void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
               const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
-              size_t ws_floats, cudaStream_t s, cudaStream_t side, bf16* dv16, int64_t ld16, const bf16* dout16) {
+              size_t ws_floats, cudaStream_t s, cudaStream_t side, bf16* dv16, int64_t ld16) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH, nq = rows * D, base = ws_base_floats(B, T, NH, D);
   DeviceBuffer own;  // the caller gave no room: the workspace's required part here (tests)
@@ -561,14 +559,9 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
     own = DeviceBuffer(size_t(base) * sizeof(float));
     ws = own.as<float>(), ws_floats = size_t(base);
   }
-  BwdWs w = carve(ws, B, T, NH, D);
-  const unsigned prep_blocks = unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count())));
-  if (dout16) {
-    w.dob = const_cast<bf16*>(dout16);  // (only read)
-    bwd_prep_kernel<<<prep_blocks, 256, 0, s>>>(dout16, out, lse, w, rows, int(T), int(NH), D);
-  } else {
-    bwd_prep_kernel<<<prep_blocks, 256, 0, s>>>(dout, out, lse, w, rows, int(T), int(NH), D);
-  }
+  const BwdWs w = carve(ws, B, T, NH, D);
+  bwd_prep_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
+      dout, out, lse, w, rows, int(T), int(NH), D);
   PRIMAL_CUDA_CHECK_LAUNCH();
   constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();
   allow_smem(flash_dkdv_mma_kernel<D>, s1);
@@ -676,22 +669,16 @@ template <class OutT>
 void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
                   const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
                   cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side = nullptr,
-                  bf16* dv16 = nullptr, int64_t ld16 = 0, const bf16* dout16 = nullptr) {
-  check_args(dq, dk, dv, dout16 ? static_cast<const void*>(dout16) : dout, lse, B, T, NH, KVH, HS,
-             "attention_backward_mma");
-  if (dout16) check_aligned(dout16, "attention_backward_mma (dout)");
+                  bf16* dv16 = nullptr, int64_t ld16 = 0) {
+  check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_aligned(q, "attention_backward_mma"), check_aligned(k, "attention_backward_mma");
   check_aligned(v, "attention_backward_mma"), check_aligned(ws, "attention_backward_mma (workspace)");
   switch (HS) {
-    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16,
-                           dout16); break;
-    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16,
-                           dout16); break;
-    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16,
-                           dout16); break;
-    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16,
-                           dout16); break;
+    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
   }
 }
 
@@ -735,11 +722,11 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side,
-                            uint16_t* dv_bf16, int64_t dv_bf16_ld, const uint16_t* dout_bf16) {
+                            uint16_t* dv_bf16, int64_t dv_bf16_ld) {
   PRIMAL_CHECK(dv_bf16_ld == 0 || (dv_bf16_ld >= KVH * HS && dv_bf16_ld % 2 == 0),
                "attention_backward_mma: dv's bf16 row stride {} for {} values a token", dv_bf16_ld, KVH * HS);
   backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side,
-               reinterpret_cast<bf16*>(dv_bf16), dv_bf16_ld, bf(dout_bf16));
+               reinterpret_cast<bf16*>(dv_bf16), dv_bf16_ld);
 }
 
 }  // namespace primal::cuda

@@ -54,13 +54,10 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 // (events shared by every call: one caller thread at a time). With dv_bf16 and KVH == NH, dv is
 // written there as bf16 only (each value the fp32 one rounded to nearest even), dv untouched; with
 // KVH < NH dv is written as fp32 and dv_bf16 is untouched. dv_bf16_ld: its row stride per token
-// (elements, even; 0: KVH * HS), for a dv that is a column block of a wider matrix. With dout_bf16
-// (then dout may be null) the output gradient is given in bf16, 16-byte aligned, and read as it is:
-// D = dout . out from the bf16 values (FlashAttention-2's arithmetic), no bf16 copy made.
+// (elements, even; 0: KVH * HS), for a dv that is a column block of a wider matrix.
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0,
-                            cudaStream_t side = nullptr, uint16_t* dv_bf16 = nullptr, int64_t dv_bf16_ld = 0,
-                            const uint16_t* dout_bf16 = nullptr);
+                            cudaStream_t side = nullptr, uint16_t* dv_bf16 = nullptr, int64_t dv_bf16_ld = 0);
 
 }  // namespace primal::cuda

@@ -1048,14 +1048,7 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
                            dw_slabs_);
       mark("norm/swiglu/rope bwd");
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
-      // The tensor-core attention's output gradient straight out of its GEMM as bf16 (in datt_'s
-      // memory): the flash backward's operand as it is, no fp32 pass to round it.
-      uint16_t* const dattb = mma_attention_ ? reinterpret_cast<uint16_t*>(datt_) : nullptr;
-      if (dattb) {
-        cu::lut_linear_backward_input_bf16_out(*blas_, w.wo->view, dxb_, N, dattb, scratch_, scratch_floats_, s_);
-        mark_stage("dinp");
-      }
-      lin_bwd(dattb ? nullptr : datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
+      lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
       // The bf16 mode sums the q, k, v bias gradients from their stacked bf16 input gradient (as
       // PyTorch's autocast, from the bf16 output gradient): no fp32 copies of dq, dk, dv for them.
@@ -1064,9 +1057,9 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       // v bias gradient, no GQA sums).
       const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && (!(tr && w.g_bv) || bias_b16);
       if (mma_attention_)  // dh_ is free until the next layer's FFN backward: the workspace
-        cu::attention_backward_mma(dq_, dk_, dv_, nullptr, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
+        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
                                    size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr,
-                                   ldqkv_, dattb);
+                                   ldqkv_);
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
