@@ -58,18 +58,40 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
+// Rows of up to kRowRegs * kRowThreads values are held in registers with their weights from the
+// first pass (the second pass re-read them after the reduction's barrier, a dependent load in every
+// row's path); the same operations in the same order either way.
+constexpr int kRowRegs = 8;
+
 template <class Out = float>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_forward_train_kernel(Out* out, float* rstd, const float* inp, const float* w, int64_t C, float eps) {
   __shared__ double scratch[32];
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;
+  Out* y = out + t * C;
   double ss = 0;
   // x*x is exact in fp64 (two 24-bit significands), so a contraction into fma changes nothing.
+  if (C <= kRowRegs * kRowThreads) {
+    float v[kRowRegs], wv[kRowRegs];
+#pragma unroll
+    for (int j = 0; j < kRowRegs; ++j) {
+      const int64_t c = threadIdx.x + j * kRowThreads;
+      v[j] = wv[j] = 0.0f;
+      if (c < C) v[j] = x[c], wv[j] = w[c], ss += double(v[j]) * double(v[j]);
+    }
+    const float r = rms_scale(block_sum(ss, scratch), C, eps);
+    if (threadIdx.x == 0) rstd[t] = r;
+#pragma unroll
+    for (int j = 0; j < kRowRegs; ++j) {
+      const int64_t c = threadIdx.x + j * kRowThreads;
+      if (c < C) store(y + c, (v[j] * r) * wv[j]);
+    }
+    return;
+  }
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += double(x[c]) * double(x[c]);
   const float r = rms_scale(block_sum(ss, scratch), C, eps);
   if (threadIdx.x == 0) rstd[t] = r;
-  Out* y = out + t * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(y + c, (x[c] * r) * w[c]);
 }
 
@@ -83,7 +105,29 @@ __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_forward_train_kernel(
   const int64_t t = blockIdx.x;
   float* x = x_io + t * C;
   const float* y = y_in + t * C;
+  Out* o = out + t * C;
   double ss = 0;
+  if (C <= kRowRegs * kRowThreads) {  // (as rmsnorm_forward_train_kernel)
+    float v[kRowRegs], wv[kRowRegs];
+#pragma unroll
+    for (int j = 0; j < kRowRegs; ++j) {
+      const int64_t c = threadIdx.x + j * kRowThreads;
+      v[j] = wv[j] = 0.0f;
+      if (c < C) {
+        v[j] = __fadd_rn(x[c], y[c]), wv[j] = w[c];
+        x[c] = v[j];
+        ss += double(v[j]) * double(v[j]);
+      }
+    }
+    const float r = rms_scale(block_sum(ss, scratch), C, eps);
+    if (threadIdx.x == 0) rstd[t] = r;
+#pragma unroll
+    for (int j = 0; j < kRowRegs; ++j) {
+      const int64_t c = threadIdx.x + j * kRowThreads;
+      if (c < C) store(o + c, (v[j] * r) * wv[j]);
+    }
+    return;
+  }
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     const float v = __fadd_rn(x[c], y[c]);
     x[c] = v;
@@ -91,7 +135,6 @@ __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_forward_train_kernel(
   }
   const float r = rms_scale(block_sum(ss, scratch), C, eps);
   if (threadIdx.x == 0) rstd[t] = r;
-  Out* o = out + t * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(o + c, (x[c] * r) * w[c]);
 }
 
@@ -151,14 +194,14 @@ __global__ void __launch_bounds__(kRowThreads)
   // (Loading row t + 1 while row t's dot is reduced made it slower: 136 against 100 us a qwen2.5-1.5b
   // norm, H100.)
   for (int64_t t = t0; t < t1; ++t) {
-    float dy[kFusedCols], x[kFusedCols];
+    float dy[kFusedCols], x[kFusedCols], dx0[kFusedCols];  // dx0: dinp's value before, with the row's loads
     double dot = 0;
 #pragma unroll
     for (int j = 0; j < kFusedCols; ++j) {
       const int64_t c = tid + j * kRowThreads;
-      dy[j] = x[j] = 0.0f;
+      dy[j] = x[j] = dx0[j] = 0.0f;
       if (c < C) {
-        dy[j] = dout[t * C + c], x[j] = inp[t * C + c];
+        dy[j] = dout[t * C + c], x[j] = inp[t * C + c], dx0[j] = dinp[t * C + c];
         dot = __dadd_rn(dot, __dmul_rn(__dmul_rn(double(dy[j]), double(wr[j])), double(x[j])));
       }
     }
@@ -169,9 +212,8 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int j = 0; j < kFusedCols; ++j) {
       const int64_t c = tid + j * kRowThreads;
       if (c >= C) continue;
-      float* dx = dinp + t * C + c;
-      const float v = __fadd_rn(*dx, __fsub_rn(__fmul_rn(a, __fmul_rn(dy[j], wr[j])), __fmul_rn(b, x[j])));
-      *dx = v;
+      const float v = __fadd_rn(dx0[j], __fsub_rn(__fmul_rn(a, __fmul_rn(dy[j], wr[j])), __fmul_rn(b, x[j])));
+      dinp[t * C + c] = v;
       if (dinp_bf16) dinp_bf16[t * C + c] = __float2bfloat16_rn(v);
       acc[j] = __dadd_rn(acc[j], __dmul_rn(__dmul_rn(double(dy[j]), double(x[j])), r));
     }
