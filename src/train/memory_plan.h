@@ -18,11 +18,15 @@
 //                lse per token of a layer; q, k, v, att, xn1, xn2, gate, up, h in bf16), 4 = its
 //                fp32 mode (all fp32). The top kept layers keep their sets; the layers below share
 //                one (the frozen ones' forward, the recomputed ones' rebuilt set): without
-//                recomputation every trainable layer is kept, with it the planner keeps as many as
-//                the budget allows. The fp32 residual stream (L + 1) x C per token is kept always.
+//                recomputation every trainable layer is kept, with it the planner weighs kept layers
+//                against kept attention outputs and q, k, v of the recomputed ones (cost model).
+//                The shared set leaves out what every layer using it keeps of its own. The fp32
+//                residual stream (L + 1) x C per token is kept always.
 //   workspace    backward scratch (dx, dxn, dxnf, dq, datt, dk, dv, dh fp32; dgate, dup fp32 or
 //                bf16 copies of the output gradients), one chunk of logits (head_chunk, V) fp32
-//                (bf16, the gradient in place, for the bf16 mode's LUT head), the GEMM scratch (the largest layer
+//                (bf16, the gradient in place, for the bf16 mode's LUT head; in the shared set's
+//                memory where layers share one: only what it needs beyond the set is counted for
+//                it), the GEMM scratch (the largest layer
 //                matrix dequantized, a weight-gradient tile of the head, the tensor-core
 //                attention's workspace), token buffers and losses, the cuBLAS workspace, and what
 //                the CUDA context, cuBLAS and the loaded kernels take (a measured constant).
