@@ -245,7 +245,9 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
         if ((e & 1) == 0) h = vk::fast_hash(key, uint32_t(4 * c + (e >> 1)));
         // floor(x + u) clamped to +-lim in integers: floor(clamp(x) + u) for every x (lim is an
         // integer and u < 1; a NaN converts to 0 either way), two integer instructions for four.
-        const int add = min(max(__float2int_rd(x + vk::unit16(e & 1 ? h >> 16 : h)), -f.ilim), f.ilim);
+        // x is rounded before u is added (__fadd_rn: no fma of the division's product with u, which
+        // the clamp in between used to prevent; the fused rounding moved a vote now and then).
+        const int add = min(max(__float2int_rd(__fadd_rn(x, vk::unit16(e & 1 ? h >> 16 : h))), -f.ilim), f.ilim);
         const int nv = int(v[e]) + add;
         v[e] = int8_t(nv < -f.vmax ? -f.vmax : f.vmax < nv ? f.vmax : nv);
       }
