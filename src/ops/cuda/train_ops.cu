@@ -63,13 +63,23 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // row's path); the same operations in the same order either way.
 constexpr int kRowRegs = 8;
 
-template <class Out = float>
-__global__ void __launch_bounds__(kRowThreads)
-    rmsnorm_forward_train_kernel(Out* out, float* rstd, const float* inp, const float* w, int64_t C, float eps) {
+// RMSNorm forward of row t, and with kAdd first x += y (the add of add_inplace_kernel, __fadd_rn;
+// a thread reads back only the x values it wrote). x_io is written only with kAdd.
+template <bool kAdd, class Out>
+__global__ void __launch_bounds__(kRowThreads) rmsnorm_rows_kernel(Out* out, float* rstd, float* x_io,
+                                                                   const float* y_in, const float* w, int64_t C,
+                                                                   float eps) {
   __shared__ double scratch[32];
   const int64_t t = blockIdx.x;
-  const float* x = inp + t * C;
-  Out* y = out + t * C;
+  float* x = x_io + t * C;
+  const float* y = kAdd ? y_in + t * C : nullptr;
+  Out* o = out + t * C;
+  auto value = [&](int64_t c) {
+    if constexpr (!kAdd) return x[c];
+    const float v = __fadd_rn(x[c], y[c]);
+    x[c] = v;
+    return v;
+  };
   double ss = 0;
   // x*x is exact in fp64 (two 24-bit significands), so a contraction into fma changes nothing.
   if (C <= kRowRegs * kRowThreads) {
@@ -78,46 +88,7 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int j = 0; j < kRowRegs; ++j) {
       const int64_t c = threadIdx.x + j * kRowThreads;
       v[j] = wv[j] = 0.0f;
-      if (c < C) v[j] = x[c], wv[j] = w[c], ss += double(v[j]) * double(v[j]);
-    }
-    const float r = rms_scale(block_sum(ss, scratch), C, eps);
-    if (threadIdx.x == 0) rstd[t] = r;
-#pragma unroll
-    for (int j = 0; j < kRowRegs; ++j) {
-      const int64_t c = threadIdx.x + j * kRowThreads;
-      if (c < C) store(y + c, (v[j] * r) * wv[j]);
-    }
-    return;
-  }
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += double(x[c]) * double(x[c]);
-  const float r = rms_scale(block_sum(ss, scratch), C, eps);
-  if (threadIdx.x == 0) rstd[t] = r;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) store(y + c, (x[c] * r) * w[c]);
-}
-
-// rmsnorm_forward_train_kernel after x += y, the add of add_inplace_kernel (__fadd_rn): a thread
-// reads back only the x values it wrote.
-template <class Out>
-__global__ void __launch_bounds__(kRowThreads) add_rmsnorm_forward_train_kernel(Out* out, float* rstd, float* x_io,
-                                                                                const float* y_in, const float* w,
-                                                                                int64_t C, float eps) {
-  __shared__ double scratch[32];
-  const int64_t t = blockIdx.x;
-  float* x = x_io + t * C;
-  const float* y = y_in + t * C;
-  Out* o = out + t * C;
-  double ss = 0;
-  if (C <= kRowRegs * kRowThreads) {  // (as rmsnorm_forward_train_kernel)
-    float v[kRowRegs], wv[kRowRegs];
-#pragma unroll
-    for (int j = 0; j < kRowRegs; ++j) {
-      const int64_t c = threadIdx.x + j * kRowThreads;
-      v[j] = wv[j] = 0.0f;
-      if (c < C) {
-        v[j] = __fadd_rn(x[c], y[c]), wv[j] = w[c];
-        x[c] = v[j];
-        ss += double(v[j]) * double(v[j]);
-      }
+      if (c < C) v[j] = value(c), wv[j] = w[c], ss += double(v[j]) * double(v[j]);
     }
     const float r = rms_scale(block_sum(ss, scratch), C, eps);
     if (threadIdx.x == 0) rstd[t] = r;
@@ -129,8 +100,7 @@ __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_forward_train_kernel(
     return;
   }
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    const float v = __fadd_rn(x[c], y[c]);
-    x[c] = v;
+    const float v = value(c);
     ss += double(v) * double(v);
   }
   const float r = rms_scale(block_sum(ss, scratch), C, eps);
@@ -850,7 +820,8 @@ void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const floa
                            float eps, cudaStream_t s) {
   check_rows("rmsnorm", N, C);
   if (N == 0) return;
-  rmsnorm_forward_train_kernel<float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, inp, weight, C, eps);
+  rmsnorm_rows_kernel<false, float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, const_cast<float*>(inp), nullptr,
+                                                                        weight, C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -858,8 +829,8 @@ void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, co
                                 int64_t C, float eps, cudaStream_t s) {
   check_rows("rmsnorm", N, C);
   if (N == 0) return;
-  rmsnorm_forward_train_kernel<__nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
-      reinterpret_cast<__nv_bfloat16*>(out), rstd, inp, weight, C, eps);
+  rmsnorm_rows_kernel<false, __nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
+      reinterpret_cast<__nv_bfloat16*>(out), rstd, const_cast<float*>(inp), nullptr, weight, C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -869,10 +840,10 @@ void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, floa
   PRIMAL_CHECK((out != nullptr) != (out_bf16 != nullptr) && x && y, "add + rmsnorm: one output, x and y");
   if (N == 0) return;
   if (out_bf16)
-    add_rmsnorm_forward_train_kernel<__nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
+    rmsnorm_rows_kernel<true, __nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
         reinterpret_cast<__nv_bfloat16*>(out_bf16), rstd, x, y, weight, C, eps);
   else
-    add_rmsnorm_forward_train_kernel<float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, x, y, weight, C, eps);
+    rmsnorm_rows_kernel<true, float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, x, y, weight, C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
