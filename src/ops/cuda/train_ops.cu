@@ -215,7 +215,8 @@ __global__ void __launch_bounds__(32 * kDwRowGroups)
   double s = 0;
   if (c < C)
     for (int64_t t = t0 + g; t < t1; t += kDwRowGroups)
-      s = kNorm ? __dadd_rn(s, __dmul_rn(__dmul_rn(to_double(dout[t * ld + c]), double(inp[t * C + c])), double(rstd[t])))
+      s = kNorm ? __dadd_rn(s, __dmul_rn(__dmul_rn(to_double(dout[t * ld + c]), double(inp[t * C + c])),
+                                         double(rstd[t])))
                 : __dadd_rn(s, to_double(dout[t * ld + c]));
   part[g][lane] = s;
   __syncthreads();

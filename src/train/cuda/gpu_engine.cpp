@@ -225,7 +225,8 @@ class CudaEngine final : public StepEngine {
   int64_t ldqkv_ = 0;                                          // Q + 2 KV: one (N, Q + 2 KV) matrix
   uint16_t *xnfb_ = nullptr, *logitsb_ = nullptr;              // (N, C), (head_chunk, ldl_) bf16 logits
   int64_t ldl_ = 0;  // bf16 logits' row stride: V rounded up to 16 (an odd vocabulary misaligned the GEMMs)
-  float* logits_ = nullptr;                   // (head_chunk, V)
+  // (head_chunk, V); logits_ or logitsb_ lives in the shared activation set's memory when there is one
+  float* logits_ = nullptr;
   float* scratch_ = nullptr;                  // (scratch_floats) GEMM operand / weight-gradient tiles
   double* nll_ = nullptr;                     // (maxN)
   double* dw_slabs_ = nullptr;                // (ceil(maxN / 16), C) the norms' weight-gradient slabs, or null
@@ -536,7 +537,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     }
   };
   acts_.resize(size_t(kept_ + (shared_set ? 1 : 0)));
-  for (int64_t k = 0; k < kept_; ++k) layout(acts_[size_t(k)], false, [&](int64_t n) { return arena_.bytes(size_t(n)); });
+  for (int64_t k = 0; k < kept_; ++k)
+    layout(acts_[size_t(k)], false, [&](int64_t n) { return arena_.bytes(size_t(n)); });
   head_b16_ = bf16_ && head_->lut();
   ldl_ = bf16_logits_stride(V);
   const int64_t logit_bytes = head_b16_ ? head_chunk_ * ldl_ * 2 : head_chunk_ * V * 4;
@@ -1068,8 +1070,8 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       if (!dv_direct) bf16_copy_rows(dvb_, ldqkv_, dv_, N, KVH * HS);
       mark("norm/swiglu/rope bwd");
       if (bias_b16) {
-        cu::column_sums_bf16_add({{w.g_bq, NH * HS}, {w.g_bk, KVH * HS}, {w.g_bv, KVH * HS}}, dqb_, ldqkv_, N, dw_slabs_,
-                                 cu::rmsnorm_dw_scratch_doubles(N, C), s_);
+        cu::column_sums_bf16_add({{w.g_bq, NH * HS}, {w.g_bk, KVH * HS}, {w.g_bv, KVH * HS}}, dqb_, ldqkv_, N,
+                                 dw_slabs_, cu::rmsnorm_dw_scratch_doubles(N, C), s_);
         mark("linear bwd: dbias");
       }
       float* const dbq = tr && !bias_b16 ? w.g_bq : nullptr;
