@@ -151,15 +151,15 @@ class CudaEngine final : public StepEngine {
   }
   // RoPE (inverse: its backward) on x (B, T, heads, HS) in place, and in the bf16 mode x's bf16 copy
   // xb (rows ldb apart; 0: dense), written by the RoPE kernel itself when every dimension rotates
-  // (else converted after); the fused kernel writes only xb unless the rotated fp32 values are read
-  // (need_f32: a bias gradient).
+  // (else converted after); the fused kernel writes only xb (the bf16 mode reads no rotated fp32
+  // values: its bias gradients come from the bf16 copies).
   // bias and ldx, x's row stride (only where rope_adds_bias()): added to x first, inside the fused
   // kernel; x read as a column block of a wider matrix.
-  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, bool need_f32 = false,
-            int64_t ldb = 0, const float* bias = nullptr, int64_t ldx = 0) {
+  void rope(float* x, uint16_t* xb, int64_t B, int64_t T, int64_t heads, bool inverse, int64_t ldb = 0,
+            const float* bias = nullptr, int64_t ldx = 0) {
     const bool fused = rope_adds_bias();
     PRIMAL_CHECK(fused || (!bias && !ldx), "cuda engine: a bias or stride for RoPE without the fused kernel");
-    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused || need_f32, fused ? ldb : 0,
+    cu::rope_rotate(x, B, T, heads, 0, rope_, inverse, s_, fused ? xb : nullptr, !fused, fused ? ldb : 0,
                     bias, ldx);
     if (!fused) bf16_copy_rows(xb, ldb, x, B * T, heads * hp_.head_dim);
   }
@@ -688,8 +688,6 @@ void CudaEngine::lin_bwd(float* dinp, bool accumulate, cu::Operand dout, cu::Ope
     g.votes = W.votes ? &W.votes->state : nullptr;
     g.params = &vp_;
     if (aside_on_) g.aside = &aside_;
-    // The norms' slabs hold (N, C): a bias gradient of up to C columns (q, k, v: Q <= C usually).
-    if (dbias && dw_slabs_ && W.host->O <= hp_.n_embd) g.dbias_slabs = dw_slabs_;
     if (g.dscale || g.dbias || g.votes)
       cu::lut_linear_backward_weight(*blas_, W.view, dout, inp, n, g, scratch_, scratch_floats_, s_);
   } else if (W.dW || dbias) {
@@ -766,8 +764,8 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
       cu::rope_forward_train_bf16(a.qb, B, T, NH, rope_, s_);
       cu::rope_forward_train_bf16(a.kb, B, T, KVH, rope_, s_);
     } else {
-      rope(q, a.qb, B, T, NH, false, false, 0, late_bias ? w.bq : nullptr, ldx);
-      rope(k, a.kb, B, T, KVH, false, false, 0, late_bias ? w.bk : nullptr, ldx);
+      rope(q, a.qb, B, T, NH, false, 0, late_bias ? w.bq : nullptr, ldx);
+      rope(k, a.kb, B, T, KVH, false, 0, late_bias ? w.bk : nullptr, ldx);
     }
     if (!v_b16) {
       if (late_bias) cu::to_bf16_rows(a.vb, KV, v, N, KV, s_, w.bv, ldx);
@@ -1065,8 +1063,8 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       else
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       mark("attention bwd");
-      rope(dq_, dqb_, B, T, NH, true, tr && w.g_bq && !bias_b16, ldqkv_);  // (an fp32 bias gradient reads them)
-      rope(dk_, dkb_, B, T, KVH, true, tr && w.g_bk && !bias_b16, ldqkv_);
+      rope(dq_, dqb_, B, T, NH, true, ldqkv_);
+      rope(dk_, dkb_, B, T, KVH, true, ldqkv_);
       if (!dv_direct) bf16_copy_rows(dvb_, ldqkv_, dv_, N, KVH * HS);
       mark("norm/swiglu/rope bwd");
       if (bias_b16) {
