@@ -184,6 +184,17 @@ TEST(MemoryPlan, CountsTheEnginesActivationsByHand) {
   r.act_bytes = 2;
   // bf16 rows 1008 apart: V = 1000 rounded up to 16 (32-byte aligned GEMM rows).
   EXPECT_EQ(item(measure_plan(r, 4, false, 2), "logits chunk (bf16)"), std::min<int64_t>(r.head_chunk, N) * 1008 * 2);
+  // The backward scratch: dx, dxnf fp32 and dx's bf16 copy, then one block of dxn, dq, datt, dk, dv
+  // fp32, dup and the stacked dq, dk, dv bf16 and dh (bf16_dh_floats), in which the trainable LUT
+  // head's (V, C) bf16 weight gradient is summed over the chunks: the larger of the two.
+  const int64_t dh = 4 * bf16_dh_floats(N, F, NH, 16, Q + 2 * KV);
+  const int64_t block = N * (4 * (C + 2 * Q + 2 * KV) + 2 * (F + Q + 2 * KV)) + dh;
+  ASSERT_GT(block, 1000 * C * 2);
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "backward scratch"), N * 10 * C + block);
+  r.hp.n_vocab = 8000;  // a head gradient larger than the block
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "backward scratch"), N * 10 * C + 8000 * C * 2);
+  r.train_embeddings = false;
+  EXPECT_EQ(item(measure_plan(r, 4, false, 2), "backward scratch"), N * 10 * C + block);
 }
 
 // Each micro-batch's backward casts every trainable vote once: the cost model prices that pass, so

@@ -199,9 +199,13 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
   // dx, dxn, dxnf, dq, datt, dk, dv fp32; dh, dgate, dup fp32, or in the bf16 mode dh sized by
   // bf16_dh_floats (dgate's bf16 copy in its memory) and bf16 copies of the GEMMs' output gradients
   // (dx, dup, dq, dk, dv).
-  const int64_t scratch = 4 * (3 * C + 2 * Q + 2 * KV) + (b16 ? 2 * (C + F + Q + 2 * KV) : 4 * 3 * F);
-  c.add("workspace", "backward scratch",
-        N * scratch + (b16 ? 4 * bf16_dh_floats(N, F, NH, hp.head_dim, Q + 2 * KV) : 0));
+  // All but dx, dxnf and dx's bf16 copy form one block, in which the bf16 mode's trainable LUT head
+  // sums its (V, C) bf16 weight gradient over the logits chunks: the block is the larger of the two.
+  const int64_t kept_out = N * (4 * 2 * C + (b16 ? 2 * C : 0));
+  const int64_t block = N * (4 * (C + 2 * Q + 2 * KV) + (b16 ? 2 * (F + Q + 2 * KV) : 4 * 2 * F)) +
+                        4 * (b16 ? bf16_dh_floats(N, F, NH, hp.head_dim, Q + 2 * KV) : N * F);
+  const int64_t head_dw = b16 && bf16_logits && r.train_embeddings ? V * C * 2 : 0;
+  c.add("workspace", "backward scratch", kept_out + std::max(block, head_dw));
   const std::string logits = bf16_logits ? "logits chunk (bf16)" : "logits chunk (fp32)";
   if (p.kept_layers == L) c.add("workspace", logits, logit_bytes);
   else c.add("workspace", logits + " beyond the shared set", std::max<int64_t>(0, logit_bytes - shared_bytes));

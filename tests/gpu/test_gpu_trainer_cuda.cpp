@@ -361,6 +361,51 @@ TEST(GpuTrainerFast, GraphGivesTheSameBits) {
     EXPECT_EQ(a->votes->states()[k].events, b->votes->states()[k].events) << "vote state " << k;
 }
 
+// The bf16 mode's LUT head sums its weight gradient over the logits chunks (bf16) and casts it once a
+// micro-batch, as a layer matrix: its vote state counts one backward call with 4 chunks (a cast per
+// chunk counted 4), and its votes are those of one chunk up to the roundings of the bf16 sum (the
+// same rounding draws; this test's rates make |x| ~ 100, where the 2^-8 of a partial sum moves a
+// vote by one now and then, rarely by two). A sum that kept only the last chunk would move most.
+// (lut_weight_grad_sum_bf16's own bound: test_train_bf16_cuda.cpp.)
+TEST(GpuTrainerFast, HeadGradientSummedOverChunksIsCastOnce) {
+  REQUIRE_GPU();
+  const Case c{"head", false, false, true, tr::Rule::Momentum};
+  const int64_t B = 2, T = 64;
+  const tr::TrainModel m0 = make_model(c);
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions one, four;
+  one.fast = four.fast = true;
+  one.head_chunk = B * T, four.head_chunk = B * T / 4;
+  auto a = make_side(m0, cfg, true, one, B, T);
+  auto b = make_side(m0, cfg, true, four, B, T);
+  std::vector<std::vector<int32_t>> in, tg;
+  batches(m0.hp.n_vocab, B, T, 11, in, tg);
+  tr::TrainMask mask;
+  mask.layer.assign(size_t(m0.n_physical()), true);
+  double nll[2];
+  for (int k = 0; k < 2; ++k) {
+    Side& s = k == 0 ? *a : *b;
+    s.eng->begin_step(0, 1.0);
+    nll[k] = s.eng->forward_backward(mask, in[0].data(), tg[0].data(), B, T, 1.0 / double(B * T), true).nll;
+    s.eng->sync_to_host();
+  }
+  EXPECT_NEAR(nll[1], nll[0], 1e-6 * nll[0]);
+  const tr::LutVotes* va = a->votes->find(&a->m.output);
+  const tr::LutVotes* vb = b->votes->find(&b->m.output);
+  ASSERT_TRUE(va && vb && !va->v8.empty());
+  EXPECT_EQ(va->events, 1);
+  EXPECT_EQ(vb->events, 1);
+  int64_t moved = 0, differ = 0, far = 0;
+  const int64_t n = int64_t(va->v8.size());
+  for (int64_t k = 0; k < n; ++k) {
+    const int d = std::abs(va->vote(k) - vb->vote(k));
+    moved += va->vote(k) != 0, differ += d != 0, far += d > 1;
+  }
+  EXPECT_GT(moved, n / 10) << "the head's gradient must reach its votes";
+  EXPECT_LT(far, n / 200) << far << " of " << n << " votes differ by more than one";
+  EXPECT_LT(differ, n / 5) << differ << " of " << n << " votes differ";
+}
+
 // A batch larger than the engine was sized for, and a token outside the vocabulary, are refused.
 TEST(GpuTrainerErrors, RefusesOversizedBatchAndBadTokens) {
   REQUIRE_GPU();

@@ -299,6 +299,53 @@ TEST(GpuTrainBf16, LutLinearBf16OperandsMatchFp32WithinRounding) {
     }
 }
 
+// lut_weight_grad_sum_bf16 over 3 chunks of rows: each call adds its chunk's fp32 product to the bf16
+// sum and rounds once, so after chunk c the sum is within the c + 1 roundings (2^-9 relative each, of
+// the running value) plus the products' fp32 error of the exact running sum (fp64 from the same bf16
+// inputs); dout rows read ldd apart; the first call overwrites (poisoned memory).
+TEST(GpuTrainBf16, WeightGradSumIsTheChunksSumWithinRounding) {
+  REQUIRE_GPU();
+  const int64_t O = 136, I = 96, G = 32, ldd = 144;
+  const int64_t chunks[3] = {40, 24, 64};
+  train::LutWeight L = train::LutWeight::make(DType::LUT4, O, I, G, nf4_grid(16), "test");
+  const DevLut dl = upload(L);
+  cuda::Blas blas;
+  cuda::set_train_math(cuda::TrainMath::Bf16);
+  auto dw = poisoned_bf16(size_t(O * I));
+  std::vector<double> exact(size_t(O * I), 0.0), mag(size_t(O * I), 0.0);
+  std::vector<double> slack(size_t(O * I), 0.0);
+  for (int c = 0; c < 3; ++c) {
+    const int64_t N = chunks[c];
+    const auto xb = bf16_of(randn(size_t(N * I), uint32_t(20 + c)));
+    const auto db = bf16_of(randn(size_t(N * ldd), uint32_t(30 + c)));
+    const auto x = f32_of(xb), d = f32_of(db);
+    const auto xbd = to_device(xb), dbd = to_device(db);
+    cuda::lut_weight_grad_sum_bf16(blas, dl.view, dbd.as<uint16_t>(), ldd, xbd.as<uint16_t>(), N, dw.as<uint16_t>(),
+                                   c > 0, nullptr);
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i) {
+        double p = 0, m = 0;
+        for (int64_t t = 0; t < N; ++t) {
+          const double v = double(d[size_t(t * ldd + o)]) * x[size_t(t * I + i)];
+          p += v, m += std::fabs(v);
+        }
+        const size_t k = size_t(o * I + i);
+        exact[k] += p, mag[k] += m;
+        // this call's rounding of the running value, and fp32 accumulation of its products
+        slack[k] += std::fabs(exact[k]) / 256.0 + m * 1e-5;
+      }
+  }
+  cuda::set_train_math(cuda::TrainMath::Fp32);
+  const auto got = f32_of(to_host<uint16_t>(dw, size_t(O * I)));
+  double worst = 0;
+  for (size_t k = 0; k < got.size(); ++k) {
+    ASSERT_TRUE(std::isfinite(got[k])) << k;
+    ASSERT_LE(std::fabs(got[k] - exact[k]), 1.01 * slack[k] + 1e-30) << "weight " << k << " of " << got.size();
+    worst = std::max(worst, std::fabs(got[k] - exact[k]) / (mag[k] + 1e-30));
+  }
+  EXPECT_GT(worst, 0.0) << "bf16 sums are not exact";
+}
+
 // The bf16 mode's vote casts (votes.cu grad_rows_fast_kernel, and votes_fast.cu cast_rows_kernel
 // with its column statistic: fp32 arithmetic, reciprocal gap tables, a hash for the rounding draws)
 // against the exact cast that the conformance tests hold to the CPU, on the same tile and state.

@@ -214,8 +214,10 @@ bool group_ok(const LutTrainView* w, int n, int64_t scratch_floats) {
   return total <= 2 * scratch_floats;
 }
 
-// The group's weights as bf16, matrix k at wb[k] (consecutive in the scratch, 16-byte aligned).
-void dequantize_group_bf16(const LutTrainView* w, int n, float* scratch, uint16_t** wb, cudaStream_t s) {
+// The group's weights as bf16, matrix k at wb[k] (consecutive in the scratch, 16-byte aligned);
+// launch false: only where they are (the scratch holds them already).
+void dequantize_group_bf16(const LutTrainView* w, int n, float* scratch, uint16_t** wb, cudaStream_t s,
+                           bool launch = true) {
   DequantGroup g{};
   g.n = n;
   g.row0[0] = 0;
@@ -226,6 +228,7 @@ void dequantize_group_bf16(const LutTrainView* w, int n, float* scratch, uint16_
     g.w[k] = w[k], g.dst[k] = reinterpret_cast<__nv_bfloat16*>(wb[k]), g.row_bytes[k] = w[k].row_bytes();
     g.row0[k + 1] = g.row0[k] + w[k].O;
   }
+  if (!launch) return;
   const int threads = int(std::min<int64_t>(lut::kThreads, (w[0].I / 8 + 31) / 32 * 32));
 #define PRIMAL_LAUNCH(B) dequant_group_bf16_kernel<B><<<row_blocks(g.row0[n]), threads, 0, s>>>(g)
   PRIMAL_LUT_BITS_SWITCH(w[0].bits(), PRIMAL_LAUNCH)
@@ -433,7 +436,7 @@ bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupO
 
 bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const uint16_t* const* dout, int n, int64_t N,
                                      float* dinp, bool accumulate, float* scratch, int64_t scratch_floats,
-                                     cudaStream_t s, int64_t ldd) {
+                                     cudaStream_t s, int64_t ldd, bool dequantized) {
   PRIMAL_CHECK(N > 0 && dinp && scratch && w && dout, "lut_linear_backward_input_group: N {} or a null pointer", N);
   if (!group_ok(w, n, scratch_floats)) return false;
   int64_t sumO = 0;
@@ -446,7 +449,7 @@ bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const ui
   }
   stacked = stacked && ldd == sumO;
   uint16_t* wb[kGroupMax];
-  dequantize_group_bf16(w, n, scratch, wb, s);  // consecutive: the stacked (sum O_k, I) weights
+  dequantize_group_bf16(w, n, scratch, wb, s, !dequantized);  // consecutive: the stacked (sum O_k, I) weights
   const int64_t I = w[0].I;
   if (stacked) {
     gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, sumO, wb[0], I, dout[0], ldd, accumulate ? 1.0f : 0.0f, dinp, I, s);
@@ -471,6 +474,17 @@ void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const
   dequantize_rows_bf16(w, 0, w.O, wb, s);
   // Column-major: dinp^T (I x N) = Wc (I x O) dout^T (O x N), rounded once to bf16.
   gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, w.I, N, w.O, wb, w.I, dout, w.O, 0.0f, dinp, w.I, s, true);
+}
+
+void lut_weight_grad_sum_bf16(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t ldd, const uint16_t* inp,
+                              int64_t N, uint16_t* dW, bool accumulate, cudaStream_t s) {
+  check_lut_view(w, "lut_weight_grad_sum_bf16");
+  if (ldd == 0) ldd = w.O;
+  PRIMAL_CHECK(N > 0 && dout && inp && dW && ldd >= w.O, "lut_weight_grad_sum_bf16: N {}, row stride {} for {} rows, or "
+               "a null pointer", N, ldd, w.O);
+  // Column-major: dW^T (I x O, ld I) = inp^T (I x N) dout (N x O, ld ldd), plus dW^T.
+  gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, w.I, w.O, N, inp, w.I, dout, ldd, accumulate ? 1.0f : 0.0f, dW, w.I, s, true);
+  stage("dW gemm");
 }
 
 void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout, Operand inp, int64_t N,

@@ -141,9 +141,11 @@ bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupO
 // W_k, in matrix order, the weights dequantized as one group; false as above. Where the douts are
 // the consecutive column blocks of one (N, ldd = sum O_k) matrix, one GEMM over the stacked
 // weights (k = sum O_k: no fp32 round trip of dinp per matrix; the sum's order is the GEMM's).
+// dequantized: the scratch still holds the group's weights as lut_linear_forward_group left them (the
+// same w, in the same order, nothing written to the scratch since): no dequantization.
 bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const uint16_t* const* dout, int n, int64_t N,
                                      float* dinp, bool accumulate, float* scratch, int64_t scratch_floats,
-                                     cudaStream_t s, int64_t ldd = 0);
+                                     cudaStream_t s, int64_t ldd = 0, bool dequantized = false);
 
 // The bf16 mode's dinp (N, I) as bf16 (the fp32 accumulators rounded once) = dout (N, O) bf16 W,
 // overwritten; the matrix must fit the scratch whole (2 scratch_floats >= O I: no chunk sums).
@@ -176,6 +178,13 @@ struct LutWeightGrad {
   // O) doubles, or null (one block per 32 columns).
   double* dbias_slabs = nullptr;
 };
+
+// The bf16 mode's weight gradient of a whole matrix as bf16, summed over calls: dW (O, I) =
+// (accumulate ? dW : 0) + dout^T inp (dout (N, O) rows ldd apart, 0: O; inp (N, I); both bf16), the
+// fp32 accumulators added to dW's values and rounded once per call. For a matrix whose gradient
+// comes in chunks of rows (the head's logits chunks): the sum, then one cast (lut_grad_tiles_bf16).
+void lut_weight_grad_sum_bf16(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t ldd, const uint16_t* inp,
+                              int64_t N, uint16_t* dW, bool accumulate, cudaStream_t s);
 
 // dout: (N, O); inp: (N, I) the forward input; scratch: (scratch_floats) >= min(R, O) * I.
 // dbias reads dout's fp32; the dW GEMM takes bf16 operands when both have a bf16 copy.

@@ -218,6 +218,16 @@ class CudaEngine final : public StepEngine {
   float *xnf_, *rstdf_, *dx_, *dxn_, *dxnf_;  // (N, C), (N), (N, C) x 3
   float *dq_, *datt_, *dk_, *dv_;             // (N, Q) x 2, (N, KV) x 2
   float *dgate_, *dup_, *dh_;                 // (N, F) x 3 (dgate_, dup_ null in the bf16 mode)
+  // (V, C) bf16: the bf16 mode's LUT head's weight gradient summed over the logits chunks, in the
+  // memory of dxn_ .. dqb_ (free across the head), or null; its one cast runs on the casts' stream
+  // (head_dw_ready_ .. head_cast_done_), which the compute stream waits for before it writes that
+  // memory again (head_wait_).
+  uint16_t* hdw_ = nullptr;
+  cu::Event head_dw_ready_{false}, head_cast_done_{false};
+  bool head_wait_ = false;
+  // The layer whose gate and up weights the scratch holds dequantized from its recomputation
+  // (forward_layer), for the gate/up input gradient to reuse; null when anything else wrote it since.
+  const DevLayer* gu_in_scratch_ = nullptr;
   int64_t dh_floats_ = 0;                     // dh_'s size (the bf16 mode: bf16_dh_floats)
   // bf16 mode: the GEMM operand copies of the gradients and of the head's input (xnfb_).
   uint16_t *dxb_ = nullptr, *dgb_ = nullptr, *dub_ = nullptr;  // (N, C), (N, F) x 2 (dgb_ in dh_'s memory)
@@ -482,21 +492,45 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   head_chunk_ = std::min(head_chunk_, N);
   res_ = arena_.of<float>(size_t((L + 1) * N * C));
   xnf_ = arena_.of<float>(size_t(N * C)), rstdf_ = arena_.of<float>(size_t(N));
-  dx_ = arena_.of<float>(size_t(N * C)), dxn_ = arena_.of<float>(size_t(N * C)), dxnf_ = arena_.of<float>(size_t(N * C));
-  dq_ = arena_.of<float>(size_t(N * Q)), datt_ = arena_.of<float>(size_t(N * Q));
-  dk_ = arena_.of<float>(size_t(N * KV)), dv_ = arena_.of<float>(size_t(N * KV));
+  dx_ = arena_.of<float>(size_t(N * C)), dxnf_ = arena_.of<float>(size_t(N * C));
   // (bf16 mode: dh_ as bf16 (N, FF), the attention backward's workspace, the stacked q, k, v:
   // memory_plan.h bf16_dh_floats; dgate's bf16 copy written over dh by SwiGLU's backward.)
   dh_floats_ = bf16_ ? bf16_dh_floats(N, FF, NH, HS, Q + 2 * KV) : N * FF;
-  dh_ = arena_.of<float>(size_t(dh_floats_));
+  // dq, dk, dv as the column blocks of one (N, Q + 2 KV) matrix: the input gradient of q, k and v
+  // is then one GEMM over the stacked weights (lut_linear_backward_input_group).
+  if (bf16_) ldqkv_ = Q + 2 * KV;
+  {
+    // The backward's buffers that nothing reads across the head (all but dx_, its bf16 copy and
+    // dxnf_: the output norm's backward) in one block, where the bf16 mode's LUT head sums its
+    // weight gradient over the logits chunks (hdw_, (V, C) bf16) before its one cast; the block is
+    // the larger of the two (memory_plan.cpp's backward scratch).
+    char* base = nullptr;
+    int64_t at = 0;
+    auto take = [&](int64_t bytes) {
+      void* p = base ? base + at : nullptr;
+      at += (bytes + 255) / 256 * 256;
+      return p;
+    };
+    auto carve = [&] {
+      at = 0;
+      dxn_ = static_cast<float*>(take(N * C * 4));
+      dq_ = static_cast<float*>(take(N * Q * 4)), datt_ = static_cast<float*>(take(N * Q * 4));
+      dk_ = static_cast<float*>(take(N * KV * 4)), dv_ = static_cast<float*>(take(N * KV * 4));
+      dh_ = static_cast<float*>(take(dh_floats_ * 4));
+      if (bf16_) dub_ = static_cast<uint16_t*>(take(N * FF * 2)), dqb_ = static_cast<uint16_t*>(take(N * ldqkv_ * 2));
+    };
+    carve();
+    const bool head_trains = head_->lut() && head_->dscale;  // (its gradient: the planner's train_embeddings)
+    const int64_t hdw_bytes = bf16_ && head_trains ? V * C * 2 : 0;
+    base = static_cast<char*>(arena_.bytes(size_t(std::max(at, hdw_bytes))));
+    carve();
+    if (hdw_bytes > 0) hdw_ = reinterpret_cast<uint16_t*>(base);
+  }
   auto b16 = [&](int64_t n) { return arena_.of<uint16_t>(size_t(n)); };
   if (bf16_) {
     dgate_ = dup_ = nullptr;
-    dxb_ = b16(N * C), dgb_ = reinterpret_cast<uint16_t*>(dh_), dub_ = b16(N * FF);
-    // dq, dk, dv as the column blocks of one (N, Q + 2 KV) matrix: the input gradient of q, k and v
-    // is then one GEMM over the stacked weights (lut_linear_backward_input_group).
-    ldqkv_ = Q + 2 * KV;
-    dqb_ = b16(N * ldqkv_), dkb_ = dqb_ + Q, dvb_ = dkb_ + KV;
+    dxb_ = b16(N * C), dgb_ = reinterpret_cast<uint16_t*>(dh_);
+    dkb_ = dqb_ + Q, dvb_ = dkb_ + KV;
     xnfb_ = b16(N * C);
   } else {
     dgate_ = arena_.of<float>(size_t(N * FF)), dup_ = arena_.of<float>(size_t(N * FF));
@@ -790,7 +824,9 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
     cu::LutGroupOut gu_out[2];
     gu_out[0].bf16 = a.gateb, gu_out[1].bf16 = a.upb;
-    if (!cu::lut_linear_forward_group(*blas_, gu, gu_out, 2, a.xn2b, N, scratch_, scratch_floats_, s_)) {
+    if (cu::lut_linear_forward_group(*blas_, gu, gu_out, 2, a.xn2b, N, scratch_, scratch_floats_, s_)) {
+      if (!need_out) gu_in_scratch_ = &w;  // (the backward's gate/up input gradient reuses them)
+    } else {
       cu::lut_linear_forward_bf16_out(*blas_, w.w_gate->view, a.xn2b, N, a.gateb, scratch_, scratch_floats_, s_);
       cu::lut_linear_forward_bf16_out(*blas_, w.w_up->view, a.xn2b, N, a.upb, scratch_, scratch_floats_, s_);
     }
@@ -972,6 +1008,13 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
   // Head + loss, a chunk of rows at a time; the head's backward right there. Unscored rows
   // (target < 0) get loss 0 and a zero gradient row from the loss kernels.
   const bool head_tr = train && mask.head;
+  // The bf16 mode's LUT head: its weight gradient summed over the chunks (bf16, hdw_) and cast once
+  // a micro-batch, as every layer matrix, instead of once a chunk (each cast a pass over the whole
+  // head: 4 of them took ~4 ms of a qwen2.5-1.5b step). Elsewhere the chunks' casts.
+  cu::VoteState* const head_votes = head_->votes ? &head_->votes->state : nullptr;
+  float* const head_dscale = mask.scales ? head_->dscale : nullptr;
+  const bool head_sum = head_tr && hdw_ && head_b16_ && (head_votes || head_dscale) &&
+                        cu::lut_grad_tiles_bf16_ok(head_->view, head_votes, &vp_);
   stage_prefix_ = "head";
   for (int64_t c0 = 0; c0 < N; c0 += head_chunk_) {
     const int64_t n = std::min(head_chunk_, N - c0);
@@ -995,7 +1038,16 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
     mark("head loss");
     const cu::Operand dlogits = head_b16_ ? cu::Operand(nullptr, logitsb_, ldl_) : cu::Operand(logits_);
     lin_bwd(dxnf_ + c0 * C, false, dlogits, xin, n, *head_, false, false, nullptr);
-    if (head_tr) lin_bwd(nullptr, false, dlogits, xin, n, *head_, true, mask.scales, nullptr);
+    if (head_sum) cu::lut_weight_grad_sum_bf16(*blas_, head_->view, logitsb_, ldl_, xin.bf16, n, hdw_, c0 > 0, s_);
+    else if (head_tr) lin_bwd(nullptr, false, dlogits, xin, n, *head_, true, mask.scales, nullptr);
+  }
+  if (head_sum) {  // the one cast, beside the output norm's backward and the top layer's recomputation
+    cudaStream_t cs = aside_on_ ? cast_stream_.get() : s_;
+    if (cs != s_) head_dw_ready_.record(s_), head_dw_ready_.wait_in(cs);
+    cu::lut_grad_tiles_bf16(head_->view, hdw_, 0, V, head_dscale, head_votes, &vp_, cs);
+    if (head_votes) cu::lut_votes_done(head_->view, *head_votes, vp_, cs);
+    if (cs != s_) head_cast_done_.record(cs), head_wait_ = true;
+    mark_stage("dW gemm");
   }
   stage_prefix_ = "linear bwd";
   cu::copy_to_host_async(nll_host_.data(), nll_, size_t(N) * 8, s_);  // read after the final sync
@@ -1017,15 +1069,41 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       const bool tr = mask.layer[size_t(p)], sc = mask.scales;
       Acts& a = acts(l);
       const bool recomputed = l < L - kept_;
-      if (recomputed) forward_layer(l, a, B, T, false);  // (recomputation: the check above)
-      // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
-      if (bf16_) {  // dh straight out of its GEMM as bf16 (in dh_'s memory), SwiGLU's backward reading it
-        auto* dhb = reinterpret_cast<uint16_t*>(dh_);
+      // A bf16 recomputation that keeps q, k, v writes nothing of the backward's scratch: the down
+      // projection's input gradient goes first, so that the recomputation's gate/up dequantization
+      // is still in the GEMM scratch for their input gradient. (Not while the head's cast may still
+      // read that memory: then the recomputation overlaps the cast.)
+      auto* dhb = reinterpret_cast<uint16_t*>(dh_);
+      const bool down_first = bf16_ && recomputed && l < qkv_kept_ && !head_wait_;
+      if (down_first) {
         cu::lut_linear_backward_input_bf16_out(*blas_, w.w_down->view, dxb_, N, dhb, scratch_, scratch_floats_, s_);
         mark_stage("dinp");
+      }
+      gu_in_scratch_ = nullptr;
+      // (one rebuilding q, k, v writes them in dq_ .. dh_)
+      if (head_wait_ && recomputed && l >= qkv_kept_) head_cast_done_.wait_in(s_), head_wait_ = false;
+      if (recomputed) forward_layer(l, a, B, T, false);  // (recomputation: the check above)
+      if (head_wait_) head_cast_done_.wait_in(s_), head_wait_ = false;
+      if (!down_first) gu_in_scratch_ = nullptr;
+      // FFN: res[l+1] = mid + W_down (silu(W_gate xn2) * (W_up xn2))
+      bool gu_done = false;
+      if (bf16_) {  // dh straight out of its GEMM as bf16 (in dh_'s memory), SwiGLU's backward reading it
+        if (!down_first) {
+          cu::lut_linear_backward_input_bf16_out(*blas_, w.w_down->view, dxb_, N, dhb, scratch_, scratch_floats_, s_);
+          mark_stage("dinp");
+        }
         // (a recomputed layer's h from this pass, before the down projection's weight gradient reads it)
         cu::swiglu_backward_bf16(dgb_, dub_, dhb, a.gateb, a.upb, N * FF, s_, recomputed ? a.hb : nullptr);
         mark("norm/swiglu/rope bwd");
+        if (gu_in_scratch_ == &w) {  // the gate/up input gradient before the scratch is written again
+          const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
+          const uint16_t* gu_d[2] = {dgb_, dub_};
+          gu_done = cu::lut_linear_backward_input_group(*blas_, gu, gu_d, 2, N, dxn_, false, scratch_, scratch_floats_,
+                                                        s_, 0, true);
+          PRIMAL_CHECK(gu_done, "cuda engine: the gate/up weights were dequantized as a group, not their gradient");
+          mark_stage("dinp");
+        }
+        gu_in_scratch_ = nullptr;
         lin_bwd(nullptr, false, {dx_, dxb_}, {a.h, a.hb}, N, *w.w_down, tr, sc, nullptr);
         mark("linear bwd");
       } else {
@@ -1037,9 +1115,9 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       {
         const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
         const uint16_t* gu_d[2] = {dgb_, dub_};
-        const bool grouped = bf16_ && cu::lut_linear_backward_input_group(*blas_, gu, gu_d, 2, N, dxn_, false, scratch_,
-                                                                           scratch_floats_, s_);
-        if (grouped) mark_stage("dinp");
+        const bool grouped = gu_done || (bf16_ && cu::lut_linear_backward_input_group(*blas_, gu, gu_d, 2, N, dxn_, false,
+                                                                                      scratch_, scratch_floats_, s_));
+        if (grouped && !gu_done) mark_stage("dinp");
         lin_bwd(grouped ? nullptr : dxn_, false, {dgate_, dgb_}, {a.xn2, a.xn2b}, N, *w.w_gate, tr, sc, nullptr);
         lin_bwd(grouped ? nullptr : dxn_, true, {dup_, dub_}, {a.xn2, a.xn2b}, N, *w.w_up, tr, sc, nullptr);
       }
@@ -1091,6 +1169,7 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
                            dw_slabs_);
       mark("norm/swiglu/rope bwd");
     }
+    if (head_wait_) head_cast_done_.wait_in(s_), head_wait_ = false;  // (no layer's backward ran)
     if (aside_on_) {  // the casts' queued folds on their stream, then every cast joins the compute stream
       cu::cast_fold_flush(cast_ws_, cast_stream_.get());
       cast_join_.record(cast_stream_.get());
