@@ -476,6 +476,38 @@ void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const
   gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, w.I, N, w.O, wb, w.I, dout, w.O, 0.0f, dinp, w.I, s, true);
 }
 
+bool lut_linear_backward_weight_group(Blas& blas, const LutTrainView* w, const LutWeightGrad* g, int n,
+                                      const uint16_t* dout, int64_t ldd, const uint16_t* inp, int64_t N, cudaStream_t s) {
+  if (n < 1 || n > kGroupMax || !dout || !inp || N <= 0 || g_math != TrainMath::Bf16) return false;
+  CastAside* a = g[0].aside;
+  int64_t sumO = 0;
+  for (int k = 0; k < n; ++k) {
+    check_lut_view(w[k], "lut_linear_backward_weight_group");
+    if (!g[k].votes || g[k].dbias || g[k].aside != a || w[k].I != w[0].I ||
+        !lut_grad_tiles_bf16_ok(w[k], g[k].votes, g[k].params))
+      return false;
+    sumO += w[k].O;
+  }
+  const int64_t I = w[0].I;
+  if (!a || ldd != sumO || sumO * I > a->capacity) return false;
+  const int t = a->turn;
+  a->turn ^= 1;
+  PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, a->dw_free[t], 0));
+  // Column-major: the stacked dW^T (I x sum O, ld I) = inp^T (I x N) dout (N x sum O, ld ldd).
+  gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, sumO, N, inp, I, dout, ldd, 0.0f, a->dw[t], I, s, true);
+  stage("dW gemm");
+  PRIMAL_CUDA_CHECK(cudaEventRecord(a->gemm_done[t], s));
+  PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(a->stream, a->gemm_done[t], 0));
+  int64_t at = 0;
+  for (int k = 0; k < n; ++k) {
+    lut_grad_tiles_bf16(w[k], a->dw[t] + at * I, 0, w[k].O, g[k].dscale, g[k].votes, g[k].params, a->stream);
+    lut_votes_done(w[k], *g[k].votes, *g[k].params, a->stream);
+    at += w[k].O;
+  }
+  PRIMAL_CUDA_CHECK(cudaEventRecord(a->dw_free[t], a->stream));
+  return true;
+}
+
 void lut_weight_grad_sum_bf16(Blas& blas, const LutTrainView& w, const uint16_t* dout, int64_t ldd, const uint16_t* inp,
                               int64_t N, uint16_t* dW, bool accumulate, cudaStream_t s) {
   check_lut_view(w, "lut_weight_grad_sum_bf16");

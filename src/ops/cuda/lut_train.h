@@ -179,6 +179,16 @@ struct LutWeightGrad {
   double* dbias_slabs = nullptr;
 };
 
+// The bf16 mode's weight gradients of up to 3 matrices of one input whose output gradients are the
+// consecutive column blocks of one (N, ldd = sum O_k) bf16 matrix (q, k, v): one GEMM into one of
+// the casts' buffers (g[k].aside, the same for all), then each matrix's cast (and lut_votes_done)
+// on the casts' stream, as lut_linear_backward_weight's casts beside the GEMMs. (k and v of a GQA
+// model are 256-row GEMMs that filled few multiprocessors.) false, with nothing done, where that
+// path does not serve every matrix (votes and the bf16 cast, no bias, the stacked weights within a
+// buffer): the caller then takes lut_linear_backward_weight per matrix.
+bool lut_linear_backward_weight_group(Blas& blas, const LutTrainView* w, const LutWeightGrad* g, int n,
+                                      const uint16_t* dout, int64_t ldd, const uint16_t* inp, int64_t N, cudaStream_t s);
+
 // The bf16 mode's weight gradient of a whole matrix as bf16, summed over calls: dW (O, I) =
 // (accumulate ? dW : 0) + dout^T inp (dout (N, O) rows ldd apart, 0: O; inp (N, I); both bf16), the
 // fp32 accumulators added to dW's values and rounded once per call. For a matrix whose gradient

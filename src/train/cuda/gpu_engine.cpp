@@ -1160,9 +1160,23 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
                                                                            scratch_, scratch_floats_, s_, ldqkv_);
         if (grouped) mark_stage("dinp");
         float* di = grouped ? nullptr : dxn_;
-        lin_bwd(di, false, {dq_, dqb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, dbq);
-        lin_bwd(di, true, {dk_, dkb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, dbk);
-        lin_bwd(di, true, {dv_, dvb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, dbv);
+        // Their weight gradients as one GEMM over the stacked output gradient where it serves.
+        bool dw_grouped = false;
+        if (grouped && tr && aside_on_) {
+          cu::LutWeightGrad g[3];
+          const DevMat* m3[3] = {w.wq, w.wk, w.wv};
+          float* const db3[3] = {dbq, dbk, dbv};
+          for (int k = 0; k < 3; ++k) {
+            g[k].dscale = sc ? m3[k]->dscale : nullptr, g[k].dbias = db3[k];
+            g[k].votes = m3[k]->votes ? &m3[k]->votes->state : nullptr, g[k].params = &vp_, g[k].aside = &aside_;
+          }
+          dw_grouped = cu::lut_linear_backward_weight_group(*blas_, qkv, g, 3, dqb_, ldqkv_, a.xn1b, N, s_);
+        }
+        if (!dw_grouped) {
+          lin_bwd(di, false, {dq_, dqb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wq, tr, sc, dbq);
+          lin_bwd(di, true, {dk_, dkb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wk, tr, sc, dbk);
+          lin_bwd(di, true, {dv_, dvb_, ldqkv_}, {a.xn1, a.xn1b}, N, *w.wv, tr, sc, dbv);
+        }
       }
       mark("linear bwd");
       cu::rmsnorm_backward(dx_, tr ? w.g_attn_norm : nullptr, dxn_, res(l), w.attn_norm, a.rstd1, N, C, s_, dxb16(),
