@@ -421,16 +421,8 @@ TEST(GpuLutTrain, WeightGradientDscaleDbias) {
     cg.dscale = cpu_ds.data(), cg.dbias = cpu_db.data();
     tr::linear_backward<float>(nullptr, false, dout.data(), inp.data(), N, m, cg);
     // fp64 dW and sum |products| per weight.
-    std::vector<double> dW(size_t(O * I)), A(size_t(O * I));
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t i = 0; i < I; ++i) {
-        double s = 0, a = 0;
-        for (int64_t t = 0; t < N; ++t) {
-          const double p = double(dout[size_t(t * O + o)]) * inp[size_t(t * I + i)];
-          s += p, a += std::fabs(p);
-        }
-        dW[size_t(o * I + i)] = s, A[size_t(o * I + i)] = a;
-      }
+    const ExactGrad ex = exact_weight_grad(dout.data(), O, inp.data(), N, O, I);
+    const std::vector<double>&dW = ex.dW, &A = ex.mag;
     const auto ddout = to_device(dout), dinp = to_device(inp);
     for (int64_t scratch : {R * I, 2 * R * I + 5, O * I + R * I}) {
       SCOPED_TRACE(dtype_name(c.type) + " N=" + std::to_string(N) + " O=" + std::to_string(O) + " I=" +
