@@ -476,6 +476,29 @@ void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const
   gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_N, w.I, N, w.O, wb, w.I, dout, w.O, 0.0f, dinp, w.I, s, true);
 }
 
+// A weight gradient's rows from bf16 operands. Column-major: dW^T (I x rows, ld I) = inp^T (I x N)
+// dout (N x rows, ld ldd) + beta dW^T; dW bf16 (rounded once from the accumulators) or fp32.
+void dw_gemm_bf16(Blas& blas, int64_t I, int64_t rows, int64_t N, const uint16_t* inp, const uint16_t* dout, int64_t ldd,
+                  float beta, void* dW, cudaStream_t s, bool dW_bf16 = true) {
+  gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp, I, dout, ldd, beta, dW, I, s, dW_bf16);
+  stage("dW gemm");
+}
+
+// One round of the casts beside the GEMMs (CastAside): the next buffer once the casts that last
+// read it are done, gemm(buffer) on s, then cast(buffer) on the casts' stream after it; the buffer
+// is free again when they are.
+template <class Gemm, class Cast>
+void aside_round(CastAside& a, cudaStream_t s, const Gemm& gemm, const Cast& cast) {
+  const int k = a.turn;
+  a.turn ^= 1;
+  PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, a.dw_free[k], 0));
+  gemm(a.dw[k]);
+  PRIMAL_CUDA_CHECK(cudaEventRecord(a.gemm_done[k], s));
+  PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(a.stream, a.gemm_done[k], 0));
+  cast(a.dw[k]);
+  PRIMAL_CUDA_CHECK(cudaEventRecord(a.dw_free[k], a.stream));
+}
+
 bool lut_linear_backward_weight_group(Blas& blas, const LutTrainView* w, const LutWeightGrad* g, int n,
                                       const uint16_t* dout, int64_t ldd, const uint16_t* inp, int64_t N, cudaStream_t s) {
   if (n < 1 || n > kGroupMax || !dout || !inp || N <= 0 || g_math != TrainMath::Bf16) return false;
@@ -490,21 +513,15 @@ bool lut_linear_backward_weight_group(Blas& blas, const LutTrainView* w, const L
   }
   const int64_t I = w[0].I;
   if (!a || ldd != sumO || sumO * I > a->capacity) return false;
-  const int t = a->turn;
-  a->turn ^= 1;
-  PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, a->dw_free[t], 0));
-  // Column-major: the stacked dW^T (I x sum O, ld I) = inp^T (I x N) dout (N x sum O, ld ldd).
-  gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, sumO, N, inp, I, dout, ldd, 0.0f, a->dw[t], I, s, true);
-  stage("dW gemm");
-  PRIMAL_CUDA_CHECK(cudaEventRecord(a->gemm_done[t], s));
-  PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(a->stream, a->gemm_done[t], 0));
-  int64_t at = 0;
-  for (int k = 0; k < n; ++k) {
-    lut_grad_tiles_bf16(w[k], a->dw[t] + at * I, 0, w[k].O, g[k].dscale, g[k].votes, g[k].params, a->stream);
-    lut_votes_done(w[k], *g[k].votes, *g[k].params, a->stream);
-    at += w[k].O;
-  }
-  PRIMAL_CUDA_CHECK(cudaEventRecord(a->dw_free[t], a->stream));
+  // The stacked (sum O, I) gradient, matrix k's rows after those of 0 .. k-1.
+  aside_round(
+      *a, s, [&](uint16_t* dW) { dw_gemm_bf16(blas, I, sumO, N, inp, dout, ldd, 0.0f, dW, s); },
+      [&](uint16_t* dW) {
+        for (int k = 0; k < n; dW += w[k].O * I, ++k) {
+          lut_grad_tiles_bf16(w[k], dW, 0, w[k].O, g[k].dscale, g[k].votes, g[k].params, a->stream);
+          lut_votes_done(w[k], *g[k].votes, *g[k].params, a->stream);
+        }
+      });
   return true;
 }
 
@@ -514,9 +531,7 @@ void lut_weight_grad_sum_bf16(Blas& blas, const LutTrainView& w, const uint16_t*
   if (ldd == 0) ldd = w.O;
   PRIMAL_CHECK(N > 0 && dout && inp && dW && ldd >= w.O, "lut_weight_grad_sum_bf16: N {}, row stride {} for {} rows, or "
                "a null pointer", N, ldd, w.O);
-  // Column-major: dW^T (I x O, ld I) = inp^T (I x N) dout (N x O, ld ldd), plus dW^T.
-  gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, w.I, w.O, N, inp, w.I, dout, ldd, accumulate ? 1.0f : 0.0f, dW, w.I, s, true);
-  stage("dW gemm");
+  dw_gemm_bf16(blas, w.I, w.O, N, inp, dout, ldd, accumulate ? 1.0f : 0.0f, dW, s);
 }
 
 void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout, Operand inp, int64_t N,
@@ -556,15 +571,9 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
     CastAside& a = *g.aside;
     for (int64_t o0 = 0, n = 0; o0 < O; o0 += n) {
       n = O - o0 <= aside_fl / I ? O - o0 : aside_max;
-      const int k = a.turn;
-      a.turn ^= 1;
-      PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, a.dw_free[k], 0));
-      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, n, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, a.dw[k], I, s, true);
-      stage("dW gemm");
-      PRIMAL_CUDA_CHECK(cudaEventRecord(a.gemm_done[k], s));
-      PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(a.stream, a.gemm_done[k], 0));
-      lut_grad_tiles_bf16(w, a.dw[k], o0, n, g.dscale, g.votes, g.params, a.stream);
-      PRIMAL_CUDA_CHECK(cudaEventRecord(a.dw_free[k], a.stream));
+      aside_round(
+          a, s, [&](uint16_t* dW) { dw_gemm_bf16(blas, I, n, N, inp.bf16, dout.bf16 + o0, ldd, 0.0f, dW, s); },
+          [&](uint16_t* dW) { lut_grad_tiles_bf16(w, dW, o0, n, g.dscale, g.votes, g.params, a.stream); });
     }
     lut_votes_done(w, *g.votes, *g.params, a.stream);
     return;
@@ -572,12 +581,12 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   int64_t rows = 0;
   for (int64_t o0 = 0; o0 < O; o0 += rows) {
     rows = O - o0 <= scratch_floats / I ? O - o0 : rows_max;
-    // Column-major: dW^T (I x rows, ld I) = inp^T (I x N) dout[:, o0 .. o0+rows] (N x rows, ld O).
-    if (b16)
-      gemm_bf16(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.bf16, I, dout.bf16 + o0, ldd, 0.0f, scratch, I, s,
-                dw_b16);
-    else sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, O, 0.0f, scratch, I, s);
-    stage("dW gemm");
+    if (b16) {
+      dw_gemm_bf16(blas, I, rows, N, inp.bf16, dout.bf16 + o0, ldd, 0.0f, scratch, s, dw_b16);
+    } else {  // Column-major: dW^T (I x rows, ld I) = inp^T (I x N) dout[:, o0 .. o0+rows] (N x rows, ld O).
+      sgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, rows, N, inp.f32, I, dout.f32 + o0, O, 0.0f, scratch, I, s);
+      stage("dW gemm");
+    }
     if (dw_b16) lut_grad_tiles_bf16(w, reinterpret_cast<uint16_t*>(scratch), o0, rows, g.dscale, g.votes, g.params, s);
     else lut_grad_tiles(w, scratch, o0, rows, g.dscale, g.votes, g.params, s);
     stage("vote cast");
