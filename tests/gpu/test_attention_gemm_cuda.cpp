@@ -40,6 +40,7 @@
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/train_ops.h"
 
 using namespace gputest;
 using namespace attntest;
@@ -148,12 +149,24 @@ void expect_within_bounds(const Shape& sh, const Results& got, const Reference& 
   EXPECT_LE(err_vs(got.dk, ref.dk, ref.mdk), 2 * e_dq + fp32_sum_tol(G * sh.T)) << "dk";
 }
 
+// The bf16 gradients of the backward (attention_mma.h AttentionGradsBf16): one (B T, ld) matrix
+// [dq | dk | dv | pad] as the trainer's, filled with 0xFFFF first; the table of a RoPE rotating every
+// dimension, or none.
+struct Grads16 {
+  const float* rope_cs = nullptr;  // device (T, HS / 2, 2), or null
+  bool neox = false;
+  int64_t pad = 0;                 // values past dv in every row (must stay 0xFFFF)
+  bool shares = true;              // a workspace with room for the GQA heads' shares
+  std::vector<uint16_t> m;         // out: (B T, ld)
+  int64_t ld = 0;                  // out
+};
+
 // The flash kernels on bf16 q, k, v (the bf16 trainer's activations: here the fp32 inputs rounded
 // to nearest even), out bf16; results widened to fp32 (out from its bf16 bits).
-// mode 1: the backward with a workspace on a stream of its own; 2: the same, dq's kernel on a second
-// stream; 3: mode 2 with dv asked as bf16 (dv16 gets it, widened to fp32; r.dv is then what the
-// fp32 dv buffer holds); 4: mode 3 with dv16's rows 8 values wider than a token's (a column block).
-Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, std::vector<float>* dv16 = nullptr) {
+// mode 1: the backward with a workspace on a stream of its own (with room for GQA shares unless g16
+// says otherwise); 2: the same, dq's kernel on a second stream; 3: mode 2 with the gradients asked as
+// bf16 (g16; r.dq, r.dk, r.dv are then what the fp32 buffers hold).
+Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, Grads16* g16 = nullptr) {
   auto b16 = [](const std::vector<float>& v) {
     std::vector<uint16_t> b(v.size());
     for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
@@ -168,27 +181,24 @@ Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, std::vecto
                               sh.B, sh.T, sh.NH, sh.KVH, sh.HS, nullptr);
   if (mode > 0) {
     cuda::Stream main, other;
-    const size_t nws = cuda::attention_backward_mma_workspace(sh.B, sh.T, sh.NH, sh.HS, true);
+    const bool shares = !(g16 && !g16->shares);
+    const size_t nws = cuda::attention_backward_mma_workspace(sh.B, sh.T, sh.NH, sh.HS, shares);
     cuda::DeviceBuffer ws(nws * sizeof(float));
-    const int64_t row = sh.KVH * sh.HS, ld16 = mode == 4 ? row + 8 : row, rows = sh.B * sh.T;
-    auto dvb = to_device(std::vector<uint16_t>(size_t(rows * ld16), 0xFFFF));
+    const int64_t Q = sh.NH * sh.HS, KV = sh.KVH * sh.HS, rows = sh.B * sh.T;
+    const int64_t ld = Q + 2 * KV + (g16 ? g16->pad : 0);
+    auto m16 = to_device(std::vector<uint16_t>(size_t(rows * ld), 0xFFFF));
+    cuda::AttentionGradsBf16 g;
+    if (mode == 3) {
+      uint16_t* base = m16.as<uint16_t>();
+      g.dq = base, g.dk = base + Q, g.dv = base + Q + KV, g.ld = ld;
+      g.rope_cs = g16->rope_cs, g.neox = g16->neox;
+    }
     cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
                                  out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
                                  lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws,
-                                 mode >= 2 ? other.get() : nullptr, mode >= 3 ? dvb.as<uint16_t>() : nullptr,
-                                 mode == 4 ? ld16 : 0);
-    main.sync();
-    if (dv16) {
-      const auto h = to_host<uint16_t>(dvb, size_t(rows * ld16));
-      dv16->assign(nk, 0.0f);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < row; ++c) {
-          const uint16_t x = h[size_t(r * ld16 + c)];
-          (*dv16)[size_t(r * row + c)] = x == 0xFFFF ? NAN : bf16_to_f32(x);
-        }
-        for (int64_t c = row; c < ld16; ++c) EXPECT_EQ(h[size_t(r * ld16 + c)], 0xFFFF) << "dv16 padding written";
-      }
-    }  // (the function made main wait for other)
+                                 mode >= 2 ? other.get() : nullptr, mode == 3 ? &g : nullptr);
+    main.sync();  // (the function made main wait for other)
+    if (g16) g16->m = to_host<uint16_t>(m16, size_t(rows * ld)), g16->ld = ld;
   } else {
     cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
                                  out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
@@ -399,22 +409,67 @@ TEST(GpuAttentionMma, SideStreamGivesTheSameBits) {
   for (const Shape& sh : {Shape{2, 130, 12, 4, 64}, Shape{3, 512, 8, 8, 64}, Shape{2, 257, 8, 2, 128}}) {
     SCOPED_TRACE(sh.str());
     const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS));
-    const Results one = run_mma_bf16(sh, in, 1);
-    expect_same_bits(run_mma_bf16(sh, in, 2), one);
-    // dv asked as bf16: the fp32 values rounded once (KVH == NH); with GQA the fp32 dv as before and
-    // the bf16 buffer untouched.
-    // Mode 4: the same into rows 8 values wider (dv as a column block of dq | dk | dv).
-    for (const int mode : {3, 4}) {
-      SCOPED_TRACE(mode);
-      std::vector<float> dv16;
-      const Results three = run_mma_bf16(sh, in, mode, &dv16);
-      EXPECT_TRUE(same_bits(three.dq, one.dq) && same_bits(three.dk, one.dk)) << "dq, dk";
-      if (sh.NH == sh.KVH) {
-        for (size_t i = 0; i < dv16.size(); ++i)
-          ASSERT_EQ(f32_to_bf16(dv16[i]), f32_to_bf16(one.dv[i])) << "dv " << i;
-      } else {
-        EXPECT_TRUE(same_bits(three.dv, one.dv)) << "dv (GQA)";
-        for (float x : dv16) ASSERT_TRUE(std::isnan(x)) << "the bf16 dv buffer was written under GQA";
+    expect_same_bits(run_mma_bf16(sh, in, 2), run_mma_bf16(sh, in, 1));
+  }
+}
+
+// The gradients asked as bf16 (the trainer's q, k, v backward operands: one matrix [dq | dk | dv],
+// as column blocks) are the fp32 ones rounded, dq and dk first rotated back by RoPE's backward
+// (rope_rotate, inverse, bf16 copy only) under either pair layout: bit for bit, from the dq kernel,
+// the dk/dv kernel (no GQA, or GQA walking the group without a workspace for shares) and the group
+// sums (GQA with shares); the fp32 buffers and the row padding untouched.
+TEST(GpuAttentionMma, Bf16GradsAreTheRotatedRoundedFp32Ones) {
+  REQUIRE_GPU();
+  for (const Shape& sh : {Shape{2, 130, 12, 4, 64}, Shape{3, 512, 8, 8, 64}, Shape{2, 257, 8, 2, 128},
+                          Shape{1, 77, 6, 1, 32}}) {
+    SCOPED_TRACE(sh.str());
+    const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + 5));
+    const int64_t Q = sh.NH * sh.HS, KV = sh.KVH * sh.HS, rows = sh.B * sh.T;
+    std::vector<double> inv_freq(size_t(sh.HS / 2));
+    for (size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] = std::pow(10000.0, -2.0 * double(i) / double(sh.HS));
+    const auto freq = to_device(inv_freq);
+    auto table = guarded(size_t(sh.T * sh.HS));
+    for (const int rope : {0, 1, 2}) {  // none, NeoX pairs, adjacent pairs
+      for (const bool shares : {true, false}) {
+        SCOPED_TRACE(std::string("rope ") + std::to_string(rope) + (shares ? " shares" : " no shares"));
+        // (the GQA group's sums differ in order with and without shares: the same workspace for both)
+        Grads16 g32;
+        g32.shares = shares;
+        const Results one = run_mma_bf16(sh, in, 1, &g32);
+        cuda::RopeTrainParams p;
+        p.head_dim = p.n_rot = sh.HS, p.neox = rope == 1, p.inv_freq = freq.as<double>();
+        if (rope) cuda::rope_table(table.as<float>(), sh.T, p, nullptr);
+        p.cos_sin = rope ? table.as<float>() : nullptr, p.table_len = rope ? sh.T : 0;
+        // The expected bf16 values: the fp32 gradients through RoPE's backward (or a rounding).
+        auto expect16 = [&](const std::vector<float>& x, int64_t heads) {
+          std::vector<uint16_t> e(x.size());
+          if (!rope) {
+            for (size_t i = 0; i < x.size(); ++i) e[i] = f32_to_bf16(x[i]);
+            return e;
+          }
+          auto xd = to_device(x);
+          auto eb = to_device(std::vector<uint16_t>(x.size(), 0));
+          cuda::rope_rotate(xd.as<float>(), sh.B, sh.T, heads, 0, p, true, nullptr, eb.as<uint16_t>(), false);
+          return to_host<uint16_t>(eb, x.size());
+        };
+        const auto eq = expect16(one.dq, sh.NH), ek = expect16(one.dk, sh.KVH);
+        std::vector<uint16_t> ev(one.dv.size());
+        for (size_t i = 0; i < ev.size(); ++i) ev[i] = f32_to_bf16(one.dv[i]);
+        Grads16 g;
+        g.rope_cs = p.cos_sin, g.neox = p.neox, g.pad = shares ? 0 : 8, g.shares = shares;
+        const Results r = run_mma_bf16(sh, in, 3, &g);
+        EXPECT_TRUE(same_bits(r.out, one.out) && same_bits(r.lse, one.lse)) << "forward";
+        for (const auto* f : {&r.dq, &r.dk, &r.dv})
+          for (float x : *f) ASSERT_TRUE(std::isnan(x)) << "an fp32 gradient buffer was written";
+        int64_t bad = 0;
+        for (int64_t t = 0; t < rows; ++t) {
+          const uint16_t* row = g.m.data() + t * g.ld;
+          for (int64_t c = 0; c < Q; ++c) bad += row[c] != eq[size_t(t * Q + c)];
+          for (int64_t c = 0; c < KV; ++c) bad += row[Q + c] != ek[size_t(t * KV + c)];
+          for (int64_t c = 0; c < KV; ++c) bad += row[Q + KV + c] != ev[size_t(t * KV + c)];
+          for (int64_t c = Q + 2 * KV; c < g.ld; ++c) bad += row[c] != 0xFFFF;
+        }
+        EXPECT_EQ(bad, 0) << "values differing from the rotated, rounded fp32 gradients (or padding written)";
       }
     }
   }

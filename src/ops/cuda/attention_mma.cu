@@ -92,6 +92,16 @@ __device__ __forceinline__ void kv_pipeline_step(bf16* Ks, bf16* Vs, const bf16*
   __syncthreads();
 }
 
+// 2^x by the multi-function unit alone (ex2.approx.ftz: one instruction where exp2f adds three for
+// results below 2^-126): the same value for every result a float holds normally; a p below 2^-126 is 0
+// instead of a subnormal, which no sum here can tell from 0 (every row's sum is at least 1, and a
+// subnormal p rounds to nothing against the values it is added to).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 __device__ __forceinline__ void store_pair(bf16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
@@ -152,62 +162,67 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) flash_forward_mma_kern
       for (int kk = 0; kk < D / 16; ++kk) load_a(qa[kHoldQ ? kk : 0], Qs, P, 16 * warp, 16 * kk, lane);
     }
 
-    // S = Q K^T: 16 queries x 64 keys per warp, 8 tiles of 8 keys.
-    float s[kKeys / 8][4];
+    // A warp whose rows all lie before the tile's first key would see it wholly masked (p = 0, its
+    // sums unchanged, bit for bit): it skips the tile (with 128-row blocks, half the warps on the
+    // block's last tile).
+    if (k0 < q0 + 16 * (warp + 1)) {
+      // S = Q K^T: 16 queries x 64 keys per warp, 8 tiles of 8 keys.
+      float s[kKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      if (!kHoldQ) load_a(qa[0], Qs, P, 16 * warp, 16 * kk, lane);
-      const uint32_t* qf = qa[kHoldQ ? kk : 0];
+      for (int kk = 0; kk < D / 16; ++kk) {
+        if (!kHoldQ) load_a(qa[0], Qs, P, 16 * warp, 16 * kk, lane);
+        const uint32_t* qf = qa[kHoldQ ? kk : 0];
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; n += 2) {
-        uint32_t kb4[4];
-        load_b_nk(kb4, Kc, P, 8 * n, 16 * kk, lane);
-        mma_bf16(s[n], qf, kb4[0], kb4[1]);
-        mma_bf16(s[n + 1], qf, kb4[2], kb4[3]);
-      }
-    }
-    // Scale to base 2, mask (causal and the end of the sequence), the tile's row maxima.
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-    const bool diag = k0 + kKeys - 1 > q0 || k0 + kKeys > T;  // a key past the block's first row or the end
-#pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[n][e] * scale_log2;
-        if (diag) {
-          const int key = k0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
-          if (key > row || key >= T) x = -INFINITY;
+        for (int n = 0; n < kKeys / 8; n += 2) {
+          uint32_t kb4[4];
+          load_b_nk(kb4, Kc, P, 8 * n, 16 * kk, lane);
+          mma_bf16(s[n], qf, kb4[0], kb4[1]);
+          mma_bf16(s[n + 1], qf, kb4[2], kb4[3]);
         }
-        s[n][e] = x;
-        if (e < 2) mx0 = fmaxf(mx0, x);
-        else mx1 = fmaxf(mx1, x);
       }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    // Every row has key 0 <= row in tile 0, so the maxima are finite from the first tile on
-    // (rows past the end of the sequence see unmasked keys too; they are not written).
-    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-    const float a0 = exp2f(m0 - n0), a1 = exp2f(m1 - n1);
-    m0 = n0, m1 = n1;
-    l0 *= a0, l1 *= a1;
+      // Scale to base 2, mask (causal and the end of the sequence), the tile's row maxima.
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+      const bool diag = k0 + kKeys - 1 > q0 || k0 + kKeys > T;  // a key past the block's first row or the end
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) o[n][0] *= a0, o[n][1] *= a0, o[n][2] *= a1, o[n][3] *= a1;
+      for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) {
-      s[n][0] = exp2f(s[n][0] - n0), s[n][1] = exp2f(s[n][1] - n0);
-      s[n][2] = exp2f(s[n][2] - n1), s[n][3] = exp2f(s[n][3] - n1);
-      l0 += s[n][0] + s[n][1], l1 += s[n][2] + s[n][3];
-    }
-    // O += P V, 16 keys per k-step: P's fragments are the accumulators of S tiles 2kk, 2kk + 1.
+        for (int e = 0; e < 4; ++e) {
+          float x = s[n][e] * scale_log2;
+          if (diag) {
+            const int key = k0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
+            if (key > row || key >= T) x = -INFINITY;
+          }
+          s[n][e] = x;
+          if (e < 2) mx0 = fmaxf(mx0, x);
+          else mx1 = fmaxf(mx1, x);
+        }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      // Every row has key 0 <= row in tile 0, so the maxima are finite from the first tile on
+      // (rows past the end of the sequence see unmasked keys too; they are not written).
+      const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+      const float a0 = exp2_ftz(m0 - n0), a1 = exp2_ftz(m1 - n1);
+      m0 = n0, m1 = n1;
+      l0 *= a0, l1 *= a1;
 #pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      uint32_t pa[4];
-      acc_to_a(pa, s, kk);
-      mma_rows_kn<D>(o, pa, Vc, P, 16 * kk, lane);
+      for (int n = 0; n < D / 8; ++n) o[n][0] *= a0, o[n][1] *= a0, o[n][2] *= a1, o[n][3] *= a1;
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+        s[n][0] = exp2_ftz(s[n][0] - n0), s[n][1] = exp2_ftz(s[n][1] - n0);
+        s[n][2] = exp2_ftz(s[n][2] - n1), s[n][3] = exp2_ftz(s[n][3] - n1);
+        l0 += s[n][0] + s[n][1], l1 += s[n][2] + s[n][3];
+      }
+      // O += P V, 16 keys per k-step: P's fragments are the accumulators of S tiles 2kk, 2kk + 1.
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        uint32_t pa[4];
+        acc_to_a(pa, s, kk);
+        mma_rows_kn<D>(o, pa, Vc, P, 16 * kk, lane);
+      }
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -237,8 +252,9 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) flash_forward_mma_kern
 // Three kernels, no atomics (every sum in a fixed order: bitwise identical from run to run):
 //  1. per query row: Dv = dout . out (fp32), lse in base 2, and dout rounded to bf16, into the
 //     workspace (BwdWs) where the other two stage them with cp.async;
-//  2. dk, dv per (sequence, KV head, tile of 64 keys), 16 keys a warp, walking the query tiles
-//     from the diagonal to the end for every query head of the group:
+//  2. dk, dv per (sequence, KV head, tile of 64 keys) or per query head (GQA shares, summed after
+//     the kernel), 16 keys a warp, walking the query tiles from the diagonal to the end for
+//     every query head of the group (or the one):
 //       S^T = K Q^T, P^T = exp2(S^T log2e / sqrt(HS) - lse2), dV += P^T dO,
 //       dP^T = V dO^T, dS^T = P^T (dP^T - Dv), dK += dS^T Q;
 //  3. dq per (sequence, head, tile of 64 queries), 16 queries a warp, over the key tiles up to
@@ -275,15 +291,18 @@ __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 
 // A warp per row r = (b T + t) NH + h of q's layout.
-template <class In>
+// (HS a template argument: the row's HS / 32 loads of a lane unrolled, all in flight at once; the
+// same sums in the same order)
+template <class In, int HS>
 __global__ void bwd_prep_kernel(const float* dout, const In* out, const float* lse, BwdWs w, int64_t rows, int T,
-                                int NH, int HS) {
+                                int NH) {
   const int lane = int(threadIdx.x & 31);
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
        r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
     const float* a = dout + r * HS;
     const In* o = out + r * HS;
     float x = 0.0f;
+#pragma unroll
     for (int d = lane; d < HS; d += 32) {
       const float ad = a[d];
       x += ad * to_f(o[d]);
@@ -334,6 +353,128 @@ __device__ __forceinline__ void mma_pair(float (&acc1)[NT][4], float (&acc2)[NT]
   }
 }
 
+// Where the backward writes bf16 gradients (attention_mma.h AttentionGradsBf16, device pointers):
+// each null pointer's gradient goes to its fp32 buffer instead.
+struct Bf16Grads {
+  bf16 *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  int64_t ldq = 0, ldkv = 0;    // row strides per token (elements)
+  const float* cs = nullptr;    // (T, D / 2, 2) cos, sin per position (rope_table), or null: no rotation
+  bool neox = false;
+};
+
+// rope_rotate's inverse rotation of the pair (a, b) by the table's (c, sn), its products as they are
+// there (fp32, each rounded, no fused multiply-adds): the same bits.
+__device__ __forceinline__ void rotate_back(float a, float b, float c, float sn, float& r0, float& r1) {
+  const float s = -sn;
+  r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
+// One row of a warp's (16 x D) accumulators, the values acc[n][e0], acc[n][e0 + 1] of columns 8n + 2t,
+// 8n + 2t + 1 (e0 = 0: the lane's first row, 2: its second), times scale, written to row (bf16) as
+// store_pair would write them, rotated back first when cs (the row's position's D / 2 (cos, sin)
+// pairs) is given: a thread holds both values of every pair it writes (NeoX: columns c, c + D/2 in
+// accumulator tiles n, n + D/16; else c, c + 1).
+template <int D>
+__device__ __forceinline__ void store_row_bf16(bf16* row, const float (&acc)[D / 8][4], int e0, float scale, int t,
+                                               const float* cs, bool neox) {
+  if (!cs) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) store_pair(row + 8 * n + 2 * t, acc[n][e0] * scale, acc[n][e0 + 1] * scale);
+  } else if (neox) {
+#pragma unroll
+    for (int n = 0; n < D / 16; ++n) {
+      float lo[2], hi[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 8 * n + 2 * t + e;
+        const float2 c = *reinterpret_cast<const float2*>(cs + 2 * i);
+        rotate_back(acc[n][e0 + e] * scale, acc[n + D / 16][e0 + e] * scale, c.x, c.y, lo[e], hi[e]);
+      }
+      store_pair(row + 8 * n + 2 * t, lo[0], lo[1]);
+      store_pair(row + D / 2 + 8 * n + 2 * t, hi[0], hi[1]);
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int i = 4 * n + t;
+      float r0, r1;
+      const float2 c = *reinterpret_cast<const float2*>(cs + 2 * i);
+      rotate_back(acc[n][e0] * scale, acc[n][e0 + 1] * scale, c.x, c.y, r0, r1);
+      store_pair(row + 8 * n + 2 * t, r0, r1);
+    }
+  }
+}
+
+// The table rows (D floats: D / 2 cos, sin pairs) of positions p0 .. p0 + 63, staged by cp.async in
+// two pipeline stages that the last tile leaves free (rows 0 .. 31 in a, 32 .. 63 in b, pitch D + 4
+// floats: 128 D + 512 bytes, within a stage's 128 D + 1024), issued before that tile's products: the
+// epilogue reads them from shared memory instead of 2 D scattered global loads a thread once the
+// loop is done (those added 33 us to a qwen-shaped dq kernel of 268).
+template <int D>
+__device__ __forceinline__ void stage_table(float* a, float* b, const float* cs, int p0, int T) {
+  constexpr int chunks = D / 4, half = kRows / 2;
+  for (int c = int(threadIdx.x); c < kRows * chunks; c += kThreads) {
+    const int row = c / chunks, col = 4 * (c % chunks);
+    const bool ok = p0 + row < T;
+    cp_async16((row < half ? a : b) + (row % half) * (D + 4) + col, cs + (ok ? int64_t(p0 + row) * D + col : 0), ok);
+  }
+  cp_async_commit();
+}
+template <int D>
+__device__ __forceinline__ const float* staged_row(const float* a, const float* b, int row) {
+  return (row < kRows / 2 ? a : b) + (row % (kRows / 2)) * (D + 4);
+}
+
+// One unit of a token's group sum: dst = sum over hh < G, in head order, of src[hh HS + c ..] (src:
+// the token's G shares of one KV head), 4 values from c (NeoX rotation: the 4 pairs c .. c + 3 and
+// HS / 2 + c .. HS / 2 + c + 3), to fp32 dst32 or as bf16 to dst16, rotated back where cs (the token's
+// position's table row).
+template <int D>
+__device__ __forceinline__ void group_sum_unit(const float* src, int G, int c, float* dst32, bf16* dst16, const float* cs,
+                                               bool neox) {
+  auto sum4 = [&](int col, float v[4]) {
+    float4 acc = *reinterpret_cast<const float4*>(src + col);
+    for (int hh = 1; hh < G; ++hh) {
+      const float4 x = *reinterpret_cast<const float4*>(src + hh * D + col);
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+    }
+    v[0] = acc.x, v[1] = acc.y, v[2] = acc.z, v[3] = acc.w;
+  };
+  float a[4];
+  sum4(c, a);
+  if (dst32) {
+    *reinterpret_cast<float4*>(dst32 + c) = make_float4(a[0], a[1], a[2], a[3]);
+  } else if (cs && neox) {
+    float b[4], lo[4], hi[4];
+    sum4(c + D / 2, b);
+    for (int e = 0; e < 4; ++e) rotate_back(a[e], b[e], cs[2 * (c + e)], cs[2 * (c + e) + 1], lo[e], hi[e]);
+    store_pair(dst16 + c, lo[0], lo[1]), store_pair(dst16 + c + 2, lo[2], lo[3]);
+    store_pair(dst16 + D / 2 + c, hi[0], hi[1]), store_pair(dst16 + D / 2 + c + 2, hi[2], hi[3]);
+  } else if (cs) {  // pairs (c, c + 1), (c + 2, c + 3): frequencies c / 2, c / 2 + 1
+    float r[4];
+    rotate_back(a[0], a[1], cs[c], cs[c + 1], r[0], r[1]);
+    rotate_back(a[2], a[3], cs[c + 2], cs[c + 3], r[2], r[3]);
+    store_pair(dst16 + c, r[0], r[1]), store_pair(dst16 + c + 2, r[2], r[3]);
+  } else {
+    store_pair(dst16 + c, a[0], a[1]), store_pair(dst16 + c + 2, a[2], a[3]);
+  }
+}
+
+// dst = the group sums of the per-head shares src (B, T, NH, HS): sum over hh < G, in head order, of
+// src[b, t, kvh G + hh, :], to fp32 dst32 (B, T, KVH, HS) or to bf16 dst16 (rows ld apart a token),
+// rotated back where cs. A thread per group_sum_unit; rows = B T KVH.
+template <int D>
+__global__ void sum_group_kernel(const float* src, float* dst32, bf16* dst16, int64_t ld, int64_t rows, int G, int KVH,
+                                 int T, const float* cs, bool neox) {
+  const int per = dst16 && cs && neox ? D / 8 : D / 4;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * per; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = k / per, bt = r / KVH, kvh = r - bt * KVH;
+    const int c = 4 * int(k - r * per);
+    group_sum_unit<D>(src + r * G * D, G, c, dst16 ? nullptr : dst32 + r * D, dst16 ? dst16 + bt * ld + kvh * D : nullptr,
+                      dst16 && cs ? cs + (bt % T) * D : nullptr, neox);
+  }
+}
+
 template <int D>
 constexpr size_t dkdv_smem() {
   return size_t(6 * tile_elems<D>()) * 2 + 4 * kRows * sizeof(float);
@@ -343,12 +484,18 @@ constexpr size_t dq_smem() {
   return size_t(6 * tile_elems<D>()) * 2;
 }
 
-template <int D>
+// kShares (per_head): a block per (key tile, query head), its share of dk, dv into that head's slot
+// of dk, dv laid out as q (B, T, NH, HS), summed over the group by sum_group_kernel (summing them
+// here, by the group's last block to finish, cost more than the pass: 373 against 323 + 2 x 21 us
+// at qwen's shape). Otherwise a block per (key tile, KV head) walks the group's query heads in order
+// and writes dk, dv itself (fp32, or bf16 by o16; the shares variant is compiled without that code:
+// 244 registers instead of 255).
+template <int D, bool kShares>
 __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                                                  const bf16* __restrict__ v, const BwdWs w, float* dk,
-                                                                 float* dv, int T, int NH, int KVH, bool per_head,
-                                                                 float scale, float scale_log2, bf16* dv16,
-                                                                 int64_t ld16) {
+                                                                 float* dv, int T, int NH, int KVH, float scale,
+                                                                 float scale_log2, Bf16Grads o16) {
+  constexpr bool per_head = kShares;
   constexpr int P = D + 8, TE = tile_elems<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
@@ -358,9 +505,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
   float* lse2 = reinterpret_cast<float*>(Os + 2 * TE);  // (2, 64) lse log2e of the tile's queries
   float* dvs = lse2 + 2 * kRows;                         // (2, 64) Dv of the tile's queries
   const int kt = int(gridDim.x) - 1 - int(blockIdx.x);   // the tiles with the most queries first
-  // blockIdx.y: a KV head whose group's query heads the block walks in order (dk, dv written), or
-  // (per_head) one query head, whose share of dk, dv goes to its own slot of dk, dv laid out as q
-  // (B, T, NH, HS), summed over the group by sum_group_kernel.
+  // blockIdx.y: a KV head whose group's query heads the block walks in order, or (per_head) one query
+  // head.
   const int G = NH / KVH, h_first = per_head ? int(blockIdx.y) : int(blockIdx.y) * G, n_heads = per_head ? 1 : G;
   const int kvh = h_first / G, b = int(blockIdx.z);
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31, t = lane & 3;
@@ -387,6 +533,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
 #pragma unroll
     for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.0f;
   const int key_a = k0 + 16 * warp + (lane >> 2), key_b = key_a + 8;  // this lane's two keys
+  // With bf16 dk rotated back (written here, not as shares): the table rows of the tile's keys, in
+  // the stages the last step leaves free.
+  const bool stage = o16.dk && o16.cs && !per_head;
+  float* const tab_a = reinterpret_cast<float*>(Qs + (steps & 1) * TE);
+  float* const tab_b = reinterpret_cast<float*>(Os + (steps & 1) * TE);
 
   for (int i = 0; i < steps; ++i) {
     if (i + 1 < steps) {
@@ -396,6 +547,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
       cp_async_wait<0>();
     }
     __syncthreads();
+    if (i == steps - 1 && stage) stage_table<D>(tab_a, tab_b, o16.cs, k0, T);
     const int st = i & 1, q0 = (kt + i % per) * kRows;
     const bf16* Qc = Qs + st * TE;
     const bf16* Oc = Os + st * TE;
@@ -405,6 +557,9 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
 #pragma unroll
     for (int sub = 0; sub < kRows / kSub; ++sub) {
       const int s0 = sub * kSub;
+      // Queries all before the warp's first key: P^T and dS^T would be 0 (dK, dV unchanged, bit for
+      // bit), skipped (on the diagonal tile, the upper two warps' first 32 queries).
+      if (q0 + s0 + kSub <= k0 + 16 * warp) continue;
       float sT[kSub / 8][4], dpT[kSub / 8][4];  // S^T = K Q^T, dP^T = V dO^T
       mma_pair<D>(sT, dpT, Ks, Vs, Qc, Oc, P, 16 * warp, s0, lane);
       // P^T and dS^T in place (rows = keys key_a / key_b, columns = queries).
@@ -413,7 +568,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int qi = s0 + 8 * n + 2 * t + (e & 1), key = e < 2 ? key_a : key_b;
-          const float p = exp2f(sT[n][e] * scale_log2 - l2[qi]);
+          const float p = exp2_ftz(sT[n][e] * scale_log2 - l2[qi]);
           const bool dead = edge && (q0 + qi < key || key >= T || q0 + qi >= T);
           sT[n][e] = dead ? 0.0f : p;
           dpT[n][e] = dead ? 0.0f : p * (dpT[n][e] - dvc[qi]);
@@ -439,23 +594,27 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
     }
     __syncthreads();  // this stage is consumed before step i + 2 refills it
   }
-  // dk and dv rows key_a, key_b of KV head kvh (or of query head h_first's slot).
+  // dk and dv rows key_a, key_b of KV head kvh (or of query head h_first's slot: always fp32, for
+  // the group sums), or their bf16 rows (o16; dk rotated back where o16.cs).
   const int64_t ostride = per_head ? qstride : kstride;
   float* dkb = dk + int64_t(b) * T * ostride + int64_t(per_head ? h_first : kvh) * D;
   float* dvb = dv + int64_t(b) * T * ostride + int64_t(per_head ? h_first : kvh) * D;
-  bf16* dvh = dv16 ? dv16 + int64_t(b) * T * ld16 + int64_t(kvh) * D : nullptr;  // (dv16: KVH == NH)
+  bf16* dk16 = o16.dk && !per_head ? o16.dk + int64_t(b) * T * o16.ldkv + int64_t(kvh) * D : nullptr;
+  bf16* dv16 = o16.dv && !per_head ? o16.dv + int64_t(b) * T * o16.ldkv + int64_t(kvh) * D : nullptr;
+  // (shares: always fp32, the group sum rounds)
+  if (stage) cp_async_wait<0>(), __syncthreads();
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int c = 8 * n + 2 * t;
-    if (key_a < T) {
-      store_pair(dkb + int64_t(key_a) * ostride + c, dK[n][0] * scale, dK[n][1] * scale);
-      if (dvh) store_pair(dvh + int64_t(key_a) * ld16 + c, dV[n][0], dV[n][1]);
-      else store_pair(dvb + int64_t(key_a) * ostride + c, dV[n][0], dV[n][1]);
-    }
-    if (key_b < T) {
-      store_pair(dkb + int64_t(key_b) * ostride + c, dK[n][2] * scale, dK[n][3] * scale);
-      if (dvh) store_pair(dvh + int64_t(key_b) * ld16 + c, dV[n][2], dV[n][3]);
-      else store_pair(dvb + int64_t(key_b) * ostride + c, dV[n][2], dV[n][3]);
+  for (int r = 0; r < 2; ++r) {
+    const int key = r ? key_b : key_a, e0 = 2 * r;
+    if (key >= T) continue;
+    if (dk16) store_row_bf16<D>(dk16 + int64_t(key) * o16.ldkv, dK, e0, scale, t,
+                                stage ? staged_row<D>(tab_a, tab_b, key - k0) : nullptr, o16.neox);
+    if (dv16) store_row_bf16<D>(dv16 + int64_t(key) * o16.ldkv, dV, e0, 1.0f, t, nullptr, false);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int c = 8 * n + 2 * t;
+      if (!dk16) store_pair(dkb + int64_t(key) * ostride + c, dK[n][e0] * scale, dK[n][e0 + 1] * scale);
+      if (!dv16) store_pair(dvb + int64_t(key) * ostride + c, dV[n][e0], dV[n][e0 + 1]);
     }
   }
 }
@@ -463,7 +622,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_mma_kernel(const bf16* __
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                                                const bf16* __restrict__ v, const BwdWs w, float* dq,
-                                                               int T, int NH, int KVH, float scale, float scale_log2) {
+                                                               int T, int NH, int KVH, float scale, float scale_log2,
+                                                               Bf16Grads o16) {
   constexpr int P = D + 8, TE = tile_elems<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
@@ -491,9 +651,15 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __re
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
 
+  // With bf16 dq rotated back: the table rows of the block's queries, in the stages the last key tile
+  // leaves free.
+  const bool stage = o16.dq && o16.cs;
+  float* const tab_a = reinterpret_cast<float*>(Ks + ((qt + 1) & 1) * TE);
+  float* const tab_b = reinterpret_cast<float*>(Vs + ((qt + 1) & 1) * TE);
   for (int j = 0; j <= qt; ++j) {
     const int k0 = j * kKeys;
     kv_pipeline_step<D>(Ks, Vs, kb, vb, kstride, j, qt, T);
+    if (j == qt && stage) stage_table<D>(tab_a, tab_b, o16.cs, q0, T);
     const bf16* Kc = Ks + (j & 1) * TE;
     const bf16* Vc = Vs + (j & 1) * TE;
     float s[kKeys / 8][4], dp[kKeys / 8][4];  // S = Q K^T, dP = dO V^T
@@ -504,7 +670,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __re
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = k0 + 8 * n + 2 * t + (e & 1), r = e < 2 ? r0 : r1;
-        const float p = exp2f(s[n][e] * scale_log2 - (e < 2 ? l2a : l2b));
+        const float p = exp2_ftz(s[n][e] * scale_log2 - (e < 2 ? l2a : l2b));
         const bool dead = diag && (key > r || key >= T);
         s[n][e] = dead ? 0.0f : p * (dp[n][e] - (e < 2 ? dva : dvb));  // dS
       }
@@ -517,28 +683,21 @@ __global__ void __launch_bounds__(kThreads) flash_dq_mma_kernel(const bf16* __re
     }
     __syncthreads();
   }
+  if (o16.dq) {  // bf16, rotated back where o16.cs (by the staged table)
+    if (stage) cp_async_wait<0>(), __syncthreads();
+    bf16* dqh = o16.dq + int64_t(b) * T * o16.ldq + int64_t(h) * D;
+    const float* c0 = stage ? staged_row<D>(tab_a, tab_b, r0 - q0) : nullptr;
+    const float* c1 = stage ? staged_row<D>(tab_a, tab_b, r1 - q0) : nullptr;
+    if (r0 < T) store_row_bf16<D>(dqh + int64_t(r0) * o16.ldq, dQ, 0, scale, t, c0, o16.neox);
+    if (r1 < T) store_row_bf16<D>(dqh + int64_t(r1) * o16.ldq, dQ, 2, scale, t, c1, o16.neox);
+    return;
+  }
   float* dqb = dq + qoff;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     const int c = 8 * n + 2 * t;
     if (r0 < T) store_pair(dqb + int64_t(r0) * qstride + c, dQ[n][0] * scale, dQ[n][1] * scale);
     if (r1 < T) store_pair(dqb + int64_t(r1) * qstride + c, dQ[n][2] * scale, dQ[n][3] * scale);
-  }
-}
-
-// dst[b, t, kvh, :] = sum over hh < G, in order, of src[b, t, kvh G + hh, :] (src laid out as q).
-__global__ void sum_group_kernel(const float* src, float* dst, int64_t rows, int G, int HS) {
-  // rows = B T KVH; a thread per 4 values of a row.
-  const int64_t per = HS / 4, total = rows * per;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < total; k += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = k / per, c = k - r * per;
-    const float4* p = reinterpret_cast<const float4*>(src + r * G * HS) + c;
-    float4 acc = p[0];
-    for (int hh = 1; hh < G; ++hh) {
-      const float4 x = p[hh * per];
-      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
-    }
-    reinterpret_cast<float4*>(dst + r * HS)[c] = acc;
   }
 }
 
@@ -551,7 +710,7 @@ void allow_smem(K kernel, size_t bytes) {
 template <int D, class OutT>
 void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
               const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
-              size_t ws_floats, cudaStream_t s, cudaStream_t side, bf16* dv16, int64_t ld16) {
+              size_t ws_floats, cudaStream_t s, cudaStream_t side, const Bf16Grads& o16) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
   const int64_t rows = B * T * NH, nq = rows * D, base = ws_base_floats(B, T, NH, D);
   DeviceBuffer own;  // the caller gave no room: the workspace's required part here (tests)
@@ -560,11 +719,12 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
     ws = own.as<float>(), ws_floats = size_t(base);
   }
   const BwdWs w = carve(ws, B, T, NH, D);
-  bwd_prep_kernel<<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
-      dout, out, lse, w, rows, int(T), int(NH), D);
+  bwd_prep_kernel<OutT, D><<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
+      dout, out, lse, w, rows, int(T), int(NH));
   PRIMAL_CUDA_CHECK_LAUNCH();
   constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();
-  allow_smem(flash_dkdv_mma_kernel<D>, s1);
+  allow_smem(flash_dkdv_mma_kernel<D, true>, s1);
+  allow_smem(flash_dkdv_mma_kernel<D, false>, s1);
   allow_smem(flash_dq_mma_kernel<D>, s2);
   const unsigned tiles = unsigned((T + kRows - 1) / kRows);
   // With a side stream dq's kernel runs there, beside dk/dv's: both read only what bwd_prep and the
@@ -578,28 +738,29 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
     PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(sq, ev[0], 0));
   }
   flash_dq_mma_kernel<D><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s2, sq>>>(
-      q, k, v, w, dq, int(T), int(NH), int(KVH), scale, scale_log2);
+      q, k, v, w, dq, int(T), int(NH), int(KVH), scale, scale_log2, o16);
   PRIMAL_CUDA_CHECK_LAUNCH();
   if (sq != s) PRIMAL_CUDA_CHECK(cudaEventRecord(ev[1], sq));
   // A block per (key tile, query head) when the group has several heads and the workspace holds
   // their shares: a block per KV head walks all G heads of its group in turn (a 6-head group at T
   // 1024 gave 256 blocks, the first ones with 96 query tiles to walk).
   const bool per_head = NH > KVH && ws_floats >= size_t(base + 2 * nq);
-  if (NH != KVH) dv16 = nullptr;  // (GQA: dv as fp32, the caller rounds it; attention_mma.h)
-  float* out_k = per_head ? ws + base : dk;
-  float* out_v = per_head ? ws + base + nq : dv;
-  flash_dkdv_mma_kernel<D><<<dim3(tiles, unsigned(per_head ? NH : KVH), unsigned(B)), kThreads, s1, s>>>(
-      q, k, v, w, out_k, out_v, int(T), int(NH), int(KVH), per_head, scale, scale_log2, dv16,
-      ld16 > 0 ? ld16 : KVH * D);
-  PRIMAL_CUDA_CHECK_LAUNCH();
   if (per_head) {
+    float *sk = ws + base, *sv = ws + base + nq;
+    flash_dkdv_mma_kernel<D, true><<<dim3(tiles, unsigned(NH), unsigned(B)), kThreads, s1, s>>>(
+        q, k, v, w, sk, sv, int(T), int(NH), int(KVH), scale, scale_log2, o16);
+    PRIMAL_CUDA_CHECK_LAUNCH();
     const int64_t kv_rows = B * T * KVH;
     const int blocks = int(std::min<int64_t>((kv_rows * D / 4 + 255) / 256, 16 * int64_t(sm_count())));
-    sum_group_kernel<<<blocks, 256, 0, s>>>(out_k, dk, kv_rows, int(NH / KVH), int(D));
+    const int G = int(NH / KVH);
+    sum_group_kernel<D><<<blocks, 256, 0, s>>>(sk, dk, o16.dk, o16.ldkv, kv_rows, G, int(KVH), int(T), o16.cs, o16.neox);
     PRIMAL_CUDA_CHECK_LAUNCH();
-    sum_group_kernel<<<blocks, 256, 0, s>>>(out_v, dv, kv_rows, int(NH / KVH), int(D));
-    PRIMAL_CUDA_CHECK_LAUNCH();
+    sum_group_kernel<D><<<blocks, 256, 0, s>>>(sv, dv, o16.dv, o16.ldkv, kv_rows, G, int(KVH), int(T), nullptr, false);
+  } else {
+    flash_dkdv_mma_kernel<D, false><<<dim3(tiles, unsigned(KVH), unsigned(B)), kThreads, s1, s>>>(
+        q, k, v, w, dk, dv, int(T), int(NH), int(KVH), scale, scale_log2, o16);
   }
+  PRIMAL_CUDA_CHECK_LAUNCH();
   if (sq != s) PRIMAL_CUDA_CHECK(cudaStreamWaitEvent(s, ev[1], 0));
   if (own.data()) PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s));  // before `own` is freed
 }
@@ -669,16 +830,16 @@ template <class OutT>
 void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
                   const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
                   cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side = nullptr,
-                  bf16* dv16 = nullptr, int64_t ld16 = 0) {
+                  const Bf16Grads& o16 = Bf16Grads()) {
   check_args(dq, dk, dv, dout, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_aligned(q, "attention_backward_mma"), check_aligned(k, "attention_backward_mma");
   check_aligned(v, "attention_backward_mma"), check_aligned(ws, "attention_backward_mma (workspace)");
   switch (HS) {
-    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
-    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
-    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
-    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, dv16, ld16); break;
+    case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, o16); break;
+    case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, o16); break;
+    case 96: backward<96>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, o16); break;
+    default: backward<128>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, o16); break;
   }
 }
 
@@ -722,11 +883,20 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side,
-                            uint16_t* dv_bf16, int64_t dv_bf16_ld) {
-  PRIMAL_CHECK(dv_bf16_ld == 0 || (dv_bf16_ld >= KVH * HS && dv_bf16_ld % 2 == 0),
-               "attention_backward_mma: dv's bf16 row stride {} for {} values a token", dv_bf16_ld, KVH * HS);
-  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side,
-               reinterpret_cast<bf16*>(dv_bf16), dv_bf16_ld);
+                            const AttentionGradsBf16* grads_bf16) {
+  Bf16Grads o16;
+  if (grads_bf16) {
+    const AttentionGradsBf16& g = *grads_bf16;
+    const int64_t ld = g.ld;
+    PRIMAL_CHECK(ld == 0 || (ld >= NH * HS && ld % 2 == 0), "attention_backward_mma: bf16 row stride {} for {} values a token",
+                 ld, NH * HS);
+    for (const uint16_t* p : {g.dq, g.dk, g.dv})
+      PRIMAL_CHECK(reinterpret_cast<uintptr_t>(p) % 4 == 0, "attention_backward_mma: a bf16 gradient not 4-byte aligned");
+    o16.dq = reinterpret_cast<bf16*>(g.dq), o16.dk = reinterpret_cast<bf16*>(g.dk), o16.dv = reinterpret_cast<bf16*>(g.dv);
+    o16.ldq = ld > 0 ? ld : NH * HS, o16.ldkv = ld > 0 ? ld : KVH * HS;
+    o16.cs = g.rope_cs, o16.neox = g.neox;
+  }
+  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side, o16);
 }
 
 }  // namespace primal::cuda

@@ -49,15 +49,28 @@ size_t attention_backward_mma_workspace(int64_t B, int64_t T, int64_t NH, int64_
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* q,
                             const float* k, const float* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0);
+// The bf16 mode's gradients written straight as bf16 (the q, k, v linear backward's operands) instead
+// of fp32: each of dq, dk, dv given here is written only there, its fp32 buffer untouched, each value
+// the fp32 one rounded to nearest even; with rope_cs, dq and dk are rotated back first (RoPE's
+// backward: the table's cos and sin, rope_rotate's fp32 products). Bit for bit the fp32 gradients
+// passed through rope_rotate(inverse, bf16 copy only) and a rounding, without their fp32 round trip.
+struct AttentionGradsBf16 {
+  uint16_t* dq = nullptr;          // (B, T, NH, HS) bf16 rows ld apart, or null (fp32 dq)
+  uint16_t* dk = nullptr;          // (B, T, KVH, HS) bf16 rows ld apart, or null (fp32 dk)
+  uint16_t* dv = nullptr;          // (B, T, KVH, HS) bf16 rows ld apart, or null (fp32 dv)
+  int64_t ld = 0;                  // row stride per token of all three (elements, even, >= NH HS; 0: dense)
+  const float* rope_cs = nullptr;  // (>= T, HS / 2, 2) cos, sin of every position's pairs (rope_table, every
+                                   // dimension rotated, positions 0 .. T-1), or null: no rotation
+  bool neox = false;               // RoPE pairs (i, i + HS / 2); else (2i, 2i + 1)
+};
+
 // The same with bf16 out, q, k, v (D = dout . out from the bf16 out). With `side` (and a workspace
 // given), dq's kernel runs on side beside dk/dv's, and s waits for it before the function returns
-// (events shared by every call: one caller thread at a time). With dv_bf16 and KVH == NH, dv is
-// written there as bf16 only (each value the fp32 one rounded to nearest even), dv untouched; with
-// KVH < NH dv is written as fp32 and dv_bf16 is untouched. dv_bf16_ld: its row stride per token
-// (elements, even; 0: KVH * HS), for a dv that is a column block of a wider matrix.
+// (events shared by every call: one caller thread at a time). grads_bf16: the gradients it names
+// written as bf16 there (above), 4-byte aligned.
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0,
-                            cudaStream_t side = nullptr, uint16_t* dv_bf16 = nullptr, int64_t dv_bf16_ld = 0);
+                            cudaStream_t side = nullptr, const AttentionGradsBf16* grads_bf16 = nullptr);
 
 }  // namespace primal::cuda

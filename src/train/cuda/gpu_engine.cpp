@@ -256,6 +256,7 @@ class CudaEngine final : public StepEngine {
   bool aside_on_ = false;
   cu::Stream attn_stream_{true};  // the attention backward's dq kernel, beside dk/dv's
   bool attn_side_ = false;   // (PRIMAL_ATTN_SIDE=0: off, for comparisons)
+  bool attn_b16_grads_ = true;  // dq, dk, dv as bf16 from the attention backward (PRIMAL_ATTN_B16=0: off, comparisons)
   unsigned long long* flips_ = nullptr;       // (1)
   // The batch's way in and the losses' way out: page-locked host buffers (truly asynchronous
   // copies), the tokens uploaded on their own stream, which the compute stream waits for by an
@@ -455,6 +456,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   {
     const char* e = std::getenv("PRIMAL_ATTN_SIDE");
     attn_side_ = !(e && *e == '0');
+    const char* e16 = std::getenv("PRIMAL_ATTN_B16");
+    attn_b16_grads_ = !(e16 && *e16 == '0');
   }
   apply_desc_ = arena_.of<unsigned char>(cu::apply_batch_desc_bytes(mats_.size()));
   // AdamW's parameters, in its order, with their moments.
@@ -1131,20 +1134,29 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       // The bf16 mode sums the q, k, v bias gradients from their stacked bf16 input gradient (as
       // PyTorch's autocast, from the bf16 output gradient): no fp32 copies of dq, dk, dv for them.
       const bool bias_b16 = bf16_ && dw_slabs_ && tr && (w.g_bq || w.g_bk || w.g_bv);
-      // dv straight out of the attention backward as bf16 where only its bf16 copy is read (no fp32
-      // v bias gradient, no GQA sums).
-      const bool dv_direct = mma_attention_ && bf16_ && NH == KVH && (!(tr && w.g_bv) || bias_b16);
-      if (mma_attention_)  // dh_ is free until the next layer's FFN backward: the workspace
+      // dq, dk (rotated back) and dv straight out of the attention backward as the bf16 operands of the
+      // q, k, v backward, where nothing reads their fp32 values (LUT matrices, the bias gradients from
+      // the bf16 copies) and RoPE rotates every dimension from the table: no fp32 round trip, no
+      // RoPE pass.
+      const bool lut_qkv = w.wq->lut() && w.wk->lut() && w.wv->lut();
+      const bool grads_b16 = attn_b16_grads_ && mma_attention_ && rope_adds_bias() && rope_.cos_sin && rope_.table_len >= T && lut_qkv &&
+                             (!(tr && (w.g_bq || w.g_bk || w.g_bv)) || bias_b16);
+      if (mma_attention_) {  // dh_ is free until the next layer's FFN backward: the workspace
+        cu::AttentionGradsBf16 g16;
+        g16.dq = dqb_, g16.dk = dkb_, g16.dv = dvb_, g16.ld = ldqkv_, g16.rope_cs = rope_.cos_sin, g16.neox = rope_.neox;
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
-                                   size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr, dv_direct ? dvb_ : nullptr,
-                                   ldqkv_);
-      else
+                                   size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr,
+                                   grads_b16 ? &g16 : nullptr);
+      } else {
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
+      }
       mark("attention bwd");
-      rope(dq_, dqb_, B, T, NH, true, ldqkv_);
-      rope(dk_, dkb_, B, T, KVH, true, ldqkv_);
-      if (!dv_direct) bf16_copy_rows(dvb_, ldqkv_, dv_, N, KVH * HS);
-      mark("norm/swiglu/rope bwd");
+      if (!grads_b16) {
+        rope(dq_, dqb_, B, T, NH, true, ldqkv_);
+        rope(dk_, dkb_, B, T, KVH, true, ldqkv_);
+        bf16_copy_rows(dvb_, ldqkv_, dv_, N, KVH * HS);
+        mark("norm/swiglu/rope bwd");
+      }
       if (bias_b16) {
         cu::column_sums_bf16_add({{w.g_bq, NH * HS}, {w.g_bk, KVH * HS}, {w.g_bv, KVH * HS}}, dqb_, ldqkv_, N,
                                  dw_slabs_, cu::rmsnorm_dw_scratch_doubles(N, C), s_);
