@@ -50,6 +50,18 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return warp_sum(t);
 }
 
+// block_sum of two values at once (scratch: 64 doubles), each by block_sum's own steps: the same
+// sums, one pair of barriers.
+__device__ __forceinline__ void block_sum2(double& a, double& b, double* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  a = warp_sum(a), b = warp_sum(b);
+  __syncthreads();  // scratch may still be read from a previous call
+  if (lane == 0) scratch[warp] = a, scratch[32 + warp] = b;
+  __syncthreads();
+  const double ta = lane < n_warps ? scratch[lane] : 0.0, tb = lane < n_warps ? scratch[32 + lane] : 0.0;
+  a = warp_sum(ta), b = warp_sum(tb);
+}
+
 // 1 / sqrt(mean of squares + eps) as the CPU's rmsnorm forms it: squares summed in fp64, the
 // reciprocal root in fp64, rounded once to fp32.
 __device__ __forceinline__ float rms_scale(double sum_sq, int64_t n, float eps) {
