@@ -430,8 +430,8 @@ __device__ __forceinline__ const float* staged_row(const float* a, const float* 
 // HS / 2 + c .. HS / 2 + c + 3), to fp32 dst32 or as bf16 to dst16, rotated back where cs (the token's
 // position's table row).
 template <int D>
-__device__ __forceinline__ void group_sum_unit(const float* src, int G, int c, float* dst32, bf16* dst16, const float* cs,
-                                               bool neox) {
+__device__ __forceinline__ void group_sum_unit(const float* src, int G, int c, float* dst32, bf16* dst16,
+                                               const float* cs, bool neox) {
   auto sum4 = [&](int col, float v[4]) {
     float4 acc = *reinterpret_cast<const float4*>(src + col);
     for (int hh = 1; hh < G; ++hh) {
@@ -467,11 +467,12 @@ template <int D>
 __global__ void sum_group_kernel(const float* src, float* dst32, bf16* dst16, int64_t ld, int64_t rows, int G, int KVH,
                                  int T, const float* cs, bool neox) {
   const int per = dst16 && cs && neox ? D / 8 : D / 4;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * per; k += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < rows * per;
+       k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = k / per, bt = r / KVH, kvh = r - bt * KVH;
     const int c = 4 * int(k - r * per);
-    group_sum_unit<D>(src + r * G * D, G, c, dst16 ? nullptr : dst32 + r * D, dst16 ? dst16 + bt * ld + kvh * D : nullptr,
-                      dst16 && cs ? cs + (bt % T) * D : nullptr, neox);
+    group_sum_unit<D>(src + r * G * D, G, c, dst16 ? nullptr : dst32 + r * D,
+                      dst16 ? dst16 + bt * ld + kvh * D : nullptr, dst16 && cs ? cs + (bt % T) * D : nullptr, neox);
   }
 }
 
@@ -753,7 +754,8 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
     const int64_t kv_rows = B * T * KVH;
     const int blocks = int(std::min<int64_t>((kv_rows * D / 4 + 255) / 256, 16 * int64_t(sm_count())));
     const int G = int(NH / KVH);
-    sum_group_kernel<D><<<blocks, 256, 0, s>>>(sk, dk, o16.dk, o16.ldkv, kv_rows, G, int(KVH), int(T), o16.cs, o16.neox);
+    sum_group_kernel<D><<<blocks, 256, 0, s>>>(sk, dk, o16.dk, o16.ldkv, kv_rows, G, int(KVH), int(T), o16.cs,
+                                               o16.neox);
     PRIMAL_CUDA_CHECK_LAUNCH();
     sum_group_kernel<D><<<blocks, 256, 0, s>>>(sv, dv, o16.dv, o16.ldkv, kv_rows, G, int(KVH), int(T), nullptr, false);
   } else {
@@ -888,11 +890,13 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
   if (grads_bf16) {
     const AttentionGradsBf16& g = *grads_bf16;
     const int64_t ld = g.ld;
-    PRIMAL_CHECK(ld == 0 || (ld >= NH * HS && ld % 2 == 0), "attention_backward_mma: bf16 row stride {} for {} values a token",
-                 ld, NH * HS);
+    PRIMAL_CHECK(ld == 0 || (ld >= NH * HS && ld % 2 == 0),
+                 "attention_backward_mma: bf16 row stride {} for {} values a token", ld, NH * HS);
     for (const uint16_t* p : {g.dq, g.dk, g.dv})
-      PRIMAL_CHECK(reinterpret_cast<uintptr_t>(p) % 4 == 0, "attention_backward_mma: a bf16 gradient not 4-byte aligned");
-    o16.dq = reinterpret_cast<bf16*>(g.dq), o16.dk = reinterpret_cast<bf16*>(g.dk), o16.dv = reinterpret_cast<bf16*>(g.dv);
+      PRIMAL_CHECK(reinterpret_cast<uintptr_t>(p) % 4 == 0,
+                   "attention_backward_mma: a bf16 gradient not 4-byte aligned");
+    o16.dq = reinterpret_cast<bf16*>(g.dq), o16.dk = reinterpret_cast<bf16*>(g.dk);
+    o16.dv = reinterpret_cast<bf16*>(g.dv);
     o16.ldq = ld > 0 ? ld : NH * HS, o16.ldkv = ld > 0 ? ld : KVH * HS;
     o16.cs = g.rope_cs, o16.neox = g.neox;
   }

@@ -1139,11 +1139,12 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       // the bf16 copies) and RoPE rotates every dimension from the table: no fp32 round trip, no
       // RoPE pass.
       const bool lut_qkv = w.wq->lut() && w.wk->lut() && w.wv->lut();
-      const bool grads_b16 = attn_b16_grads_ && mma_attention_ && rope_adds_bias() && rope_.cos_sin && rope_.table_len >= T && lut_qkv &&
-                             (!(tr && (w.g_bq || w.g_bk || w.g_bv)) || bias_b16);
+      const bool grads_b16 = attn_b16_grads_ && mma_attention_ && rope_adds_bias() && rope_.cos_sin &&
+                             rope_.table_len >= T && lut_qkv && (!(tr && (w.g_bq || w.g_bk || w.g_bv)) || bias_b16);
       if (mma_attention_) {  // dh_ is free until the next layer's FFN backward: the workspace
         cu::AttentionGradsBf16 g16;
-        g16.dq = dqb_, g16.dk = dkb_, g16.dv = dvb_, g16.ld = ldqkv_, g16.rope_cs = rope_.cos_sin, g16.neox = rope_.neox;
+        g16.dq = dqb_, g16.dk = dkb_, g16.dv = dvb_, g16.ld = ldqkv_;
+        g16.rope_cs = rope_.cos_sin, g16.neox = rope_.neox;
         cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
                                    size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr,
                                    grads_b16 ? &g16 : nullptr);
