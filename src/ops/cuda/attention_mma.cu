@@ -362,11 +362,10 @@ struct Bf16Grads {
   bool neox = false;
 };
 
-// rope_rotate's inverse rotation of the pair (a, b) by the table's (c, sn), its products as they are
-// there (fp32, each rounded, no fused multiply-adds): the same bits.
+// rope_rotate's inverse rotation of the pair (a, b) by the table's (c, sn): its own function, the same
+// bits.
 __device__ __forceinline__ void rotate_back(float a, float b, float c, float sn, float& r0, float& r1) {
-  const float s = -sn;
-  r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+  rope_rotate_pair(a, b, c, -sn, r0, r1);
 }
 
 // One row of a warp's (16 x D) accumulators, the values acc[n][e0], acc[n][e0 + 1] of columns 8n + 2t,

@@ -50,6 +50,13 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return warp_sum(t);
 }
 
+// RoPE's rotation of the pair (a, b) by the angle of cosine c and sine s: r0 = a c - b s, r1 = a s +
+// b c, each product and sum rounded, no fused multiply-add (the CPU's values; the trainer's rotations
+// all call this one, so that a RoPE fused into another kernel keeps rope_rotate's bits).
+__device__ __forceinline__ void rope_rotate_pair(float a, float b, float c, float s, float& r0, float& r1) {
+  r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
 // block_sum of two values at once (scratch: 64 doubles), each by block_sum's own steps: the same
 // sums, one pair of barriers.
 __device__ __forceinline__ void block_sum2(double& a, double& b, double* scratch) {

@@ -326,7 +326,8 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
       float* v = x + bt * ldx + h * HS + i * step;
       float a = v[0], b = v[other];
       if (bias) a = __fadd_rn(a, bias[h * HS + i * step]), b = __fadd_rn(b, bias[h * HS + i * step + other]);
-      const float r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+      float r0, r1;
+      rope_rotate_pair(a, b, c, s, r0, r1);
       if (write_f32) v[0] = r0, v[other] = r1;
       if (xb) {
         const int64_t ob = bt * ldb + h * HS + i * step;
@@ -339,9 +340,6 @@ __global__ void rope_rotate_kernel(float* x, int64_t BT, int64_t T, int64_t n_he
 // rope_rotate_kernel with the cos/sin table, two consecutive frequencies i, i + 1 a thread (half
 // even): 16- or 8-byte loads and stores instead of 4-byte ones, the same products (same bits).
 // Layout: neox pairs (i, i + half), else adjacent pairs (2 i, 2 i + 1).
-__device__ __forceinline__ void rot2(float a, float b, float c, float s, float& r0, float& r1) {
-  r0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), r1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-}
 __device__ __forceinline__ uint32_t bf16x2(float lo, float hi) {
   return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
          uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
@@ -377,8 +375,8 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
           a.x = __fadd_rn(a.x, bh[i]), a.y = __fadd_rn(a.y, bh[i + 1]);
           b.x = __fadd_rn(b.x, bh[half + i]), b.y = __fadd_rn(b.y, bh[half + i + 1]);
         }
-        rot2(a.x, b.x, cs.x, s0, r0, r1);
-        rot2(a.y, b.y, cs.z, s1, r2, r3);
+        rope_rotate_pair(a.x, b.x, cs.x, s0, r0, r1);
+        rope_rotate_pair(a.y, b.y, cs.z, s1, r2, r3);
         if (write_f32) {
           *reinterpret_cast<float2*>(v + i) = make_float2(r0, r2);
           *reinterpret_cast<float2*>(v + half + i) = make_float2(r1, r3);
@@ -394,8 +392,8 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
           a.x = __fadd_rn(a.x, bh[0]), a.y = __fadd_rn(a.y, bh[1]);
           a.z = __fadd_rn(a.z, bh[2]), a.w = __fadd_rn(a.w, bh[3]);
         }
-        rot2(a.x, a.y, cs.x, s0, r0, r1);
-        rot2(a.z, a.w, cs.z, s1, r2, r3);
+        rope_rotate_pair(a.x, a.y, cs.x, s0, r0, r1);
+        rope_rotate_pair(a.z, a.w, cs.z, s1, r2, r3);
         if (write_f32) *reinterpret_cast<float4*>(v + 2 * i) = make_float4(r0, r1, r2, r3);
         if (xb)
           *reinterpret_cast<uint2*>(xb + bt * ldb + h * HS + 2 * i) = make_uint2(bf16x2(r0, r1), bf16x2(r2, r3));
@@ -421,16 +419,16 @@ __global__ void rope_rotate2_bf16_kernel(__nv_bfloat16* xb, int64_t BT, int64_t 
       uint32_t* pb = reinterpret_cast<uint32_t*>(v + half + i);
       const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(pa));
       const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(pb));
-      rot2(a.x, b.x, cs.x, cs.y, r0, r1);
-      rot2(a.y, b.y, cs.z, cs.w, r2, r3);
+      rope_rotate_pair(a.x, b.x, cs.x, cs.y, r0, r1);
+      rope_rotate_pair(a.y, b.y, cs.z, cs.w, r2, r3);
       *pa = bf16x2(r0, r2), *pb = bf16x2(r1, r3);
     } else {
       uint2* p = reinterpret_cast<uint2*>(v + 2 * i);
       const uint2 w = *p;
       const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w.x));
       const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w.y));
-      rot2(a.x, a.y, cs.x, cs.y, r0, r1);
-      rot2(b.x, b.y, cs.z, cs.w, r2, r3);
+      rope_rotate_pair(a.x, a.y, cs.x, cs.y, r0, r1);
+      rope_rotate_pair(b.x, b.y, cs.z, cs.w, r2, r3);
       *p = make_uint2(bf16x2(r0, r1), bf16x2(r2, r3));
     }
   }
