@@ -33,7 +33,7 @@ namespace {
 
 struct BenchTrainArgs {
   std::string shape, memory, device = "cuda", act = "bf16", recompute = "auto", lut = "lut4", math = "bf16";
-  int64_t batch = 8, seq = 1024, group = 32, micro_batch = 0, trainable_layers = 0, steps = 3, warmup = 1;
+  int64_t batch = 8, seq = 1024, group = 32, micro_batch = 0, trainable_layers = 0, steps = 3, warmup = 2;
   int vote_bits = 8, threads = 0;
   bool plan_only = false, json = false, dense_embd = false;
 };
@@ -235,7 +235,10 @@ void register_bench_train(CLI::App& app) {
   cmd->add_option("--math", a->math, "cuda GEMMs: bf16 (tensor cores) or fp32 (the CPU's arithmetic)")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->add_option("--steps", a->steps, "timed optimizer steps")->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", a->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--warmup", a->warmup,
+                  "untimed steps first (cuda --math bf16 captures a step as a CUDA graph on its first run, "
+                  "after an eager run that tunes the GEMMs with PRIMAL_GEMM_TUNE=1)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("-t,--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", a->json, "one JSON object instead of text");
   cmd->callback([a] {

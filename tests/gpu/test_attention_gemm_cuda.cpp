@@ -165,7 +165,8 @@ struct Grads16 {
 // to nearest even), out bf16; results widened to fp32 (out from its bf16 bits).
 // mode 1: the backward with a workspace on a stream of its own (with room for GQA shares unless g16
 // says otherwise); 2: the same, dq's kernel on a second stream; 3: mode 2 with the gradients asked as
-// bf16 (g16; r.dq, r.dk, r.dv are then what the fp32 buffers hold).
+// bf16 (g16; r.dq, r.dk, r.dv are then what the fp32 buffers hold); 4: mode 1 with dout passed as bf16
+// (its values rounded to nearest even).
 Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, Grads16* g16 = nullptr) {
   auto b16 = [](const std::vector<float>& v) {
     std::vector<uint16_t> b(v.size());
@@ -174,7 +175,7 @@ Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, Grads16* g
   };
   const size_t nq = in.q.size(), nk = in.k.size(), nl = size_t(sh.B * sh.NH * sh.T);
   const auto q = to_device(b16(in.q)), k = to_device(b16(in.k)), v = to_device(b16(in.v));
-  const auto dout = to_device(in.dout);
+  const auto dout = to_device(in.dout), dout16 = to_device(b16(in.dout));
   auto out = to_device(std::vector<uint16_t>(nq + 64, 0xFFFF));
   auto lse = guarded(nl), dq = guarded(nq), dk = guarded(nk), dv = guarded(nk);
   cuda::attention_forward_mma(out.as<uint16_t>(), lse.as<float>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
@@ -193,10 +194,15 @@ Results run_mma_bf16(const Shape& sh, const Inputs& in, int mode = 0, Grads16* g
       g.dq = base, g.dk = base + Q, g.dv = base + Q + KV, g.ld = ld;
       g.rope_cs = g16->rope_cs, g.neox = g16->neox;
     }
-    cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
-                                 out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
-                                 lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws,
-                                 mode >= 2 ? other.get() : nullptr, mode == 3 ? &g : nullptr);
+    if (mode == 4)
+      cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout16.as<uint16_t>(),
+                                   out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
+                                   lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws);
+    else
+      cuda::attention_backward_mma(dq.as<float>(), dk.as<float>(), dv.as<float>(), dout.as<float>(),
+                                   out.as<uint16_t>(), q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(),
+                                   lse.as<float>(), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, main.get(), ws.as<float>(), nws,
+                                   mode == 2 || mode == 3 ? other.get() : nullptr, mode == 3 ? &g : nullptr);
     main.sync();  // (the function made main wait for other)
     if (g16) g16->m = to_host<uint16_t>(m16, size_t(rows * ld)), g16->ld = ld;
   } else {
@@ -472,5 +478,23 @@ TEST(GpuAttentionMma, Bf16GradsAreTheRotatedRoundedFp32Ones) {
         EXPECT_EQ(bad, 0) << "values differing from the rotated, rounded fp32 gradients (or padding written)";
       }
     }
+  }
+}
+
+// dout given as bf16 (the trainer's o-projection input gradient straight out of its GEMM) gives
+// bit for bit the fp32 overload's results for the same values: the kernels read the bf16 values
+// that overload rounds its dout to, and D sums the same products in the same order. With fp32
+// values that are not bf16 numbers the two differ (D from the unrounded dout), so the inputs' dout
+// is rounded first; the unrounded run shows that the comparison can fail.
+TEST(GpuAttentionMma, Bf16DoutIsTheFp32OverloadOnTheSameValues) {
+  REQUIRE_GPU();
+  for (const Shape& sh : {Shape{2, 130, 12, 4, 64}, Shape{2, 257, 8, 2, 128}, Shape{1, 77, 6, 1, 32}}) {
+    SCOPED_TRACE(sh.str());
+    Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + 9));
+    const Results raw = run_mma_bf16(sh, in, 1);
+    for (float& x : in.dout) x = bf16_to_f32(f32_to_bf16(x));
+    const Results f32 = run_mma_bf16(sh, in, 1), b16 = run_mma_bf16(sh, in, 4);
+    expect_same_bits(b16, f32);
+    EXPECT_FALSE(same_bits(raw.dq, f32.dq)) << "D from unrounded values should differ";
   }
 }

@@ -2,6 +2,7 @@
 // CPU. Most are exact identities: a bf16 kernel computes the fp32 kernel's value from the same
 // inputs and rounds it once to bf16, so its bits must equal core/half.h's f32_to_bf16 of the fp32
 // kernel's output. The bf16 GEMMs are held to a derived tolerance instead.
+#include <cublas_v2.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include "gpu_testing.h"
 #include "lut_testing.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/gemm_tune.h"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
 #include "ops/cuda/votes.h"
@@ -99,6 +101,54 @@ TEST(GpuTrainBf16, RmsNormForwardIsTheFp32OneRounded) {
     EXPECT_EQ(first_diff(to_host<uint16_t>(yb, x.size()), bf16_of(to_host<float>(y, x.size()))), -1);
     const auto r1 = to_host<float>(r, size_t(N)), r2 = to_host<float>(rb, size_t(N));
     EXPECT_EQ(std::memcmp(r1.data(), r2.data(), r1.size() * 4), 0);
+  }
+}
+
+// The residual add with a bf16 addend (the o and down projections' bf16 outputs): sum = x + y and
+// its norm bit for bit the fp32-addend overload's given y's values as fp32 (x += y in place), with
+// the sum written elsewhere (x untouched) or over x; both norm outputs (fp32, bf16).
+TEST(GpuTrainBf16, AddRmsNormWithBf16AddendIsTheFp32One) {
+  REQUIRE_GPU();
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{37, 1536}, {5, 33}, {3, 2100}}) {
+    SCOPED_TRACE(std::to_string(N) + " x " + std::to_string(C));
+    const auto x = randn(size_t(N * C), 3, 2.0f), w = randn(size_t(C), 4);
+    const auto y16 = bf16_of(randn(size_t(N * C), 5, 0.5f));
+    const auto y = f32_of(y16);
+    const auto wd = to_device(w), yd = to_device(y), y16d = to_device(y16);
+    for (const bool b16 : {false, true}) {
+      SCOPED_TRACE(b16 ? "bf16 norm" : "fp32 norm");
+      auto xr = to_device(x);  // the fp32 overload: x += y in place
+      auto o1 = poisoned(x.size()), r1 = poisoned(size_t(N));
+      auto ob1 = poisoned_bf16(x.size());
+      cuda::add_rmsnorm_forward_train(b16 ? nullptr : o1.as<float>(), b16 ? ob1.as<uint16_t>() : nullptr,
+                                      r1.as<float>(), xr.as<float>(), yd.as<float>(), wd.as<float>(), N, C, 1e-6f,
+                                      nullptr);
+      const auto want_sum = to_host<float>(xr, x.size());
+      for (const bool in_place : {false, true}) {
+        SCOPED_TRACE(in_place ? "sum over x" : "sum elsewhere");
+        auto xd = to_device(x);
+        auto sum = poisoned(x.size()), o2 = poisoned(x.size()), r2 = poisoned(size_t(N));
+        auto ob2 = poisoned_bf16(x.size());
+        float* sp = in_place ? xd.as<float>() : sum.as<float>();
+        cuda::add_rmsnorm_forward_train(b16 ? nullptr : o2.as<float>(), b16 ? ob2.as<uint16_t>() : nullptr,
+                                        r2.as<float>(), sp, xd.as<float>(), y16d.as<uint16_t>(), wd.as<float>(), N, C,
+                                        1e-6f, nullptr);
+        const auto got_sum = to_host<float>(in_place ? xd : sum, x.size());
+        EXPECT_EQ(std::memcmp(got_sum.data(), want_sum.data(), x.size() * 4), 0) << "sum";
+        if (!in_place) {
+          const auto x_after = to_host<float>(xd, x.size());
+          EXPECT_EQ(std::memcmp(x_after.data(), x.data(), x.size() * 4), 0) << "x written";
+        }
+        const auto ra = to_host<float>(r1, size_t(N)), rb = to_host<float>(r2, size_t(N));
+        EXPECT_EQ(std::memcmp(ra.data(), rb.data(), ra.size() * 4), 0) << "rstd";
+        if (b16) {
+          EXPECT_EQ(first_diff(to_host<uint16_t>(ob2, x.size()), to_host<uint16_t>(ob1, x.size())), -1);
+        } else {
+          const auto a1 = to_host<float>(o1, x.size()), a2 = to_host<float>(o2, x.size());
+          EXPECT_EQ(std::memcmp(a1.data(), a2.data(), a1.size() * 4), 0) << "norm";
+        }
+      }
+    }
   }
 }
 
@@ -766,4 +816,105 @@ TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
       for (int64_t o = 0; o < Os[k]; ++o) col[size_t(t * Os[k] + o)] = wh[size_t(t * sumO + o0 + o)];
     close(col, to_host<float>(per[size_t(k)], size_t(N * Os[k])), "stacked forward");
   }
+}
+
+namespace {
+
+// C = op(A) op(B) + beta C through the tuner, or cublasGemmEx where it declines (as lut_train.cu).
+void tuned_or_ex(cuda::Blas& blas, const cuda::GemmCall& g, cudaStream_t s) {
+  if (cuda::gemm_tuned(blas, g, s)) return;
+  cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
+  ASSERT_EQ(cublasSetStream(h, s), CUBLAS_STATUS_SUCCESS);
+  const float alpha = 1.0f;
+  ASSERT_EQ(cublasGemmEx(h, g.ta, g.tb, int(g.m), int(g.n), int(g.k), &alpha, g.A, g.ab, int(g.lda), g.B, g.ab,
+                         int(g.ldb), &g.beta, g.C, g.c, int(g.ldc), g.ct, CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_SUCCESS);
+}
+
+}  // namespace
+
+// The GEMM tuner (gemm_tune.h) with a margin that keeps the fastest cuBLASLt algorithm whatever
+// cublasGemmEx's time, so that its own path runs: a beta = 0 call decides its shape once (bf16
+// operands, fp32 or bf16 result), within the fp32 accumulation bound of an fp64 product of the same
+// bf16 inputs (gamma_k sum |a b|, k u with u = 2^-24, plus the bf16 result's rounding); a repeat is
+// bit for bit the first (one algorithm a shape: one summation order); beta = 1 adds to C with the
+// kept algorithm without timing anything; an accumulating call of a shape never decided, a call on
+// a capturing stream and an fp32-operand call tune nothing (a timing would add to C, or could not
+// run in a graph).
+TEST(GpuTrainBf16, TunedGemmDecidesEachShapeOnceAndSumsWithinRounding) {
+  REQUIRE_GPU();
+  const int64_t m = 384, n = 256, k = 1024;  // C (m x n) = A^T (A: k x m) B (B: k x n), as the forward
+  const auto ab = bf16_of(randn(size_t(k * m), 31)), bb = bf16_of(randn(size_t(k * n), 32));
+  const auto a = f32_of(ab), b = f32_of(bb);
+  std::vector<double> ref(size_t(m * n)), mag(size_t(m * n));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < m; ++i) {
+      double acc = 0, am = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        const double v = double(a[size_t(i * k + p)]) * b[size_t(j * k + p)];
+        acc += v, am += std::fabs(v);
+      }
+      ref[size_t(j * m + i)] = acc, mag[size_t(j * m + i)] = am;
+    }
+  const auto ad = to_device(ab), bd = to_device(bb);
+  auto c32 = poisoned(size_t(m * n));
+  auto c16 = poisoned_bf16(size_t(m * n));
+  cuda::Blas blas;
+  cuda::Stream stream;
+  const cudaStream_t s = stream.get();
+  blas.set_tuning(true, false, 1e30f);
+  cuda::GemmCall g;
+  g.ta = CUBLAS_OP_T, g.tb = CUBLAS_OP_N, g.m = m, g.n = n, g.k = k, g.lda = k, g.ldb = k, g.ldc = m;
+  g.A = ad.data(), g.B = bd.data(), g.C = c32.data();
+  ASSERT_TRUE(cuda::gemm_tuned(blas, g, s));
+  auto st = cuda::gemm_tune_stats(blas);
+  EXPECT_EQ(st.shapes, 1);
+  EXPECT_EQ(st.lt, 1);
+  stream.sync();
+  const auto first = to_host<float>(c32, size_t(m * n));
+  const double gk = double(k + 2) * kU;
+  for (size_t i = 0; i < first.size(); ++i)
+    ASSERT_LE(std::fabs(first[i] - ref[i]), gk * mag[i] + 1e-30) << "fp32 result " << i;
+  ASSERT_TRUE(cuda::gemm_tuned(blas, g, s));  // the kept algorithm again
+  stream.sync();
+  const auto again = to_host<float>(c32, size_t(m * n));
+  ASSERT_EQ(std::memcmp(first.data(), again.data(), first.size() * 4), 0) << "one shape, two summation orders";
+  g.beta = 1.0f;  // C += A^T B: twice the product
+  ASSERT_TRUE(cuda::gemm_tuned(blas, g, s));
+  stream.sync();
+  const auto twice = to_host<float>(c32, size_t(m * n));
+  for (size_t i = 0; i < twice.size(); ++i)
+    ASSERT_LE(std::fabs(twice[i] - 2 * ref[i]), 2 * gk * mag[i] + 2 * kU * std::fabs(2 * ref[i]) + 1e-30)
+        << "accumulated " << i;
+  st = cuda::gemm_tune_stats(blas);
+  EXPECT_EQ(st.shapes, 1);
+  EXPECT_EQ(st.lt_calls, 3);
+  // The bf16 result is its own shape (another key), decided by its first call.
+  g.beta = 0.0f, g.c = CUDA_R_16BF, g.C = c16.data();
+  tuned_or_ex(blas, g, s);
+  stream.sync();
+  const auto h16 = f32_of(to_host<uint16_t>(c16, size_t(m * n)));
+  for (size_t i = 0; i < h16.size(); ++i)
+    ASSERT_LE(std::fabs(h16[i] - ref[i]), 1.01 * gk * mag[i] + std::fabs(ref[i]) / 256.0 + 1e-30) << "bf16 result "
+                                                                                                   << i;
+  EXPECT_EQ(cuda::gemm_tune_stats(blas).shapes, 2);
+  // Not tuned: an accumulating call of a new shape (k 512), a capturing stream, fp32 operands.
+  g.c = CUDA_R_32F, g.C = c32.data(), g.k = 512, g.beta = 1.0f;
+  EXPECT_FALSE(cuda::gemm_tuned(blas, g, s));
+  g.beta = 0.0f;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  const bool in_capture = cuda::gemm_tuned(blas, g, s);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  if (graph) cudaGraphDestroy(graph);
+  EXPECT_FALSE(in_capture);
+  cuda::GemmCall f = g;
+  f.ab = CUDA_R_32F;
+  EXPECT_FALSE(cuda::gemm_tuned(blas, f, s));
+  EXPECT_EQ(cuda::gemm_tune_stats(blas).shapes, 2);
+  // Then its first beta = 0 call outside a capture decides it.
+  ASSERT_TRUE(cuda::gemm_tuned(blas, g, s));
+  EXPECT_EQ(cuda::gemm_tune_stats(blas).shapes, 3);
+  blas.set_tuning(false);
+  EXPECT_FALSE(cuda::gemm_tuned(blas, g, s));
 }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/check.cuh"
@@ -290,23 +291,24 @@ BwdWs carve(float* ws, int64_t B, int64_t T, int64_t NH, int64_t HS) {
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 
-// A warp per row r = (b T + t) NH + h of q's layout.
+// A warp per row r = (b T + t) NH + h of q's layout. An fp32 dout is rounded into the workspace's
+// bf16 copy; a bf16 one is that copy already (w.dob points at it), and only D and lse2 are written.
 // (HS a template argument: the row's HS / 32 loads of a lane unrolled, all in flight at once; the
 // same sums in the same order)
-template <class In, int HS>
-__global__ void bwd_prep_kernel(const float* dout, const In* out, const float* lse, BwdWs w, int64_t rows, int T,
+template <class In, int HS, class DIn>
+__global__ void bwd_prep_kernel(const DIn* dout, const In* out, const float* lse, BwdWs w, int64_t rows, int T,
                                 int NH) {
   const int lane = int(threadIdx.x & 31);
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < rows;
        r += (int64_t(gridDim.x) * blockDim.x) >> 5) {
-    const float* a = dout + r * HS;
+    const DIn* a = dout + r * HS;
     const In* o = out + r * HS;
     float x = 0.0f;
 #pragma unroll
     for (int d = lane; d < HS; d += 32) {
-      const float ad = a[d];
+      const float ad = to_f(a[d]);
       x += ad * to_f(o[d]);
-      w.dob[r * HS + d] = __float2bfloat16_rn(ad);
+      if constexpr (std::is_same_v<DIn, float>) w.dob[r * HS + d] = __float2bfloat16_rn(ad);
     }
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
     if (lane == 0) {
@@ -707,8 +709,8 @@ void allow_smem(K kernel, size_t bytes) {
   PRIMAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-template <int D, class OutT>
-void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
+template <int D, class OutT, class DIn>
+void backward(float* dq, float* dk, float* dv, const DIn* dout, const OutT* out, const bf16* q, const bf16* k,
               const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, float* ws,
               size_t ws_floats, cudaStream_t s, cudaStream_t side, const Bf16Grads& o16) {
   const float scale = float(1.0 / std::sqrt(double(D))), scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
@@ -718,8 +720,9 @@ void backward(float* dq, float* dk, float* dv, const float* dout, const OutT* ou
     own = DeviceBuffer(size_t(base) * sizeof(float));
     ws = own.as<float>(), ws_floats = size_t(base);
   }
-  const BwdWs w = carve(ws, B, T, NH, D);
-  bwd_prep_kernel<OutT, D><<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
+  BwdWs w = carve(ws, B, T, NH, D);
+  if constexpr (std::is_same_v<DIn, bf16>) w.dob = const_cast<bf16*>(dout);  // (read only)
+  bwd_prep_kernel<OutT, D, DIn><<<unsigned(std::min<int64_t>((rows + 7) / 8, 16 * int64_t(sm_count()))), 256, 0, s>>>(
       dout, out, lse, w, rows, int(T), int(NH));
   PRIMAL_CUDA_CHECK_LAUNCH();
   constexpr size_t s1 = dkdv_smem<D>(), s2 = dq_smem<D>();
@@ -827,8 +830,8 @@ void forward(Out* out, float* lse, const bf16* q, const bf16* k, const bf16* v, 
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
-template <class OutT>
-void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT* out, const bf16* q, const bf16* k,
+template <class OutT, class DIn>
+void backward_any(float* dq, float* dk, float* dv, const DIn* dout, const OutT* out, const bf16* q, const bf16* k,
                   const bf16* v, const float* lse, int64_t B, int64_t T, int64_t NH, int64_t KVH, int64_t HS,
                   cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side = nullptr,
                   const Bf16Grads& o16 = Bf16Grads()) {
@@ -836,6 +839,7 @@ void backward_any(float* dq, float* dk, float* dv, const float* dout, const OutT
   check_args(out, q, k, v, lse, B, T, NH, KVH, HS, "attention_backward_mma");
   check_aligned(q, "attention_backward_mma"), check_aligned(k, "attention_backward_mma");
   check_aligned(v, "attention_backward_mma"), check_aligned(ws, "attention_backward_mma (workspace)");
+  if constexpr (std::is_same_v<DIn, bf16>) check_aligned(dout, "attention_backward_mma (bf16 dout)");
   switch (HS) {
     case 32: backward<32>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, o16); break;
     case 64: backward<64>(dq, dk, dv, dout, out, q, k, v, lse, B, T, NH, KVH, ws, ws_floats, s, side, o16); break;
@@ -881,10 +885,9 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
   PRIMAL_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
-                            const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
-                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side,
-                            const AttentionGradsBf16* grads_bf16) {
+namespace {
+
+Bf16Grads bf16_grads(const AttentionGradsBf16* grads_bf16, int64_t NH, int64_t KVH, int64_t HS) {
   Bf16Grads o16;
   if (grads_bf16) {
     const AttentionGradsBf16& g = *grads_bf16;
@@ -899,7 +902,25 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
     o16.ldq = ld > 0 ? ld : NH * HS, o16.ldkv = ld > 0 ? ld : KVH * HS;
     o16.cs = g.rope_cs, o16.neox = g.neox;
   }
-  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side, o16);
+  return o16;
+}
+
+}  // namespace
+
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const uint16_t* out, const uint16_t* q,
+                            const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
+                            int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats, cudaStream_t side,
+                            const AttentionGradsBf16* grads_bf16) {
+  backward_any(dq, dk, dv, dout, bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side,
+               bf16_grads(grads_bf16, NH, KVH, HS));
+}
+
+void attention_backward_mma(float* dq, float* dk, float* dv, const uint16_t* dout, const uint16_t* out,
+                            const uint16_t* q, const uint16_t* k, const uint16_t* v, const float* lse, int64_t B,
+                            int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s, float* ws, size_t ws_floats,
+                            cudaStream_t side, const AttentionGradsBf16* grads_bf16) {
+  backward_any(dq, dk, dv, bf(dout), bf(out), bf(q), bf(k), bf(v), lse, B, T, NH, KVH, HS, s, ws, ws_floats, side,
+               bf16_grads(grads_bf16, NH, KVH, HS));
 }
 
 }  // namespace primal::cuda

@@ -72,5 +72,14 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
                             const uint16_t* k, const uint16_t* v, const float* lse, int64_t B, int64_t T, int64_t NH,
                             int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr, size_t ws_floats = 0,
                             cudaStream_t side = nullptr, const AttentionGradsBf16* grads_bf16 = nullptr);
+// The same with dout bf16 too (16-byte aligned; the o projection's input gradient straight out of
+// its GEMM as bf16, as PyTorch's autocast leaves it): the kernels read it where the fp32 overload
+// reads its rounded copy, and D = dout . out sums its values. Bit for bit the overload above given
+// the same values as fp32.
+void attention_backward_mma(float* dq, float* dk, float* dv, const uint16_t* dout, const uint16_t* out,
+                            const uint16_t* q, const uint16_t* k, const uint16_t* v, const float* lse, int64_t B,
+                            int64_t T, int64_t NH, int64_t KVH, int64_t HS, cudaStream_t s, float* ws = nullptr,
+                            size_t ws_floats = 0, cudaStream_t side = nullptr,
+                            const AttentionGradsBf16* grads_bf16 = nullptr);
 
 }  // namespace primal::cuda

@@ -8,6 +8,7 @@
 
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/gemm_tune.h"
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
@@ -50,6 +51,10 @@ void gemm_ex(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, 
   constexpr int64_t kMax = (int64_t(1) << 31) - 1;
   PRIMAL_CHECK(m <= kMax && n <= kMax && k <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
                "{}: dimensions {} {} {} exceed cuBLAS's int", what, m, n, k);
+  GemmCall g;
+  g.ta = ta, g.tb = tb, g.m = m, g.n = n, g.k = k, g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+  g.ab = ab, g.c = c, g.ct = ct, g.A = A, g.B = B, g.C = C, g.beta = beta;
+  if (gemm_tuned(blas, g, s)) return;  // (bf16 operands, tuning on: gemm_tune.h)
   cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
   check(cublasSetStream(h, s), "set stream");
   const float alpha = 1.0f;

@@ -63,20 +63,22 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // row's path); the same operations in the same order either way.
 constexpr int kRowRegs = 8;
 
-// RMSNorm forward of row t, and with kAdd first x += y (the add of add_inplace_kernel, __fadd_rn;
-// a thread reads back only the x values it wrote). x_io is written only with kAdd.
-template <bool kAdd, class Out>
-__global__ void __launch_bounds__(kRowThreads) rmsnorm_rows_kernel(Out* out, float* rstd, float* x_io,
-                                                                   const float* y_in, const float* w, int64_t C,
-                                                                   float eps) {
+// RMSNorm forward of row t, and with kAdd first x_out = x_in + y (the add of add_inplace_kernel,
+// __fadd_rn, of y widened from Y; x_out may be x_in: a thread reads back only the x values it
+// wrote). x_out is written only with kAdd.
+template <bool kAdd, class Out, class Y = float>
+__global__ void __launch_bounds__(kRowThreads) rmsnorm_rows_kernel(Out* out, float* rstd, const float* x_in,
+                                                                   float* x_out, const Y* y_in, const float* w,
+                                                                   int64_t C, float eps) {
   __shared__ double scratch[32];
   const int64_t t = blockIdx.x;
-  float* x = x_io + t * C;
-  const float* y = kAdd ? y_in + t * C : nullptr;
+  const float* xi = x_in + t * C;
+  float* x = kAdd ? x_out + t * C : const_cast<float*>(xi);
+  const Y* y = kAdd ? y_in + t * C : nullptr;
   Out* o = out + t * C;
   auto value = [&](int64_t c) {
-    if constexpr (!kAdd) return x[c];
-    const float v = __fadd_rn(x[c], y[c]);
+    if constexpr (!kAdd) return xi[c];
+    const float v = __fadd_rn(xi[c], to_f(y[c]));
     x[c] = v;
     return v;
   };
@@ -830,7 +832,8 @@ void rmsnorm_forward_train(float* out, float* rstd, const float* inp, const floa
                            float eps, cudaStream_t s) {
   check_rows("rmsnorm", N, C);
   if (N == 0) return;
-  rmsnorm_rows_kernel<false, float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, const_cast<float*>(inp), nullptr,
+  rmsnorm_rows_kernel<false, float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, inp, nullptr,
+                                                                        static_cast<const float*>(nullptr),
                                                                         weight, C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
@@ -840,7 +843,7 @@ void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, co
   check_rows("rmsnorm", N, C);
   if (N == 0) return;
   rmsnorm_rows_kernel<false, __nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
-      reinterpret_cast<__nv_bfloat16*>(out), rstd, const_cast<float*>(inp), nullptr, weight, C, eps);
+      reinterpret_cast<__nv_bfloat16*>(out), rstd, inp, nullptr, static_cast<const float*>(nullptr), weight, C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -851,9 +854,25 @@ void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, floa
   if (N == 0) return;
   if (out_bf16)
     rmsnorm_rows_kernel<true, __nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
-        reinterpret_cast<__nv_bfloat16*>(out_bf16), rstd, x, y, weight, C, eps);
+        reinterpret_cast<__nv_bfloat16*>(out_bf16), rstd, x, x, y, weight, C, eps);
   else
-    rmsnorm_rows_kernel<true, float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, x, y, weight, C, eps);
+    rmsnorm_rows_kernel<true, float><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, x, x, y, weight, C, eps);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, float* sum, const float* x,
+                               const uint16_t* y, const float* weight, int64_t N, int64_t C, float eps,
+                               cudaStream_t s) {
+  check_rows("add + rmsnorm", N, C);
+  PRIMAL_CHECK((out != nullptr) != (out_bf16 != nullptr) && sum && x && y, "add + rmsnorm: one output, sum, x and y");
+  if (N == 0) return;
+  const auto* yb = reinterpret_cast<const __nv_bfloat16*>(y);
+  if (out_bf16)
+    rmsnorm_rows_kernel<true, __nv_bfloat16, __nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(
+        reinterpret_cast<__nv_bfloat16*>(out_bf16), rstd, x, sum, yb, weight, C, eps);
+  else
+    rmsnorm_rows_kernel<true, float, __nv_bfloat16><<<unsigned(N), kRowThreads, 0, s>>>(out, rstd, x, sum, yb, weight,
+                                                                                         C, eps);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

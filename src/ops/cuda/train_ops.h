@@ -34,6 +34,12 @@ void rmsnorm_forward_train_bf16(uint16_t* out, float* rstd, const float* inp, co
 // neither x nor y): the bits of add_inplace followed by rmsnorm_forward_train(_bf16), one pass.
 void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, float* x, const float* y,
                                const float* weight, int64_t N, int64_t C, float eps, cudaStream_t s);
+// The same with a bf16 addend and the sum written elsewhere: sum (N, C) = x + y (y widened; sum may
+// be x), then its norm into out or out_bf16: the bits of the overload above given y's values as fp32
+// (the bf16 mode's o and down projections leave their GEMM as bf16, as PyTorch's autocast).
+void add_rmsnorm_forward_train(float* out, uint16_t* out_bf16, float* rstd, float* sum, const float* x,
+                               const uint16_t* y, const float* weight, int64_t N, int64_t C, float eps,
+                               cudaStream_t s);
 
 // dinp: (N, C) += the input gradient  r (dy w) - r^3/C x sum_j(dy_j w_j x_j)  (the dot in fp64);
 // dweight: (C) += sum_t dy[t, c] x[t, c] r[t] unless null; dout, inp: (N, C); weight: (C);

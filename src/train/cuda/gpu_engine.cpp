@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -248,6 +249,9 @@ class CudaEngine final : public StepEngine {
   cu::CastWorkspace cast_ws_;                     // the bf16 cast's column statistic (votes.h)
   cu::CastFoldQueue fold_queue_;                  // its deferred folds (flushed at the end of a backward)
   const float* pending_add_ = nullptr;            // (N, C) forward: the last layer's mid, still to add to its output
+  const uint16_t* pending_b16_ = nullptr;         // (N, C) bf16: that output when it left its GEMM as bf16, else null
+  // The pending residual add with the next norm: x = its output + pending_add_, normed into xn or xnb.
+  void add_pending(float* xn, uint16_t* xnb, float* rstd, float* x, const float* weight, int64_t N);
   // The vote casts beside the backward's GEMMs (lut_train.h CastAside): two dW buffers used in turn,
   // their events, the casts' stream, and the event the compute stream joins it by.
   cu::Stream cast_stream_;
@@ -257,6 +261,9 @@ class CudaEngine final : public StepEngine {
   cu::Stream attn_stream_{true};  // the attention backward's dq kernel, beside dk/dv's
   bool attn_side_ = false;   // (PRIMAL_ATTN_SIDE=0: off, for comparisons)
   bool attn_b16_grads_ = true;  // dq, dk, dv as bf16 from the attention backward (PRIMAL_ATTN_B16=0: off, comparisons)
+  // The o and down projections' outputs and the o projection's input gradient as bf16 out of their
+  // GEMMs (PRIMAL_PROJ_B16=0: fp32, the earlier path, for comparisons).
+  bool proj_b16_ = true;
   unsigned long long* flips_ = nullptr;       // (1)
   // The batch's way in and the losses' way out: page-locked host buffers (truly asynchronous
   // copies), the tokens uploaded on their own stream, which the compute stream waits for by an
@@ -285,6 +292,7 @@ class CudaEngine final : public StepEngine {
     int turn = 0;  // aside_.turn after a call
   };
   std::map<std::string, GraphEntry> graphs_;
+  std::set<std::string> eager_first_;  // configurations run once eagerly, the GEMMs' tuning (gemm_tune.h)
   bool graphs_on_ = false, capturing_ = false;
   cu::PinnedBuffer dyn_host_;          // (dyn_cap_) cu::CastDyn: the slots' scalars
   cu::CastDyn* dyn_dev_ = nullptr;     // (dyn_cap_)
@@ -357,6 +365,11 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   bf16_ = o_.fast;
   free0_ = int64_t(cu::memory_info().first);
   blas_ = std::make_unique<cu::Blas>();
+  if (bf16_) {  // PRIMAL_GEMM_TUNE=1 (or =verbose, printing the decisions): the GEMMs' tuning, off by default
+    const char* e = std::getenv("PRIMAL_GEMM_TUNE");
+    const std::string t = e ? e : "";
+    if (t == "1" || t == "verbose") blas_->set_tuning(true, t == "verbose");
+  }
   TrainModel& m = *c.model;
   const int64_t C = hp_.n_embd, NH = hp_.n_head, KVH = hp_.n_head_kv, HS = hp_.head_dim;
   const int64_t Q = NH * HS, KV = KVH * HS, FF = hp_.n_ff, V = hp_.n_vocab, L = hp_.n_layer;
@@ -458,6 +471,8 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     attn_side_ = !(e && *e == '0');
     const char* e16 = std::getenv("PRIMAL_ATTN_B16");
     attn_b16_grads_ = !(e16 && *e16 == '0');
+    const char* ep = std::getenv("PRIMAL_PROJ_B16");
+    proj_b16_ = bf16_ && !(ep && *ep == '0');
   }
   apply_desc_ = arena_.of<unsigned char>(cu::apply_batch_desc_bytes(mats_.size()));
   // AdamW's parameters, in its order, with their moments.
@@ -741,9 +756,7 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   const char* ew = need_out ? "norm/rope/add fwd" : "recompute: elementwise";
   const char* lf = need_out ? "linear fwd" : "recompute: linear";
   if (need_out && pending_add_) {  // the layer below's res[l] = mid + W_down h, with this norm
-    cu::add_rmsnorm_forward_train(bf16_ ? nullptr : a.xn1, bf16_ ? a.xn1b : nullptr, a.rstd1, x, pending_add_,
-                                  w.attn_norm, N, C, hp_.rms_eps, s_);
-    pending_add_ = nullptr;
+    add_pending(bf16_ ? nullptr : a.xn1, bf16_ ? a.xn1b : nullptr, a.rstd1, x, w.attn_norm, N);
   } else if (bf16_) {
     cu::rmsnorm_forward_train_bf16(a.xn1b, a.rstd1, x, w.attn_norm, N, C, hp_.rms_eps, s_);
   } else {
@@ -818,10 +831,20 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
     cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
   }
   mark(need_out ? "attention fwd" : "recompute: attention");
-  lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
-  mark(lf);
-  cu::add_rmsnorm_forward_train(bf16_ ? nullptr : a.xn2, bf16_ ? a.xn2b : nullptr, a.rstd2, a.mid, x, w.ffn_norm, N,
-                                C, hp_.rms_eps, s_);
+  // The bf16 mode's LUT o and down projections leave their GEMMs as bf16 (as PyTorch's autocast), in
+  // dxnf_'s memory (free but in the head's backward and the output norm's), and the residual adds
+  // read them there.
+  auto* ob = reinterpret_cast<uint16_t*>(dxnf_);
+  if (proj_b16_ && w.wo->lut()) {
+    cu::lut_linear_forward_bf16_out(*blas_, w.wo->view, a.attb, N, ob, scratch_, scratch_floats_, s_);
+    mark(lf);
+    cu::add_rmsnorm_forward_train(nullptr, a.xn2b, a.rstd2, a.mid, x, ob, w.ffn_norm, N, C, hp_.rms_eps, s_);
+  } else {
+    lin_fwd(*w.wo, {a.att, a.attb}, N, nullptr, a.mid);
+    mark(lf);
+    cu::add_rmsnorm_forward_train(bf16_ ? nullptr : a.xn2, bf16_ ? a.xn2b : nullptr, a.rstd2, a.mid, x, w.ffn_norm, N,
+                                  C, hp_.rms_eps, s_);
+  }
   mark(ew);
   if (bf16_) {  // gate and up straight out of the GEMMs as bf16 (as PyTorch's autocast keeps them)
     const cu::LutTrainView gu[2] = {w.w_gate->view, w.w_up->view};
@@ -844,10 +867,23 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   else if (!bf16_) cu::swiglu_forward_train(a.h, a.gate, a.up, N * FF, s_);
   mark(ew);
   if (!need_out) return;
-  float* out = res(l + 1);
-  lin_fwd(*w.w_down, {a.h, a.hb}, N, nullptr, out);
+  if (proj_b16_ && w.w_down->lut()) {
+    cu::lut_linear_forward_bf16_out(*blas_, w.w_down->view, a.hb, N, ob, scratch_, scratch_floats_, s_);
+    pending_b16_ = ob;
+  } else {
+    lin_fwd(*w.w_down, {a.h, a.hb}, N, nullptr, res(l + 1));
+  }
   mark(lf);
-  pending_add_ = a.mid;  // out += mid: with the next norm (the next layer's or the output norm)
+  pending_add_ = a.mid;  // res[l + 1] (+)= mid: with the next norm (the next layer's or the output norm)
+}
+
+void CudaEngine::add_pending(float* xn, uint16_t* xnb, float* rstd, float* x, const float* weight, int64_t N) {
+  const int64_t C = hp_.n_embd;
+  if (pending_b16_)
+    cu::add_rmsnorm_forward_train(xn, xnb, rstd, x, pending_add_, pending_b16_, weight, N, C, hp_.rms_eps, s_);
+  else
+    cu::add_rmsnorm_forward_train(xn, xnb, rstd, x, pending_add_, weight, N, C, hp_.rms_eps, s_);
+  pending_add_ = nullptr, pending_b16_ = nullptr;
 }
 
 LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* inputs, const int32_t* targets, int64_t B,
@@ -913,6 +949,12 @@ void CudaEngine::run_graph(const TrainMask& mask, int64_t B, int64_t T, double l
          char('0' + mask.scales);
   auto* dyn = dyn_host_.as<cu::CastDyn>();
   auto it = graphs_.find(key);
+  // With the GEMMs' tuning on, a configuration's first call runs eagerly: tuning times its GEMMs,
+  // which no capture can (gemm_tune.h); the capture then takes the kept choices.
+  if (it == graphs_.end() && blas_->tuner() && eager_first_.insert(key).second) {
+    enqueue(mask, B, T, loss_scale, true);
+    return;
+  }
   if (it != graphs_.end()) {
     GraphEntry& e = it->second;
     for (size_t k = 0; k < e.slots.size(); ++k) {
@@ -958,7 +1000,7 @@ void CudaEngine::run_graph(const TrainMask& mask, int64_t B, int64_t T, double l
     }
     aside_.turn = turn0;
     fold_queue_.items.clear(), fold_queue_.used = 0;
-    pending_add_ = nullptr;
+    pending_add_ = nullptr, pending_b16_ = nullptr;
     graphs_on_ = false;
     std::fprintf(stderr, "cuda engine: the step could not be captured as a CUDA graph; running it eagerly\n");
     enqueue(mask, B, T, loss_scale, true);
@@ -1000,11 +1042,10 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
   if (embd_->lut()) cu::lut_embedding_rows(res(0), tokens_, N, embd_->view, s_);
   else cu::embedding_forward_train(res(0), tokens_, N, embd_->dense, V, C, flag_, s_);
   mark("embedding");
-  pending_add_ = nullptr;
+  pending_add_ = nullptr, pending_b16_ = nullptr;
   for (int64_t l = 0; l < L; ++l) forward_layer(l, acts(l), B, T, true);
-  if (pending_add_) cu::add_rmsnorm_forward_train(xnf_, nullptr, rstdf_, res(L), pending_add_, out_norm_, N, C, hp_.rms_eps, s_);
+  if (pending_add_) add_pending(xnf_, nullptr, rstdf_, res(L), out_norm_, N);
   else cu::rmsnorm_forward_train(xnf_, rstdf_, res(L), out_norm_, N, C, hp_.rms_eps, s_);
-  pending_add_ = nullptr;
   bf16_copy(xnfb_, xnf_, N * C);
   mark("norm/rope/add fwd");
 
@@ -1129,7 +1170,15 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
                            dw_slabs_);
       mark("norm/swiglu/rope bwd");
       // Attention: mid = res[l] + W_o attn(rope(W_q xn1), rope(W_k xn1), W_v xn1)
-      lin_bwd(datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
+      // The tensor-core attention backward takes dout as bf16 straight out of the o projection's
+      // input-gradient GEMM (as PyTorch's autocast leaves it), in datt_'s memory.
+      auto* dattb = reinterpret_cast<uint16_t*>(datt_);
+      const bool datt_b16 = proj_b16_ && mma_attention_ && w.wo->lut();
+      if (datt_b16) {
+        cu::lut_linear_backward_input_bf16_out(*blas_, w.wo->view, dxb_, N, dattb, scratch_, scratch_floats_, s_);
+        mark_stage("dinp");
+      }
+      lin_bwd(datt_b16 ? nullptr : datt_, false, {dx_, dxb_}, {a.att, a.attb}, N, *w.wo, tr, sc, nullptr);
       mark("linear bwd");
       // The bf16 mode sums the q, k, v bias gradients from their stacked bf16 input gradient (as
       // PyTorch's autocast, from the bf16 output gradient): no fp32 copies of dq, dk, dv for them.
@@ -1145,9 +1194,13 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
         cu::AttentionGradsBf16 g16;
         g16.dq = dqb_, g16.dk = dkb_, g16.dv = dvb_, g16.ld = ldqkv_;
         g16.rope_cs = rope_.cos_sin, g16.neox = rope_.neox;
-        cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
-                                   size_t(dh_floats_), attn_side_ ? attn_stream_.get() : nullptr,
-                                   grads_b16 ? &g16 : nullptr);
+        cudaStream_t side = attn_side_ ? attn_stream_.get() : nullptr;
+        if (datt_b16)
+          cu::attention_backward_mma(dq_, dk_, dv_, dattb, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
+                                     size_t(dh_floats_), side, grads_b16 ? &g16 : nullptr);
+        else
+          cu::attention_backward_mma(dq_, dk_, dv_, datt_, a.attb, a.qb, a.kb, a.vb, a.lse, B, T, NH, KVH, HS, s_, dh_,
+                                     size_t(dh_floats_), side, grads_b16 ? &g16 : nullptr);
       } else {
         cu::attention_backward(dq_, dk_, dv_, datt_, a.att, a.q, a.k, a.v, a.lse, B, T, NH, KVH, HS, s_);
       }
