@@ -843,19 +843,13 @@ void tuned_or_ex(cuda::Blas& blas, const cuda::GemmCall& g, cudaStream_t s) {
 // run in a graph).
 TEST(GpuTrainBf16, TunedGemmDecidesEachShapeOnceAndSumsWithinRounding) {
   REQUIRE_GPU();
-  const int64_t m = 384, n = 256, k = 1024;  // C (m x n) = A^T (A: k x m) B (B: k x n), as the forward
+  // C (m x n) = A B^T over k tokens, A (k, m) and B (k, n) token-major: the weight gradient's form
+  // (dW (n, m) = dout^T inp, dout = B, inp = A), whose fp64 reference lut_testing.h has.
+  const int64_t m = 384, n = 256, k = 1024;
   const auto ab = bf16_of(randn(size_t(k * m), 31)), bb = bf16_of(randn(size_t(k * n), 32));
   const auto a = f32_of(ab), b = f32_of(bb);
-  std::vector<double> ref(size_t(m * n)), mag(size_t(m * n));
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < m; ++i) {
-      double acc = 0, am = 0;
-      for (int64_t p = 0; p < k; ++p) {
-        const double v = double(a[size_t(i * k + p)]) * b[size_t(j * k + p)];
-        acc += v, am += std::fabs(v);
-      }
-      ref[size_t(j * m + i)] = acc, mag[size_t(j * m + i)] = am;
-    }
+  const ExactGrad e = exact_weight_grad(b.data(), n, a.data(), k, n, m);
+  const std::vector<double>&ref = e.dW, &mag = e.mag;
   const auto ad = to_device(ab), bd = to_device(bb);
   auto c32 = poisoned(size_t(m * n));
   auto c16 = poisoned_bf16(size_t(m * n));
@@ -864,7 +858,7 @@ TEST(GpuTrainBf16, TunedGemmDecidesEachShapeOnceAndSumsWithinRounding) {
   const cudaStream_t s = stream.get();
   blas.set_tuning(true, false, 1e30f);
   cuda::GemmCall g;
-  g.ta = CUBLAS_OP_T, g.tb = CUBLAS_OP_N, g.m = m, g.n = n, g.k = k, g.lda = k, g.ldb = k, g.ldc = m;
+  g.ta = CUBLAS_OP_N, g.tb = CUBLAS_OP_T, g.m = m, g.n = n, g.k = k, g.lda = m, g.ldb = n, g.ldc = m;
   g.A = ad.data(), g.B = bd.data(), g.C = c32.data();
   ASSERT_TRUE(cuda::gemm_tuned(blas, g, s));
   auto st = cuda::gemm_tune_stats(blas);
