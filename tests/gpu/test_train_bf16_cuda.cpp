@@ -2,7 +2,6 @@
 // CPU. Most are exact identities: a bf16 kernel computes the fp32 kernel's value from the same
 // inputs and rounds it once to bf16, so its bits must equal core/half.h's f32_to_bf16 of the fp32
 // kernel's output. The bf16 GEMMs are held to a derived tolerance instead.
-#include <cublas_v2.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -818,21 +817,6 @@ TEST(GpuTrainBf16, LutLinearGroupIsThePerMatrixCalls) {
   }
 }
 
-namespace {
-
-// C = op(A) op(B) + beta C through the tuner, or cublasGemmEx where it declines (as lut_train.cu).
-void tuned_or_ex(cuda::Blas& blas, const cuda::GemmCall& g, cudaStream_t s) {
-  if (cuda::gemm_tuned(blas, g, s)) return;
-  cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
-  ASSERT_EQ(cublasSetStream(h, s), CUBLAS_STATUS_SUCCESS);
-  const float alpha = 1.0f;
-  ASSERT_EQ(cublasGemmEx(h, g.ta, g.tb, int(g.m), int(g.n), int(g.k), &alpha, g.A, g.ab, int(g.lda), g.B, g.ab,
-                         int(g.ldb), &g.beta, g.C, g.c, int(g.ldc), g.ct, CUBLAS_GEMM_DEFAULT),
-            CUBLAS_STATUS_SUCCESS);
-}
-
-}  // namespace
-
 // The GEMM tuner (gemm_tune.h) with a margin that keeps the fastest cuBLASLt algorithm whatever
 // cublasGemmEx's time, so that its own path runs: a beta = 0 call decides its shape once (bf16
 // operands, fp32 or bf16 result), within the fp32 accumulation bound of an fp64 product of the same
@@ -885,7 +869,7 @@ TEST(GpuTrainBf16, TunedGemmDecidesEachShapeOnceAndSumsWithinRounding) {
   EXPECT_EQ(st.lt_calls, 3);
   // The bf16 result is its own shape (another key), decided by its first call.
   g.beta = 0.0f, g.c = CUDA_R_16BF, g.C = c16.data();
-  tuned_or_ex(blas, g, s);
+  cuda::gemm_run(blas, g, s, "test");
   stream.sync();
   const auto h16 = f32_of(to_host<uint16_t>(c16, size_t(m * n)));
   for (size_t i = 0; i < h16.size(); ++i)

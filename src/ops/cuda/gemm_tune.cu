@@ -95,9 +95,10 @@ cublasStatus_t run_lt(Blas& blas, const TunedGemm& t, const GemmCall& g, cudaStr
                         blas.workspace(), blas.workspace_bytes(), s);
 }
 
+// cublasGemmEx's own choice (the untuned call, and the time tuning compares against).
 cublasStatus_t run_ex(Blas& blas, const GemmCall& g, cudaStream_t s) {
   cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
-  cublasSetStream(h, s);
+  if (const cublasStatus_t st = cublasSetStream(h, s); st != CUBLAS_STATUS_SUCCESS) return st;
   const float alpha = 1.0f;
   return cublasGemmEx(h, g.ta, g.tb, int(g.m), int(g.n), int(g.k), &alpha, g.A, g.ab, int(g.lda), g.B, g.ab,
                       int(g.ldb), &g.beta, g.C, g.c, int(g.ldc), g.ct, CUBLAS_GEMM_DEFAULT);
@@ -184,6 +185,12 @@ bool gemm_tuned(Blas& blas, const GemmCall& g, cudaStream_t s) {
   check_lt(run_lt(blas, it->second, g, s), "matmul");
   ++tu->stats.lt_calls;
   return true;
+}
+
+void gemm_run(Blas& blas, const GemmCall& g, cudaStream_t s, const char* what) {
+  if (gemm_tuned(blas, g, s)) return;
+  const cublasStatus_t st = run_ex(blas, g, s);
+  if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS {} failed: {}", what, cublasGetStatusString(st));
 }
 
 }  // namespace primal::cuda

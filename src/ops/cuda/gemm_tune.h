@@ -41,6 +41,9 @@ struct GemmCall {
 // algorithm (true); false: the caller runs cublasGemmEx (tuning off, a shape not tuned, not a bf16
 // call, or cublasGemmEx itself kept), and C then holds nothing it may rely on for beta = 0.
 bool gemm_tuned(Blas& blas, const GemmCall& g, cudaStream_t s);
+// The trainer's GEMM (lut_train.cu): the tuned choice where gemm_tuned takes the call, else
+// cublasGemmEx with its default algorithm; throws Error naming `what` when cuBLAS fails.
+void gemm_run(Blas& blas, const GemmCall& g, cudaStream_t s, const char* what);
 
 struct GemmTuneStats {
   int64_t shapes = 0;    // shapes decided

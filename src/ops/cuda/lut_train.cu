@@ -39,12 +39,8 @@ void stage(const char* name) {
   if (g_hook) g_hook(g_hook_ctx, name);
 }
 
-void check(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS {} failed: {}", what, cublasGetStatusString(st));
-}
-
-// Column-major C (m x n, ldc) = op(A) (m x k) op(B) (k x n) + beta C through cublasGemmEx, A and B
-// of type ab, C of type c, alpha 1, on stream s.
+// Column-major C (m x n, ldc) = op(A) (m x k) op(B) (k x n) + beta C through cublasGemmEx (or the
+// tuned choice: gemm_tune.h), A and B of type ab, C of type c, alpha 1, on stream s.
 void gemm_ex(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const void* A,
              int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, cudaDataType_t ab,
              cudaDataType_t c, cublasComputeType_t ct, cudaStream_t s, const char* what) {
@@ -54,13 +50,7 @@ void gemm_ex(Blas& blas, cublasOperation_t ta, cublasOperation_t tb, int64_t m, 
   GemmCall g;
   g.ta = ta, g.tb = tb, g.m = m, g.n = n, g.k = k, g.lda = lda, g.ldb = ldb, g.ldc = ldc;
   g.ab = ab, g.c = c, g.ct = ct, g.A = A, g.B = B, g.C = C, g.beta = beta;
-  if (gemm_tuned(blas, g, s)) return;  // (bf16 operands, tuning on: gemm_tune.h)
-  cublasHandle_t h = static_cast<cublasHandle_t>(blas.handle());
-  check(cublasSetStream(h, s), "set stream");
-  const float alpha = 1.0f;
-  check(cublasGemmEx(h, ta, tb, int(m), int(n), int(k), &alpha, A, ab, int(lda), B, ab, int(ldb), &beta, C, c,
-                     int(ldc), ct, CUBLAS_GEMM_DEFAULT),
-        what);
+  gemm_run(blas, g, s, what);
 }
 
 // fp32 operands and result. The pedantic compute type keeps cuBLAS from TF32 or BF16x9
