@@ -39,6 +39,7 @@
 #include "ops/cpu/attention_backward.h"
 #include "ops/cuda/attention_gemm.h"
 #include "ops/cuda/attention_mma.h"
+#include "ops/cuda/cudnn_attention.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/train_ops.h"
 
@@ -497,4 +498,82 @@ TEST(GpuAttentionMma, Bf16DoutIsTheFp32OverloadOnTheSameValues) {
     expect_same_bits(b16, f32);
     EXPECT_FALSE(same_bits(raw.dq, f32.dq)) << "D from unrounded values should differ";
   }
+}
+
+namespace {
+
+// cuDNN's fused attention (cudnn_attention.h) on the bf16 activations as the trainer calls it: q,
+// k, v separate (B, T, heads, HS) matrices, out bf16, dout bf16, and dq, dk, dv into one (B T, ld)
+// bf16 matrix [dq | dk | dv | pad] filled with 0xFFFF first (the padding must stay so); results
+// widened to fp32. false where cuDNN has no engine for the shape.
+bool run_cudnn(const Shape& sh, const Inputs& in, Results& r) {
+  cuda::CudnnAttnShape cs;
+  cs.B = sh.B, cs.T = sh.T, cs.NH = sh.NH, cs.KVH = sh.KVH, cs.HS = sh.HS;
+  const int64_t Q = sh.NH * sh.HS, KV = sh.KVH * sh.HS, rows = sh.B * sh.T, pad = 8, ld = Q + 2 * KV + pad;
+  cs.ldq = Q, cs.ldk = KV, cs.ldd = ld;
+  const int64_t fw = cuda::cudnn_attention_forward_workspace(cs), bw = cuda::cudnn_attention_backward_workspace(cs);
+  if (fw < 0 || bw < 0) return false;
+  auto b16 = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+    return b;
+  };
+  const size_t nq = in.q.size(), nl = size_t(sh.B * sh.NH * sh.T);
+  const auto q = to_device(b16(in.q)), k = to_device(b16(in.k)), v = to_device(b16(in.v));
+  const auto dout = to_device(b16(in.dout));
+  auto out = to_device(std::vector<uint16_t>(nq + 64, 0xFFFF));
+  auto lse = guarded(nl);
+  auto m16 = to_device(std::vector<uint16_t>(size_t(rows * ld), 0xFFFF));
+  Workspace ws(size_t(std::max(fw, bw)));
+  EXPECT_TRUE(cuda::cudnn_attention_forward(out.as<uint16_t>(), lse.as<float>(), q.as<uint16_t>(), k.as<uint16_t>(),
+                                            v.as<uint16_t>(), cs, ws.buf.data(), ws.bytes, nullptr));
+  uint16_t* base = m16.as<uint16_t>();
+  EXPECT_TRUE(cuda::cudnn_attention_backward(base, base + Q, base + Q + KV, dout.as<uint16_t>(), out.as<uint16_t>(),
+                                             q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(), lse.as<float>(), cs,
+                                             ws.buf.data(), ws.bytes, nullptr));
+  EXPECT_FALSE(cuda::cudnn_attention_backward(base, base + Q, base + Q + KV, dout.as<uint16_t>(), out.as<uint16_t>(),
+                                              q.as<uint16_t>(), k.as<uint16_t>(), v.as<uint16_t>(), lse.as<float>(), cs,
+                                              ws.buf.data(), size_t(bw) - 1, nullptr))
+      << "a workspace one byte short";
+  ws.expect_guard_intact();
+  const auto ob = to_host<uint16_t>(out, nq + 64);
+  for (size_t i = nq; i < ob.size(); ++i) EXPECT_EQ(ob[i], 0xFFFF) << "bf16 out written past its end";
+  r.out.resize(nq);
+  for (size_t i = 0; i < nq; ++i) r.out[i] = bf16_to_f32(ob[i]);
+  r.lse = unguard(lse, nl, "lse");
+  const auto m = to_host<uint16_t>(m16, size_t(rows * ld));
+  r.dq.assign(nq, 0.0f), r.dk.assign(in.k.size(), 0.0f), r.dv.assign(in.k.size(), 0.0f);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t c = 0; c < ld; ++c) {
+      const uint16_t x = m[size_t(t * ld + c)];
+      if (c < Q) r.dq[size_t(t * Q + c)] = bf16_to_f32(x);
+      else if (c < Q + KV) r.dk[size_t(t * KV + c - Q)] = bf16_to_f32(x);
+      else if (c < Q + 2 * KV) r.dv[size_t(t * KV + c - Q - KV)] = bf16_to_f32(x);
+      else EXPECT_EQ(x, 0xFFFF) << "padding written at row " << t;
+    }
+  return true;
+}
+
+}  // namespace
+
+// cuDNN's engines (where libcudnn.so.9 loads) are held to the flash kernels' bounds against the
+// fp64 twin: they round q, k, v, dout, P and dS to bf16 as ours do, and out, dq, dk, dv once more
+// (to bf16, a relative 2^-9 at most, well inside the bounds). The trainer's shapes (T a multiple of
+// 64, HS 64 and 128, GQA groups of 1 to 6) must have an engine; others may be declined.
+TEST(GpuAttentionCudnn, MatchesCpuTwin) {
+  REQUIRE_GPU();
+  if (!cuda::cudnn_attention_loaded()) GTEST_SKIP() << "libcudnn.so.9 not found (PRIMAL_CUDNN_LIB names it)";
+  for (const Shape& sh : {Shape{2, 128, 4, 4, 64}, Shape{2, 256, 12, 2, 128}, Shape{1, 192, 6, 1, 128},
+                          Shape{2, 77, 6, 6, 64}, Shape{1, 300, 12, 4, 128}}) {
+    SCOPED_TRACE(sh.str());
+    const Inputs in = make_inputs(sh, uint32_t(sh.T + sh.HS + sh.NH + 7));
+    Results got;
+    const bool ran = run_cudnn(sh, in, got);
+    if (!ran) {
+      EXPECT_NE(sh.T % 64, 0) << "cuDNN declined a trainer shape";
+      continue;
+    }
+    expect_within_bounds(sh, got, cpu_reference(sh, in));
+  }
+  cuda::check_last_error();
 }

@@ -19,6 +19,7 @@
 #include <random>
 
 #include "gpu_testing.h"
+#include "ops/cuda/cudnn_attention.h"
 #include "train/cuda/gpu_engine.h"
 #include "train/model.h"
 #include "train/train_config.h"
@@ -229,6 +230,7 @@ TEST_P(GpuTrainerRecompute, BitIdenticalToKeptActivations) {
   const tr::TrainConfig cfg = make_config(c);
   tr::GpuEngineOptions keep, all, part, att, qa, qo;
   keep.fast = all.fast = part.fast = att.fast = qa.fast = qo.fast = GetParam();
+  for (tr::GpuEngineOptions* o : {&keep, &all, &part, &att, &qa, &qo}) o->cudnn_attention = tr::GpuEngineOptions::Cudnn::Off;  // (bitwise)
   all.recompute = part.recompute = att.recompute = qa.recompute = qo.recompute = true;
   part.kept_layers = 1;  // of 2: layer 0 recomputed, layer 1 kept
   att.keep_attention = qa.keep_attention = true;  // (bf16) both recomputed without their attention forward
@@ -301,6 +303,7 @@ TEST(GpuTrainerFast, OverlapsAndQueuedFoldsGiveTheSameBits) {
   const tr::TrainConfig cfg = make_config(c);
   tr::GpuEngineOptions fast;
   fast.fast = true;
+  fast.cudnn_attention = tr::GpuEngineOptions::Cudnn::Off;  // (cuDNN's backward is not bitwise reproducible)
   ::setenv("PRIMAL_CAST_ASIDE", "0", 1), ::setenv("PRIMAL_ATTN_SIDE", "0", 1), ::setenv("PRIMAL_FOLD_NOW", "1", 1);
   auto a = make_side(m0, cfg, true, fast, B, T);
   ::unsetenv("PRIMAL_CAST_ASIDE"), ::unsetenv("PRIMAL_ATTN_SIDE"), ::unsetenv("PRIMAL_FOLD_NOW");
@@ -335,6 +338,7 @@ TEST(GpuTrainerFast, GraphGivesTheSameBits) {
   const tr::TrainConfig cfg = make_config(c);
   tr::GpuEngineOptions fast;
   fast.fast = true;
+  fast.cudnn_attention = tr::GpuEngineOptions::Cudnn::Off;  // (cuDNN's backward is not bitwise reproducible)
   ::setenv("PRIMAL_GRAPH", "0", 1);
   auto a = make_side(m0, cfg, true, fast, B, T);
   ::unsetenv("PRIMAL_GRAPH");
@@ -404,6 +408,51 @@ TEST(GpuTrainerFast, HeadGradientSummedOverChunksIsCastOnce) {
   EXPECT_GT(moved, n / 10) << "the head's gradient must reach its votes";
   EXPECT_LT(far, n / 200) << far << " of " << n << " votes differ by more than one";
   EXPECT_LT(differ, n / 5) << differ << " of " << n << " votes differ";
+}
+
+// cuDNN's fused attention in place of ours (where libcudnn.so.9 loads): the same arithmetic up to
+// roundings and summation orders: the first step's loss to 1e-4 relative, its gradient norm to 1%
+// and its flips to 5%; later losses (after flips that differ near their thresholds) to 2e-3, over
+// three steps of two micro-batches (graph-captured after an eager first call).
+TEST(GpuTrainerFast, CudnnAttentionCloseToOurs) {
+  REQUIRE_GPU();
+  if (!cuda::cudnn_attention_loaded()) GTEST_SKIP() << "libcudnn.so.9 not found";
+  const Case c{"cudnn", true, false, true, tr::Rule::Momentum};
+  const int64_t B = 2, T = 64;
+  const tr::TrainModel m0 = make_model(c);
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions ours, dnn;
+  ours.fast = dnn.fast = true;
+  ours.cudnn_attention = tr::GpuEngineOptions::Cudnn::Off;
+  dnn.cudnn_attention = tr::GpuEngineOptions::Cudnn::On;  // (this head size is below Auto's)
+  cuda::CudnnAttnShape cs;  // (the engine's call: q, k, v apart, the gradients one [dq | dk | dv] matrix)
+  cs.B = B, cs.T = T, cs.NH = m0.hp.n_head, cs.KVH = m0.hp.n_head_kv, cs.HS = m0.hp.head_dim;
+  cs.ldq = cs.NH * cs.HS, cs.ldk = cs.KVH * cs.HS, cs.ldd = cs.ldq + 2 * cs.ldk;
+  ASSERT_GE(cuda::cudnn_attention_forward_workspace(cs), 0) << "cuDNN must have engines for this shape";
+  ASSERT_GE(cuda::cudnn_attention_backward_workspace(cs), 0) << "cuDNN must have engines for this shape";
+  auto a = make_side(m0, cfg, true, ours, B, T);
+  auto b = make_side(m0, cfg, true, dnn, B, T);
+  const auto p0 = snapshot(*a);
+  ::testing::internal::CaptureStderr();
+  for (int64_t k = 0; k < 3; ++k) {
+    std::vector<std::vector<int32_t>> in, tg;
+    batches(m0.hp.n_vocab, B, T, uint32_t(80 + k), in, tg);
+    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T);
+    std::printf("step %lld: loss %.6f / %.6f, gnorm %.5f / %.5f, flips %lld / %lld\n", (long long)k, ra.loss, rb.loss,
+                ra.gnorm, rb.gnorm, (long long)ra.flips, (long long)rb.flips);
+    if (k == 0) {  // the same weights: the two attentions' roundings only
+      EXPECT_NEAR(rb.loss, ra.loss, 1e-4 * ra.loss);
+      EXPECT_NEAR(rb.gnorm, ra.gnorm, 0.01 * ra.gnorm);
+      EXPECT_GT(ra.flips, 50) << "indices must move";
+      EXPECT_NEAR(double(rb.flips), double(ra.flips), 0.05 * double(ra.flips));
+    } else {  // after flips that differ near their thresholds
+      EXPECT_NEAR(rb.loss, ra.loss, 2e-3 * ra.loss) << "step " << k;
+    }
+  }
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err.find("could not be captured"), std::string::npos) << err;
+  const Diff d = compare(*a, *b, p0);
+  std::printf("indices differing after 3 steps: %.4f\n", d.idx_frac);
 }
 
 // A batch larger than the engine was sized for, and a token outside the vocabulary, are refused.

@@ -338,20 +338,38 @@ TEST(GpuTrainRope, MatchesCpuBothLayoutsBatched) {
                               0, nullptr, ld);
             EXPECT_EQ(to_host<uint16_t>(got5, x.size()), b) << "strided input, table " << with_table;
           }
-          // bf16 values rotated in place (the forward from bf16 q, k): the bf16 copy of the fp32
-          // rotation of the widened values, bit for bit; refused where the kernel does not serve.
-          if (!inverse && k.pos0 == 0) {
+          // bf16 values rotated in place (the forward from bf16 q, k; the inverse on bf16 gradients,
+          // as a column block of rows 8 values wider): the bf16 copy of the fp32 rotation of the
+          // widened values, bit for bit, the padding untouched; refused where the kernel does not serve.
+          if (k.pos0 == 0) {
             std::vector<uint16_t> x16(x.size());
             std::vector<float> xw(x.size());
             for (size_t i = 0; i < x.size(); ++i) x16[i] = f32_to_bf16(x[i]), xw[i] = bf16_to_f32(x16[i]);
-            auto in16 = to_device(x16), xwd = to_device(xw);
+            auto xwd = to_device(xw);
             auto want = to_device(std::vector<uint16_t>(x.size(), 0xFFFF));
-            cuda::rope_rotate(xwd.as<float>(), k.B, k.T, k.NH, 0, p, false, nullptr, want.as<uint16_t>(), false);
+            cuda::rope_rotate(xwd.as<float>(), k.B, k.T, k.NH, 0, p, inverse, nullptr, want.as<uint16_t>(), false);
+            const auto want_h = to_host<uint16_t>(want, x.size());
+            const int64_t row = k.NH * k.HS, ld = row + 8, rows = k.B * k.T;
+            std::vector<uint16_t> wide(size_t(rows * ld), 0xFFFF);
+            for (int64_t r = 0; r < rows; ++r)
+              std::copy(x16.begin() + r * row, x16.begin() + (r + 1) * row, wide.begin() + r * ld);
+            auto in16 = to_device(x16), inw = to_device(wide);
             if (cuda::rope_bf16_inplace_ok(p, k.T)) {
-              cuda::rope_forward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, nullptr);
-              EXPECT_EQ(to_host<uint16_t>(in16, x.size()), to_host<uint16_t>(want, x.size())) << "bf16 in place";
+              if (inverse) {
+                cuda::rope_backward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, 0, nullptr);
+                cuda::rope_backward_train_bf16(inw.as<uint16_t>(), k.B, k.T, k.NH, p, ld, nullptr);
+                const auto hw = to_host<uint16_t>(inw, wide.size());
+                for (int64_t r = 0; r < rows; ++r)
+                  for (int64_t c = 0; c < ld; ++c)
+                    ASSERT_EQ(hw[size_t(r * ld + c)], c < row ? want_h[size_t(r * row + c)] : uint16_t(0xFFFF))
+                        << "bf16 inverse in place, rows " << ld << " apart: row " << r << " col " << c;
+              } else {
+                cuda::rope_forward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, nullptr);
+              }
+              EXPECT_EQ(to_host<uint16_t>(in16, x.size()), want_h) << "bf16 in place, inverse " << inverse;
             } else {
               EXPECT_THROW(cuda::rope_forward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, nullptr), Error);
+              EXPECT_THROW(cuda::rope_backward_train_bf16(in16.as<uint16_t>(), k.B, k.T, k.NH, p, 0, nullptr), Error);
             }
           }
         } else {

@@ -408,13 +408,15 @@ __global__ void rope_rotate2_kernel(float* x, int64_t BT, int64_t T, int64_t n_h
 // as bf16, as PyTorch's autocast keeps them): the same fp32 rotation of the widened values, rounded
 // to bf16. A thread reads and writes only its own two pairs.
 __global__ void rope_rotate2_bf16_kernel(__nv_bfloat16* xb, int64_t BT, int64_t T, int64_t n_heads, int64_t HS,
-                                         int64_t half, bool neox, const float* table, int64_t pos0) {
+                                         int64_t half, bool neox, const float* table, int64_t pos0, int64_t ld,
+                                         bool inverse) {
   const int64_t h2 = half / 2, per_bt = n_heads * h2;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < BT * per_bt;
        k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t bt = k / per_bt, h = k / h2 - bt * n_heads, i = 2 * (k % h2), pos = pos0 + bt % T;
-    const float4 cs = *reinterpret_cast<const float4*>(table + 2 * (pos * half + i));
-    __nv_bfloat16* v = xb + (bt * n_heads + h) * HS;
+    float4 cs = *reinterpret_cast<const float4*>(table + 2 * (pos * half + i));
+    if (inverse) cs.y = -cs.y, cs.w = -cs.w;  // (rotation by -angle: rope_rotate's inverse)
+    __nv_bfloat16* v = xb + bt * ld + h * HS;
     float r0, r1, r2, r3;
     if (neox) {
       uint32_t* pa = reinterpret_cast<uint32_t*>(v + i);
@@ -1021,7 +1023,24 @@ void rope_forward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
   rope_rotate2_bf16_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(xb), B * T, T,
-                                                                     n_heads, p.head_dim, half, p.neox, p.cos_sin, 0);
+                                                                     n_heads, p.head_dim, half, p.neox, p.cos_sin, 0,
+                                                                     n_heads * p.head_dim, false);
+  PRIMAL_CUDA_CHECK_LAUNCH();
+}
+
+void rope_backward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
+                              int64_t ld, cudaStream_t s) {
+  // (the kernel moves 4 values as one 8-byte word: rows must start 8-byte aligned)
+  PRIMAL_CHECK(rope_bf16_inplace_ok(p, T) && B >= 0 && n_heads >= 0 &&
+                   (ld == 0 || (ld >= n_heads * p.head_dim && ld % 4 == 0)),
+               "rope backward (bf16): needs every dimension rotated, a table for {} positions, HS % 4 == 0 and a "
+               "row stride of at least n_heads HS, a multiple of 4",
+               T);
+  const int64_t half = p.n_rot / 2, n = B * T * half;
+  if (n == 0 || n_heads == 0) return;
+  rope_rotate2_bf16_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(xb), B * T, T,
+                                                                     n_heads, p.head_dim, half, p.neox, p.cos_sin, 0,
+                                                                     ld > 0 ? ld : n_heads * p.head_dim, true);
   PRIMAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -115,6 +115,10 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0, 
 bool rope_bf16_inplace_ok(const RopeTrainParams& p, int64_t T);
 void rope_forward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
                              cudaStream_t s);
+// Its inverse on a gradient in place (rotation by -angle, rope_backward's), rows ld apart a token
+// (0: n_heads HS): the bf16 gradients of q and k as one column block [dq | dk] of a wider matrix.
+void rope_backward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
+                              int64_t ld, cudaStream_t s);
 
 // x: (B, T, n_heads, HS) rotated in place (the trainer passes pos0 = 0: positions 0..T-1).
 inline void rope_forward_train(float* x, int64_t B, int64_t T, int64_t n_heads, int64_t pos0,

@@ -17,6 +17,7 @@
 #include "ops/cuda/attention_mma.h"
 #include "ops/cuda/attention_train.h"
 #include "ops/cuda/buffer.h"
+#include "ops/cuda/cudnn_attention.h"
 #include "ops/cuda/device.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_embedding_grad.h"
@@ -103,7 +104,10 @@ struct DevParam {  // an AdamW parameter on the device (index = its index in Ada
 class CudaEngine final : public StepEngine {
  public:
   CudaEngine(const EngineContext& c, const GpuEngineOptions& o);
-  std::string name() const override { return o_.fast ? "cuda (bf16 tensor-core GEMMs)" : "cuda (fp32)"; }
+  std::string name() const override {
+    return !o_.fast ? "cuda (fp32)" : cudnn_attn_ ? "cuda (bf16 tensor-core GEMMs, cuDNN attention)"
+                                                  : "cuda (bf16 tensor-core GEMMs)";
+  }
   void begin_step(int64_t step, double sched) override;
   LossSum forward_backward(const TrainMask& mask, const int32_t* inputs, const int32_t* targets, int64_t B, int64_t T,
                            double loss_scale, bool train) override;
@@ -190,6 +194,11 @@ class CudaEngine final : public StepEngine {
   // the CPU's twin. (The cuBLAS attention of attention_gemm.h, which this replaced in the trainer,
   // wrote the (T, T) scores to device memory and ran at HBM speed.)
   bool mma_attention_ = false;
+  // ... and where libcudnn.so.9 loads, cuDNN's fused attention in their place (cudnn_attention.h:
+  // Hopper wgmma kernels, the forward ~2.7x and the backward ~1.7x ours at qwen's shape), for the
+  // configurations it has an engine for (PRIMAL_CUDNN=0: ours throughout).
+  bool cudnn_attn_ = false;
+  cu::CudnnAttnShape cudnn_shape(int64_t B, int64_t T) const;
   bool head_b16_ = false;  // bf16 mode with a LUT head: bf16 logits (logitsb_), no fp32 ones
   HParams hp_;
   // The compute stream outranks the casts' stream (below): their blocks fill what it leaves idle.
@@ -629,6 +638,10 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
     if (dm->lut()) sc = std::max(sc, mt == &m.tok_embd || mt == &m.output ? cu::lut_grad_scratch_floats(mt->I) : mt->O * mt->I);
   mma_attention_ = bf16_;
   PRIMAL_CHECK(!mma_attention_ || cu::attention_mma_supports(HS), "--fast: head size {} is not supported", HS);
+  using Cudnn = GpuEngineOptions::Cudnn;
+  const char* ce = std::getenv("PRIMAL_CUDNN");  // "on": Auto as On (comparisons at small head sizes)
+  const Cudnn cm = o_.cudnn_attention == Cudnn::Auto && ce && std::string(ce) == "on" ? Cudnn::On : o_.cudnn_attention;
+  cudnn_attn_ = mma_attention_ && cu::cudnn_attention_loaded() && (cm == Cudnn::On || (cm == Cudnn::Auto && HS >= 128));
   // The flash backward's workspace (bf16 dout, lse, D) lives in dh_, free during attention.
   PRIMAL_CHECK(!mma_attention_ || size_t(dh_floats_) >= cu::attention_backward_mma_workspace(B, T, NH, HS, true),
                "--fast: {} floats cannot hold the attention backward's workspace", dh_floats_);
@@ -825,8 +838,10 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   }
   if (!need_out && o_.keep_attention) {
     // (a recomputation: the attention output and lse kept from the forward)
-  } else if (mma_attention_) {  // bf16 in, bf16 out
-    cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
+  } else if (mma_attention_) {  // bf16 in, bf16 out (dh_, free here, cuDNN's workspace)
+    if (!(cudnn_attn_ && cu::cudnn_attention_forward(a.attb, a.lse, a.qb, a.kb, a.vb, cudnn_shape(B, T), dh_,
+                                                     size_t(dh_floats_) * 4, s_)))
+      cu::attention_forward_mma(a.attb, a.lse, a.qb, a.kb, a.vb, B, T, NH, KVH, HS, s_);
   } else {
     cu::attention_forward_train(a.att, a.lse, a.q, a.k, a.v, B, T, NH, KVH, HS, s_);
   }
@@ -875,6 +890,13 @@ void CudaEngine::forward_layer(int64_t l, Acts& a, int64_t B, int64_t T, bool ne
   }
   mark(lf);
   pending_add_ = a.mid;  // res[l + 1] (+)= mid: with the next norm (the next layer's or the output norm)
+}
+
+cu::CudnnAttnShape CudaEngine::cudnn_shape(int64_t B, int64_t T) const {
+  cu::CudnnAttnShape sh;
+  sh.B = B, sh.T = T, sh.NH = hp_.n_head, sh.KVH = hp_.n_head_kv, sh.HS = hp_.head_dim;
+  sh.ldq = sh.NH * sh.HS, sh.ldk = sh.KVH * sh.HS, sh.ldd = ldqkv_;
+  return sh;
 }
 
 void CudaEngine::add_pending(float* xn, uint16_t* xnb, float* rstd, float* x, const float* weight, int64_t N) {
@@ -951,7 +973,8 @@ void CudaEngine::run_graph(const TrainMask& mask, int64_t B, int64_t T, double l
   auto it = graphs_.find(key);
   // With the GEMMs' tuning on, a configuration's first call runs eagerly: tuning times its GEMMs,
   // which no capture can (gemm_tune.h); the capture then takes the kept choices.
-  if (it == graphs_.end() && blas_->tuner() && eager_first_.insert(key).second) {
+  // So with cuDNN's attention: its plans are built and their kernels loaded outside any capture.
+  if (it == graphs_.end() && (blas_->tuner() || cudnn_attn_) && eager_first_.insert(key).second) {
     enqueue(mask, B, T, loss_scale, true);
     return;
   }
@@ -1190,7 +1213,16 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
       const bool lut_qkv = w.wq->lut() && w.wk->lut() && w.wv->lut();
       const bool grads_b16 = attn_b16_grads_ && mma_attention_ && rope_adds_bias() && rope_.cos_sin &&
                              rope_.table_len >= T && lut_qkv && (!(tr && (w.g_bq || w.g_bk || w.g_bv)) || bias_b16);
-      if (mma_attention_) {  // dh_ is free until the next layer's FFN backward: the workspace
+      // cuDNN's backward writes the bf16 operands too (dq, dk as the rotated values' gradients, rotated
+      // back here in one pass over the [dq | dk] column block).
+      bool cudnn_done = false;
+      if (cudnn_attn_ && datt_b16 && grads_b16 && cu::rope_bf16_inplace_ok(rope_, T)) {
+        cudnn_done = cu::cudnn_attention_backward(dqb_, dkb_, dvb_, dattb, a.attb, a.qb, a.kb, a.vb, a.lse,
+                                                  cudnn_shape(B, T), dh_, size_t(dh_floats_) * 4, s_);
+        if (cudnn_done) cu::rope_backward_train_bf16(dqb_, B, T, NH + KVH, rope_, ldqkv_, s_);
+      }
+      if (cudnn_done) {
+      } else if (mma_attention_) {  // dh_ is free until the next layer's FFN backward: the workspace
         cu::AttentionGradsBf16 g16;
         g16.dq = dqb_, g16.dk = dkb_, g16.dv = dvb_, g16.ld = ldqkv_;
         g16.rope_cs = rope_.cos_sin, g16.neox = rope_.neox;

@@ -43,6 +43,12 @@ struct GpuEngineOptions {
   // bf16 mode with recompute: the lowest qkv_layers layers (of those below the kept ones) keep their
   // q, k, v after RoPE (N (Q + 2 KV) bf16 each), and their recomputation skips those GEMMs.
   int64_t qkv_layers = 0;
+  // bf16 mode: cuDNN's fused attention where libcudnn.so.9 loads (cudnn_attention.h; its backward
+  // sums dq with atomics: not bitwise reproducible from run to run). Auto: at head size 128 and up,
+  // where it measured 5% faster a qwen2.5-1.5b step (at seed-500m's 64, 2% slower than ours);
+  // On: at every head size it has an engine for; Off: ours throughout.
+  enum class Cudnn { Off, Auto, On };
+  Cudnn cudnn_attention = Cudnn::Auto;
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
