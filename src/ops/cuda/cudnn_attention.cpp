@@ -277,8 +277,22 @@ struct Plan {
 constexpr int64_t kAlign = 256;
 int64_t round_up(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-// q (B, NH, T, HS) in a token-major matrix with rows ld apart: strides (T ld, HS, ld, 1).
-std::vector<int64_t> bshd(int64_t T, int64_t HS, int64_t ld) { return {T * ld, HS, ld, 1}; }
+// The (B, heads, T, D) view of a token-major matrix (B, T, heads, D) with rows ld apart: strides
+// (T ld, D, ld, 1); transposed, the (B, heads, D, T) view (K^T, V^T).
+Tensor bshd(Builder& g, int64_t B, int64_t heads, int64_t T, int64_t D, int64_t ld, bool transposed = false,
+            cudnnDataType_t dt = CUDNN_DATA_BFLOAT16, bool virt = false) {
+  if (transposed) return g.tensor({B, heads, D, T}, {T * ld, D, 1, ld}, dt, virt);
+  return g.tensor({B, heads, T, D}, {T * ld, D, ld, 1}, dt, virt);
+}
+// A per-row value (B, H, T, 1) fp32: the stats, their parts, D.
+Tensor per_row(Builder& g, int64_t B, int64_t H, int64_t T, bool virt) {
+  return g.tensor({B, H, T, 1}, {H * T, T, 1, 1}, CUDNN_DATA_FLOAT, virt);
+}
+// The plan of a built graph, which keeps the graph's descriptors.
+void finish(Builder& g, Plan& p) {
+  p.ws = g.plan(p.plan);
+  p.keep = g.kept_, p.keep.insert(p.keep.end(), g.ops_.begin(), g.ops_.end());
+}
 
 // The causal mask of scores s (row = query, column = key): keeps row >= column, else -inf.
 Tensor causal(Builder& g, const Tensor& s, const Tensor& neg_inf) {
@@ -292,39 +306,41 @@ Tensor causal(Builder& g, const Tensor& s, const Tensor& neg_inf) {
   return y;
 }
 
-Plan build_forward(const CudnnAttnShape& sh) {
-  const int64_t B = sh.B, T = sh.T, H = sh.NH, KH = sh.KVH, D = sh.HS;
-  Builder g;
-  Plan p;
-  const Tensor q = g.tensor({B, H, T, D}, bshd(T, D, sh.ldq), CUDNN_DATA_BFLOAT16, false);
-  const Tensor kt = g.tensor({B, KH, D, T}, {T * sh.ldk, D, 1, sh.ldk}, CUDNN_DATA_BFLOAT16, false);
-  const Tensor v = g.tensor({B, KH, T, D}, bshd(T, D, sh.ldk), CUDNN_DATA_BFLOAT16, false);
-  const Tensor o = g.tensor({B, H, T, D}, bshd(T, D, H * D), CUDNN_DATA_BFLOAT16, false);
-  const Tensor stats = g.tensor({B, H, T, 1}, {H * T, T, 1, 1}, CUDNN_DATA_FLOAT, false);
-  const Tensor scale = g.scalar(), neg_inf = g.scalar();
-  const std::vector<int64_t> sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
-  const std::vector<int64_t> rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
+// S = Q K^T (B, H, T, T) times the scale (the scores before the mask).
+Tensor scaled_scores(Builder& g, const Tensor& q, const Tensor& kt, const Tensor& scale, const std::vector<int64_t>& sd,
+                     const std::vector<int64_t>& ss) {
   const Tensor s = g.tensor(sd, ss, CUDNN_DATA_FLOAT, true);
   g.matmul(q, kt, s);
   const Tensor s1 = g.like(s);
   g.pointwise(CUDNN_POINTWISE_MUL, s, &scale, nullptr, s1);
+  return s1;
+}
+
+Plan build_forward(const CudnnAttnShape& sh) {
+  const int64_t B = sh.B, T = sh.T, H = sh.NH, KH = sh.KVH, D = sh.HS;
+  Builder g;
+  Plan p;
+  const Tensor q = bshd(g, B, H, T, D, sh.ldq), kt = bshd(g, B, KH, T, D, sh.ldk, true);
+  const Tensor v = bshd(g, B, KH, T, D, sh.ldk), o = bshd(g, B, H, T, D, H * D), stats = per_row(g, B, H, T, false);
+  const Tensor scale = g.scalar(), neg_inf = g.scalar();
+  const std::vector<int64_t> sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
+  const Tensor s1 = scaled_scores(g, q, kt, scale, sd, ss), &s = s1;
   const Tensor s2 = causal(g, s1, neg_inf);
-  const Tensor mx = g.tensor(rd, rs, CUDNN_DATA_FLOAT, true);
+  const Tensor mx = per_row(g, B, H, T, true);
   g.reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
   const Tensor s3 = g.like(s);
   g.pointwise(CUDNN_POINTWISE_SUB, s2, &mx, nullptr, s3);
   const Tensor e = g.like(s);
   g.pointwise(CUDNN_POINTWISE_EXP, s3, nullptr, nullptr, e);
-  const Tensor sum = g.tensor(rd, rs, CUDNN_DATA_FLOAT, true);
+  const Tensor sum = per_row(g, B, H, T, true);
   g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, sum);
-  const Tensor lg = g.tensor(rd, rs, CUDNN_DATA_FLOAT, true);
+  const Tensor lg = per_row(g, B, H, T, true);
   g.pointwise(CUDNN_POINTWISE_LOG, sum, nullptr, nullptr, lg);
   g.pointwise(CUDNN_POINTWISE_ADD, mx, &lg, nullptr, stats);
   const Tensor pr = g.like(s, CUDNN_DATA_BFLOAT16);
   g.pointwise(CUDNN_POINTWISE_DIV, e, &sum, nullptr, pr);
   g.matmul(pr, v, o);
-  p.ws = g.plan(p.plan);
-  p.keep = g.kept_, p.keep.insert(p.keep.end(), g.ops_.begin(), g.ops_.end());
+  finish(g, p);
   p.uids = {q.uid, kt.uid, v.uid, o.uid, stats.uid};
   p.scalar_uids = {scale.uid, neg_inf.uid};
   p.scalars = {float(1.0 / std::sqrt(double(D))), -std::numeric_limits<float>::infinity()};
@@ -335,31 +351,22 @@ Plan build_backward(const CudnnAttnShape& sh) {
   const int64_t B = sh.B, T = sh.T, H = sh.NH, KH = sh.KVH, D = sh.HS;
   Builder g;
   Plan p;
-  const Tensor q = g.tensor({B, H, T, D}, bshd(T, D, sh.ldq), CUDNN_DATA_BFLOAT16, false);
-  const Tensor kt = g.tensor({B, KH, D, T}, {T * sh.ldk, D, 1, sh.ldk}, CUDNN_DATA_BFLOAT16, false);
-  const Tensor vt = g.tensor({B, KH, D, T}, {T * sh.ldk, D, 1, sh.ldk}, CUDNN_DATA_BFLOAT16, false);
-  const Tensor o = g.tensor({B, H, T, D}, bshd(T, D, H * D), CUDNN_DATA_BFLOAT16, false);
-  const Tensor dout = g.tensor({B, H, T, D}, bshd(T, D, H * D), CUDNN_DATA_BFLOAT16, false);
-  const Tensor stats = g.tensor({B, H, T, 1}, {H * T, T, 1, 1}, CUDNN_DATA_FLOAT, false);
-  const Tensor dq = g.tensor({B, H, T, D}, bshd(T, D, sh.ldd), CUDNN_DATA_BFLOAT16, false);
-  const Tensor dk = g.tensor({B, KH, T, D}, bshd(T, D, sh.ldd), CUDNN_DATA_BFLOAT16, false);
-  const Tensor dv = g.tensor({B, KH, T, D}, bshd(T, D, sh.ldd), CUDNN_DATA_BFLOAT16, false);
+  const Tensor q = bshd(g, B, H, T, D, sh.ldq), kt = bshd(g, B, KH, T, D, sh.ldk, true);
+  const Tensor vt = bshd(g, B, KH, T, D, sh.ldk, true), o = bshd(g, B, H, T, D, H * D);
+  const Tensor dout = bshd(g, B, H, T, D, H * D), stats = per_row(g, B, H, T, false);
+  const Tensor dq = bshd(g, B, H, T, D, sh.ldd), dk = bshd(g, B, KH, T, D, sh.ldd), dv = bshd(g, B, KH, T, D, sh.ldd);
   const Tensor scale = g.scalar(), neg_inf = g.scalar(), one = g.scalar();
   const std::vector<int64_t> sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
-  const std::vector<int64_t> rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
   const std::vector<int64_t> fd = {B, H, T, D}, fs = {H * T * D, T * D, D, 1};  // per query head
   // D = rowsum(dO * O) (softmax_sum: a tensor of the graph's own, in the workspace).
   const Tensor doo = g.tensor(fd, {H * T * D, T * D, H * D, 1}, CUDNN_DATA_FLOAT, true);
   g.pointwise(CUDNN_POINTWISE_MUL, dout, &o, nullptr, doo);
-  const Tensor dsum0 = g.tensor(rd, rs, CUDNN_DATA_FLOAT, true);
+  const Tensor dsum0 = per_row(g, B, H, T, true);
   g.reduction(CUDNN_REDUCE_TENSOR_ADD, doo, dsum0);
-  const Tensor dsum = g.tensor(rd, rs, CUDNN_DATA_FLOAT, false);
+  const Tensor dsum = per_row(g, B, H, T, false);
   g.pointwise(CUDNN_POINTWISE_MUL, dsum0, &one, nullptr, dsum);
   // P = exp(S scale - stats), masked.
-  const Tensor s = g.tensor(sd, ss, CUDNN_DATA_FLOAT, true);
-  g.matmul(q, kt, s);
-  const Tensor s1 = g.like(s);
-  g.pointwise(CUDNN_POINTWISE_MUL, s, &scale, nullptr, s1);
+  const Tensor s1 = scaled_scores(g, q, kt, scale, sd, ss), &s = s1;
   const Tensor s2 = g.like(s);
   g.pointwise(CUDNN_POINTWISE_SUB, s1, &stats, nullptr, s2);
   const Tensor s3 = causal(g, s2, neg_inf);
@@ -396,13 +403,12 @@ Plan build_backward(const CudnnAttnShape& sh) {
     g.matmul(dst, q, dk);
   }
   // dQ = dS K, accumulated in fp32 (a tensor of the graph's own), then bf16.
-  const Tensor kk = g.tensor({B, KH, T, D}, bshd(T, D, sh.ldk), CUDNN_DATA_BFLOAT16, true);
+  const Tensor kk = bshd(g, B, KH, T, D, sh.ldk, false, CUDNN_DATA_BFLOAT16, true);
   g.reshape(kt, kk);
   const Tensor dqa = g.tensor(fd, fs, CUDNN_DATA_FLOAT, false);
   g.matmul(ds, kk, dqa);
   g.pointwise(CUDNN_POINTWISE_IDENTITY, dqa, nullptr, nullptr, dq);
-  p.ws = g.plan(p.plan);
-  p.keep = g.kept_, p.keep.insert(p.keep.end(), g.ops_.begin(), g.ops_.end());
+  finish(g, p);
   p.extra = round_up(B * H * T * D * 4) + round_up(B * H * T * 4);
   p.own_offsets = {0, round_up(B * H * T * D * 4)};
   p.uids = {q.uid, kt.uid, vt.uid, o.uid, dout.uid, stats.uid, dq.uid, dk.uid, dv.uid, dqa.uid, dsum.uid};
