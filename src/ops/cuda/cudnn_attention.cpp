@@ -41,6 +41,7 @@ struct Api {
   cudnnHandle_t handle = nullptr;
   bool ok = false;
   bool verbose = false;
+  bool forced = false;  // PRIMAL_CUDNN=on
 };
 
 template <class F>
@@ -56,6 +57,7 @@ Api& api() {
     const char* off = std::getenv("PRIMAL_CUDNN");
     if (off && *off == '0') return;
     a.verbose = off && std::string(off) == "verbose";
+    a.forced = off && std::string(off) == "on";
     const char* path = std::getenv("PRIMAL_CUDNN_LIB");
     void* lib = dlopen(path && *path ? path : "libcudnn.so.9", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
@@ -324,8 +326,8 @@ Plan build_forward(const CudnnAttnShape& sh) {
   const Tensor v = bshd(g, B, KH, T, D, sh.ldk), o = bshd(g, B, H, T, D, H * D), stats = per_row(g, B, H, T, false);
   const Tensor scale = g.scalar(), neg_inf = g.scalar();
   const std::vector<int64_t> sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
-  const Tensor s1 = scaled_scores(g, q, kt, scale, sd, ss), &s = s1;
-  const Tensor s2 = causal(g, s1, neg_inf);
+  const Tensor s = scaled_scores(g, q, kt, scale, sd, ss);
+  const Tensor s2 = causal(g, s, neg_inf);
   const Tensor mx = per_row(g, B, H, T, true);
   g.reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
   const Tensor s3 = g.like(s);
@@ -366,9 +368,9 @@ Plan build_backward(const CudnnAttnShape& sh) {
   const Tensor dsum = per_row(g, B, H, T, false);
   g.pointwise(CUDNN_POINTWISE_MUL, dsum0, &one, nullptr, dsum);
   // P = exp(S scale - stats), masked.
-  const Tensor s1 = scaled_scores(g, q, kt, scale, sd, ss), &s = s1;
+  const Tensor s = scaled_scores(g, q, kt, scale, sd, ss);
   const Tensor s2 = g.like(s);
-  g.pointwise(CUDNN_POINTWISE_SUB, s1, &stats, nullptr, s2);
+  g.pointwise(CUDNN_POINTWISE_SUB, s, &stats, nullptr, s2);
   const Tensor s3 = causal(g, s2, neg_inf);
   const Tensor pe = g.like(s);
   g.pointwise(CUDNN_POINTWISE_EXP, s3, nullptr, nullptr, pe);
@@ -475,6 +477,7 @@ bool run(const Plan& p, const std::vector<const void*>& ptrs, void* ws, cudaStre
 }  // namespace
 
 bool cudnn_attention_loaded() { return api().ok; }
+bool cudnn_attention_forced() { return api().ok && api().forced; }
 
 int64_t cudnn_attention_forward_workspace(const CudnnAttnShape& sh) { return workspace(false, sh); }
 int64_t cudnn_attention_backward_workspace(const CudnnAttnShape& sh) { return workspace(true, sh); }

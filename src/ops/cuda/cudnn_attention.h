@@ -29,6 +29,9 @@ struct CudnnAttnShape {
 
 // Whether libcudnn.so.9 loaded (PRIMAL_CUDNN=0 disables it; PRIMAL_CUDNN_LIB names the library).
 bool cudnn_attention_loaded();
+// PRIMAL_CUDNN=on: callers use it wherever it has an engine, past their own speed heuristics
+// (comparisons at small head sizes). (=verbose logs the plans and the backend's errors.)
+bool cudnn_attention_forced();
 
 // Workspace bytes (device memory, 256-byte aligned base) the forward / backward of a shape need,
 // or -1 when cuDNN has no engine for it (or is not loaded). Builds and keeps the graph.

@@ -1016,32 +1016,33 @@ bool rope_bf16_inplace_ok(const RopeTrainParams& p, int64_t T) {
   return p.n_rot == p.head_dim && p.cos_sin && T <= p.table_len && (p.n_rot / 2) % 2 == 0 && p.head_dim % 4 == 0;
 }
 
-void rope_forward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
-                             cudaStream_t s) {
-  PRIMAL_CHECK(rope_bf16_inplace_ok(p, T) && B >= 0 && n_heads >= 0,
-               "rope (bf16): needs every dimension rotated, a table for {} positions and HS % 4 == 0", T);
-  const int64_t half = p.n_rot / 2, n = B * T * half;
-  if (n == 0 || n_heads == 0) return;
-  rope_rotate2_bf16_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(xb), B * T, T,
-                                                                     n_heads, p.head_dim, half, p.neox, p.cos_sin, 0,
-                                                                     n_heads * p.head_dim, false);
-  PRIMAL_CUDA_CHECK_LAUNCH();
-}
-
-void rope_backward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
-                              int64_t ld, cudaStream_t s) {
+namespace {
+// The bf16 in-place rotation both directions share (rows ld apart a token; 0: n_heads HS).
+void rope_bf16_inplace(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p, int64_t ld,
+                       bool inverse, cudaStream_t s) {
   // (the kernel moves 4 values as one 8-byte word: rows must start 8-byte aligned)
   PRIMAL_CHECK(rope_bf16_inplace_ok(p, T) && B >= 0 && n_heads >= 0 &&
                    (ld == 0 || (ld >= n_heads * p.head_dim && ld % 4 == 0)),
-               "rope backward (bf16): needs every dimension rotated, a table for {} positions, HS % 4 == 0 and a "
-               "row stride of at least n_heads HS, a multiple of 4",
+               "rope (bf16): needs every dimension rotated, a table for {} positions, HS % 4 == 0 and a row stride "
+               "of at least n_heads HS, a multiple of 4",
                T);
   const int64_t half = p.n_rot / 2, n = B * T * half;
   if (n == 0 || n_heads == 0) return;
   rope_rotate2_bf16_kernel<<<grid_for(n / 2 * n_heads), 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(xb), B * T, T,
                                                                      n_heads, p.head_dim, half, p.neox, p.cos_sin, 0,
-                                                                     ld > 0 ? ld : n_heads * p.head_dim, true);
+                                                                     ld > 0 ? ld : n_heads * p.head_dim, inverse);
   PRIMAL_CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
+void rope_forward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
+                             cudaStream_t s) {
+  rope_bf16_inplace(xb, B, T, n_heads, p, 0, false, s);
+}
+
+void rope_backward_train_bf16(uint16_t* xb, int64_t B, int64_t T, int64_t n_heads, const RopeTrainParams& p,
+                              int64_t ld, cudaStream_t s) {
+  rope_bf16_inplace(xb, B, T, n_heads, p, ld, true, s);
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N,

@@ -639,8 +639,7 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   mma_attention_ = bf16_;
   PRIMAL_CHECK(!mma_attention_ || cu::attention_mma_supports(HS), "--fast: head size {} is not supported", HS);
   using Cudnn = GpuEngineOptions::Cudnn;
-  const char* ce = std::getenv("PRIMAL_CUDNN");  // "on": Auto as On (comparisons at small head sizes)
-  const Cudnn cm = o_.cudnn_attention == Cudnn::Auto && ce && std::string(ce) == "on" ? Cudnn::On : o_.cudnn_attention;
+  const Cudnn cm = o_.cudnn_attention == Cudnn::Auto && cu::cudnn_attention_forced() ? Cudnn::On : o_.cudnn_attention;
   cudnn_attn_ = mma_attention_ && cu::cudnn_attention_loaded() && (cm == Cudnn::On || (cm == Cudnn::Auto && HS >= 128));
   // The flash backward's workspace (bf16 dout, lse, D) lives in dh_, free during attention.
   PRIMAL_CHECK(!mma_attention_ || size_t(dh_floats_) >= cu::attention_backward_mma_workspace(B, T, NH, HS, true),
@@ -1222,6 +1221,7 @@ void CudaEngine::enqueue(const TrainMask& mask, int64_t B, int64_t T, double los
         if (cudnn_done) cu::rope_backward_train_bf16(dqb_, B, T, NH + KVH, rope_, ldqkv_, s_);
       }
       if (cudnn_done) {
+        // (dq, dk, dv written above)
       } else if (mma_attention_) {  // dh_ is free until the next layer's FFN backward: the workspace
         cu::AttentionGradsBf16 g16;
         g16.dq = dqb_, g16.dk = dkb_, g16.dv = dvb_, g16.ld = ldqkv_;
