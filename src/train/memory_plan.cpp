@@ -226,6 +226,12 @@ MemoryPlan measure_plan(const PlanRequest& r, int64_t micro_batch, bool recomput
     if (r.train_embeddings) I_max = std::max(I_max, C);
     c.add("workspace", "vote cast column sums", cuda::cast_workspace_bytes(I_max, part_floats));
     c.add("workspace", "weight gradients of the casts beside the GEMMs", cuda::cast_aside_bytes(mat_max));
+    // The fused weight gradient + cast (Hopper): its column sums and the tiles' row sums.
+    int64_t fused_part = 0, fused_scratch = 0;
+    for (const Shape& s : mats)
+      fused_part += cuda::dw_fused_part_floats(s.O, s.I), fused_scratch += cuda::dw_fused_scratch_floats(s.O, s.I);
+    c.add("workspace", "fused weight gradient + cast sums",
+          cuda::cast_workspace_bytes(I_max, fused_part, false) + fused_scratch * 4);
   }
   if (b16) c.add("workspace", "CUDA graph's cast scalars", cuda::graph_cast_bytes());
   c.add("workspace", "token buffers, losses", N * (4 + 4 + 8 + 12) + 8);

@@ -20,6 +20,7 @@
 
 #include "gpu_testing.h"
 #include "ops/cuda/cudnn_attention.h"
+#include "ops/cuda/lut_dw_cast.h"
 #include "train/cuda/gpu_engine.h"
 #include "train/model.h"
 #include "train/train_config.h"
@@ -35,8 +36,8 @@ struct Case {
   tr::Rule rule;
 };
 
-tr::TrainModel make_model(const Case& c) {
-  primal::HParams hp = tr::parse_shape("layers=2,embd=128,heads=4,kv_heads=2,ff=256,ctx=64");
+tr::TrainModel make_model(const Case& c, const char* shape = "layers=2,embd=128,heads=4,kv_heads=2,ff=256,ctx=64") {
+  primal::HParams hp = tr::parse_shape(shape);
   hp.n_vocab = 512;
   hp.bos_id = 1;
   hp.eos_id = 2;
@@ -453,6 +454,44 @@ TEST(GpuTrainerFast, CudnnAttentionCloseToOurs) {
   EXPECT_EQ(err.find("could not be captured"), std::string::npos) << err;
   const Diff d = compare(*a, *b, p0);
   std::printf("indices differing after 3 steps: %.4f\n", d.idx_frac);
+}
+
+// The fused weight gradient + vote cast (ops/cuda/lut_dw_cast.h, Hopper) against cuBLAS's GEMM with
+// the bf16 cast beside it, on a shape whose every layer matrix it takes (rows multiples of 128,
+// rows of multiples of 256 weights): the same forward, and a backward that differs only by the
+// order of fp32 sums (the gradient's, so a bf16 rounding now and then, and the statistics').
+TEST(GpuTrainerFast, FusedWeightGradCloseToUnfused) {
+  REQUIRE_GPU();
+  if (!cuda::dw_cast_available()) GTEST_SKIP() << "no Hopper device or sm_90a image";
+  const Case c{"fused", true, false, true, tr::Rule::Momentum};
+  const int64_t B = 2, T = 64;
+  const tr::TrainModel m0 = make_model(c, "layers=2,embd=256,heads=4,kv_heads=2,ff=512,ctx=64");
+  const tr::TrainConfig cfg = make_config(c);
+  tr::GpuEngineOptions un, fu;
+  un.fast = fu.fast = true;
+  un.cudnn_attention = fu.cudnn_attention = tr::GpuEngineOptions::Cudnn::Off;
+  fu.fused_dw = true;
+  auto a = make_side(m0, cfg, true, un, B, T);
+  auto b = make_side(m0, cfg, true, fu, B, T);
+  const auto p0 = snapshot(*a);
+  for (int64_t k = 0; k < 3; ++k) {
+    std::vector<std::vector<int32_t>> in, tg;
+    batches(m0.hp.n_vocab, B, T, uint32_t(90 + k), in, tg);
+    const StepResult ra = step(*a, k, in, tg, B, T), rb = step(*b, k, in, tg, B, T);
+    std::printf("step %lld: loss %.6f / %.6f, gnorm %.5f / %.5f, flips %lld / %lld\n", (long long)k, ra.loss, rb.loss,
+                ra.gnorm, rb.gnorm, (long long)ra.flips, (long long)rb.flips);
+    if (k == 0) {  // the same weights and the same forward
+      EXPECT_EQ(rb.loss, ra.loss);
+      EXPECT_NEAR(rb.gnorm, ra.gnorm, 0.01 * ra.gnorm);
+      EXPECT_GT(ra.flips, 50) << "indices must move";
+      EXPECT_NEAR(double(rb.flips), double(ra.flips), 0.05 * double(ra.flips));
+    } else {  // after flips that differ near their thresholds
+      EXPECT_NEAR(rb.loss, ra.loss, 2e-3 * ra.loss) << "step " << k;
+    }
+  }
+  const Diff d = compare(*a, *b, p0);
+  std::printf("indices differing after 3 steps: %.4f\n", d.idx_frac);
+  EXPECT_LT(d.idx_frac, 0.01);
 }
 
 // A batch larger than the engine was sized for, and a token outside the vocabulary, are refused.

@@ -22,11 +22,20 @@ constexpr int64_t cast_part_floats(int64_t O, int64_t I) {
 // where whole-matrix casts queue their folds (a layer's matrices: the sum of their
 // cast_part_floats); acc (I_max) fp64; the immediate fold's block sums (I_max / 32 + 1) fp64 and
 // counter; per queued fold kFoldBatchMax block-sum rows and counters; 16-byte alignment of each.
-constexpr int64_t cast_workspace_bytes(int64_t I_max, int64_t part_floats) {
-  const int64_t part = part_floats > kCastBlocksMax * I_max ? part_floats : kCastBlocksMax * I_max;
+// floor false: part_floats exactly (the fused weight gradient + cast's workspace, below).
+constexpr int64_t cast_workspace_bytes(int64_t I_max, int64_t part_floats, bool floor = true) {
+  const int64_t part = !floor || part_floats > kCastBlocksMax * I_max ? part_floats : kCastBlocksMax * I_max;
   const int64_t sums = (I_max + 31) / 32 + 1;
   return part * 4 + I_max * 8 + sums * 8 + 16 + kFoldBatchMax * sums * 8 + kFoldBatchMax * 4 + 6 * 16;
 }
+
+// The fused weight gradient + cast (lut_dw_cast.h, lut_train.h CastAside::fused_*): a launch of
+// matrices of `rows` rows together writes a row of I column sums per 128 rows of each matrix into
+// its column workspace (cast_workspace_bytes without the floor), and needs the tiles' partial row
+// sums (one per row and 256 columns) and a counter per 128 rows. Sized for a layer's matrices
+// together (a launch takes some of them).
+constexpr int64_t dw_fused_part_floats(int64_t O, int64_t I) { return O / 128 * I; }
+constexpr int64_t dw_fused_scratch_floats(int64_t rows, int64_t I) { return (rows / 128) * ((I / 256) * 128 + 1) + 4; }
 
 // Vote casts a CUDA graph of one micro-batch replays at most (each a 16-byte slot of its scalars,
 // votes.h CastDyn, on the device and page-locked on the host): a cast per trainable matrix, or

@@ -9,10 +9,12 @@
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemm_tune.h"
+#include "ops/cuda/lut_dw_cast.h"
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
 #include "ops/cuda/votes.h"
+#include "ops/cuda/votes_common.cuh"
 #include "quant/lut_pack.h"
 
 namespace primal::cuda {
@@ -494,6 +496,60 @@ void aside_round(CastAside& a, cudaStream_t s, const Gemm& gemm, const Cast& cas
   PRIMAL_CUDA_CHECK(cudaEventRecord(a.dw_free[k], a.stream));
 }
 
+// The fused weight gradient + cast (lut_dw_cast.h) of n matrices whose output gradients are the
+// consecutive column blocks of dout (N, ldd), with their lut_votes_done; false, with nothing done,
+// where it does not serve them (the caller then takes the GEMM and the casts beside it).
+bool dw_cast_fused(const LutTrainView* w, const LutWeightGrad* g, int n, const uint16_t* dout, int64_t ldd,
+                   const uint16_t* inp, int64_t ldi, int64_t N, cudaStream_t s) {
+  CastAside* a = g[0].aside;
+  if (g_math != TrainMath::Bf16 || n < 1 || n > 3 || !a || !a->fused_ws || !a->fused_ws->queue || !dw_cast_available())
+    return false;
+  DwCastLaunch L;
+  L.nseg = n, L.dout = dout, L.ldd = ldd, L.inp = inp, L.ldi = ldi, L.N = N, L.I = w[0].I, L.bits = w[0].bits();
+  L.dw_out = a->fused_dw_out;
+  CastWorkspace& ws = *a->fused_ws;
+  vk::CastArgs ca[3];
+  int64_t part = 0;
+  for (int k = 0; k < n; ++k) {
+    VoteState* st = g[k].votes;
+    if (!st || !st->v8 || !g[k].params || g[k].aside != a || w[k].I != L.I || w[k].bits() != L.bits ||
+        g[k].params->vote_bits != 8 || g[k].params->rule != VoteRule::Momentum)
+      return false;
+    ca[k] = cast_args_of(w[k], st, g[k].params);
+    if (!ca[k].cast || !ca[k].sm) return false;
+    L.seg[k] = DwSeg{vk::mat_of(w[k]), st->v8, g[k].dscale, ca[k].row_sq, ca[k].col_norm, ws.part, {}, ca[k].prefix,
+                     int(L.O / kDwBM)};
+    L.O += w[k].O;
+    part += w[k].O / kDwBM * L.I;
+  }
+  const int64_t nrb = L.O / kDwBM;
+  L.rowpart = a->fused_scratch;
+  L.counters = reinterpret_cast<unsigned*>(a->fused_scratch + nrb * (L.I / kDwBN) * kDwBM);
+  if (!L.rowpart || a->fused_scratch_floats < dw_fused_scratch_floats(L.O, L.I) || L.I > ws.I_max ||
+      part > ws.part_floats || !dw_cast_shape_ok(L))
+    return false;
+  // The matrices' column sums in consecutive regions of the workspace, their scalars (a CUDA
+  // graph's slots), the launch, then their folds in one launch.
+  cast_fold_flush(ws, s);
+  int64_t off = 0;
+  for (int k = 0; k < n; ++k) {
+    L.seg[k].part = ws.part + off;
+    off += w[k].O / kDwBM * L.I;
+    L.seg[k].f = fast_args(w[k], ca[k], g[k].votes, g[k].params);
+  }
+  dw_cast_launch(L, s);
+  stage("dW gemm + cast");
+  for (int k = 0; k < n; ++k) {
+    VoteState& st = *g[k].votes;
+    ws.queue->items.push_back({L.seg[k].part, w[k].O / kDwBM, L.I, ca[k].beta2, st.col_sq, st.col_norm});
+    st.folded = true;
+  }
+  ws.queue->used = off;
+  cast_fold_flush(ws, s);
+  for (int k = 0; k < n; ++k) lut_votes_done(w[k], *g[k].votes, *g[k].params, s);
+  return true;
+}
+
 bool lut_linear_backward_weight_group(Blas& blas, const LutTrainView* w, const LutWeightGrad* g, int n,
                                       const uint16_t* dout, int64_t ldd, const uint16_t* inp, int64_t N, cudaStream_t s) {
   if (n < 1 || n > kGroupMax || !dout || !inp || N <= 0 || g_math != TrainMath::Bf16) return false;
@@ -507,6 +563,7 @@ bool lut_linear_backward_weight_group(Blas& blas, const LutTrainView* w, const L
     sumO += w[k].O;
   }
   const int64_t I = w[0].I;
+  if (ldd == sumO && dw_cast_fused(w, g, n, dout, ldd, inp, I, N, s)) return true;
   if (!a || ldd != sumO || sumO * I > a->capacity) return false;
   // The stacked (sum O, I) gradient, matrix k's rows after those of 0 .. k-1.
   aside_round(
@@ -561,6 +618,11 @@ void lut_linear_backward_weight(Blas& blas, const LutTrainView& w, Operand dout,
   // scratch where it is smaller: the same chunks, so the same launches and sums, as without them
   // when the two are equal (the engine sizes both for the largest layer matrix).
   const int64_t aside_fl = g.aside ? std::min(scratch_floats, g.aside->capacity) : 0;
+  if (dw_b16 && g.votes) {  // (dbias is done)
+    LutWeightGrad g1 = g;
+    g1.dbias = nullptr;
+    if (dw_cast_fused(&w, &g1, 1, dout.bf16, ldd, inp.bf16, inp.ld > 0 ? inp.ld : I, N, s)) return;
+  }
   if (dw_b16 && g.votes && aside_fl / I >= align) {
     const int64_t aside_max = aside_fl / I / align * align;
     CastAside& a = *g.aside;

@@ -33,12 +33,14 @@
 
 #include "core/dtype.h"
 #include "ops/cuda/buffer.h"
+#include "ops/cuda/cast_workspace.h"
 
 namespace primal::cuda {
 
 class Blas;
 struct VoteState;
 struct VoteParams;
+struct CastWorkspace;
 
 // The arithmetic of the trainer's GEMMs (process-wide; forward, dinp and dW alike):
 //   Fp32  fp32 products and sums (CUBLAS_COMPUTE_32F_PEDANTIC): the deterministic mode whose
@@ -165,7 +167,16 @@ struct CastAside {
   cudaStream_t stream = nullptr;
   cudaEvent_t gemm_done[2] = {nullptr, nullptr}, dw_free[2] = {nullptr, nullptr};
   int turn = 0;
+  // The fused weight gradient + cast (lut_dw_cast.h), which takes the matrices it serves instead,
+  // on the caller's stream (no buffer, no second stream): its own column workspace (a queue
+  // attached: the folds of a launch's matrices in one launch after it) and the tiles' row sums
+  // (cast_workspace.h dw_fused_scratch_floats). Null: not used.
+  CastWorkspace* fused_ws = nullptr;
+  float* fused_scratch = nullptr;
+  int64_t fused_scratch_floats = 0;
+  uint16_t* fused_dw_out = nullptr;  // tests: (rows, I) bf16, the gradient as the fused cast read it
 };
+
 
 // Where the weight-side gradients of one backward call go; null members are not computed.
 struct LutWeightGrad {

@@ -706,6 +706,10 @@ void check_tiles(const LutTrainView& w, const void* dW, int64_t o0, int64_t rows
 
 }  // namespace
 
+vk::CastArgs cast_args_of(const LutTrainView& w, VoteState* votes, const VoteParams* params) {
+  return cast_args(w, votes, params);
+}
+
 CastDyn cast_dyn(const VoteParams& p, const VoteState& st, int64_t events, int64_t events_this_step) {
   CastArgs a{};
   step_scalars(p, st, events, events_this_step, a.lr, a.bc, a.prefix);

@@ -95,9 +95,9 @@ struct CastWorkspace {
   int64_t I_max = 0;             // the longest row it serves
   CastFoldQueue* queue = nullptr;  // host: where folds wait (null: every fold right after its cast)
 };
-// The workspace laid out in mem (cast_workspace_bytes(I_max, part_floats) bytes, 16-byte aligned;
-// its counters zeroed on s).
-CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s);
+// The workspace laid out in mem (cast_workspace_bytes(I_max, part_floats, floor) bytes, 16-byte
+// aligned; its counters zeroed on s).
+CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s, bool floor = true);
 // Every queued fold of ws in one launch on s (nothing without a queue or with none queued).
 void cast_fold_flush(const CastWorkspace& ws, cudaStream_t s);
 

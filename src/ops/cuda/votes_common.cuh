@@ -9,16 +9,9 @@
 
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/votes.h"
+#include "ops/cuda/votes_args.h"
 
 namespace primal::cuda::vk {
-
-// The matrix, as the kernels read it.
-struct Mat {
-  uint8_t* idx;        // (O, row_bytes)
-  const float* scale;  // (O, groups)
-  const float* grid;   // (K)
-  int64_t O, I, G, groups, row_bytes, K;
-};
 
 inline Mat mat_of(const LutTrainView& w) {
   return {w.idx, w.scale, w.grid, w.O, w.I, w.G, w.groups(), w.row_bytes(), w.K()};
@@ -155,4 +148,16 @@ bool cast_rows_fast_ok(const LutTrainView& w, const vk::CastArgs& a, const VoteS
 // dW: fp32 rows, or dWb: bf16 rows (the other null).
 bool cast_rows_fast(const LutTrainView& w, const vk::CastArgs& a, VoteState* st, const VoteParams* p, const float* dW,
                     const uint16_t* dWb, int64_t o0, int64_t rows, float* dscale, cudaStream_t s);
+// The pieces of cast_rows_fast that a cast in another kernel (lut_dw_cast.h) shares with it:
+// its scalars (a CUDA graph's cast: a recorder slot); the region of st->ws->part for a launch's
+// column sums, reserving `reserve` floats where the fold is queued (whole matrices), after a flush
+// where the queue cannot take it (null without second moments); and after the launch, the fold of
+// its nb rows of sums, queued or at once.
+// votes.cu: a cast's scalars (lut_grad_tiles' CastArgs) for a call on (votes, params).
+vk::CastArgs cast_args_of(const LutTrainView& w, VoteState* votes, const VoteParams* params);
+vk::FastArgs fast_args(const LutTrainView& w, const vk::CastArgs& a, VoteState* st, const VoteParams* p);
+float* cast_part_reserve(const LutTrainView& w, const vk::CastArgs& a, VoteState* st, int64_t o0, int64_t rows,
+                         int64_t reserve, bool* queued, cudaStream_t s);
+void cast_part_finish(const LutTrainView& w, const vk::CastArgs& a, VoteState* st, float* part, bool queued, int64_t nb,
+                      int64_t o0, int64_t rows, cudaStream_t s);
 }  // namespace primal::cuda

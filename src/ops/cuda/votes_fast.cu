@@ -37,6 +37,7 @@ namespace primal::cuda {
 namespace {
 
 using vk::CastArgs;
+using vk::FastArgs;
 using vk::Mat;
 
 // Rows of up to 2 chunks a thread take at most 256 threads (cast_chunks_per_thread), held to 64
@@ -91,18 +92,6 @@ __device__ __forceinline__ float block_sum_ordered(float x, float* red) {
   for (int w = 0; w < n_warps; ++w) t += red[w];
   return t;
 }
-
-// The cast's per-launch scalars, in fp32 (the bf16 mode's arithmetic), formed on the host.
-struct FastArgs {
-  const CastDyn* dyn;  // non-null (a CUDA graph's cast): c0, inv_bc and a.prefix read from there
-  float c0;        // -lr U
-  float eps;       // eps
-  int ilim;        // the clamp of x's rounding, 2 vmax
-  float b2, c1;    // beta2; (1 - beta2) / I: row_sq = b2 row_sq + c1 sum g^2
-  float inv_bc;    // 1 / (1 - beta2^(events + 1))
-  float inv_o;     // 1 / O: the column sums' terms g^2 / O
-  int vmax;
-};
 
 // Rows o0 + r of dW (rows, I; fp32, or bf16 as the bf16 mode's GEMM writes it), r = blockIdx.x,
 // + gridDim.x, ... (each block's rows in increasing order): dscale (when non-null), and with
@@ -471,7 +460,7 @@ bool votes_v1() {
   return v;
 }
 
-CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s) {
+CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, cudaStream_t s, bool floor) {
   PRIMAL_CHECK(mem && I_max > 0, "cast_workspace_at: no memory or I_max {}", I_max);
   auto at = reinterpret_cast<uintptr_t>(mem);
   auto take = [&](int64_t bytes) {
@@ -482,7 +471,7 @@ CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, c
   };
   CastWorkspace ws;
   ws.I_max = I_max;
-  ws.part_floats = std::max(part_floats, kCastBlocksMax * I_max);
+  ws.part_floats = floor ? std::max(part_floats, kCastBlocksMax * I_max) : part_floats;
   const int64_t sums = (I_max + 31) / 32 + 1;
   ws.part = static_cast<float*>(take(ws.part_floats * 4));
   ws.acc = static_cast<double*>(take(I_max * 8));
@@ -490,7 +479,7 @@ CastWorkspace cast_workspace_at(void* mem, int64_t I_max, int64_t part_floats, c
   ws.counter = static_cast<unsigned*>(take(4));
   ws.batch_sums = static_cast<double*>(take(kFoldBatchMax * sums * 8));
   ws.batch_counters = static_cast<unsigned*>(take(kFoldBatchMax * 4));
-  PRIMAL_CHECK(at <= reinterpret_cast<uintptr_t>(mem) + uintptr_t(cast_workspace_bytes(I_max, part_floats)),
+  PRIMAL_CHECK(at <= reinterpret_cast<uintptr_t>(mem) + uintptr_t(cast_workspace_bytes(I_max, part_floats, floor)),
                "cast_workspace_at: layout exceeds cast_workspace_bytes");
   fill_bytes_async(ws.counter, 0, 4, s);
   fill_bytes_async(ws.batch_counters, 0, kFoldBatchMax * 4, s);
@@ -529,28 +518,7 @@ bool cast_rows_fast_ok(const LutTrainView& w, const CastArgs& a, const VoteState
   return !(a.cast && a.sm) || (st->ws && w.I <= st->ws->I_max);
 }
 
-bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, const VoteParams* p, const float* dW,
-                    const uint16_t* dWb, int64_t o0, int64_t rows, float* dscale, cudaStream_t s) {
-  if (!cast_rows_fast_ok(w, a, st, p)) return false;
-  const int64_t chunks = w.I / 8;
-  const bool sm_cast = a.cast && a.sm;
-  const int cpt = cast_chunks_per_thread(chunks);  // (1, 2 or 4: cast_fast_serves bounds the row)
-  const int threads = int(((chunks + cpt - 1) / cpt + 31) / 32 * 32);
-  // One chunk a thread keeps its columns' sums and sqrt(col_norm) in registers (cast_rows_kernel).
-  const size_t smem = size_t(sm_cast && cpt > 1 ? 2 : 0) * size_t(w.I) * sizeof(float);
-  const Mat m = vk::mat_of(w);
-  // A whole matrix with a queue: its block sums in the next free region of part, its fold queued.
-  CastFoldQueue* queue = sm_cast ? st->ws->queue : nullptr;
-  const bool queued = queue && o0 == 0 && rows == w.O;
-  const int64_t reserve = cast_part_floats(rows, w.I);
-  if (queue) {
-    bool flush = !queued || int64_t(queue->items.size()) == kFoldBatchMax ||
-                 queue->used + reserve > st->ws->part_floats;
-    for (const CastFoldItem& it : queue->items) flush = flush || it.col_sq == st->col_sq;
-    if (flush) cast_fold_flush(*st->ws, s);
-  }
-  float* part = sm_cast ? st->ws->part + (queued ? queue->used : 0) : nullptr;
-  int8_t* votes = a.cast ? st->v8 : nullptr;
+FastArgs fast_args(const LutTrainView& w, const CastArgs& a, VoteState* st, const VoteParams* p) {
   FastArgs f{};
   const CastDyn d = vk::cast_dyn_of(a);
   f.c0 = d.c0;
@@ -568,6 +536,55 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
     r->host[k] = d;
     f.dyn = r->device + k;
   }
+  return f;
+}
+
+float* cast_part_reserve(const LutTrainView& w, const CastArgs& a, VoteState* st, int64_t o0, int64_t rows,
+                         int64_t reserve, bool* queued, cudaStream_t s) {
+  *queued = false;
+  if (!(a.cast && a.sm)) return nullptr;
+  CastFoldQueue* queue = st->ws->queue;
+  *queued = queue && o0 == 0 && rows == w.O;
+  if (queue) {
+    bool flush = !*queued || int64_t(queue->items.size()) == kFoldBatchMax ||
+                 queue->used + reserve > st->ws->part_floats;
+    for (const CastFoldItem& it : queue->items) flush = flush || it.col_sq == st->col_sq;
+    if (flush) cast_fold_flush(*st->ws, s);
+  }
+  float* part = st->ws->part + (*queued ? queue->used : 0);
+  if (*queued) queue->used += reserve;
+  return part;
+}
+
+void cast_part_finish(const LutTrainView& w, const CastArgs& a, VoteState* st, float* part, bool queued, int64_t nb,
+                      int64_t o0, int64_t rows, cudaStream_t s) {
+  if (queued) {
+    st->ws->queue->items.push_back({part, nb, w.I, a.beta2, st->col_sq, st->col_norm});
+    st->folded = true;
+  } else if (a.cast && a.sm) {
+    const bool first = o0 == 0, final = o0 + rows == w.O;
+    col_fold_kernel<<<unsigned((w.I + 31) / 32), 32 * kFoldSlices, 0, s>>>(part, int(nb), w.I, first, final, a.beta2,
+                                                                          *st->ws, st->col_sq, st->col_norm);
+    PRIMAL_CUDA_CHECK_LAUNCH();
+    if (final) st->folded = true;
+  }
+}
+
+bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, const VoteParams* p, const float* dW,
+                    const uint16_t* dWb, int64_t o0, int64_t rows, float* dscale, cudaStream_t s) {
+  if (!cast_rows_fast_ok(w, a, st, p)) return false;
+  const int64_t chunks = w.I / 8;
+  const bool sm_cast = a.cast && a.sm;
+  const int cpt = cast_chunks_per_thread(chunks);  // (1, 2 or 4: cast_fast_serves bounds the row)
+  const int threads = int(((chunks + cpt - 1) / cpt + 31) / 32 * 32);
+  // One chunk a thread keeps its columns' sums and sqrt(col_norm) in registers (cast_rows_kernel).
+  const size_t smem = size_t(sm_cast && cpt > 1 ? 2 : 0) * size_t(w.I) * sizeof(float);
+  const Mat m = vk::mat_of(w);
+  // A whole matrix with a queue: its block sums in the next free region of part, its fold queued.
+  bool queued = false;
+  float* part = cast_part_reserve(w, a, st, o0, rows, cast_part_floats(rows, w.I), &queued, s);
+  int8_t* votes = a.cast ? st->v8 : nullptr;
+  const FastArgs f = fast_args(w, a, st, p);
   int64_t nb = 0;
 #define PRIMAL_CAST(B_, CPT_)                                                                                    \
   if (dWb) launch_cast<uint16_t, B_, CPT_>(m, votes, a, f, dWb, o0, rows, dscale, part, threads, smem, &nb, s); \
@@ -583,17 +600,7 @@ bool cast_rows_fast(const LutTrainView& w, const CastArgs& a, VoteState* st, con
   PRIMAL_LUT_BITS_SWITCH(w.bits(), PRIMAL_LAUNCH)
 #undef PRIMAL_LAUNCH
 #undef PRIMAL_CAST
-  if (queued) {
-    queue->items.push_back({part, nb, w.I, a.beta2, st->col_sq, st->col_norm});
-    queue->used += reserve;
-    st->folded = true;
-  } else if (sm_cast) {
-    const bool first = o0 == 0, final = o0 + rows == w.O;
-    col_fold_kernel<<<unsigned((w.I + 31) / 32), 32 * kFoldSlices, 0, s>>>(part, int(nb), w.I, first, final, a.beta2,
-                                                                          *st->ws, st->col_sq, st->col_norm);
-    PRIMAL_CUDA_CHECK_LAUNCH();
-    if (final) st->folded = true;
-  }
+  cast_part_finish(w, a, st, part, queued, nb, o0, rows, s);
   return true;
 }
 

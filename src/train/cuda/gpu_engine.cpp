@@ -21,6 +21,7 @@
 #include "ops/cuda/device.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lut_embedding_grad.h"
+#include "ops/cuda/lut_dw_cast.h"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
 #include "ops/cuda/train_step.h"
@@ -257,6 +258,8 @@ class CudaEngine final : public StepEngine {
   void* apply_desc_ = nullptr;                    // descriptors of the batched vote apply
   cu::CastWorkspace cast_ws_;                     // the bf16 cast's column statistic (votes.h)
   cu::CastFoldQueue fold_queue_;                  // its deferred folds (flushed at the end of a backward)
+  cu::CastWorkspace fused_ws_;                    // the fused weight gradient + cast's (lut_train.h CastAside)
+  cu::CastFoldQueue fused_queue_;                 // its folds (flushed after each launch)
   const float* pending_add_ = nullptr;            // (N, C) forward: the last layer's mid, still to add to its output
   const uint16_t* pending_b16_ = nullptr;         // (N, C) bf16: that output when it left its GEMM as bf16, else null
   // The pending residual add with the next norm: x = its output + pending_add_, normed into xn or xnb.
@@ -472,6 +475,29 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
         aside_.dw[k] = arena_.of<uint16_t>(size_t(cap));
         aside_.gemm_done[k] = aside_ev_[2 * k].get();
         aside_.dw_free[k] = aside_ev_[2 * k + 1].get();
+      }
+      // The fused weight gradient + cast (GpuEngineOptions::fused_dw) where the device runs it, for
+      // the matrices it serves; its workspace is allocated either way (the planner counts it).
+      int64_t fused_part = 0, fused_scratch = 0;
+      for (const DevLayer& d : layers_) {
+        int64_t pf = 0, sf = 0;
+        for (const DevMat* m : {d.wq, d.wk, d.wv, d.wo, d.w_gate, d.w_up, d.w_down})
+          if (m && m->votes)
+            pf += cu::dw_fused_part_floats(m->view.O, m->view.I), sf += cu::dw_fused_scratch_floats(m->view.O, m->view.I);
+        fused_part = std::max(fused_part, pf), fused_scratch = std::max(fused_scratch, sf);
+      }
+      if (fused_part > 0) {
+        fused_ws_ = cu::cast_workspace_at(
+            arena_.of<unsigned char>(size_t(cu::cast_workspace_bytes(I_max, fused_part, false))), I_max, fused_part, s_,
+            false);
+        fused_ws_.queue = &fused_queue_;
+        float* fs = arena_.of<float>(size_t(fused_scratch));
+        const char* e = std::getenv("PRIMAL_DW_FUSED");
+        if ((o.fused_dw || (e && *e && *e != '0')) && cu::dw_cast_available()) {
+          aside_.fused_ws = &fused_ws_;
+          aside_.fused_scratch = fs;
+          aside_.fused_scratch_floats = fused_scratch;
+        }
       }
     }
   }

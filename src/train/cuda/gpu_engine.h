@@ -49,6 +49,11 @@ struct GpuEngineOptions {
   // On: at every head size it has an engine for; Off: ours throughout.
   enum class Cudnn { Off, Auto, On };
   Cudnn cudnn_attention = Cudnn::Auto;
+  // bf16 mode, Hopper: the layer matrices' weight gradients and vote casts in one fused kernel
+  // (ops/cuda/lut_dw_cast.h; the tile never reaches device memory) instead of cuBLAS's GEMM and the
+  // cast beside it. Off by default: measured 11% slower a qwen2.5-1.5b step (bench/RESULTS.md).
+  // PRIMAL_DW_FUSED=1 also turns it on.
+  bool fused_dw = false;
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
