@@ -25,6 +25,9 @@ namespace {
 
 constexpr int kBK = 64, kStages = 4, kThreads = 384;
 constexpr uint32_t kABytes = kDwBM * kBK * 2, kBBytes = kDwBN * kBK * 2;
+// The MN-major descriptors (hopper.cuh): 64-value boxes of kBK rows 8 KB apart (LBO), 8-row groups
+// 1 KB apart (SBO), a k16 step 16 rows of 128 bytes.
+constexpr uint32_t kBoxBytes = 64 * kBK * 2, kGroupBytes = 1024, kK16Bytes = 2048;
 
 struct Smem {
   uint16_t a[kStages][kDwBM * kBK];  // two 64 x 64 boxes (rows o0 .. o0+63, o0+64 ..), 128-byte swizzle
@@ -80,12 +83,7 @@ __device__ __forceinline__ void cast_tile(float (&acc)[128], const DwCastLaunch&
   const bool cast = c0 != 0.0f;
 
   sm90::named_sync(1, 256);  // the previous tile's readers of the tables are done
-  for (int x = ct; x < int(S.m.K); x += 256) {
-    const float gq = S.m.grid[x];
-    sm.grid[x] = gq;
-    sm.inv[256 + x] = 1.0f / (x < S.m.K - 1 ? S.m.grid[x + 1] - gq : gq - S.m.grid[x - 1]);
-    sm.inv[x] = 1.0f / (x > 0 ? gq - S.m.grid[x - 1] : S.m.grid[1] - gq);
-  }
+  vk::gap_tables(S.m.grid, int(S.m.K), sm.grid, sm.inv, ct, 256);
   sm.scn[ct] = sqrtf(S.col_norm[i0 + ct]);
 
   // The values as the unfused GEMM wrote them (bf16), their row sums of squares (a quad holds a
@@ -171,7 +169,6 @@ __device__ __forceinline__ void cast_tile(float (&acc)[128], const DwCastLaunch&
   int8_t* vB = S.votes + oB * I + i0;
   const float eps = S.f.eps;
   const int ilim = S.f.ilim, vmax = S.f.vmax;
-  const bool votes = cast;
   float gsA = 0.0f, gsB = 0.0f;  // the current group's dscale sums
   struct Chunk {
     uint32_t wA[B], wB[B];
@@ -185,7 +182,7 @@ __device__ __forceinline__ void cast_tile(float (&acc)[128], const DwCastLaunch&
     for (int jj = 0; jj < 4; ++jj) {
       const int j = 4 * c + jj, col = 8 * j + 2 * q;
       x.sA[jj] = __ldg(scA + 8 * j / G), x.sB[jj] = __ldg(scB + 8 * j / G);
-      if (votes) {
+      if (cast) {
         x.vA[jj] = *reinterpret_cast<const uint16_t*>(vA + col);
         x.vB[jj] = *reinterpret_cast<const uint16_t*>(vB + col);
       }
@@ -210,7 +207,7 @@ __device__ __forceinline__ void cast_tile(float (&acc)[128], const DwCastLaunch&
         if (q == 0) sm.dsum[rl * gpt + 8 * j / G] = gsA, sm.dsum[(rl + 8) * gpt + 8 * j / G] = gsB;
         gsA = 0.0f, gsB = 0.0f;
       }
-      if (!votes) continue;
+      if (!cast) continue;
       const uint32_t hidx = uint32_t((i0 + col) >> 1);
       const float sc0 = sm.scn[col], sc1 = sm.scn[col + 1];
       auto vote2 = [&](uint16_t& vv, float s, float sqs, uint32_t key, float g0, float g1, uint32_t q0, uint32_t q1) {
@@ -219,22 +216,13 @@ __device__ __forceinline__ void cast_tile(float (&acc)[128], const DwCastLaunch&
         const bool s_pos = s > 0;
         const uint32_t h = vk::fast_hash(key, hidx);
         int8_t* v = reinterpret_cast<int8_t*>(&vv);
-        const float gv[2] = {g0, g1}, sc[2] = {sc0, sc1};
-        const uint32_t qq[2] = {q0, q1};
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float denom = sqs * sc[e] + eps;
-          const int up = (gv[e] > 0) != s_pos;
-          const float x = __fdividef(cs * gv[e] * sm.inv[256 * up + qq[e]], denom);
-          const int add = min(max(__float2int_rd(__fadd_rn(x, vk::unit16(e ? h >> 16 : h))), -ilim), ilim);
-          const int nv = int(v[e]) + add;
-          v[e] = int8_t(nv < -vmax ? -vmax : vmax < nv ? vmax : nv);
-        }
+        v[0] = vk::momentum_vote(v[0], g0, cs, s_pos, sm.inv, q0, sqs * sc0 + eps, vk::unit16(h), ilim, vmax);
+        v[1] = vk::momentum_vote(v[1], g1, cs, s_pos, sm.inv, q1, sqs * sc1 + eps, vk::unit16(h >> 16), ilim, vmax);
       };
       vote2(cur.vA[jj], cur.sA[jj], sqsA, keyA, gA0, gA1, qA0, qA1);
       vote2(cur.vB[jj], cur.sB[jj], sqsB, keyB, gB0, gB1, qB0, qB1);
     }
-    if (votes) {
+    if (cast) {
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         const int col = 8 * (4 * c + jj) + 2 * q;
@@ -300,9 +288,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         sm90::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
-          const uint64_t da = sm90::smem_desc(reinterpret_cast<const uint8_t*>(&sm.a[s][cw * 64 * kBK]) + kk * 2048,
-                                              8192, 1024);
-          const uint64_t db = sm90::smem_desc(reinterpret_cast<const uint8_t*>(sm.b[s]) + kk * 2048, L.lbo, L.sbo);
+          const uint64_t da = sm90::smem_desc(reinterpret_cast<const uint8_t*>(&sm.a[s][cw * 64 * kBK]) + kk * kK16Bytes,
+                                              kBoxBytes, kGroupBytes);
+          const uint64_t db = sm90::smem_desc(reinterpret_cast<const uint8_t*>(sm.b[s]) + kk * kK16Bytes, kBoxBytes,
+                                              kGroupBytes);
           sm90::wgmma_m64n256k16<1, 1>(acc, da, db, (kb | kk) != 0);
         }
         sm90::wgmma_commit();

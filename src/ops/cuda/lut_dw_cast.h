@@ -47,7 +47,6 @@ struct DwCastLaunch {
   float* rowpart = nullptr;        // (O / kDwBM, I / kDwBN, kDwBM) the tiles' partial row sums
   unsigned* counters = nullptr;    // (O / kDwBM) zeroed by the launch
   uint16_t* dw_out = nullptr;      // null, or (O, I) bf16: the gradient as the cast read it (tests)
-  uint32_t lbo = 8192, sbo = 1024; // B's descriptor offsets: 64-column boxes 8 KB apart, 8-row groups 1 KB
 };
 
 // Whether this process can run the kernel: a compute capability 9.0 device, the sm_90a image

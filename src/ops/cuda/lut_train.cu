@@ -528,9 +528,8 @@ bool dw_cast_fused(const LutTrainView* w, const LutWeightGrad* g, int n, const u
   if (!L.rowpart || a->fused_scratch_floats < dw_fused_scratch_floats(L.O, L.I) || L.I > ws.I_max ||
       part > ws.part_floats || !dw_cast_shape_ok(L))
     return false;
-  // The matrices' column sums in consecutive regions of the workspace, their scalars (a CUDA
-  // graph's slots), the launch, then their folds in one launch.
-  cast_fold_flush(ws, s);
+  // The matrices' column sums in consecutive regions of the workspace (its queue is empty: flushed
+  // after each launch), their scalars (a CUDA graph's slots), the launch, then their folds in one launch.
   int64_t off = 0;
   for (int k = 0; k < n; ++k) {
     L.seg[k].part = ws.part + off;

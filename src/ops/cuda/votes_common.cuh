@@ -52,6 +52,34 @@ __device__ __forceinline__ float fast_uniform(uint32_t key, uint32_t i) {
 // mantissa of [1, 2), minus 1 (two instructions, exact).
 __device__ __forceinline__ float unit16(uint32_t h) { return __uint_as_float(0x3f800000u | ((h & 0xffffu) << 7)) - 1.0f; }
 
+// The bf16 cast's tables of a grid of K values, by the threads t = t0, t0 + T, ...: grid_sh[q] the
+// value, inv_sh[q] and inv_sh[256 + q] 1 / the gap below and above q (the ends of the grid take
+// their one gap).
+__device__ __forceinline__ void gap_tables(const float* grid, int K, float* grid_sh, float* inv_sh, int t0, int T) {
+  for (int q = t0; q < K; q += T) {
+    const float gq = grid[q];
+    grid_sh[q] = gq;
+    inv_sh[256 + q] = 1.0f / (q < K - 1 ? grid[q + 1] - gq : gq - grid[q - 1]);
+    inv_sh[q] = 1.0f / (q > 0 ? gq - grid[q - 1] : grid[1] - gq);
+  }
+}
+
+// The bf16 momentum cast of one weight (votes_fast.cu, lut_dw_cast.cu): vote v, gradient g, cs =
+// -lr U / s (s_pos: s > 0), inv_sh from gap_tables, q its index, denom sqrt(rhat chat) + eps, u
+// uniform in [0, 1). x = cs g / (gap denom) in votes, stochastically rounded as floor(x + u):
+// floor(x) + 1 with probability frac(x), and 0 for a zero gradient without a test; clamped to
+// +-ilim in integers (floor(clamp(x) + u) for every x: ilim is an integer and u < 1; a NaN converts
+// to 0 either way), x rounded before u is added (__fadd_rn: an fma of the division's product with u
+// moved a vote now and then); the vote saturates at +-vmax.
+__device__ __forceinline__ int8_t momentum_vote(int8_t v, float g, float cs, bool s_pos, const float* inv_sh,
+                                                uint32_t q, float denom, float u, int ilim, int vmax) {
+  const int up = (g > 0) != s_pos;  // the sign of the index change -lr g / s
+  const float x = __fdividef(cs * g * inv_sh[256 * up + q], denom);
+  const int add = min(max(__float2int_rd(__fadd_rn(x, u)), -ilim), ilim);
+  const int nv = int(v) + add;
+  return int8_t(nv < -vmax ? -vmax : vmax < nv ? vmax : nv);
+}
+
 // One atomic per warp; integer sums are exact in any order, so the total is deterministic.
 // Every lane of the warp must call it.
 __device__ __forceinline__ void add_count(unsigned long long local, unsigned long long* total) {

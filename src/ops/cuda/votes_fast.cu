@@ -133,13 +133,7 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
       for (int e = 0; e < 8; ++e) creg[k][e] = 0.0f, sreg[k][e] = sqrtf(n[e]);
     }
   }
-  for (int q = tid; q < K; q += T) {
-    const float gq = m.grid[q];
-    grid_sh[q] = gq;
-    // The end of the grid takes its last gap.
-    inv_sh[256 + q] = 1.0f / (q < K - 1 ? m.grid[q + 1] - gq : gq - m.grid[q - 1]);
-    inv_sh[q] = 1.0f / (q > 0 ? gq - m.grid[q - 1] : m.grid[1] - gq);
-  }
+  vk::gap_tables(m.grid, K, grid_sh, inv_sh, tid, T);
   if (part && !kRegs)
     for (int i = tid; i < I; i += T) colsum[i] = 0.0f;
   if (sm_cast && !kRegs)
@@ -221,24 +215,14 @@ __global__ void __launch_bounds__(CPT < 4 ? kCastMaxThreads : kCast4MaxThreads, 
       const float cs = c0 / s[k];
       const bool s_pos = s[k] > 0;
       int8_t* v = reinterpret_cast<int8_t*>(&vw[k]);
-      // The stochastic rounding as floor(x + u), u uniform in [0, 1): floor(x) + 1 with probability
-      // frac(x), and 0 for a zero gradient (x = 0) without a test; two 16-bit draws per hash.
-      uint32_t h = 0;
+      uint32_t h = 0;  // two 16-bit draws per hash
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float gi = g[k][e];
         const float denom = a.sm ? sqs * (kRegs ? sreg[k][e] : scn[8 * c + e]) + f.eps : 1.0f;
         const uint32_t q = uint32_t(qi[k] >> (B * e)) & kMask;
-        const int up = (gi > 0) != s_pos;  // the sign of the index change -lr g / s
-        const float x = __fdividef(cs * gi * inv_sh[256 * up + q], denom);
         if ((e & 1) == 0) h = vk::fast_hash(key, uint32_t(4 * c + (e >> 1)));
-        // floor(x + u) clamped to +-lim in integers: floor(clamp(x) + u) for every x (lim is an
-        // integer and u < 1; a NaN converts to 0 either way), two integer instructions for four.
-        // x is rounded before u is added (__fadd_rn: no fma of the division's product with u, which
-        // the clamp in between used to prevent; the fused rounding moved a vote now and then).
-        const int add = min(max(__float2int_rd(__fadd_rn(x, vk::unit16(e & 1 ? h >> 16 : h))), -f.ilim), f.ilim);
-        const int nv = int(v[e]) + add;
-        v[e] = int8_t(nv < -f.vmax ? -f.vmax : f.vmax < nv ? f.vmax : nv);
+        v[e] = vk::momentum_vote(v[e], g[k][e], cs, s_pos, inv_sh, q, denom, vk::unit16(e & 1 ? h >> 16 : h), f.ilim,
+                                 f.vmax);
       }
       vrow[c] = vw[k];
     }
