@@ -35,7 +35,7 @@ struct BenchTrainArgs {
   std::string shape, memory, device = "cuda", act = "bf16", recompute = "auto", lut = "lut4", math = "bf16";
   int64_t batch = 8, seq = 1024, group = 32, micro_batch = 0, trainable_layers = 0, steps = 3, warmup = 2;
   int vote_bits = 8, threads = 0;
-  bool plan_only = false, json = false, dense_embd = false, deterministic = false, fused_dw = false;
+  bool plan_only = false, json = false, dense_embd = false, deterministic = false, fused_dw = false, fused_dequant = false;
 };
 
 double peak_rss_bytes() {
@@ -130,6 +130,7 @@ void bench_engine(const BenchTrainArgs& a, const HParams& hp, const train::Memor
     g.fast = a.math == "bf16";
     if (a.deterministic) g.cudnn_attention = GpuEngineOptions::Cudnn::Off;
     g.fused_dw = a.fused_dw;
+    g.fused_dequant = a.fused_dequant;
     g.recompute = plan.recompute;
     g.kept_layers = plan.kept_layers;
     g.keep_attention = plan.keep_attention;
@@ -248,6 +249,9 @@ void register_bench_train(CLI::App& app) {
   cmd->add_flag("--fused-dw", a->fused_dw,
                 "bf16 on Hopper: weight gradients and vote casts in one fused kernel (slower than cuBLAS + the cast "
                 "beside it today)");
+  cmd->add_flag("--fused-dequant", a->fused_dequant,
+                "bf16 on Hopper: forward and input-gradient GEMMs dequantize the LUT indices in their loads (no bf16 "
+                "copy of the weights)");
   cmd->callback([a] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
     train::PlanRequest r;

@@ -35,7 +35,7 @@ struct Args {
   bool quiet = false, freeze_embd = false, freeze_head = false, train_embd = false, train_head = false;
   bool no_shuffle = false, no_second_moment = false, freeze_scales = false;
   std::string device = "cpu";  // where the steps run (not part of the run's configuration)
-  bool fast = false, recompute = false, deterministic = false, fused_dw = false;
+  bool fast = false, recompute = false, deterministic = false, fused_dw = false, fused_dequant = false;
   int64_t head_chunk = 0;
   std::string memory;  // cuda: device-memory budget (empty: what is free)
 };
@@ -47,8 +47,10 @@ struct Args {
 // second moments), so more accumulation would change the vote rule's step, not only the memory.
 void set_engine(const Args& a, train::TrainRunOptions& o) {
   if (a.device != "cuda") {
-    PRIMAL_CHECK(!a.fast && !a.recompute && !a.deterministic && !a.fused_dw && a.head_chunk == 0 && a.memory.empty(),
-                 "--fast, --deterministic, --fused-dw, --recompute, --head-chunk and --memory need --device cuda");
+    PRIMAL_CHECK(!a.fast && !a.recompute && !a.deterministic && !a.fused_dw && !a.fused_dequant && a.head_chunk == 0 &&
+                     a.memory.empty(),
+                 "--fast, --deterministic, --fused-dw, --fused-dequant, --recompute, --head-chunk and --memory need "
+                 "--device cuda");
     return;
   }
   const int64_t budget = a.memory.empty() ? 0 : train::parse_bytes(a.memory);  // bad sizes fail before any work
@@ -58,6 +60,7 @@ void set_engine(const Args& a, train::TrainRunOptions& o) {
   g->fast = a.fast;
   if (a.deterministic) g->cudnn_attention = train::GpuEngineOptions::Cudnn::Off;
   g->fused_dw = a.fused_dw;
+  g->fused_dequant = a.fused_dequant;
   g->head_chunk = a.head_chunk;
   g->verbose = !a.quiet;
   const bool recompute = a.recompute, quiet = a.quiet;
@@ -214,6 +217,10 @@ void register_train(CLI::App& app) {
       ->group(g_dev);
   cmd->add_flag("--fused-dw", a->fused_dw,
                 "cuda --fast on Hopper: weight gradients and vote casts in one fused kernel (slower today)")
+      ->group(g_dev);
+  cmd->add_flag("--fused-dequant", a->fused_dequant,
+                "cuda --fast on Hopper: forward and input-gradient GEMMs dequantize the LUT indices in their loads "
+                "(no bf16 copy of the weights; slower today)")
       ->group(g_dev);
   cmd->add_option("--memory", a->memory,
                   "cuda: device-memory budget, e.g. 8GiB; the planner picks how many layers to recompute, or names "

@@ -18,6 +18,7 @@
 #include "ops/cuda/check.cuh"
 #include "ops/cuda/hopper.cuh"
 #include "ops/cuda/rng.cuh"
+#include "ops/cuda/tensor_map.h"
 #include "ops/cuda/votes_common.cuh"
 
 namespace primal::cuda {
@@ -311,34 +312,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiled encoder() {
-  static const EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      p = nullptr;
-    }
-    return reinterpret_cast<EncodeTiled>(p);
-  }();
-  return fn;
-}
-
 // A (rows, cols) bf16 matrix, rows ld values apart, in boxes of 64 x 64 with the 128-byte swizzle.
 CUtensorMap box_map(const uint16_t* base, int64_t rows, int64_t cols, int64_t ld) {
-  CUtensorMap m;
-  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(ld) * 2};
-  const cuuint32_t box[2] = {64, 64}, es[2] = {1, 1};
-  const CUresult r = encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(base), dims, strides, box,
-                               es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  PRIMAL_CHECK(r == CUDA_SUCCESS, "lut_dw_cast: cuTensorMapEncodeTiled failed ({}) for ({}, {}) rows {} apart", int(r),
-               rows, cols, ld);
-  return m;
+  return tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, base, rows, cols, ld * 2, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B,
+                       "lut_dw_cast");
 }
 
 template <int B>
@@ -373,7 +350,7 @@ bool dw_cast_available() {
     cudaFuncAttributes fa{};
     const bool image = cudaFuncGetAttributes(&fa, dw_cast_kernel<4>) == cudaSuccess;
     cudaGetLastError();
-    return major == 9 && minor == 0 && image && encoder() != nullptr;
+    return major == 9 && minor == 0 && image && tensor_map_encoder_found();
   }();
   return ok;
 }

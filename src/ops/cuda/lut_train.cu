@@ -10,6 +10,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemm_tune.h"
 #include "ops/cuda/lut_dw_cast.h"
+#include "ops/cuda/lut_gemm.h"
 #include "ops/cuda/lut_train.cuh"
 #include "ops/cuda/lut_train.h"
 #include "ops/cuda/train_ops.h"
@@ -35,6 +36,7 @@ void check_lut_view(const LutTrainView& w, const char* what) {
 namespace {
 
 TrainMath g_math = TrainMath::Fp32;
+bool g_fused_dequant = false;
 StageHook g_hook = nullptr;
 void* g_hook_ctx = nullptr;
 void stage(const char* name) {
@@ -322,6 +324,50 @@ int64_t chunk_rows(const LutTrainView& w, int64_t scratch_floats, const char* wh
   return rows >= w.O ? w.O : rows >= 16 ? rows / 16 * 16 : rows;
 }
 
+// The LUT GEMM with the dequantization in its loads (lut_gemm.h), where it is on and runs here.
+bool fused_dequant_on() { return g_fused_dequant && g_math == TrainMath::Bf16 && lut_gemm_available(); }
+
+LutGemmMat gemm_mat(const LutTrainView& w) {
+  LutGemmMat m;
+  m.idx = w.idx, m.row_bytes = w.row_bytes(), m.scale = w.scale, m.groups = w.groups(), m.G = w.G, m.grid = w.grid;
+  m.O = w.O;
+  return m;
+}
+LutGemmOut gemm_out(void* p, int64_t ld, bool bf16, bool accumulate = false, const float* bias = nullptr) {
+  LutGemmOut o;
+  o.p = p, o.ld = ld, o.bf16 = bf16, o.accumulate = accumulate, o.bias = bias;
+  return o;
+}
+// Launches L where the fused GEMM is on and takes its shape; false (nothing done) otherwise.
+bool fused_gemm(const LutGemmLaunch& L, cudaStream_t s) {
+  if (!fused_dequant_on() || !lut_gemm_shape_ok(L)) return false;
+  lut_gemm_launch(L, s);
+  stage(L.dinp ? "fused dinp" : "fused forward");
+  return true;
+}
+// The forward of n matrices with one bf16 input (N, ldi) into their outputs.
+bool fused_forward(const LutTrainView* w, const LutGemmOut* out, int n, const uint16_t* inp, int64_t ldi, int64_t N,
+                   cudaStream_t s) {
+  LutGemmLaunch L;
+  L.n = n, L.bits = w[0].bits(), L.N = N, L.I = w[0].I, L.inp = inp, L.ldi = ldi;
+  for (int k = 0; k < n; ++k) {
+    if (w[k].bits() != L.bits || w[k].I != L.I) return false;
+    L.m[k] = gemm_mat(w[k]), L.m[k].out = out[k];
+  }
+  return fused_gemm(L, s);
+}
+// dinp (N, I) (+)= sum_k dout_k (N, O_k; rows ldd[k] apart) W_k.
+bool fused_dinp(const LutTrainView* w, const uint16_t* const* dout, const int64_t* ldd, int n, int64_t N,
+                const LutGemmOut& out, cudaStream_t s) {
+  LutGemmLaunch L;
+  L.dinp = true, L.n = n, L.bits = w[0].bits(), L.N = N, L.I = w[0].I, L.out = out;
+  for (int k = 0; k < n; ++k) {
+    if (w[k].bits() != L.bits || w[k].I != L.I) return false;
+    L.m[k] = gemm_mat(w[k]), L.m[k].dout = dout[k], L.m[k].ldd = ldd[k];
+  }
+  return fused_gemm(L, s);
+}
+
 }  // namespace
 
 void lut_dequantize_rows(const LutTrainView& w, int64_t o0, int64_t n, float* dst, cudaStream_t s) {
@@ -336,6 +382,10 @@ void lut_linear_forward(Blas& blas, const LutTrainView& w, Operand inp, int64_t 
   PRIMAL_CHECK(N > 0 && (inp.f32 || inp.bf16) && out && scratch, "lut_linear_forward: N {} or a null pointer", N);
   const bool b16 = native_bf16(inp);
   const int64_t O = w.O, I = w.I;
+  if (b16) {
+    const LutGemmOut o = gemm_out(out, O, false, false, bias);
+    if (fused_forward(&w, &o, 1, inp.bf16, inp.ld > 0 ? inp.ld : I, N, s)) return;
+  }
   // A bf16 scratch holds twice the values.
   const int64_t rows_max = chunk_rows(w, b16 ? 2 * scratch_floats : scratch_floats, "lut_linear_forward");
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
@@ -361,8 +411,10 @@ void lut_linear_forward_bf16_out(Blas& blas, const LutTrainView& w, const uint16
   check_lut_view(w, "lut_linear_forward_bf16_out");
   PRIMAL_CHECK(N > 0 && inp && out && scratch, "lut_linear_forward_bf16_out: N {} or a null pointer", N);
   PRIMAL_CHECK(ldo == 0 || ldo >= w.O, "lut_linear_forward_bf16_out: row stride {} below {} rows", ldo, w.O);
-  const int64_t O = w.O, I = w.I, rows_max = chunk_rows(w, 2 * scratch_floats, "lut_linear_forward_bf16_out");
-  const int64_t ld = ldo > 0 ? ldo : O;
+  const int64_t O = w.O, I = w.I, ld = ldo > 0 ? ldo : O;
+  const LutGemmOut fo = gemm_out(out, ld, true);
+  if (fused_forward(&w, &fo, 1, inp, I, N, s)) return;
+  const int64_t rows_max = chunk_rows(w, 2 * scratch_floats, "lut_linear_forward_bf16_out");
   auto* wb = reinterpret_cast<uint16_t*>(scratch);
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
     const int64_t rows = std::min(rows_max, O - o0);
@@ -379,6 +431,7 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
   const bool b16 = native_bf16(dout);
   const int64_t O = w.O, I = w.I, ldd = dout.ld > 0 ? dout.ld : O;
   PRIMAL_CHECK(ldd >= O, "lut_linear_backward_input: row stride {} below {} rows", ldd, O);
+  if (b16 && fused_dinp(&w, &dout.bf16, &ldd, 1, N, gemm_out(dinp, I, false, accumulate), s)) return;
   const int64_t rows_max = chunk_rows(w, b16 ? 2 * scratch_floats : scratch_floats, "lut_linear_backward_input");
   for (int64_t o0 = 0; o0 < O; o0 += rows_max) {
     const int64_t rows = std::min(rows_max, O - o0);
@@ -399,6 +452,22 @@ void lut_linear_backward_input(Blas& blas, const LutTrainView& w, Operand dout, 
 bool lut_linear_forward_group(Blas& blas, const LutTrainView* w, const LutGroupOut* out, int n, const uint16_t* inp,
                               int64_t N, float* scratch, int64_t scratch_floats, cudaStream_t s, int64_t ldo) {
   PRIMAL_CHECK(N > 0 && inp && scratch && w && out, "lut_linear_forward_group: N {} or a null pointer", N);
+  if (n >= 1 && n <= kGroupMax && fused_dequant_on()) {
+    LutGemmOut fo[kGroupMax];
+    bool ok = true;
+    int64_t col = 0;
+    for (int k = 0; k < n; ++k) {
+      if (ldo > 0) {  // one (N, ldo) fp32 matrix: matrix k's columns after those of 0 .. k-1
+        ok = ok && out[k].f32 == out[0].f32 + col && !out[k].bf16 && !out[k].bias;
+        fo[k] = gemm_out(out[0].f32 + col, ldo, false);
+      } else {
+        fo[k] = out[k].bf16 ? gemm_out(out[k].bf16, w[k].O, true)
+                            : gemm_out(out[k].f32, w[k].O, false, false, out[k].bias);
+      }
+      col += w[k].O;
+    }
+    if (ok && (ldo == 0 || ldo == col) && fused_forward(w, fo, n, inp, w[0].I, N, s)) return true;
+  }
   if (!group_ok(w, n, scratch_floats)) return false;
   uint16_t* wb[kGroupMax];
   if (ldo > 0) {  // one GEMM: out^T (sum O x N, ld ldo) = the stacked weights (I x sum O)^T inp^T
@@ -445,6 +514,11 @@ bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const ui
     sumO += w[k].O;
   }
   stacked = stacked && ldd == sumO;
+  int64_t lds[kGroupMax];
+  for (int k = 0; k < n; ++k) lds[k] = ldd > 0 ? ldd : w[k].O;
+  if (fused_dinp(w, dout, lds, n, N, gemm_out(dinp, w[0].I, false, accumulate), s)) return true;
+  // With the fused GEMM on, the forward may not have left the weights in the scratch.
+  if (g_fused_dequant) dequantized = false;
   uint16_t* wb[kGroupMax];
   dequantize_group_bf16(w, n, scratch, wb, s, !dequantized);  // consecutive: the stacked (sum O_k, I) weights
   const int64_t I = w[0].I;
@@ -463,6 +537,8 @@ void lut_linear_backward_input_bf16_out(Blas& blas, const LutTrainView& w, const
                                         uint16_t* dinp, float* scratch, int64_t scratch_floats, cudaStream_t s) {
   check_lut_view(w, "lut_linear_backward_input_bf16_out");
   PRIMAL_CHECK(N > 0 && dout && dinp && scratch, "lut_linear_backward_input_bf16_out: N {} or a null pointer", N);
+  const int64_t ldd = w.O;
+  if (fused_dinp(&w, &dout, &ldd, 1, N, gemm_out(dinp, w.I, true), s)) return;
   PRIMAL_CHECK(2 * scratch_floats >= w.O * w.I,
                "lut_linear_backward_input_bf16_out: the matrix ({} x {}) must be dequantized whole (a scratch of {} "
                "floats): a bf16 output cannot accumulate chunks",
@@ -671,6 +747,8 @@ void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows,
 }
 
 void set_train_math(TrainMath m) { g_math = m; }
+void set_fused_dequant(bool on) { g_fused_dequant = on; }
+bool fused_dequant() { return g_fused_dequant; }
 void set_stage_hook(StageHook hook, void* ctx) { g_hook = hook, g_hook_ctx = ctx; }
 TrainMath train_math() { return g_math; }
 

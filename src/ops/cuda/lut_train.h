@@ -52,6 +52,11 @@ struct CastWorkspace;
 enum class TrainMath { Fp32, Bf16 };
 void set_train_math(TrainMath m);
 TrainMath train_math();
+// TrainMath::Bf16 on Hopper: the forward and input-gradient GEMMs of LUT matrices with bf16
+// operands read the packed indices and dequantize in their loads (lut_gemm.h) where the shape
+// allows, instead of dequantizing into the scratch for cuBLAS (process-wide; off by default).
+void set_fused_dequant(bool on);
+bool fused_dequant();
 
 // Profiling: when set, called with a stage name ("dW gemm", "vote cast") after each stage of
 // lut_linear_backward_weight has been queued (the engine's PRIMAL_TRAIN_PROFILE timer); null: off.

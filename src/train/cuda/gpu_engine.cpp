@@ -190,6 +190,7 @@ class CudaEngine final : public StepEngine {
   EngineContext c_;
   GpuEngineOptions o_;
   bool bf16_ = false;  // native bf16 GEMM operands (--fast)
+  bool fused_dequant_ = false;  // GpuEngineOptions::fused_dequant (or PRIMAL_LUT_GEMM), set on each call
   // The bf16 mode's attention: the tensor-core flash kernels (attention_mma.h), forward and
   // backward, at every length; the fp32 mode keeps the CUDA-core flash kernels (attention_train.h),
   // the CPU's twin. (The cuBLAS attention of attention_gemm.h, which this replaced in the trainer,
@@ -374,6 +375,10 @@ CudaEngine::CudaEngine(const EngineContext& c, const GpuEngineOptions& o) : c_(c
   if (prof_)
     cu::set_stage_hook([](void* ctx, const char* stage) { static_cast<CudaEngine*>(ctx)->mark_stage(stage); }, this);
   cu::set_train_math(o_.fast ? cu::TrainMath::Bf16 : cu::TrainMath::Fp32);
+  {
+    const char* e = std::getenv("PRIMAL_LUT_GEMM");
+    fused_dequant_ = o_.fast && (o_.fused_dequant || (e && *e && *e != '0'));
+  }
   bf16_ = o_.fast;
   free0_ = int64_t(cu::memory_info().first);
   blas_ = std::make_unique<cu::Blas>();
@@ -954,6 +959,7 @@ LossSum CudaEngine::forward_backward(const TrainMask& mask, const int32_t* input
   std::memcpy(staged, inputs, size_t(N) * 4);
   std::memcpy(staged + N, targets, size_t(N) * 4);
   if (train && embd_scale_grad(mask)) group_positions(inputs, N);
+  cu::set_fused_dequant(fused_dequant_);  // process-wide: this engine's choice for its calls (and captures)
   if (train && bf16_ && graphs_on_ && !prof_) run_graph(mask, B, T, loss_scale);
   else enqueue(mask, B, T, loss_scale, train);
   stream_.sync();

@@ -54,6 +54,10 @@ struct GpuEngineOptions {
   // cast beside it. Off by default: measured 11% slower a qwen2.5-1.5b step (bench/RESULTS.md).
   // PRIMAL_DW_FUSED=1 also turns it on.
   bool fused_dw = false;
+  // bf16 mode, Hopper: the LUT matrices' forward and input-gradient GEMMs read the packed indices
+  // and dequantize in their loads (ops/cuda/lut_gemm.h) instead of dequantizing into the scratch
+  // for cuBLAS. Off by default (bench/RESULTS.md). PRIMAL_LUT_GEMM=1 also turns it on.
+  bool fused_dequant = false;
 };
 
 std::unique_ptr<StepEngine> make_cuda_engine(const EngineContext& ctx, const GpuEngineOptions& o);
