@@ -339,19 +339,7 @@ void launch(const DwCastLaunch& L, cudaStream_t s) {
 }  // namespace
 
 bool dw_cast_available() {
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    cudaFuncAttributes fa{};
-    const bool image = cudaFuncGetAttributes(&fa, dw_cast_kernel<4>) == cudaSuccess;
-    cudaGetLastError();
-    return major == 9 && minor == 0 && image && tensor_map_encoder_found();
-  }();
+  static const bool ok = sm90a_kernel_available(reinterpret_cast<const void*>(dw_cast_kernel<4>));
   return ok;
 }
 

@@ -291,19 +291,7 @@ void launch(const LutGemmLaunch& L, cudaStream_t s) {
 }  // namespace
 
 bool lut_gemm_available() {
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    cudaFuncAttributes fa{};
-    const bool image = cudaFuncGetAttributes(&fa, lut_gemm_kernel<4, false>) == cudaSuccess;
-    cudaGetLastError();
-    return major == 9 && minor == 0 && image && tensor_map_encoder_found();
-  }();
+  static const bool ok = sm90a_kernel_available(reinterpret_cast<const void*>(lut_gemm_kernel<4, false>));
   return ok;
 }
 

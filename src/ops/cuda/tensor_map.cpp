@@ -28,6 +28,20 @@ EncodeTiled encoder() {
 
 bool tensor_map_encoder_found() { return encoder() != nullptr; }
 
+bool sm90a_kernel_available(const void* kernel) {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaFuncAttributes fa{};
+  const bool image = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess;
+  cudaGetLastError();
+  return major == 9 && minor == 0 && image && tensor_map_encoder_found();
+}
+
 CUtensorMap tensor_map_2d(CUtensorMapDataType type, const void* base, int64_t rows, int64_t cols, int64_t row_bytes,
                           uint32_t box_cols, uint32_t box_rows, CUtensorMapSwizzle swizzle, const char* what) {
   PRIMAL_CHECK(encoder(), "{}: the driver has no cuTensorMapEncodeTiled", what);

@@ -1,5 +1,6 @@
 // Tensor maps for Hopper's bulk tensor copies (TMA), encoded through the driver's
-// cuTensorMapEncodeTiled (found at run time: the runtime library alone is linked).
+// cuTensorMapEncodeTiled (found at run time: the runtime library alone is linked), and whether
+// the kernels that use them can run here.
 #pragma once
 #include <cuda.h>
 
@@ -9,6 +10,10 @@ namespace primal::cuda {
 
 // Whether the driver exports the encoder (a driver older than CUDA 12 does not).
 bool tensor_map_encoder_found();
+
+// Whether this process can run a Hopper kernel built for sm_90a alone (`kernel`: its host stub):
+// the current device has compute capability 9.0, the kernel's image loads, and the encoder is found.
+bool sm90a_kernel_available(const void* kernel);
 
 // A 2-D map over a (rows, cols) row-major matrix of `type`, rows row_bytes apart (a multiple of
 // 16), read in boxes of box_cols x box_rows with the given swizzle; reads past the matrix fill
