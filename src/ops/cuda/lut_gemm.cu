@@ -5,7 +5,9 @@
 // (128-byte swizzle), the step's packed indices and its scales. Warpgroups 1 and 2 own 64 tile rows
 // each; per k16 step a thread builds its A fragment (4 registers of bf16 pairs) from the indices,
 // the grid and the scales in shared memory and issues wgmma m64n256k16 with it, B K-major from
-// shared memory; one MMA stays in flight while the next fragment is built. Measured alternatives
+// shared memory; one MMA stays in flight while the next fragment is built. The fragment build's
+// shared-memory loads (grid lookups, indices, scales) beside wgmma's own reads of B are what
+// limits it: without them the pipeline runs at cuBLAS's rate. Measured alternatives
 // (bench/RESULTS.md, fifteenth round): four buffers with three MMAs in flight (no faster), a k
 // step's four fragments then its four MMAs (8% slower), dequantizing into shared memory in the
 // producer warpgroup for wgmma with both operands in shared memory (150-170 TFLOP/s), scales
@@ -68,7 +70,40 @@ __device__ __forceinline__ int mat_of(const Args& a, int64_t row) {
   return k;
 }
 
-// The indices of weights k and k + 1 (k even) of a packed row, and of weight i.
+// dinp's index tiles (64 rows of R = 16 B bytes) are written by TMA with the swizzle that spreads
+// a row over the banks (16-byte chunks XORed with address bits 7..; R = 32, 64, 128): the four
+// rows a warp reads at once were 4-way bank conflicts. swz: a byte's address in the swizzled tile.
+template <int R>
+__device__ __forceinline__ int swz(int addr) {
+  if constexpr (R <= 16) return addr;
+  else return addr ^ (((addr >> 7) & (R / 16 - 1)) << 4);
+}
+template <int R>
+constexpr CUtensorMapSwizzle idx_swizzle() {
+  return R == 32 ? CU_TENSOR_MAP_SWIZZLE_32B : R == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+         : R == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE;
+}
+
+// 16 consecutive indices of a row (B-bit fields, LSB first): 2 B bytes by one load.
+template <int B>
+struct Step16 {
+  uint32_t w[B / 2 > 0 ? B / 2 : 1];
+};
+template <int B>
+__device__ __forceinline__ Step16<B> load_step(const uint8_t* p) {
+  Step16<B> x;
+  if constexpr (B == 2) {
+    x.w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (B == 4) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    x.w[0] = v.x, x.w[1] = v.y;
+  } else {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    x.w[0] = v.x, x.w[1] = v.y, x.w[2] = v.z, x.w[3] = v.w;
+  }
+  return x;
+}
+// The indices of weights k and k + 1 (k even) of a packed row.
 template <int B>
 __device__ __forceinline__ void idx_pair(const uint8_t* row, int k, uint32_t& q0, uint32_t& q1) {
   if constexpr (B == 4) {
@@ -82,11 +117,20 @@ __device__ __forceinline__ void idx_pair(const uint8_t* row, int k, uint32_t& q0
     q0 = b & 3u, q1 = (b >> 2) & 3u;
   }
 }
+// The indices of tile columns i and i + 8 of a row (i % 16 < 8) from the row's 8-byte-aligned
+// chunk holding them (B = 2: 4 bytes; 8: 16 bytes) loaded once.
 template <int B>
-__device__ __forceinline__ uint32_t idx_one(const uint8_t* row, int i) {
-  if constexpr (B == 4) return (uint32_t(row[i >> 1]) >> ((i & 1) * 4)) & 15u;
-  else if constexpr (B == 8) return row[i];
-  else return (uint32_t(row[i >> 2]) >> ((i & 3) * 2)) & 3u;
+__device__ __forceinline__ void col_pair(const Step16<B>& x, int i, uint32_t& qa, uint32_t& qb) {
+  constexpr uint32_t mask = (1u << B) - 1u;
+  const int j = i & 7;  // the column within its 16-column group
+  if constexpr (B == 2) {
+    qa = (x.w[0] >> (2 * j)) & mask, qb = (x.w[0] >> (2 * j + 16)) & mask;
+  } else if constexpr (B == 4) {
+    qa = (x.w[0] >> (4 * j)) & mask, qb = (x.w[1] >> (4 * j)) & mask;
+  } else {
+    const uint32_t a = (j >> 2) ? x.w[1] : x.w[0], b = (j >> 2) ? x.w[3] : x.w[2];
+    qa = (a >> (8 * (j & 3))) & mask, qb = (b >> (8 * (j & 3))) & mask;
+  }
 }
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
@@ -105,9 +149,11 @@ __device__ __forceinline__ void build_fragment(uint32_t (&f)[4], const uint8_t* 
                                                int rl, int q, int ss, int slot, int lg) {
   if constexpr (!DX) {
     constexpr int RB = 8 * B;  // bytes of a tile row's 64 indices
+    const int x = slot + ((16 * ss) >> lg);  // the k16 step's group in the box
+    // Byte loads from unswizzled rows: an 8-byte load a row, on swizzled rows, measured the same
+    // and spilled (the compiler kept every step's swizzled address).
     const uint8_t* rA = ti + rl * RB;
     const uint8_t* rB = rA + 8 * RB;
-    const int x = slot + ((16 * ss) >> lg);  // the k16 step's group in the box
     const float sA = ssc[rl * kScFwd + x], sB = ssc[(rl + 8) * kScFwd + x];
     const int kk = 16 * ss + 2 * q;
     uint32_t q0, q1;
@@ -122,14 +168,16 @@ __device__ __forceinline__ void build_fragment(uint32_t (&f)[4], const uint8_t* 
   } else {
     constexpr int RD = 16 * B;  // bytes of a step row's 128 indices
     const int o0 = 16 * ss + 2 * q;
+    const int c0 = (rl & ~15) * B / 8;  // the byte of column rl & ~15: columns rl and rl + 8 lie in 2 B bytes from it
     float v[4][2];  // [o0, o0 + 1, o0 + 8, o0 + 9][rl, rl + 8]
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
       const int o = o0 + (x & 1) + 8 * (x >> 1);
       const float so = ssc[o * kScDx + slot];
-      const uint8_t* row = ti + o * RD;
-      v[x][0] = __fmul_rn(so, lut[idx_one<B>(row, rl)]);
-      v[x][1] = __fmul_rn(so, lut[idx_one<B>(row, rl + 8)]);
+      uint32_t qa, qb;
+      col_pair<B>(load_step<B>(ti + swz<RD>(o * RD + c0)), rl, qa, qb);
+      v[x][0] = __fmul_rn(so, lut[qa]);
+      v[x][1] = __fmul_rn(so, lut[qb]);
     }
     f[0] = pack_bf16(v[0][0], v[1][0]);
     f[1] = pack_bf16(v[0][1], v[1][1]);
@@ -268,8 +316,9 @@ void launch(const LutGemmLaunch& L, cudaStream_t s) {
     a.row0[k + 1] = a.row0[k] + m.O;
     a.out[k] = DX ? L.out : m.out;
     // forward: a tile's 128 rows by a step's 64 indices; dinp: a step's 64 rows by a tile's 128.
-    maps.idx[k] = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, m.idx, m.O, m.row_bytes, m.row_bytes,
-                                uint32_t((DX ? kBM : kBK) * B / 8), DX ? kBK : kBM, CU_TENSOR_MAP_SWIZZLE_NONE,
+    constexpr int R = (DX ? kBM : kBK) * B / 8;  // bytes of an index tile's row
+    maps.idx[k] = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, m.idx, m.O, m.row_bytes, m.row_bytes, uint32_t(R),
+                                DX ? kBK : kBM, DX ? idx_swizzle<R>() : CU_TENSOR_MAP_SWIZZLE_NONE,
                                 "lut_gemm (indices)");
     maps.sc[k] = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, m.scale, m.O, m.groups, m.groups * 4,
                                DX ? kScDx : kScFwd, DX ? kBK : kBM, CU_TENSOR_MAP_SWIZZLE_NONE, "lut_gemm (scales)");
