@@ -35,14 +35,11 @@ struct Case {
 
 constexpr uint16_t kPoison = 0x7FC1;  // a bf16 NaN the kernel never writes
 
-// W[o, i] as the bf16 GEMMs see it.
+// W[o, i] as the bf16 GEMMs see it: the CPU's fp32 dequantization, rounded to bf16.
 std::vector<float> dequantized(const train::LutWeight& L) {
   std::vector<float> w(size_t(L.O * L.I));
-  for (int64_t o = 0; o < L.O; ++o)
-    for (int64_t i = 0; i < L.I; ++i) {
-      const float v = L.scale[size_t(o * (L.I / L.G) + i / L.G)] * L.grid[L.get(o, i)];
-      w[size_t(o * L.I + i)] = bf16_to_f32(f32_to_bf16(v));
-    }
+  L.dequantize_rows(0, L.O, w.data());
+  for (float& x : w) x = bf16_to_f32(f32_to_bf16(x));
   return w;
 }
 
@@ -51,7 +48,6 @@ void run_case(const Case& c, uint32_t seed) {
   const int n = int(c.Os.size());
   const int64_t I = c.I, N = c.N, K = int64_t(1) << lut_bits(c.type);
   std::mt19937 rng(seed);
-  std::vector<train::LutWeight> Ls;
   std::vector<std::vector<float>> W;
   std::vector<DevLut> dl;
   int64_t sumO = 0;
@@ -62,7 +58,6 @@ void run_case(const Case& c, uint32_t seed) {
     L.scale = randn(L.scale.size(), uint32_t(rng()), 0.05f);
     W.push_back(dequantized(L));
     dl.push_back(upload(L));
-    Ls.push_back(std::move(L));
     sumO += c.Os[size_t(k)];
   }
   auto bf16_matrix = [&](int64_t rows, int64_t cols, uint32_t s, std::vector<float>& f) {

@@ -47,15 +47,13 @@ struct Smem {
 
 // The kernel's view of a launch (device pointers; rows in the stack).
 struct Args {
-  const float* scale[kLgMax];
   const float* grid[kLgMax];
-  int64_t groups[kLgMax];
-  int lgG[kLgMax];            // log2 G
+  int lgG[kLgMax];           // log2 G
   int K[kLgMax];
   int64_t row0[kLgMax + 1];  // matrix k's first stacked row; row0[n]: all rows
   LutGemmOut out[kLgMax];    // forward: per matrix; dinp: out[0]
   int n;
-  int64_t N, I, M;           // tokens, row length, the tile rows' extent (forward sum O; dinp I)
+  int64_t N, M;              // tokens, the tile rows' extent (forward sum O; dinp I)
   int nk;                    // k steps (forward I / 64; dinp sum O / 64)
 };
 struct Maps {
@@ -308,11 +306,11 @@ void launch(const LutGemmLaunch& L, cudaStream_t s) {
   }
   Maps maps{};
   Args a{};
-  a.n = L.n, a.N = L.N, a.I = L.I;
+  a.n = L.n, a.N = L.N;
   a.row0[0] = 0;
   for (int k = 0; k < L.n; ++k) {
     const LutGemmMat& m = L.m[k];
-    a.scale[k] = m.scale, a.grid[k] = m.grid, a.groups[k] = m.groups, a.lgG[k] = __builtin_ctzll(uint64_t(m.G)), a.K[k] = 1 << L.bits;
+    a.grid[k] = m.grid, a.lgG[k] = __builtin_ctzll(uint64_t(m.G)), a.K[k] = 1 << L.bits;
     a.row0[k + 1] = a.row0[k] + m.O;
     a.out[k] = DX ? L.out : m.out;
     // forward: a tile's 128 rows by a step's 64 indices; dinp: a step's 64 rows by a tile's 128.
