@@ -251,7 +251,7 @@ void register_bench_train(CLI::App& app) {
                 "beside it today)");
   cmd->add_flag("--fused-dequant", a->fused_dequant,
                 "bf16 on Hopper: forward and input-gradient GEMMs dequantize the LUT indices in their loads (no bf16 "
-                "copy of the weights)");
+                "copy of the weights; slower than dequantization + cuBLAS today)");
   cmd->callback([a] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
     train::PlanRequest r;
