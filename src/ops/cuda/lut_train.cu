@@ -518,7 +518,7 @@ bool lut_linear_backward_input_group(Blas& blas, const LutTrainView* w, const ui
   for (int k = 0; k < n; ++k) lds[k] = ldd > 0 ? ldd : w[k].O;
   if (fused_dinp(w, dout, lds, n, N, gemm_out(dinp, w[0].I, false, accumulate), s)) return true;
   // With the fused GEMM on, the forward may not have left the weights in the scratch.
-  if (g_fused_dequant) dequantized = false;
+  if (fused_dequant_on()) dequantized = false;
   uint16_t* wb[kGroupMax];
   dequantize_group_bf16(w, n, scratch, wb, s, !dequantized);  // consecutive: the stacked (sum O_k, I) weights
   const int64_t I = w[0].I;
@@ -748,7 +748,6 @@ void to_bf16_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t rows,
 
 void set_train_math(TrainMath m) { g_math = m; }
 void set_fused_dequant(bool on) { g_fused_dequant = on; }
-bool fused_dequant() { return g_fused_dequant; }
 void set_stage_hook(StageHook hook, void* ctx) { g_hook = hook, g_hook_ctx = ctx; }
 TrainMath train_math() { return g_math; }
 

@@ -33,7 +33,6 @@
 
 #include "core/dtype.h"
 #include "ops/cuda/buffer.h"
-#include "ops/cuda/cast_workspace.h"
 
 namespace primal::cuda {
 
@@ -56,7 +55,6 @@ TrainMath train_math();
 // operands read the packed indices and dequantize in their loads (lut_gemm.h) where the shape
 // allows, instead of dequantizing into the scratch for cuBLAS (process-wide; off by default).
 void set_fused_dequant(bool on);
-bool fused_dequant();
 
 // Profiling: when set, called with a stage name ("dW gemm", "vote cast") after each stage of
 // lut_linear_backward_weight has been queued (the engine's PRIMAL_TRAIN_PROFILE timer); null: off.
@@ -181,7 +179,6 @@ struct CastAside {
   int64_t fused_scratch_floats = 0;
   uint16_t* fused_dw_out = nullptr;  // tests: (rows, I) bf16, the gradient as the fused cast read it
 };
-
 
 // Where the weight-side gradients of one backward call go; null members are not computed.
 struct LutWeightGrad {
